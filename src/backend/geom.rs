@@ -1,0 +1,149 @@
+//! Problem geometries passed from the op layer to a backend. Each carries every
+//! size a kernel needs, so backends never re-derive shapes.
+
+use crate::{bail, Result};
+
+/// `C = alpha * op(A) * op(B) + beta * C`, row-major, `op(A)` is `m x k`,
+/// `op(B)` is `k x n`, `C` is `m x n`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmGeom {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl GemmGeom {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        GemmGeom { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// A 2-d convolution over NCHW input with OIHW weights (`O x C/groups x KH x KW`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+impl Conv2dGeom {
+    /// Checks the geometry and returns it, with the reason when it is invalid.
+    pub fn validate(self) -> Result<Self> {
+        let g = self;
+        if g.groups == 0 || g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
+            bail!(Shape, "conv2d: groups={} must divide c_in={} and c_out={}", g.groups, g.c_in, g.c_out);
+        }
+        if g.stride.0 == 0 || g.stride.1 == 0 || g.dilation.0 == 0 || g.dilation.1 == 0 {
+            bail!(Shape, "conv2d: stride {:?} and dilation {:?} must be positive", g.stride, g.dilation);
+        }
+        let eff_h = g.dilation.0 * (g.kh.max(1) - 1) + 1;
+        let eff_w = g.dilation.1 * (g.kw.max(1) - 1) + 1;
+        if g.kh == 0 || g.kw == 0 || g.h + 2 * g.pad.0 < eff_h || g.w + 2 * g.pad.1 < eff_w {
+            bail!(
+                Shape,
+                "conv2d: kernel {}x{} (dilation {:?}) does not fit input {}x{} with padding {:?}",
+                g.kh, g.kw, g.dilation, g.h, g.w, g.pad
+            );
+        }
+        Ok(g)
+    }
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad.0 - self.dilation.0 * (self.kh - 1) - 1) / self.stride.0 + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad.1 - self.dilation.1 * (self.kw - 1) - 1) / self.stride.1 + 1
+    }
+    pub fn c_in_per_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+    pub fn c_out_per_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn w_len(&self) -> usize {
+        self.c_out * self.c_in_per_group() * self.kh * self.kw
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+    /// Multiply-adds times two, for the forward pass.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.c_out * self.out_h() * self.out_w()) as f64
+            * (self.c_in_per_group() * self.kh * self.kw) as f64
+    }
+}
+
+/// Batch norm over an `N x C x HW` view of the input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnGeom {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+    /// Weight of the new batch statistic in the running average (PyTorch's
+    /// `momentum`, default 0.1).
+    pub momentum: f32,
+}
+
+/// Max pooling window over NCHW input (`-inf` padding, as PyTorch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+}
+
+impl Pool2dGeom {
+    pub fn validate(self) -> Result<Self> {
+        let g = self;
+        if g.kh == 0 || g.kw == 0 || g.stride.0 == 0 || g.stride.1 == 0 {
+            bail!(Shape, "max_pool2d: kernel {}x{} and stride {:?} must be positive", g.kh, g.kw, g.stride);
+        }
+        if g.pad.0 * 2 > g.kh || g.pad.1 * 2 > g.kw {
+            bail!(Shape, "max_pool2d: padding {:?} must be at most half the kernel {}x{}", g.pad, g.kh, g.kw);
+        }
+        if g.h + 2 * g.pad.0 < g.kh || g.w + 2 * g.pad.1 < g.kw {
+            bail!(Shape, "max_pool2d: kernel {}x{} larger than padded input {}x{}", g.kh, g.kw, g.h, g.w);
+        }
+        Ok(g)
+    }
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad.0 - self.kh) / self.stride.0 + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad.1 - self.kw) / self.stride.1 + 1
+    }
+}
+
+/// One SGD step's hyper-parameters (PyTorch's `torch.optim.SGD` semantics,
+/// dampening 0): `g = grad + wd * p; buf = momentum * buf + g;
+/// p -= lr * (nesterov ? g + momentum * buf : buf)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}

@@ -1,0 +1,215 @@
+//! The backend interface: every numerical primitive the autograd ops need,
+//! implemented once per device. The CPU backend (`cpu`) is the readable
+//! reference; the CUDA backend runs hand-written kernels from `kernels/`.
+//!
+//! Backends work on raw [`Storage`] plus a geometry struct from [`geom`]; shape
+//! checking happens one layer up, in `ops`, so a backend may assume sizes fit.
+
+pub mod cpu;
+pub mod geom;
+
+pub use geom::{BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep};
+
+use crate::{bail, Result};
+use std::fmt;
+use std::sync::Arc;
+
+/// The memory behind a tensor: f32 values on some device.
+pub enum Storage {
+    Host(Vec<f32>),
+}
+
+impl Storage {
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Host(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The host slice, or an error if the data lives on a device.
+    pub fn host(&self) -> Result<&[f32]> {
+        match self {
+            Storage::Host(v) => Ok(v),
+        }
+    }
+    pub fn host_mut(&mut self) -> Result<&mut [f32]> {
+        match self {
+            Storage::Host(v) => Ok(v),
+        }
+    }
+}
+
+/// Every primitive a ResNet needs for training, on one device. All buffers
+/// passed in must belong to this backend; outputs (`&mut`) are fully
+/// overwritten unless the doc says "accumulates".
+pub trait Backend: Send + Sync {
+    /// A short name for messages, e.g. `cpu` or `cuda:0 (NVIDIA H100)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------
+    fn zeros(&self, len: usize) -> Result<Storage>;
+    fn upload(&self, data: &[f32]) -> Result<Storage>;
+    fn download(&self, s: &Storage) -> Result<Vec<f32>>;
+    fn fill(&self, s: &mut Storage, value: f32) -> Result<()>;
+    fn copy(&self, src: &Storage) -> Result<Storage>;
+    /// Waits for queued work (no-op on the CPU).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    // ---- elementwise --------------------------------------------------------
+    /// `y = a + b`.
+    fn add(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()>;
+    /// `y += alpha * x` (accumulates).
+    fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// `x *= alpha` in place.
+    fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()>;
+    /// `y = max(x, 0)`.
+    fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// `dx = dy * [y > 0]`, with `y` the forward output.
+    fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+
+    // ---- matrix products ----------------------------------------------------
+    /// `c = alpha * op(a) op(b) + beta * c`.
+    fn gemm(&self, g: &GemmGeom, a: &Storage, b: &Storage, c: &mut Storage) -> Result<()>;
+    /// `y[r, j] += bias[j]` for a `rows x cols` matrix (accumulates).
+    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()>;
+    /// `db[j] = sum_r dy[r, j]`.
+    fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()>;
+
+    // ---- convolution --------------------------------------------------------
+    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()>;
+    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()>;
+    /// Weight gradient, and the bias gradient when `dbias` is given.
+    fn conv2d_bwd_weight(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+        dbias: Option<&mut Storage>,
+    ) -> Result<()>;
+
+    // ---- batch norm ---------------------------------------------------------
+    /// Normalizes with batch statistics, saves `mean` and `invstd` for the
+    /// backward pass and updates the running statistics with `momentum`
+    /// (running variance uses the unbiased batch variance, as PyTorch).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_train(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_eval(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        y: &mut Storage,
+    ) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()>;
+
+    // ---- pooling ------------------------------------------------------------
+    fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// Routes each `dy` to the first maximum of its window in `x` (PyTorch's
+    /// tie rule).
+    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    /// `y[n, c] = mean over hw of x[n, c, :]`.
+    fn global_avgpool_fwd(&self, n: usize, c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()>;
+    fn global_avgpool_bwd(&self, n: usize, c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()>;
+
+    // ---- loss ---------------------------------------------------------------
+    /// Mean softmax cross-entropy over `rows` with label smoothing `eps`
+    /// (PyTorch's `cross_entropy(label_smoothing=eps)`). Labels are class
+    /// indices stored as f32. Writes `loss[0]` and the softmax `probs`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_fwd(
+        &self,
+        rows: usize,
+        classes: usize,
+        eps: f32,
+        logits: &Storage,
+        labels: &Storage,
+        loss: &mut Storage,
+        probs: &mut Storage,
+    ) -> Result<()>;
+    /// `dlogits = dloss[0] * (probs - target) / rows`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_bwd(
+        &self,
+        rows: usize,
+        classes: usize,
+        eps: f32,
+        probs: &Storage,
+        labels: &Storage,
+        dloss: &Storage,
+        dlogits: &mut Storage,
+    ) -> Result<()>;
+
+    // ---- optimizer ----------------------------------------------------------
+    /// One SGD step on `param` in place, updating `momentum_buf`.
+    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()>;
+}
+
+/// A handle on a backend; cheap to clone. Tensors remember their device.
+#[derive(Clone)]
+pub struct Device(Arc<dyn Backend>);
+
+impl Device {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Device(backend)
+    }
+    /// The process-wide CPU backend.
+    pub fn cpu() -> Device {
+        static CPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new()))).clone()
+    }
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.0
+    }
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+    pub fn is_cpu(&self) -> bool {
+        self.same(&Device::cpu())
+    }
+    /// Resolves a `--device` argument: `cpu`, or (when compiled in) `cuda`,
+    /// `cuda-emu` and `auto`.
+    pub fn parse(spec: &str) -> Result<Device> {
+        match spec {
+            "cpu" | "auto" => Ok(Device::cpu()),
+            other => bail!(Device, "unknown device '{other}': use auto, cpu, cuda or cuda-emu"),
+        }
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({})", self.0.name())
+    }
+}

@@ -1,0 +1,19 @@
+//! `qat`: quantization-aware training on a hand-written CUDA engine, with an
+//! integer-only int8 executor that matches the trained model bit for bit.
+//!
+//! Layers, bottom up (see `docs/ARCHITECTURE.md`):
+//! - [`backend`]: the numerical primitives, once per device (CPU, CUDA);
+//! - [`tensor`] and [`autograd`]: f32 tensors and a tape of backward closures;
+//! - [`ops`]: differentiable operations (shape checks, forward, backward);
+//! - [`nn`], [`models`], [`optim`]: modules, ResNets, SGD and schedules;
+//! - [`data`]: datasets and augmentation.
+
+pub mod autograd;
+pub mod backend;
+mod error;
+pub mod ops;
+pub mod tensor;
+
+pub use backend::Device;
+pub use error::{Error, Result};
+pub use tensor::{Shape, Tensor};
