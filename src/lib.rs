@@ -11,7 +11,11 @@
 pub mod autograd;
 pub mod backend;
 mod error;
+pub mod models;
+pub mod nn;
 pub mod ops;
+pub mod optim;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::Device;
