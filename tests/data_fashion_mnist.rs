@@ -269,7 +269,7 @@ fn real_fashion_mnist_loads_and_matches_constants() {
         256,
         1,
         FashionMnist::normalize(),
-        Some(Augment::new(2, true)),
+        Some(FashionMnist::augment()),
     );
     let loader = Loader::new(train, cfg).unwrap();
     assert_eq!(loader.batches_per_epoch(), 234);

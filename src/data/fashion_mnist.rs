@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::augment::Augment;
 use super::dataset::Dataset;
 use super::idx;
 use super::normalize::Normalize;
@@ -80,6 +81,13 @@ impl FashionMnist {
     /// The normalization the models are trained with.
     pub fn normalize() -> Normalize {
         Normalize::new(&[MEAN], &[STD]).expect("valid constants")
+    }
+
+    /// The usual augmentation for 28x28 images: shift by up to 2 pixels
+    /// (zero padding 2, as CIFAR's 4 is for 32x32) and mirror; clothes are
+    /// left-right symmetric enough for the flip to keep the label.
+    pub fn augment() -> Augment {
+        Augment::new(2, true)
     }
 
     /// `dir/name.gz`, else `dir/name`, else an error that says how to get

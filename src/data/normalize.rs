@@ -45,6 +45,9 @@ impl Normalize {
     }
 
     /// Scales pixels to `[0, 1]` only (mean 0, std 1 for every channel).
+    ///
+    /// # Panics
+    /// If `channels == 0`.
     pub fn identity(channels: usize) -> Self {
         Normalize::new(&vec![0.0; channels], &vec![1.0; channels]).expect("valid constants")
     }
