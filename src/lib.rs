@@ -10,8 +10,13 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 mod error;
+pub mod models;
+pub mod nn;
 pub mod ops;
+pub mod optim;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::Device;
