@@ -50,18 +50,15 @@ extern "C" __global__ void row_bias_bwd_f32(const float *__restrict__ dy, float 
 }
 
 // torch.optim.SGD (dampening 0): g = grad + wd * p; buf = momentum * buf + g;
-// p -= lr * (nesterov ? g + momentum * buf : buf). With momentum 0 the buffer
-// is left alone and p -= lr * g.
+// p -= lr * (nesterov ? g + momentum * buf : buf). The buffer is updated even
+// with momentum 0 (it then holds g), as in the CPU backend.
 extern "C" __global__ void sgd_fwd_f32(float *__restrict__ p, const float *__restrict__ grad,
                                        float *__restrict__ buf, float lr, float momentum, float weight_decay,
                                        int nesterov, int n) {
     QAT_FOR(i, n) {
-        float g = grad[i] + weight_decay * p[i];
-        if (momentum != 0.0f) {
-            float b = momentum * buf[i] + g;
-            buf[i] = b;
-            g = nesterov ? g + momentum * b : b;
-        }
-        p[i] -= lr * g;
+        const float g = grad[i] + weight_decay * p[i];
+        const float b = momentum * buf[i] + g;
+        buf[i] = b;
+        p[i] -= lr * (nesterov ? g + momentum * b : b);
     }
 }
