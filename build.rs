@@ -67,7 +67,18 @@ extern "C" int qat_emu_launch(const char *name, unsigned gx, unsigned gy, unsign
     );
     let reg = out.join("emu_registry.cpp");
     std::fs::write(&reg, cpp).unwrap();
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // QAT_STATIC_CXX=1 links libstdc++ statically, so binaries staged for
+    // another machine (scripts/gpu-check.sh) do not depend on its C++ runtime.
+    println!("cargo:rerun-if-env-changed=QAT_STATIC_CXX");
+    if std::env::var("QAT_STATIC_CXX").is_ok_and(|v| v == "1") {
+        build.cpp_link_stdlib(None);
+        let out = std::process::Command::new("g++").arg("-print-file-name=libstdc++.a").output().unwrap();
+        let lib = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        println!("cargo:rustc-link-search=native={}", lib.parent().unwrap().display());
+        println!("cargo:rustc-link-lib=static=stdc++");
+    }
+    build
         .cpp(true)
         .std("c++20")
         .flag("-pthread")
