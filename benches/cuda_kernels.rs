@@ -71,8 +71,20 @@ impl Cublas {
         // SAFETY: device buffers of the right sizes; default stream.
         unsafe {
             cudarc::cublas::result::sgemm(
-                self.0, CUBLAS_OP_N, CUBLAS_OP_N, n as i32, m as i32, k as i32, &alpha, b as *const f32, n as i32,
-                a as *const f32, k as i32, &beta, c as *mut f32, n as i32,
+                self.0,
+                CUBLAS_OP_N,
+                CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                b as *const f32,
+                n as i32,
+                a as *const f32,
+                k as i32,
+                &beta,
+                c as *mut f32,
+                n as i32,
             )
             .unwrap();
         }
@@ -107,25 +119,48 @@ fn main() {
     if cublas.is_none() {
         println!("(cuBLAS not found: no reference column)");
     }
-    let rand = |n: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect() };
+    let rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    };
     let mut rows: Vec<Row> = Vec::new();
 
     let cublas_ms = |m: usize, n: usize, k: usize| -> Option<f64> {
         let cb = cublas.as_ref()?;
-        let (a, b, c) = (be.zeros(m * k).unwrap(), be.zeros(k * n).unwrap(), be.zeros(m * n).unwrap());
+        let (a, b, c) = (
+            be.zeros(m * k).unwrap(),
+            be.zeros(k * n).unwrap(),
+            be.zeros(m * n).unwrap(),
+        );
         let c_ptr = dptr(&c);
         Some(timer.median_ms(warm, reps, || cb.sgemm(m, n, k, dptr(&a), dptr(&b), c_ptr)))
     };
 
     // ---- GEMM -------------------------------------------------------------------
-    for (m, n, k) in [(1024, 1024, 1024), (4096, 4096, 4096), (4095, 4097, 1000), (32, 1000, 512)] {
+    for (m, n, k) in [
+        (1024, 1024, 1024),
+        (4096, 4096, 4096),
+        (4095, 4097, 1000),
+        (32, 1000, 512),
+    ] {
         let g = GemmGeom::new(m, n, k);
-        let (a, b) = (be.upload(&rand(m * k)).unwrap(), be.upload(&rand(k * n)).unwrap());
+        let (a, b) = (
+            be.upload(&rand(m * k)).unwrap(),
+            be.upload(&rand(k * n)).unwrap(),
+        );
         let mut c = be.zeros(m * n).unwrap();
         let ms = timer.median_ms(warm, reps, || be.gemm(&g, &a, &b, &mut c).unwrap());
         let tf = g.flops() / ms / 1e9;
-        let vs = cublas_ms(m, n, k).map(|r| format!("{:.2}", r / ms)).unwrap_or("-".into());
-        rows.push(Row { name: format!("gemm {m}x{n}x{k}"), ms, rate: format!("{tf:.2} TFLOP/s"), vs_cublas: vs });
+        let vs = cublas_ms(m, n, k)
+            .map(|r| format!("{:.2}", r / ms))
+            .unwrap_or("-".into());
+        rows.push(Row {
+            name: format!("gemm {m}x{n}x{k}"),
+            ms,
+            rate: format!("{tf:.2} TFLOP/s"),
+            vs_cublas: vs,
+        });
     }
 
     // ---- convolution at ResNet-18 shapes, batch 32 ----------------------------------
@@ -157,46 +192,106 @@ fn main() {
         let x = be.upload(&rand(g.x_len())).unwrap();
         let w = be.upload(&rand(g.w_len())).unwrap();
         let dy = be.upload(&rand(g.y_len())).unwrap();
-        let (mut y, mut dx, mut dw) = (be.zeros(g.y_len()).unwrap(), be.zeros(g.x_len()).unwrap(), be.zeros(g.w_len()).unwrap());
+        let (mut y, mut dx, mut dw) = (
+            be.zeros(g.y_len()).unwrap(),
+            be.zeros(g.x_len()).unwrap(),
+            be.zeros(g.w_len()).unwrap(),
+        );
         let (m, n, k) = (g.n * g.out_h() * g.out_w(), g.c_out, g.c_in * g.kh * g.kw);
         let reference = cublas_ms(m, n, k);
         let tf = |ms: f64| format!("{:.2} TFLOP/s", g.flops() / ms / 1e9);
-        let vs = |ms: f64| reference.map(|r| format!("{:.2}", r / ms)).unwrap_or("-".into());
-        let ms = timer.median_ms(warm, reps, || be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap());
-        rows.push(Row { name: format!("{name} fwd"), ms, rate: tf(ms), vs_cublas: vs(ms) });
-        let ms = timer.median_ms(warm, reps, || be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap());
-        rows.push(Row { name: format!("{name} bwd-data"), ms, rate: tf(ms), vs_cublas: vs(ms) });
-        let ms = timer.median_ms(warm, reps, || be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap());
-        rows.push(Row { name: format!("{name} bwd-weight"), ms, rate: tf(ms), vs_cublas: vs(ms) });
+        let vs = |ms: f64| {
+            reference
+                .map(|r| format!("{:.2}", r / ms))
+                .unwrap_or("-".into())
+        };
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} fwd"),
+            ms,
+            rate: tf(ms),
+            vs_cublas: vs(ms),
+        });
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} bwd-data"),
+            ms,
+            rate: tf(ms),
+            vs_cublas: vs(ms),
+        });
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} bwd-weight"),
+            ms,
+            rate: tf(ms),
+            vs_cublas: vs(ms),
+        });
     }
 
     // ---- batch norm ---------------------------------------------------------------------
     for (n, c, hw) in [(32, 64, 56 * 56), (32, 512, 7 * 7)] {
-        let g = BnGeom { n, c, hw, eps: 1e-5, momentum: 0.1 };
+        let g = BnGeom {
+            n,
+            c,
+            hw,
+            eps: 1e-5,
+            momentum: 0.1,
+        };
         let len = n * c * hw;
         let x = be.upload(&rand(len)).unwrap();
         let (gamma, beta) = (be.upload(&vec![1.0; c]).unwrap(), be.zeros(c).unwrap());
         let (mut rm, mut rv) = (be.zeros(c).unwrap(), be.upload(&vec![1.0; c]).unwrap());
-        let (mut y, mut sm, mut si) = (be.zeros(len).unwrap(), be.zeros(c).unwrap(), be.zeros(c).unwrap());
+        let (mut y, mut sm, mut si) = (
+            be.zeros(len).unwrap(),
+            be.zeros(c).unwrap(),
+            be.zeros(c).unwrap(),
+        );
         let ms = timer.median_ms(warm, reps, || {
-            be.batchnorm_fwd_train(&g, &x, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut sm, &mut si).unwrap()
+            be.batchnorm_fwd_train(
+                &g, &x, &gamma, &beta, &mut rm, &mut rv, &mut y, &mut sm, &mut si,
+            )
+            .unwrap()
         });
         // stats read x twice, apply reads x and writes y
         let gbs = |bytes: f64, ms: f64| format!("{:.0} GB/s", bytes / ms / 1e6);
         let bytes = 4.0 * len as f64 * 4.0;
-        rows.push(Row { name: format!("batchnorm fwd-train {n}x{c}x{hw}"), ms, rate: gbs(bytes, ms), vs_cublas: "-".into() });
-        let (mut dx, mut dg, mut db) = (be.zeros(len).unwrap(), be.zeros(c).unwrap(), be.zeros(c).unwrap());
+        rows.push(Row {
+            name: format!("batchnorm fwd-train {n}x{c}x{hw}"),
+            ms,
+            rate: gbs(bytes, ms),
+            vs_cublas: "-".into(),
+        });
+        let (mut dx, mut dg, mut db) = (
+            be.zeros(len).unwrap(),
+            be.zeros(c).unwrap(),
+            be.zeros(c).unwrap(),
+        );
         let ms = timer.median_ms(warm, reps, || {
-            be.batchnorm_bwd(&g, &x, &y, &gamma, &sm, &si, &mut dx, &mut dg, &mut db).unwrap()
+            be.batchnorm_bwd(&g, &x, &y, &gamma, &sm, &si, &mut dx, &mut dg, &mut db)
+                .unwrap()
         });
         // reads x, dy twice and writes dx
         let bytes = 5.0 * len as f64 * 4.0;
-        rows.push(Row { name: format!("batchnorm bwd {n}x{c}x{hw}"), ms, rate: gbs(bytes, ms), vs_cublas: "-".into() });
+        rows.push(Row {
+            name: format!("batchnorm bwd {n}x{c}x{hw}"),
+            ms,
+            rate: gbs(bytes, ms),
+            vs_cublas: "-".into(),
+        });
     }
 
     println!("\n| kernel | ms (median) | rate | cuBLAS SGEMM time / ours |");
     println!("|---|---:|---:|---:|");
     for r in &rows {
-        println!("| {} | {:.3} | {} | {} |", r.name, r.ms, r.rate, r.vs_cublas);
+        println!(
+            "| {} | {:.3} | {} | {} |",
+            r.name, r.ms, r.rate, r.vs_cublas
+        );
     }
 }

@@ -22,7 +22,10 @@ fn devices() -> Vec<Device> {
     if !only_gpu {
         out.push(cuda::emulated_device());
     }
-    match probe::cuda_driver().map_err(qat::Error::Device).and_then(|_| cuda::gpu_device()) {
+    match probe::cuda_driver()
+        .map_err(qat::Error::Device)
+        .and_then(|_| cuda::gpu_device())
+    {
         Ok(d) => out.push(d),
         Err(e) => {
             if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
@@ -70,10 +73,20 @@ fn hv(s: &Storage) -> Vec<f32> {
 /// `|got - want| <= atol + rtol * |want|` everywhere; NaN never passes.
 #[track_caller]
 fn close(what: &str, dev: &Device, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what} on {}: length", dev.backend().name());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what} on {}: length",
+        dev.backend().name()
+    );
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let ok = (g - w).abs() <= atol + rtol * w.abs();
-        assert!(ok, "{what} on {}: element {i} of {}: got {g}, want {w} (atol {atol}, rtol {rtol})", dev.backend().name(), got.len());
+        assert!(
+            ok,
+            "{what} on {}: element {i} of {}: got {g}, want {w} (atol {atol}, rtol {rtol})",
+            dev.backend().name(),
+            got.len()
+        );
     }
 }
 
@@ -91,15 +104,32 @@ fn memory_roundtrip_fill_zeros_copy() {
             let x = randn(&mut rng, n);
             let s = up(&dev, &x);
             close("upload/download", &dev, &down(&dev, &s), &x, 0.0, 0.0);
-            close("copy", &dev, &down(&dev, &b.copy(&s).unwrap()), &x, 0.0, 0.0);
-            close("zeros", &dev, &down(&dev, &b.zeros(n).unwrap()), &vec![0.0; n], 0.0, 0.0);
+            close(
+                "copy",
+                &dev,
+                &down(&dev, &b.copy(&s).unwrap()),
+                &x,
+                0.0,
+                0.0,
+            );
+            close(
+                "zeros",
+                &dev,
+                &down(&dev, &b.zeros(n).unwrap()),
+                &vec![0.0; n],
+                0.0,
+                0.0,
+            );
             let mut f = poison(&dev, n);
             b.fill(&mut f, 2.5).unwrap();
             close("fill", &dev, &down(&dev, &f), &vec![2.5; n], 0.0, 0.0);
         }
         let s = b.zeros(0).unwrap();
         assert!(down(&dev, &s).is_empty());
-        assert!(s.host().is_err(), "host() of device memory must be an error");
+        assert!(
+            s.host().is_err(),
+            "host() of device memory must be an error"
+        );
     }
 }
 
@@ -151,14 +181,36 @@ fn row_bias_and_sum_rows() {
         for (rows, cols) in [(1, 1), (3, 300), (257, 5), (40, 33), (1, 1030)] {
             let (bias, y0) = (randn(&mut rng, cols), randn(&mut rng, rows * cols));
             let (mut want, mut got) = (host(&y0), up(&dev, &y0));
-            c.backend().add_row_bias(rows, cols, &host(&bias), &mut want).unwrap();
-            dev.backend().add_row_bias(rows, cols, &up(&dev, &bias), &mut got).unwrap();
-            close("add_row_bias", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+            c.backend()
+                .add_row_bias(rows, cols, &host(&bias), &mut want)
+                .unwrap();
+            dev.backend()
+                .add_row_bias(rows, cols, &up(&dev, &bias), &mut got)
+                .unwrap();
+            close(
+                "add_row_bias",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
 
             let (mut want, mut got) = (host(&vec![0.0; cols]), poison(&dev, cols));
-            c.backend().sum_rows(rows, cols, &host(&y0), &mut want).unwrap();
-            dev.backend().sum_rows(rows, cols, &up(&dev, &y0), &mut got).unwrap();
-            close("sum_rows", &dev, &down(&dev, &got), &hv(&want), 1e-5 * rows as f32, 1e-5);
+            c.backend()
+                .sum_rows(rows, cols, &host(&y0), &mut want)
+                .unwrap();
+            dev.backend()
+                .sum_rows(rows, cols, &up(&dev, &y0), &mut got)
+                .unwrap();
+            close(
+                "sum_rows",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * rows as f32,
+                1e-5,
+            );
         }
     }
 }
@@ -171,22 +223,61 @@ fn row_bias_and_sum_rows() {
 fn gemm_all_transposes_and_odd_sizes() {
     let c = cpu();
     let mut rng = Rng::new(4);
-    let mut cases = vec![(1, 1, 1), (128, 128, 8), (129, 130, 9), (5, 3, 300), (70, 45, 33), (200, 1, 17), (1, 260, 4)];
+    let mut cases = vec![
+        (1, 1, 1),
+        (128, 128, 8),
+        (129, 130, 9),
+        (5, 3, 300),
+        (70, 45, 33),
+        (200, 1, 17),
+        (1, 260, 4),
+    ];
     for _ in 0..4 {
-        cases.push((range(&mut rng, 1, 200), range(&mut rng, 1, 200), range(&mut rng, 1, 150)));
+        cases.push((
+            range(&mut rng, 1, 200),
+            range(&mut rng, 1, 200),
+            range(&mut rng, 1, 150),
+        ));
     }
     for dev in devices() {
         for (i, &(m, n, k)) in cases.iter().enumerate() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (alpha, beta) = if i % 2 == 0 { (1.0, 0.0) } else { (0.5, 0.75) };
-                let g = GemmGeom { m, n, k, trans_a: ta, trans_b: tb, alpha, beta };
-                let (a, bm, c0) = (randn(&mut rng, m * k), randn(&mut rng, k * n), randn(&mut rng, m * n));
+                let g = GemmGeom {
+                    m,
+                    n,
+                    k,
+                    trans_a: ta,
+                    trans_b: tb,
+                    alpha,
+                    beta,
+                };
+                let (a, bm, c0) = (
+                    randn(&mut rng, m * k),
+                    randn(&mut rng, k * n),
+                    randn(&mut rng, m * n),
+                );
                 let mut want = host(&c0);
-                c.backend().gemm(&g, &host(&a), &host(&bm), &mut want).unwrap();
+                c.backend()
+                    .gemm(&g, &host(&a), &host(&bm), &mut want)
+                    .unwrap();
                 // beta == 0 must not read C: poison it.
-                let mut got = if beta == 0.0 { poison(&dev, m * n) } else { up(&dev, &c0) };
-                dev.backend().gemm(&g, &up(&dev, &a), &up(&dev, &bm), &mut got).unwrap();
-                close(&format!("gemm {g:?}"), &dev, &down(&dev, &got), &hv(&want), 1e-5 * k as f32, 1e-4);
+                let mut got = if beta == 0.0 {
+                    poison(&dev, m * n)
+                } else {
+                    up(&dev, &c0)
+                };
+                dev.backend()
+                    .gemm(&g, &up(&dev, &a), &up(&dev, &bm), &mut got)
+                    .unwrap();
+                close(
+                    &format!("gemm {g:?}"),
+                    &dev,
+                    &down(&dev, &got),
+                    &hv(&want),
+                    1e-5 * k as f32,
+                    1e-4,
+                );
             }
         }
     }
@@ -195,18 +286,54 @@ fn gemm_all_transposes_and_odd_sizes() {
 // ---- convolution ----------------------------------------------------------------
 
 fn conv_cases() -> Vec<(Conv2dGeom, bool)> {
-    let geom = |n, c_in, h, w, c_out, k: (usize, usize), s: (usize, usize), p: (usize, usize), d: (usize, usize), groups| {
-        Conv2dGeom { n, c_in, h, w, c_out, kh: k.0, kw: k.1, stride: s, pad: p, dilation: d, groups }
+    let geom = |n,
+                c_in,
+                h,
+                w,
+                c_out,
+                k: (usize, usize),
+                s: (usize, usize),
+                p: (usize, usize),
+                d: (usize, usize),
+                groups| {
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k.0,
+            kw: k.1,
+            stride: s,
+            pad: p,
+            dilation: d,
+            groups,
+        }
     };
     let mut cases = vec![
         (geom(2, 3, 9, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1), true),
-        (geom(1, 3, 15, 13, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1), false), // ResNet stem
-        (geom(2, 20, 6, 6, 130, (3, 3), (2, 2), (1, 1), (1, 1), 1), true), // Kc = 180 and 130 > one tile
-        (geom(1, 16, 5, 7, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1), false), // downsample 1x1
-        (geom(2, 4, 7, 7, 6, (3, 3), (1, 1), (2, 2), (2, 2), 2), true),    // dilated, groups
-        (geom(1, 6, 8, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6), false),   // depthwise
+        (
+            geom(1, 3, 15, 13, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+            false,
+        ), // ResNet stem
+        (
+            geom(2, 20, 6, 6, 130, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+            true,
+        ), // Kc = 180 and 130 > one tile
+        (
+            geom(1, 16, 5, 7, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+            false,
+        ), // downsample 1x1
+        (geom(2, 4, 7, 7, 6, (3, 3), (1, 1), (2, 2), (2, 2), 2), true), // dilated, groups
+        (
+            geom(1, 6, 8, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),
+            false,
+        ), // depthwise
         (geom(1, 2, 1, 1, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1), true),
-        (geom(3, 5, 11, 4, 7, (2, 3), (3, 1), (1, 0), (1, 1), 1), true),   // rectangular everything
+        (
+            geom(3, 5, 11, 4, 7, (2, 3), (3, 1), (1, 0), (1, 1), 1),
+            true,
+        ), // rectangular everything
     ];
     let mut rng = Rng::new(5);
     while cases.len() < 14 {
@@ -240,38 +367,102 @@ fn conv2d_fwd_bwd_data_bwd_weight() {
         let mut rng = Rng::new(6);
         for (g, with_bias) in conv_cases() {
             let g = g.validate().unwrap();
-            let (x, w, bias, dy) =
-                (randn(&mut rng, g.x_len()), randn(&mut rng, g.w_len()), randn(&mut rng, g.c_out), randn(&mut rng, g.y_len()));
+            let (x, w, bias, dy) = (
+                randn(&mut rng, g.x_len()),
+                randn(&mut rng, g.w_len()),
+                randn(&mut rng, g.c_out),
+                randn(&mut rng, g.y_len()),
+            );
             let kc = (g.c_in_per_group() * g.kh * g.kw) as f32;
             let r = (g.n * g.out_h() * g.out_w()) as f32;
             let what = |op: &str| format!("{op} {g:?}");
 
             let mut want = host(&vec![0.0; g.y_len()]);
             let hb = host(&bias);
-            c.backend().conv2d_fwd(&g, &host(&x), &host(&w), with_bias.then_some(&hb), &mut want).unwrap();
+            c.backend()
+                .conv2d_fwd(
+                    &g,
+                    &host(&x),
+                    &host(&w),
+                    with_bias.then_some(&hb),
+                    &mut want,
+                )
+                .unwrap();
             let mut got = poison(&dev, g.y_len());
             let db = up(&dev, &bias);
-            dev.backend().conv2d_fwd(&g, &up(&dev, &x), &up(&dev, &w), with_bias.then_some(&db), &mut got).unwrap();
-            close(&what("conv2d_fwd"), &dev, &down(&dev, &got), &hv(&want), 1e-5 * kc, 1e-4);
+            dev.backend()
+                .conv2d_fwd(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &w),
+                    with_bias.then_some(&db),
+                    &mut got,
+                )
+                .unwrap();
+            close(
+                &what("conv2d_fwd"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * kc,
+                1e-4,
+            );
 
             let mut want = host(&vec![0.0; g.x_len()]);
-            c.backend().conv2d_bwd_data(&g, &host(&dy), &host(&w), &mut want).unwrap();
+            c.backend()
+                .conv2d_bwd_data(&g, &host(&dy), &host(&w), &mut want)
+                .unwrap();
             let mut got = poison(&dev, g.x_len());
-            dev.backend().conv2d_bwd_data(&g, &up(&dev, &dy), &up(&dev, &w), &mut got).unwrap();
+            dev.backend()
+                .conv2d_bwd_data(&g, &up(&dev, &dy), &up(&dev, &w), &mut got)
+                .unwrap();
             let kd = (g.c_out_per_group() * g.kh * g.kw) as f32;
-            close(&what("conv2d_bwd_data"), &dev, &down(&dev, &got), &hv(&want), 1e-5 * kd, 1e-4);
+            close(
+                &what("conv2d_bwd_data"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * kd,
+                1e-4,
+            );
 
             let (mut want_w, mut want_b) = (host(&vec![0.0; g.w_len()]), host(&vec![0.0; g.c_out]));
             c.backend()
-                .conv2d_bwd_weight(&g, &host(&x), &host(&dy), &mut want_w, with_bias.then_some(&mut want_b))
+                .conv2d_bwd_weight(
+                    &g,
+                    &host(&x),
+                    &host(&dy),
+                    &mut want_w,
+                    with_bias.then_some(&mut want_b),
+                )
                 .unwrap();
             let (mut got_w, mut got_b) = (poison(&dev, g.w_len()), poison(&dev, g.c_out));
             dev.backend()
-                .conv2d_bwd_weight(&g, &up(&dev, &x), &up(&dev, &dy), &mut got_w, with_bias.then_some(&mut got_b))
+                .conv2d_bwd_weight(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &dy),
+                    &mut got_w,
+                    with_bias.then_some(&mut got_b),
+                )
                 .unwrap();
-            close(&what("conv2d_bwd_weight"), &dev, &down(&dev, &got_w), &hv(&want_w), 1e-5 * r, 1e-4);
+            close(
+                &what("conv2d_bwd_weight"),
+                &dev,
+                &down(&dev, &got_w),
+                &hv(&want_w),
+                1e-5 * r,
+                1e-4,
+            );
             if with_bias {
-                close(&what("conv2d_bwd_bias"), &dev, &down(&dev, &got_b), &hv(&want_b), 1e-5 * r, 1e-4);
+                close(
+                    &what("conv2d_bwd_bias"),
+                    &dev,
+                    &down(&dev, &got_b),
+                    &hv(&want_b),
+                    1e-5 * r,
+                    1e-4,
+                );
             }
         }
     }
@@ -287,48 +478,179 @@ fn batchnorm_train_eval_bwd() {
     for dev in devices() {
         let mut rng = Rng::new(7);
         for (n, ch, hw) in [(2, 3, 5), (4, 7, 33), (1, 5, 1), (3, 2, 300), (2, 33, 9)] {
-            let g = BnGeom { n, c: ch, hw, eps: 1e-5, momentum: 0.1 };
+            let g = BnGeom {
+                n,
+                c: ch,
+                hw,
+                eps: 1e-5,
+                momentum: 0.1,
+            };
             let len = n * ch * hw;
             // An offset mean tests the variance for cancellation.
             let x: Vec<f32> = randn(&mut rng, len).iter().map(|v| 3.0 + 2.0 * v).collect();
-            let (gamma, beta, dy) = (randn(&mut rng, ch), randn(&mut rng, ch), randn(&mut rng, len));
+            let (gamma, beta, dy) = (
+                randn(&mut rng, ch),
+                randn(&mut rng, ch),
+                randn(&mut rng, len),
+            );
             let rm: Vec<f32> = randn(&mut rng, ch);
             let rv: Vec<f32> = randn(&mut rng, ch).iter().map(|v| 1.0 + v.abs()).collect();
 
             let (mut rm_w, mut rv_w) = (host(&rm), host(&rv));
-            let (mut y_w, mut m_w, mut s_w) = (host(&vec![0.0; len]), host(&vec![0.0; ch]), host(&vec![0.0; ch]));
+            let (mut y_w, mut m_w, mut s_w) = (
+                host(&vec![0.0; len]),
+                host(&vec![0.0; ch]),
+                host(&vec![0.0; ch]),
+            );
             c.backend()
-                .batchnorm_fwd_train(&g, &host(&x), &host(&gamma), &host(&beta), &mut rm_w, &mut rv_w, &mut y_w, &mut m_w, &mut s_w)
+                .batchnorm_fwd_train(
+                    &g,
+                    &host(&x),
+                    &host(&gamma),
+                    &host(&beta),
+                    &mut rm_w,
+                    &mut rv_w,
+                    &mut y_w,
+                    &mut m_w,
+                    &mut s_w,
+                )
                 .unwrap();
             let (mut rm_g, mut rv_g) = (up(&dev, &rm), up(&dev, &rv));
-            let (mut y_g, mut m_g, mut s_g) = (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
+            let (mut y_g, mut m_g, mut s_g) =
+                (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
             let (xd, gd, bd) = (up(&dev, &x), up(&dev, &gamma), up(&dev, &beta));
-            dev.backend().batchnorm_fwd_train(&g, &xd, &gd, &bd, &mut rm_g, &mut rv_g, &mut y_g, &mut m_g, &mut s_g).unwrap();
+            dev.backend()
+                .batchnorm_fwd_train(
+                    &g, &xd, &gd, &bd, &mut rm_g, &mut rv_g, &mut y_g, &mut m_g, &mut s_g,
+                )
+                .unwrap();
             let what = |op: &str| format!("{op} {g:?}");
-            close(&what("bn train y"), &dev, &down(&dev, &y_g), &hv(&y_w), 1e-4, 1e-4);
-            close(&what("bn save_mean"), &dev, &down(&dev, &m_g), &hv(&m_w), 1e-4, 1e-4);
-            close(&what("bn save_invstd"), &dev, &down(&dev, &s_g), &hv(&s_w), 1e-4, 1e-4);
-            close(&what("bn running_mean"), &dev, &down(&dev, &rm_g), &hv(&rm_w), 1e-4, 1e-4);
-            close(&what("bn running_var"), &dev, &down(&dev, &rv_g), &hv(&rv_w), 1e-4, 1e-4);
+            close(
+                &what("bn train y"),
+                &dev,
+                &down(&dev, &y_g),
+                &hv(&y_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn save_mean"),
+                &dev,
+                &down(&dev, &m_g),
+                &hv(&m_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn save_invstd"),
+                &dev,
+                &down(&dev, &s_g),
+                &hv(&s_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn running_mean"),
+                &dev,
+                &down(&dev, &rm_g),
+                &hv(&rm_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn running_var"),
+                &dev,
+                &down(&dev, &rv_g),
+                &hv(&rv_w),
+                1e-4,
+                1e-4,
+            );
 
             let mut want = host(&vec![0.0; len]);
-            c.backend().batchnorm_fwd_eval(&g, &host(&x), &host(&gamma), &host(&beta), &host(&rm), &host(&rv), &mut want).unwrap();
-            let mut got = poison(&dev, len);
-            dev.backend().batchnorm_fwd_eval(&g, &xd, &gd, &bd, &up(&dev, &rm), &up(&dev, &rv), &mut got).unwrap();
-            close(&what("bn eval y"), &dev, &down(&dev, &got), &hv(&want), 1e-4, 1e-4);
-
-            let (mut dx_w, mut dg_w, mut db_w) = (host(&vec![0.0; len]), host(&vec![0.0; ch]), host(&vec![0.0; ch]));
             c.backend()
-                .batchnorm_bwd(&g, &host(&x), &host(&dy), &host(&gamma), &m_w, &s_w, &mut dx_w, &mut dg_w, &mut db_w)
+                .batchnorm_fwd_eval(
+                    &g,
+                    &host(&x),
+                    &host(&gamma),
+                    &host(&beta),
+                    &host(&rm),
+                    &host(&rv),
+                    &mut want,
+                )
                 .unwrap();
-            let (mut dx_g, mut dg_g, mut db_g) = (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
+            let mut got = poison(&dev, len);
+            dev.backend()
+                .batchnorm_fwd_eval(&g, &xd, &gd, &bd, &up(&dev, &rm), &up(&dev, &rv), &mut got)
+                .unwrap();
+            close(
+                &what("bn eval y"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-4,
+                1e-4,
+            );
+
+            let (mut dx_w, mut dg_w, mut db_w) = (
+                host(&vec![0.0; len]),
+                host(&vec![0.0; ch]),
+                host(&vec![0.0; ch]),
+            );
+            c.backend()
+                .batchnorm_bwd(
+                    &g,
+                    &host(&x),
+                    &host(&dy),
+                    &host(&gamma),
+                    &m_w,
+                    &s_w,
+                    &mut dx_w,
+                    &mut dg_w,
+                    &mut db_w,
+                )
+                .unwrap();
+            let (mut dx_g, mut dg_g, mut db_g) =
+                (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
             // The saved statistics are the CPU's, so only the backward differs.
             let (md, sd) = (up(&dev, &hv(&m_w)), up(&dev, &hv(&s_w)));
-            dev.backend().batchnorm_bwd(&g, &xd, &up(&dev, &dy), &gd, &md, &sd, &mut dx_g, &mut dg_g, &mut db_g).unwrap();
+            dev.backend()
+                .batchnorm_bwd(
+                    &g,
+                    &xd,
+                    &up(&dev, &dy),
+                    &gd,
+                    &md,
+                    &sd,
+                    &mut dx_g,
+                    &mut dg_g,
+                    &mut db_g,
+                )
+                .unwrap();
             let tol = 1e-5 * (n * hw) as f32;
-            close(&what("bn dx"), &dev, &down(&dev, &dx_g), &hv(&dx_w), 1e-4, 1e-3);
-            close(&what("bn dgamma"), &dev, &down(&dev, &dg_g), &hv(&dg_w), tol, 1e-4);
-            close(&what("bn dbeta"), &dev, &down(&dev, &db_g), &hv(&db_w), tol, 1e-4);
+            close(
+                &what("bn dx"),
+                &dev,
+                &down(&dev, &dx_g),
+                &hv(&dx_w),
+                1e-4,
+                1e-3,
+            );
+            close(
+                &what("bn dgamma"),
+                &dev,
+                &down(&dev, &dg_g),
+                &hv(&dg_w),
+                tol,
+                1e-4,
+            );
+            close(
+                &what("bn dbeta"),
+                &dev,
+                &down(&dev, &db_g),
+                &hv(&db_w),
+                tol,
+                1e-4,
+            );
         }
     }
 }
@@ -369,28 +691,70 @@ fn maxpool_and_global_avgpool() {
             let mut want = host(&vec![0.0; yl]);
             c.backend().maxpool2d_fwd(&g, &host(&x), &mut want).unwrap();
             let mut got = poison(&dev, yl);
-            dev.backend().maxpool2d_fwd(&g, &up(&dev, &x), &mut got).unwrap();
-            close(&format!("maxpool fwd {g:?}"), &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+            dev.backend()
+                .maxpool2d_fwd(&g, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                &format!("maxpool fwd {g:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
 
             let mut want = host(&vec![0.0; xl]);
-            c.backend().maxpool2d_bwd(&g, &host(&x), &host(&dy), &mut want).unwrap();
+            c.backend()
+                .maxpool2d_bwd(&g, &host(&x), &host(&dy), &mut want)
+                .unwrap();
             let mut got = poison(&dev, xl);
-            dev.backend().maxpool2d_bwd(&g, &up(&dev, &x), &up(&dev, &dy), &mut got).unwrap();
-            close(&format!("maxpool bwd {g:?}"), &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-6);
+            dev.backend()
+                .maxpool2d_bwd(&g, &up(&dev, &x), &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                &format!("maxpool bwd {g:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-6,
+            );
         }
         for (n, ch, hw) in [(1, 1, 1), (2, 3, 49), (3, 9, 100), (1, 17, 31)] {
             let (x, dy) = (randn(&mut rng, n * ch * hw), randn(&mut rng, n * ch));
             let mut want = host(&vec![0.0; n * ch]);
-            c.backend().global_avgpool_fwd(n, ch, hw, &host(&x), &mut want).unwrap();
+            c.backend()
+                .global_avgpool_fwd(n, ch, hw, &host(&x), &mut want)
+                .unwrap();
             let mut got = poison(&dev, n * ch);
-            dev.backend().global_avgpool_fwd(n, ch, hw, &up(&dev, &x), &mut got).unwrap();
-            close("global_avgpool_fwd", &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-5);
+            dev.backend()
+                .global_avgpool_fwd(n, ch, hw, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                "global_avgpool_fwd",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-5,
+            );
 
             let mut want = host(&vec![0.0; n * ch * hw]);
-            c.backend().global_avgpool_bwd(n, ch, hw, &host(&dy), &mut want).unwrap();
+            c.backend()
+                .global_avgpool_bwd(n, ch, hw, &host(&dy), &mut want)
+                .unwrap();
             let mut got = poison(&dev, n * ch * hw);
-            dev.backend().global_avgpool_bwd(n, ch, hw, &up(&dev, &dy), &mut got).unwrap();
-            close("global_avgpool_bwd", &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-5);
+            dev.backend()
+                .global_avgpool_bwd(n, ch, hw, &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                "global_avgpool_bwd",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-5,
+            );
         }
     }
 }
@@ -404,23 +768,65 @@ fn softmax_cross_entropy() {
     let c = cpu();
     for dev in devices() {
         let mut rng = Rng::new(9);
-        for (rows, classes, eps) in [(1, 1, 0.0), (3, 10, 0.0), (37, 10, 0.1), (5, 300, 0.1), (2, 1000, 0.05)] {
-            let logits: Vec<f32> = randn(&mut rng, rows * classes).iter().map(|v| 4.0 * v).collect();
-            let labels: Vec<f32> = (0..rows).map(|_| rng.below(classes as u64) as f32).collect();
+        for (rows, classes, eps) in [
+            (1, 1, 0.0),
+            (3, 10, 0.0),
+            (37, 10, 0.1),
+            (5, 300, 0.1),
+            (2, 1000, 0.05),
+        ] {
+            let logits: Vec<f32> = randn(&mut rng, rows * classes)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect();
+            let labels: Vec<f32> = (0..rows)
+                .map(|_| rng.below(classes as u64) as f32)
+                .collect();
             let (mut loss_w, mut probs_w) = (host(&[0.0]), host(&vec![0.0; rows * classes]));
-            c.backend().softmax_xent_fwd(rows, classes, eps, &host(&logits), &host(&labels), &mut loss_w, &mut probs_w).unwrap();
+            c.backend()
+                .softmax_xent_fwd(
+                    rows,
+                    classes,
+                    eps,
+                    &host(&logits),
+                    &host(&labels),
+                    &mut loss_w,
+                    &mut probs_w,
+                )
+                .unwrap();
             let (mut loss_g, mut probs_g) = (poison(&dev, 1), poison(&dev, rows * classes));
             let (ld, lab) = (up(&dev, &logits), up(&dev, &labels));
-            dev.backend().softmax_xent_fwd(rows, classes, eps, &ld, &lab, &mut loss_g, &mut probs_g).unwrap();
+            dev.backend()
+                .softmax_xent_fwd(rows, classes, eps, &ld, &lab, &mut loss_g, &mut probs_g)
+                .unwrap();
             let what = format!("softmax_xent rows {rows} classes {classes} eps {eps}");
             close(&what, &dev, &down(&dev, &loss_g), &hv(&loss_w), 1e-5, 1e-4);
-            close(&what, &dev, &down(&dev, &probs_g), &hv(&probs_w), 1e-5, 1e-4);
+            close(
+                &what,
+                &dev,
+                &down(&dev, &probs_g),
+                &hv(&probs_w),
+                1e-5,
+                1e-4,
+            );
 
             let mut want = host(&vec![0.0; rows * classes]);
-            c.backend().softmax_xent_bwd(rows, classes, eps, &probs_w, &host(&labels), &host(&[0.7]), &mut want).unwrap();
+            c.backend()
+                .softmax_xent_bwd(
+                    rows,
+                    classes,
+                    eps,
+                    &probs_w,
+                    &host(&labels),
+                    &host(&[0.7]),
+                    &mut want,
+                )
+                .unwrap();
             let mut got = poison(&dev, rows * classes);
             let pd = up(&dev, &hv(&probs_w));
-            dev.backend().softmax_xent_bwd(rows, classes, eps, &pd, &lab, &up(&dev, &[0.7]), &mut got).unwrap();
+            dev.backend()
+                .softmax_xent_bwd(rows, classes, eps, &pd, &lab, &up(&dev, &[0.7]), &mut got)
+                .unwrap();
             close(&what, &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-4);
         }
     }
@@ -434,19 +840,44 @@ fn sgd_steps() {
     let c = cpu();
     for dev in devices() {
         let mut rng = Rng::new(10);
-        for (momentum, nesterov, weight_decay) in [(0.0, false, 0.0), (0.9, false, 5e-4), (0.9, true, 1e-2)] {
-            let s = SgdStep { lr: 0.1, momentum, weight_decay, nesterov };
+        for (momentum, nesterov, weight_decay) in
+            [(0.0, false, 0.0), (0.9, false, 5e-4), (0.9, true, 1e-2)]
+        {
+            let s = SgdStep {
+                lr: 0.1,
+                momentum,
+                weight_decay,
+                nesterov,
+            };
             let n = 1029;
             let p0 = randn(&mut rng, n);
             let (mut pw, mut bw) = (host(&p0), host(&vec![0.0; n]));
             let (mut pg, mut bg) = (up(&dev, &p0), dev.backend().zeros(n).unwrap());
             for _ in 0..3 {
                 let g = randn(&mut rng, n);
-                c.backend().sgd_step(&s, &mut pw, &host(&g), &mut bw).unwrap();
-                dev.backend().sgd_step(&s, &mut pg, &up(&dev, &g), &mut bg).unwrap();
+                c.backend()
+                    .sgd_step(&s, &mut pw, &host(&g), &mut bw)
+                    .unwrap();
+                dev.backend()
+                    .sgd_step(&s, &mut pg, &up(&dev, &g), &mut bg)
+                    .unwrap();
             }
-            close(&format!("sgd param {s:?}"), &dev, &down(&dev, &pg), &hv(&pw), 1e-6, 1e-6);
-            close(&format!("sgd buffer {s:?}"), &dev, &down(&dev, &bg), &hv(&bw), 1e-6, 1e-6);
+            close(
+                &format!("sgd param {s:?}"),
+                &dev,
+                &down(&dev, &pg),
+                &hv(&pw),
+                1e-6,
+                1e-6,
+            );
+            close(
+                &format!("sgd buffer {s:?}"),
+                &dev,
+                &down(&dev, &bg),
+                &hv(&bw),
+                1e-6,
+                1e-6,
+            );
         }
     }
 }
@@ -457,14 +888,17 @@ fn sgd_steps() {
 fn device_parse() {
     assert!(Device::parse("cpu").unwrap().is_cpu());
     let emu = Device::parse("cuda-emu").unwrap();
-    assert!(emu.same(&Device::parse("cuda-emu").unwrap()), "cuda-emu is one process-wide device");
+    assert!(
+        emu.same(&Device::parse("cuda-emu").unwrap()),
+        "cuda-emu is one process-wide device"
+    );
     assert_eq!(emu.backend().name(), "cuda-emu");
     let auto = Device::parse("auto").unwrap();
     match probe::cuda_driver() {
         Ok(()) => assert!(!auto.is_cpu()),
         Err(_) => {
             assert!(auto.is_cpu());
-            let e = Device::parse("cuda").err().expect("cuda without a GPU must be an error");
+            let e = Device::parse("cuda").expect_err("cuda without a GPU must be an error");
             assert!(e.to_string().contains("no usable GPU"), "{e}");
         }
     }

@@ -40,7 +40,15 @@ fn every_kernel_compiles_cleanly_for_sm80_and_sm90() {
             }
         }
     }
-    assert!(failures.is_empty(), "NVRTC problems:\n{}", failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "NVRTC problems:\n{}",
+        failures.join("\n\n")
+    );
     // Every entry point the backend launches must exist in some file.
-    assert!(kernels::KERNELS.len() >= 20, "only {} kernels found", kernels::KERNELS.len());
+    assert!(
+        kernels::KERNELS.len() >= 20,
+        "only {} kernels found",
+        kernels::KERNELS.len()
+    );
 }

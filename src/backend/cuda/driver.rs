@@ -43,8 +43,11 @@ impl DriverRuntime {
     pub fn new(ordinal: usize) -> Result<Self> {
         probe::cuda_driver().map_err(Error::Device)?;
         probe::nvrtc().map_err(Error::Device)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| derr(&format!("opening cuda:{ordinal}"), e))?;
-        let (major, minor) = ctx.compute_capability().map_err(|e| derr("compute capability", e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| derr(&format!("opening cuda:{ordinal}"), e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| derr("compute capability", e))?;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         Ok(DriverRuntime {
             ctx,
@@ -56,7 +59,9 @@ impl DriverRuntime {
     }
 
     fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| derr("binding the CUDA context", e))
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| derr("binding the CUDA context", e))
     }
 
     /// The function for `kernel`, compiling and loading its file on first use.
@@ -64,7 +69,12 @@ impl DriverRuntime {
         let Some(&(name, file)) = KERNELS.iter().find(|(k, _)| *k == kernel) else {
             bail!(Device, "no kernel named {kernel}");
         };
-        if let Some(f) = self.funcs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(f) = self
+            .funcs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(f.0);
         }
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,7 +89,10 @@ impl DriverRuntime {
         // SAFETY: the module is loaded and the name NUL-terminated.
         let f = unsafe { result::module::get_function(modules[file].0, cname) }
             .map_err(|e| derr(&format!("finding {name} in {file}"), e))?;
-        self.funcs.lock().unwrap_or_else(|e| e.into_inner()).insert(name, Func(f));
+        self.funcs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, Func(f));
         Ok(f)
     }
 
@@ -97,7 +110,8 @@ impl KernelRuntime for DriverRuntime {
     fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         // SAFETY: the context is current.
-        unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| derr(&format!("allocating {bytes} bytes"), e))
+        unsafe { result::malloc_sync(bytes.max(1)) }
+            .map_err(|e| derr(&format!("allocating {bytes} bytes"), e))
     }
 
     unsafe fn free(&self, ptr: u64) {
@@ -116,7 +130,8 @@ impl KernelRuntime for DriverRuntime {
     fn download(&self, src: u64, dst: &mut [f32]) -> Result<()> {
         self.bind()?;
         // SAFETY: `src` is an allocation of at least `dst.len()` floats.
-        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(|e| derr("copy to host (or an earlier kernel)", e))
+        unsafe { result::memcpy_dtoh_sync(dst, src) }
+            .map_err(|e| derr("copy to host (or an earlier kernel)", e))
     }
 
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
@@ -138,7 +153,12 @@ impl KernelRuntime for DriverRuntime {
         // SAFETY: the caller guarantees `args` match the kernel's parameters;
         // the null stream orders this launch with the synchronous copies.
         unsafe { result::launch_kernel(f, grid, block, shared_bytes, std::ptr::null_mut(), args) }
-            .map_err(|e| derr(&format!("launching {kernel} grid {grid:?} block {block:?}"), e))
+            .map_err(|e| {
+                derr(
+                    &format!("launching {kernel} grid {grid:?} block {block:?}"),
+                    e,
+                )
+            })
     }
 
     fn synchronize(&self) -> Result<()> {

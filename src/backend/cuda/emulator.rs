@@ -42,9 +42,14 @@ impl EmuRuntime {
     /// Checks that `[ptr, ptr + bytes)` lies inside one live allocation.
     fn check(&self, ptr: u64, bytes: usize) -> Result<()> {
         let allocs = self.allocs.lock().unwrap_or_else(|e| e.into_inner());
-        let ok = allocs.iter().any(|(&base, &size)| ptr >= base && ptr + bytes as u64 <= base + size as u64);
+        let ok = allocs
+            .iter()
+            .any(|(&base, &size)| ptr >= base && ptr + bytes as u64 <= base + size as u64);
         if !ok {
-            bail!(Device, "cuda-emu: {bytes} bytes at {ptr:#x} are not inside an allocation");
+            bail!(
+                Device,
+                "cuda-emu: {bytes} bytes at {ptr:#x} are not inside an allocation"
+            );
         }
         Ok(())
     }
@@ -56,20 +61,34 @@ impl KernelRuntime for EmuRuntime {
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|e| crate::Error::Device(e.to_string()))?;
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|e| crate::Error::Device(e.to_string()))?;
         // SAFETY: the layout has non-zero size.
         let p = unsafe { alloc_zeroed(layout) };
         if p.is_null() {
             bail!(Device, "cuda-emu: out of memory allocating {bytes} bytes");
         }
-        self.allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, bytes.max(1));
+        self.allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p as u64, bytes.max(1));
         Ok(p as u64)
     }
 
     unsafe fn free(&self, ptr: u64) {
-        if let Some(size) = self.allocs.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr) {
+        if let Some(size) = self
+            .allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ptr)
+        {
             // SAFETY: allocated in `alloc` with this size and alignment.
-            unsafe { dealloc(ptr as *mut u8, Layout::from_size_align_unchecked(size, ALIGN)) }
+            unsafe {
+                dealloc(
+                    ptr as *mut u8,
+                    Layout::from_size_align_unchecked(size, ALIGN),
+                )
+            }
         }
     }
 
@@ -121,7 +140,10 @@ impl KernelRuntime for EmuRuntime {
         match rc {
             0 => Ok(()),
             1 => bail!(Device, "cuda-emu: no kernel named {kernel}"),
-            _ => bail!(Device, "cuda-emu: invalid launch of {kernel}: grid {grid:?}, block {block:?}"),
+            _ => bail!(
+                Device,
+                "cuda-emu: invalid launch of {kernel}: grid {grid:?}, block {block:?}"
+            ),
         }
     }
 

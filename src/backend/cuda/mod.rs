@@ -60,7 +60,9 @@ impl CudaBackend {
         let rt = driver::DriverRuntime::new(ordinal)?;
         let sms = rt
             .context()
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .unwrap_or(80)
             .max(1) as usize;
         Ok(CudaBackend {
@@ -82,14 +84,23 @@ impl CudaBackend {
         match s {
             Storage::Device(b) => {
                 if !std::ptr::addr_eq(Arc::as_ptr(b.runtime()), Arc::as_ptr(&self.rt)) {
-                    bail!(DeviceMismatch, "{what}: buffer of {} used on {}", b.runtime().name(), self.rt.name());
+                    bail!(
+                        DeviceMismatch,
+                        "{what}: buffer of {} used on {}",
+                        b.runtime().name(),
+                        self.rt.name()
+                    );
                 }
                 if b.len() < len {
                     bail!(Shape, "{what}: buffer of {} values, {len} needed", b.len());
                 }
                 Ok(b.ptr())
             }
-            Storage::Host(_) => bail!(DeviceMismatch, "{what}: host buffer passed to {}", self.rt.name()),
+            Storage::Host(_) => bail!(
+                DeviceMismatch,
+                "{what}: host buffer passed to {}",
+                self.rt.name()
+            ),
         }
     }
 
@@ -109,7 +120,13 @@ impl CudaBackend {
         f(ws.as_ref().map(|b| b.ptr()).unwrap_or(0))
     }
 
-    fn launch(&self, kernel: &str, grid: (u32, u32, u32), block: u32, mut args: Vec<Arg>) -> Result<()> {
+    fn launch(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        mut args: Vec<Arg>,
+    ) -> Result<()> {
         let mut ptrs = runtime::arg_pointers(&mut args);
         // SAFETY: each call site passes the kernel's parameters in order, with
         // device pointers checked by `ptr`.
@@ -130,19 +147,40 @@ impl CudaBackend {
 fn i32_of(v: usize, what: &str) -> Result<i32> {
     match i32::try_from(v) {
         Ok(x) if x < i32::MAX / 2 => Ok(x),
-        _ => bail!(Shape, "{what} = {v} is too large for the CUDA kernels (32-bit indices)"),
+        _ => bail!(
+            Shape,
+            "{what} = {v} is too large for the CUDA kernels (32-bit indices)"
+        ),
     }
 }
 
 fn grid_tiles(cols: usize, rows: usize, z: usize) -> (u32, u32, u32) {
-    (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, z as u32)
+    (
+        cols.div_ceil(TILE) as u32,
+        rows.div_ceil(TILE) as u32,
+        z as u32,
+    )
 }
 
 /// `ConvGeom` of kernels/conv.cu, field for field.
 fn conv_geom(g: &Conv2dGeom) -> Result<Arg> {
     let f = [
-        g.n, g.c_in, g.h, g.w, g.c_out, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, g.dilation.0,
-        g.dilation.1, g.groups, g.out_h(), g.out_w(),
+        g.n,
+        g.c_in,
+        g.h,
+        g.w,
+        g.c_out,
+        g.kh,
+        g.kw,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.dilation.0,
+        g.dilation.1,
+        g.groups,
+        g.out_h(),
+        g.out_w(),
     ];
     i32_of(g.x_len().max(g.y_len()), "conv2d tensor size")?;
     Ok(Arg::I32s(f.iter().map(|&v| v as i32).collect()))
@@ -150,7 +188,20 @@ fn conv_geom(g: &Conv2dGeom) -> Result<Arg> {
 
 /// `PoolGeom` of kernels/pool.cu, field for field.
 fn pool_geom(g: &Pool2dGeom) -> Result<Arg> {
-    let f = [g.n, g.c, g.h, g.w, g.kh, g.kw, g.stride.0, g.stride.1, g.pad.0, g.pad.1, g.out_h(), g.out_w()];
+    let f = [
+        g.n,
+        g.c,
+        g.h,
+        g.w,
+        g.kh,
+        g.kw,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.out_h(),
+        g.out_w(),
+    ];
     i32_of(g.n * g.c * g.h * g.w, "max_pool2d input size")?;
     Ok(Arg::I32s(f.iter().map(|&v| v as i32).collect()))
 }
@@ -184,13 +235,22 @@ impl Backend for CudaBackend {
     fn fill(&self, s: &mut Storage, value: f32) -> Result<()> {
         let n = s.len();
         let p = self.ptr(s, n, "fill")?;
-        self.launch_1d("fill_fwd_f32", n, vec![Arg::Ptr(p), Arg::F32(value), Arg::I32(i32_of(n, "fill length")?)])
+        self.launch_1d(
+            "fill_fwd_f32",
+            n,
+            vec![
+                Arg::Ptr(p),
+                Arg::F32(value),
+                Arg::I32(i32_of(n, "fill length")?),
+            ],
+        )
     }
     fn copy(&self, src: &Storage) -> Result<Storage> {
         let n = src.len();
         let s = self.alloc(n)?;
         if n > 0 {
-            self.rt.copy(self.ptr(&s, n, "copy")?, self.ptr(src, n, "copy")?, n * 4)?;
+            self.rt
+                .copy(self.ptr(&s, n, "copy")?, self.ptr(src, n, "copy")?, n * 4)?;
         }
         Ok(s)
     }
@@ -221,7 +281,11 @@ impl Backend for CudaBackend {
     }
     fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()> {
         let n = x.len();
-        let args = vec![Arg::F32(alpha), Arg::Ptr(self.ptr(x, n, "scale x")?), Arg::I32(i32_of(n, "scale length")?)];
+        let args = vec![
+            Arg::F32(alpha),
+            Arg::Ptr(self.ptr(x, n, "scale x")?),
+            Arg::I32(i32_of(n, "scale length")?),
+        ];
         self.launch_1d("scale_fwd_f32", n, args)
     }
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()> {
@@ -265,7 +329,13 @@ impl Backend for CudaBackend {
         i32_of(g.k * g.n, "gemm operand size")?;
         self.launch("gemm_fwd_f32", grid_tiles(g.n, g.m, 1), 256, args)
     }
-    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()> {
+    fn add_row_bias(
+        &self,
+        rows: usize,
+        cols: usize,
+        bias: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
         let args = vec![
             Arg::Ptr(self.ptr(bias, cols, "bias")?),
             Arg::Ptr(self.ptr(y, rows * cols, "add_row_bias y")?),
@@ -286,7 +356,14 @@ impl Backend for CudaBackend {
     }
 
     // ---- convolution --------------------------------------------------------
-    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()> {
+    fn conv2d_fwd(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        y: &mut Storage,
+    ) -> Result<()> {
         let m = g.n * g.out_h() * g.out_w();
         if m == 0 || g.c_out == 0 {
             return Ok(());
@@ -302,10 +379,21 @@ impl Backend for CudaBackend {
             Arg::Ptr(self.ptr(y, g.y_len(), "conv2d y")?),
             conv_geom(g)?,
         ];
-        self.launch("conv2d_fwd_f32", grid_tiles(g.c_out_per_group(), m, g.groups), 256, args)
+        self.launch(
+            "conv2d_fwd_f32",
+            grid_tiles(g.c_out_per_group(), m, g.groups),
+            256,
+            args,
+        )
     }
 
-    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()> {
+    fn conv2d_bwd_data(
+        &self,
+        g: &Conv2dGeom,
+        dy: &Storage,
+        w: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         let m = g.n * g.h * g.w;
         if m == 0 || g.c_in == 0 {
             return Ok(());
@@ -316,7 +404,12 @@ impl Backend for CudaBackend {
             Arg::Ptr(self.ptr(dx, g.x_len(), "conv2d dx")?),
             conv_geom(g)?,
         ];
-        self.launch("conv2d_bwd_data_f32", grid_tiles(g.c_in_per_group(), m, g.groups), 256, args)
+        self.launch(
+            "conv2d_bwd_data_f32",
+            grid_tiles(g.c_in_per_group(), m, g.groups),
+            256,
+            args,
+        )
     }
 
     fn conv2d_bwd_weight(
@@ -330,7 +423,10 @@ impl Backend for CudaBackend {
         let kc = g.c_in_per_group() * g.kh * g.kw;
         let og = g.c_out_per_group();
         let r = g.n * g.out_h() * g.out_w();
-        let (xp, dyp) = (self.ptr(x, g.x_len(), "conv2d x")?, self.ptr(dy, g.y_len(), "conv2d dy")?);
+        let (xp, dyp) = (
+            self.ptr(x, g.x_len(), "conv2d x")?,
+            self.ptr(dy, g.y_len(), "conv2d dy")?,
+        );
         let dwp = self.ptr(dw, g.w_len(), "conv2d dw")?;
         if g.w_len() > 0 {
             // Split the long reduction over N*OH*OW when the output has too
@@ -351,14 +447,24 @@ impl Backend for CudaBackend {
                     Arg::I32(splits as i32),
                     Arg::I32(i32_of(chunk, "split-K chunk")?),
                 ];
-                self.launch("conv2d_bwd_weight_f32", grid_tiles(kc, og, g.groups * splits), 256, args)
+                self.launch(
+                    "conv2d_bwd_weight_f32",
+                    grid_tiles(kc, og, g.groups * splits),
+                    256,
+                    args,
+                )
             };
             if splits == 1 {
                 run(dwp)?;
             } else {
                 self.with_workspace(splits * g.w_len(), |ws| {
                     run(ws)?;
-                    let args = vec![Arg::Ptr(ws), Arg::Ptr(dwp), Arg::I32(g.w_len() as i32), Arg::I32(splits as i32)];
+                    let args = vec![
+                        Arg::Ptr(ws),
+                        Arg::Ptr(dwp),
+                        Arg::I32(g.w_len() as i32),
+                        Arg::I32(splits as i32),
+                    ];
                     self.launch_1d("conv2d_bwd_weight_reduce_f32", g.w_len(), args)
                 })?;
             }
@@ -398,8 +504,11 @@ impl Backend for CudaBackend {
         }
         let (n, c, hw) = (i32_of(g.n, "n")?, i32_of(g.c, "c")?, i32_of(g.hw, "hw")?);
         i32_of(len, "batch norm size")?;
-        let (xp, mean, invstd) =
-            (self.ptr(x, len, "bn x")?, self.ptr(save_mean, g.c, "bn mean")?, self.ptr(save_invstd, g.c, "bn invstd")?);
+        let (xp, mean, invstd) = (
+            self.ptr(x, len, "bn x")?,
+            self.ptr(save_mean, g.c, "bn mean")?,
+            self.ptr(save_invstd, g.c, "bn invstd")?,
+        );
         let args = vec![
             Arg::Ptr(xp),
             Arg::Ptr(mean),
@@ -490,10 +599,20 @@ impl Backend for CudaBackend {
     // ---- pooling ------------------------------------------------------------
     fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()> {
         let (xl, yl) = (g.n * g.c * g.h * g.w, g.n * g.c * g.out_h() * g.out_w());
-        let args = vec![Arg::Ptr(self.ptr(x, xl, "maxpool x")?), Arg::Ptr(self.ptr(y, yl, "maxpool y")?), pool_geom(g)?];
+        let args = vec![
+            Arg::Ptr(self.ptr(x, xl, "maxpool x")?),
+            Arg::Ptr(self.ptr(y, yl, "maxpool y")?),
+            pool_geom(g)?,
+        ];
         self.launch_1d("maxpool2d_fwd_f32", yl, args)
     }
-    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
+    fn maxpool2d_bwd(
+        &self,
+        g: &Pool2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         let (xl, yl) = (g.n * g.c * g.h * g.w, g.n * g.c * g.out_h() * g.out_w());
         let args = vec![
             Arg::Ptr(self.ptr(x, xl, "maxpool x")?),
@@ -503,7 +622,14 @@ impl Backend for CudaBackend {
         ];
         self.launch_1d("maxpool2d_bwd_f32", xl, args)
     }
-    fn global_avgpool_fwd(&self, n: usize, c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()> {
+    fn global_avgpool_fwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
         let rows = n * c;
         if rows == 0 {
             return Ok(());
@@ -516,9 +642,21 @@ impl Backend for CudaBackend {
         ];
         i32_of(rows * hw, "avgpool size")?;
         let per_block = (BLOCK / 32) as usize;
-        self.launch("global_avgpool_fwd_f32", (rows.div_ceil(per_block) as u32, 1, 1), BLOCK, args)
+        self.launch(
+            "global_avgpool_fwd_f32",
+            (rows.div_ceil(per_block) as u32, 1, 1),
+            BLOCK,
+            args,
+        )
     }
-    fn global_avgpool_bwd(&self, n: usize, c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()> {
+    fn global_avgpool_bwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         let rows = n * c;
         let args = vec![
             Arg::Ptr(self.ptr(dy, rows, "avgpool dy")?),
@@ -545,8 +683,14 @@ impl Backend for CudaBackend {
             bail!(Shape, "softmax cross-entropy over zero rows");
         }
         i32_of(rows * classes, "logits size")?;
-        let (lp, lab) = (self.ptr(logits, rows * classes, "logits")?, self.ptr(labels, rows, "labels")?);
-        let (pp, lossp) = (self.ptr(probs, rows * classes, "probs")?, self.ptr(loss, 1, "loss")?);
+        let (lp, lab) = (
+            self.ptr(logits, rows * classes, "logits")?,
+            self.ptr(labels, rows, "labels")?,
+        );
+        let (pp, lossp) = (
+            self.ptr(probs, rows * classes, "probs")?,
+            self.ptr(loss, 1, "loss")?,
+        );
         self.with_workspace(rows, |rl| {
             let args = vec![
                 Arg::Ptr(lp),
@@ -588,7 +732,13 @@ impl Backend for CudaBackend {
     }
 
     // ---- optimizer ----------------------------------------------------------
-    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()> {
+    fn sgd_step(
+        &self,
+        s: &SgdStep,
+        param: &mut Storage,
+        grad: &Storage,
+        momentum_buf: &mut Storage,
+    ) -> Result<()> {
         let n = param.len();
         let args = vec![
             Arg::Ptr(self.ptr(param, n, "sgd param")?),
@@ -607,13 +757,18 @@ impl Backend for CudaBackend {
 /// The process-wide emulated CUDA device (`--device cuda-emu`).
 pub fn emulated_device() -> Device {
     static EMU: OnceLock<Device> = OnceLock::new();
-    EMU.get_or_init(|| Device::new(Arc::new(CudaBackend::emulated()))).clone()
+    EMU.get_or_init(|| Device::new(Arc::new(CudaBackend::emulated())))
+        .clone()
 }
 
 /// The process-wide device for GPU 0 (`--device cuda`), or why there is none.
 pub fn gpu_device() -> Result<Device> {
     static GPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
-    GPU.get_or_init(|| CudaBackend::gpu(0).map(|b| Device::new(Arc::new(b))).map_err(|e| e.to_string()))
-        .clone()
-        .map_err(crate::Error::Device)
+    GPU.get_or_init(|| {
+        CudaBackend::gpu(0)
+            .map(|b| Device::new(Arc::new(b)))
+            .map_err(|e| e.to_string())
+    })
+    .clone()
+    .map_err(crate::Error::Device)
 }

@@ -43,11 +43,19 @@ pub fn source(file: &str) -> Result<&'static str> {
 /// Errors carry the compiler log.
 pub fn compile(file: &str, arch: &str) -> Result<Compiled> {
     probe::nvrtc().map_err(crate::Error::Device)?;
-    let dev = |what: &str, e: sys::nvrtcResult| crate::Error::Device(format!("NVRTC {what} ({file}): {e:?}"));
+    let dev = |what: &str, e: sys::nvrtcResult| {
+        crate::Error::Device(format!("NVRTC {what} ({file}): {e:?}"))
+    };
     let src = CString::new(source(file)?).unwrap();
     let name = CString::new(file).unwrap();
-    let bodies: Vec<CString> = KERNEL_HEADERS.iter().map(|(_, s)| CString::new(*s).unwrap()).collect();
-    let names: Vec<CString> = KERNEL_HEADERS.iter().map(|(n, _)| CString::new(*n).unwrap()).collect();
+    let bodies: Vec<CString> = KERNEL_HEADERS
+        .iter()
+        .map(|(_, s)| CString::new(*s).unwrap())
+        .collect();
+    let names: Vec<CString> = KERNEL_HEADERS
+        .iter()
+        .map(|(n, _)| CString::new(*n).unwrap())
+        .collect();
     let body_ptrs: Vec<*const c_char> = bodies.iter().map(|s| s.as_ptr()).collect();
     let name_ptrs: Vec<*const c_char> = names.iter().map(|s| s.as_ptr()).collect();
     let mut opts: Vec<CString> = OPTIONS.iter().map(|o| CString::new(*o).unwrap()).collect();
@@ -74,9 +82,14 @@ pub fn compile(file: &str, arch: &str) -> Result<Compiled> {
         sys::nvrtcGetProgramLogSize(prog, &mut log_len);
         let mut log_buf = vec![0 as c_char; log_len.max(1)];
         sys::nvrtcGetProgramLog(prog, log_buf.as_mut_ptr());
-        let log = CStr::from_ptr(log_buf.as_ptr()).to_string_lossy().trim().to_string();
+        let log = CStr::from_ptr(log_buf.as_ptr())
+            .to_string_lossy()
+            .trim()
+            .to_string();
         let result = if compiled != sys::nvrtcResult::NVRTC_SUCCESS {
-            Err(crate::Error::Device(format!("NVRTC failed to compile {file} for {arch}:\n{log}")))
+            Err(crate::Error::Device(format!(
+                "NVRTC failed to compile {file} for {arch}:\n{log}"
+            )))
         } else if arch.starts_with("sm_") {
             let mut size = 0usize;
             sys::nvrtcGetCUBINSize(prog, &mut size);

@@ -14,7 +14,8 @@ pub fn cuda_driver() -> Result<(), String> {
             return Err("libcuda (the NVIDIA driver library) was not found".into());
         }
         cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
-        let n = cudarc::driver::result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e:?}"))?;
+        let n = cudarc::driver::result::device::get_count()
+            .map_err(|e| format!("cuDeviceGetCount failed: {e:?}"))?;
         if n < 1 {
             return Err("the CUDA driver sees no GPU".into());
         }

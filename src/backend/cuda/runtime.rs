@@ -50,7 +50,11 @@ impl DeviceBuffer {
     pub fn new(rt: &Arc<dyn KernelRuntime>, len: usize) -> Result<Self> {
         // Zero-length tensors still get a distinct, valid address.
         let ptr = rt.alloc(len.max(1) * 4)?;
-        Ok(DeviceBuffer { ptr, len, rt: rt.clone() })
+        Ok(DeviceBuffer {
+            ptr,
+            len,
+            rt: rt.clone(),
+        })
     }
     pub fn ptr(&self) -> u64 {
         self.ptr
