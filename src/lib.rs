@@ -18,6 +18,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Device;
 pub use error::{Error, Result};

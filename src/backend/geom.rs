@@ -18,7 +18,15 @@ pub struct GemmGeom {
 
 impl GemmGeom {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        GemmGeom { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+        GemmGeom {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
@@ -46,10 +54,21 @@ impl Conv2dGeom {
     pub fn validate(self) -> Result<Self> {
         let g = self;
         if g.groups == 0 || g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
-            bail!(Shape, "conv2d: groups={} must divide c_in={} and c_out={}", g.groups, g.c_in, g.c_out);
+            bail!(
+                Shape,
+                "conv2d: groups={} must divide c_in={} and c_out={}",
+                g.groups,
+                g.c_in,
+                g.c_out
+            );
         }
         if g.stride.0 == 0 || g.stride.1 == 0 || g.dilation.0 == 0 || g.dilation.1 == 0 {
-            bail!(Shape, "conv2d: stride {:?} and dilation {:?} must be positive", g.stride, g.dilation);
+            bail!(
+                Shape,
+                "conv2d: stride {:?} and dilation {:?} must be positive",
+                g.stride,
+                g.dilation
+            );
         }
         let eff_h = g.dilation.0 * (g.kh.max(1) - 1) + 1;
         let eff_w = g.dilation.1 * (g.kw.max(1) - 1) + 1;
@@ -57,7 +76,12 @@ impl Conv2dGeom {
             bail!(
                 Shape,
                 "conv2d: kernel {}x{} (dilation {:?}) does not fit input {}x{} with padding {:?}",
-                g.kh, g.kw, g.dilation, g.h, g.w, g.pad
+                g.kh,
+                g.kw,
+                g.dilation,
+                g.h,
+                g.w,
+                g.pad
             );
         }
         Ok(g)
@@ -119,13 +143,32 @@ impl Pool2dGeom {
     pub fn validate(self) -> Result<Self> {
         let g = self;
         if g.kh == 0 || g.kw == 0 || g.stride.0 == 0 || g.stride.1 == 0 {
-            bail!(Shape, "max_pool2d: kernel {}x{} and stride {:?} must be positive", g.kh, g.kw, g.stride);
+            bail!(
+                Shape,
+                "max_pool2d: kernel {}x{} and stride {:?} must be positive",
+                g.kh,
+                g.kw,
+                g.stride
+            );
         }
         if g.pad.0 * 2 > g.kh || g.pad.1 * 2 > g.kw {
-            bail!(Shape, "max_pool2d: padding {:?} must be at most half the kernel {}x{}", g.pad, g.kh, g.kw);
+            bail!(
+                Shape,
+                "max_pool2d: padding {:?} must be at most half the kernel {}x{}",
+                g.pad,
+                g.kh,
+                g.kw
+            );
         }
         if g.h + 2 * g.pad.0 < g.kh || g.w + 2 * g.pad.1 < g.kw {
-            bail!(Shape, "max_pool2d: kernel {}x{} larger than padded input {}x{}", g.kh, g.kw, g.h, g.w);
+            bail!(
+                Shape,
+                "max_pool2d: kernel {}x{} larger than padded input {}x{}",
+                g.kh,
+                g.kw,
+                g.h,
+                g.w
+            );
         }
         Ok(g)
     }

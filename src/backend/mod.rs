@@ -75,13 +75,27 @@ pub trait Backend: Send + Sync {
     /// `c = alpha * op(a) op(b) + beta * c`.
     fn gemm(&self, g: &GemmGeom, a: &Storage, b: &Storage, c: &mut Storage) -> Result<()>;
     /// `y[r, j] += bias[j]` for a `rows x cols` matrix (accumulates).
-    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()>;
+    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage)
+        -> Result<()>;
     /// `db[j] = sum_r dy[r, j]`.
     fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()>;
 
     // ---- convolution --------------------------------------------------------
-    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()>;
-    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()>;
+    fn conv2d_fwd(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        y: &mut Storage,
+    ) -> Result<()>;
+    fn conv2d_bwd_data(
+        &self,
+        g: &Conv2dGeom,
+        dy: &Storage,
+        w: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
     /// Weight gradient, and the bias gradient when `dbias` is given.
     fn conv2d_bwd_weight(
         &self,
@@ -138,10 +152,30 @@ pub trait Backend: Send + Sync {
     fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;
     /// Routes each `dy` to the first maximum of its window in `x` (PyTorch's
     /// tie rule).
-    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    fn maxpool2d_bwd(
+        &self,
+        g: &Pool2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
     /// `y[n, c] = mean over hw of x[n, c, :]`.
-    fn global_avgpool_fwd(&self, n: usize, c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()>;
-    fn global_avgpool_bwd(&self, n: usize, c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    fn global_avgpool_fwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()>;
+    fn global_avgpool_bwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
 
     // ---- loss ---------------------------------------------------------------
     /// Mean softmax cross-entropy over `rows` with label smoothing `eps`
@@ -173,7 +207,13 @@ pub trait Backend: Send + Sync {
 
     // ---- optimizer ----------------------------------------------------------
     /// One SGD step on `param` in place, updating `momentum_buf`.
-    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()>;
+    fn sgd_step(
+        &self,
+        s: &SgdStep,
+        param: &mut Storage,
+        grad: &Storage,
+        momentum_buf: &mut Storage,
+    ) -> Result<()>;
 }
 
 /// A handle on a backend; cheap to clone. Tensors remember their device.
@@ -187,7 +227,8 @@ impl Device {
     /// The process-wide CPU backend.
     pub fn cpu() -> Device {
         static CPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new()))).clone()
+        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new())))
+            .clone()
     }
     pub fn backend(&self) -> &dyn Backend {
         &*self.0
@@ -203,7 +244,10 @@ impl Device {
     pub fn parse(spec: &str) -> Result<Device> {
         match spec {
             "cpu" | "auto" => Ok(Device::cpu()),
-            other => bail!(Device, "unknown device '{other}': use auto, cpu, cuda or cuda-emu"),
+            other => bail!(
+                Device,
+                "unknown device '{other}': use auto, cpu, cuda or cuda-emu"
+            ),
         }
     }
 }

@@ -29,7 +29,10 @@ impl FromStr for Arch {
             "resnet18" => Arch::ResNet18,
             "resnet34" => Arch::ResNet34,
             "resnet50" => Arch::ResNet50,
-            _ => bail!(Usage, "unknown architecture '{s}': use small, resnet18, resnet34 or resnet50"),
+            _ => bail!(
+                Usage,
+                "unknown architecture '{s}': use small, resnet18, resnet34 or resnet50"
+            ),
         })
     }
 }
@@ -62,7 +65,13 @@ pub struct Block {
 }
 
 impl Block {
-    fn basic(rng: &mut Rng, dev: &Device, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
+    fn basic(
+        rng: &mut Rng,
+        dev: &Device,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let convs = vec![
             ConvBn::new(rng, dev, c_in, c_out, 3, stride, 1, true)?,
             ConvBn::new(rng, dev, c_out, c_out, 3, 1, 1, false)?,
@@ -76,7 +85,13 @@ impl Block {
     }
 
     /// torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv.
-    fn bottleneck(rng: &mut Rng, dev: &Device, c_in: usize, width: usize, stride: usize) -> Result<Self> {
+    fn bottleneck(
+        rng: &mut Rng,
+        dev: &Device,
+        c_in: usize,
+        width: usize,
+        stride: usize,
+    ) -> Result<Self> {
         let c_out = width * 4;
         let convs = vec![
             ConvBn::new(rng, dev, c_in, width, 1, 1, 0, true)?,
@@ -92,7 +107,10 @@ impl Block {
     }
 
     pub fn out_channels(&self) -> usize {
-        self.convs.last().map(|c| c.conv.out_channels()).unwrap_or(0)
+        self.convs
+            .last()
+            .map(|c| c.conv.out_channels())
+            .unwrap_or(0)
     }
 }
 
@@ -128,17 +146,32 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    pub fn new(arch: Arch, in_channels: usize, num_classes: usize, device: &Device, seed: u64) -> Result<Self> {
+    pub fn new(
+        arch: Arch,
+        in_channels: usize,
+        num_classes: usize,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         if in_channels == 0 || num_classes == 0 {
-            bail!(Usage, "a ResNet needs at least one input channel and one class");
+            bail!(
+                Usage,
+                "a ResNet needs at least one input channel and one class"
+            );
         }
         let mut rng = Rng::new(seed);
         let rng = &mut rng;
         let (bottleneck, blocks, widths) = arch.layout();
         let (stem, stem_pool) = if arch == Arch::Small {
-            (ConvBn::new(rng, device, in_channels, widths[0], 3, 1, 1, true)?, None)
+            (
+                ConvBn::new(rng, device, in_channels, widths[0], 3, 1, 1, true)?,
+                None,
+            )
         } else {
-            (ConvBn::new(rng, device, in_channels, 64, 7, 2, 3, true)?, Some(MaxPool2dParams::new(3, 2, 1)))
+            (
+                ConvBn::new(rng, device, in_channels, 64, 7, 2, 3, true)?,
+                Some(MaxPool2dParams::new(3, 2, 1)),
+            )
         };
         let mut c = stem.conv.out_channels();
         let mut stages = Vec::new();
@@ -157,7 +190,13 @@ impl ResNet {
             stages.push(stage);
         }
         let fc = Linear::new(rng, device, c, num_classes, true)?;
-        Ok(ResNet { arch, stem, stem_pool, stages, fc })
+        Ok(ResNet {
+            arch,
+            stem,
+            stem_pool,
+            stages,
+            fc,
+        })
     }
 
     /// Every ConvBn unit in forward order.

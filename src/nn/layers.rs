@@ -29,8 +29,16 @@ impl Conv2d {
         let len = c_out * cg * kernel * kernel;
         let w = init::kaiming_normal_fan_out(rng, len, c_out * kernel * kernel);
         let weight = Tensor::param(w, [c_out, cg, kernel, kernel], device)?;
-        let bias = if bias { Some(Tensor::param(vec![0.0; c_out], [c_out], device)?) } else { None };
-        Ok(Conv2d { weight, bias, params })
+        let bias = if bias {
+            Some(Tensor::param(vec![0.0; c_out], [c_out], device)?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            params,
+        })
     }
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
@@ -42,9 +50,17 @@ impl Module for Conv2d {
         ops::conv2d(x, &self.weight, self.bias.as_ref(), self.params)
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
-        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Weight });
+        out.push(Named {
+            name: join(prefix, "weight"),
+            tensor: self.weight.clone(),
+            role: Role::Weight,
+        });
         if let Some(b) = &self.bias {
-            out.push(Named { name: join(prefix, "bias"), tensor: b.clone(), role: Role::Bias });
+            out.push(Named {
+                name: join(prefix, "bias"),
+                tensor: b.clone(),
+                role: Role::Bias,
+            });
         }
     }
 }
@@ -88,10 +104,26 @@ impl Module for BatchNorm2d {
         )
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
-        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Norm });
-        out.push(Named { name: join(prefix, "bias"), tensor: self.bias.clone(), role: Role::Norm });
-        out.push(Named { name: join(prefix, "running_mean"), tensor: self.running_mean.clone(), role: Role::Buffer });
-        out.push(Named { name: join(prefix, "running_var"), tensor: self.running_var.clone(), role: Role::Buffer });
+        out.push(Named {
+            name: join(prefix, "weight"),
+            tensor: self.weight.clone(),
+            role: Role::Norm,
+        });
+        out.push(Named {
+            name: join(prefix, "bias"),
+            tensor: self.bias.clone(),
+            role: Role::Norm,
+        });
+        out.push(Named {
+            name: join(prefix, "running_mean"),
+            tensor: self.running_mean.clone(),
+            role: Role::Buffer,
+        });
+        out.push(Named {
+            name: join(prefix, "running_var"),
+            tensor: self.running_var.clone(),
+            role: Role::Buffer,
+        });
     }
 }
 
@@ -102,9 +134,27 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(rng: &mut Rng, device: &Device, fin: usize, fout: usize, bias: bool) -> Result<Self> {
-        let weight = Tensor::param(init::uniform_fan_in(rng, fout * fin, fin), [fout, fin], device)?;
-        let bias = if bias { Some(Tensor::param(init::uniform_fan_in(rng, fout, fin), [fout], device)?) } else { None };
+    pub fn new(
+        rng: &mut Rng,
+        device: &Device,
+        fin: usize,
+        fout: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = Tensor::param(
+            init::uniform_fan_in(rng, fout * fin, fin),
+            [fout, fin],
+            device,
+        )?;
+        let bias = if bias {
+            Some(Tensor::param(
+                init::uniform_fan_in(rng, fout, fin),
+                [fout],
+                device,
+            )?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 }
@@ -114,9 +164,17 @@ impl Module for Linear {
         ops::linear(x, &self.weight, self.bias.as_ref())
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
-        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Weight });
+        out.push(Named {
+            name: join(prefix, "weight"),
+            tensor: self.weight.clone(),
+            role: Role::Weight,
+        });
         if let Some(b) = &self.bias {
-            out.push(Named { name: join(prefix, "bias"), tensor: b.clone(), role: Role::Bias });
+            out.push(Named {
+                name: join(prefix, "bias"),
+                tensor: b.clone(),
+                role: Role::Bias,
+            });
         }
     }
 }
@@ -142,7 +200,15 @@ impl ConvBn {
         relu: bool,
     ) -> Result<Self> {
         Ok(ConvBn {
-            conv: Conv2d::new(rng, device, c_in, c_out, kernel, Conv2dParams::new(stride, pad), false)?,
+            conv: Conv2d::new(
+                rng,
+                device,
+                c_in,
+                c_out,
+                kernel,
+                Conv2dParams::new(stride, pad),
+                false,
+            )?,
             bn: BatchNorm2d::new(device, c_out)?,
             relu,
         })

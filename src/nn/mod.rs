@@ -57,7 +57,10 @@ pub trait Module {
     }
     /// The trainable parameters only.
     fn parameters(&self) -> Vec<Named> {
-        self.state().into_iter().filter(|n| n.role.trainable()).collect()
+        self.state()
+            .into_iter()
+            .filter(|n| n.role.trainable())
+            .collect()
     }
 }
 

@@ -25,7 +25,11 @@ fn im2col(g: &Conv2dGeom, x_img: &[f32], group: usize, col: &mut [f32]) {
                     let src = &plane[iy as usize * g.w..][..g.w];
                     for (ox, o) in out.iter_mut().enumerate() {
                         let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.pad.1 as isize;
-                        *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                        *o = if ix < 0 || ix >= g.w as isize {
+                            0.0
+                        } else {
+                            src[ix as usize]
+                        };
                     }
                 }
             }
@@ -77,9 +81,13 @@ where
     F: Fn(usize, &mut [f32], bool) + Sync,
 {
     if batch_parallel(g) {
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c, false));
+        data.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c, false));
     } else {
-        data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c, true));
+        data.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c, true));
     }
 }
 
@@ -94,7 +102,13 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
         for grp in 0..g.groups {
             im2col(g, x_img, grp, &mut col);
             let gg = GemmGeom::new(og, ohw, kk);
-            sgemm(&gg, &w[grp * og * kk..], &col, &mut y_img[grp * og * ohw..], par);
+            sgemm(
+                &gg,
+                &w[grp * og * kk..],
+                &col,
+                &mut y_img[grp * og * ohw..],
+                par,
+            );
         }
         if let Some(b) = bias {
             for (o, plane) in y_img.chunks_mut(ohw).enumerate() {
@@ -114,14 +128,29 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         let mut col = vec![0.0f32; col_len(g)];
         let dy_img = &dy[i * dy_img_len..][..dy_img_len];
         for grp in 0..g.groups {
-            let gg = GemmGeom { trans_a: true, ..GemmGeom::new(kk, ohw, og) };
-            sgemm(&gg, &w[grp * og * kk..], &dy_img[grp * og * ohw..], &mut col, par);
+            let gg = GemmGeom {
+                trans_a: true,
+                ..GemmGeom::new(kk, ohw, og)
+            };
+            sgemm(
+                &gg,
+                &w[grp * og * kk..],
+                &dy_img[grp * og * ohw..],
+                &mut col,
+                par,
+            );
             col2im(g, &col, grp, dx_img);
         }
     });
 }
 
-pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], dbias: Option<&mut [f32]>) {
+pub fn backward_weight(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: Option<&mut [f32]>,
+) {
     let ohw = g.out_h() * g.out_w();
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
@@ -132,8 +161,18 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], db
         let dy_img = &dy[i * dy_img_len..][..dy_img_len];
         for grp in 0..g.groups {
             im2col(g, x_img, grp, col);
-            let gg = GemmGeom { trans_b: true, beta: 1.0, ..GemmGeom::new(og, kk, ohw) };
-            sgemm(&gg, &dy_img[grp * og * ohw..], col, &mut acc[grp * og * kk..], par);
+            let gg = GemmGeom {
+                trans_b: true,
+                beta: 1.0,
+                ..GemmGeom::new(og, kk, ohw)
+            };
+            sgemm(
+                &gg,
+                &dy_img[grp * og * ohw..],
+                col,
+                &mut acc[grp * og * kk..],
+                par,
+            );
         }
     };
     if batch_parallel(g) {
@@ -165,7 +204,10 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], db
         db.par_iter_mut().enumerate().for_each(|(o, d)| {
             let mut s = 0.0f64;
             for i in 0..g.n {
-                s += dy[(i * g.c_out + o) * ohw..][..ohw].iter().map(|&v| v as f64).sum::<f64>();
+                s += dy[(i * g.c_out + o) * ohw..][..ohw]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>();
             }
             *d = s as f32;
         });

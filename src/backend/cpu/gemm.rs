@@ -15,13 +15,26 @@ fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
 /// `c = alpha * op(a) op(b) + beta * c`. `parallel` lets the kernel split the
 /// work over rayon threads; pass false when the caller already parallelizes.
 pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
-    let GemmGeom { m, n, k, trans_a, trans_b, alpha, beta } = *g;
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small for {g:?}");
+    let GemmGeom {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        alpha,
+        beta,
+    } = *g;
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "sgemm: buffers too small for {g:?}"
+    );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c[..m * n].iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+        c[..m * n]
+            .iter_mut()
+            .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
         return;
     }
     let (a_rs, a_cs) = strides(trans_a, m, k);

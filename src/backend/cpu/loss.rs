@@ -3,7 +3,14 @@
 
 use rayon::prelude::*;
 
-pub fn xent_forward(rows: usize, classes: usize, eps: f32, logits: &[f32], labels: &[f32], probs: &mut [f32]) -> f32 {
+pub fn xent_forward(
+    rows: usize,
+    classes: usize,
+    eps: f32,
+    logits: &[f32],
+    labels: &[f32],
+    probs: &mut [f32],
+) -> f32 {
     let eps = eps as f64;
     let total: f64 = probs
         .par_chunks_mut(classes)
@@ -24,15 +31,25 @@ pub fn xent_forward(rows: usize, classes: usize, eps: f32, logits: &[f32], label
     (total / rows as f64) as f32
 }
 
-pub fn xent_backward(rows: usize, classes: usize, eps: f32, probs: &[f32], labels: &[f32], dloss: f32, dlogits: &mut [f32]) {
+pub fn xent_backward(
+    rows: usize,
+    classes: usize,
+    eps: f32,
+    probs: &[f32],
+    labels: &[f32],
+    dloss: f32,
+    dlogits: &mut [f32],
+) {
     let scale = dloss / rows as f32;
     let off = eps / classes as f32;
-    dlogits.par_chunks_mut(classes).zip(probs.par_chunks(classes)).zip(labels.par_iter()).for_each(
-        |((d, p), &label)| {
+    dlogits
+        .par_chunks_mut(classes)
+        .zip(probs.par_chunks(classes))
+        .zip(labels.par_iter())
+        .for_each(|((d, p), &label)| {
             for (j, (dj, &pj)) in d.iter_mut().zip(p).enumerate() {
                 let target = off + if j == label as usize { 1.0 - eps } else { 0.0 };
                 *dj = scale * (pj - target);
             }
-        },
-    );
+        });
 }
