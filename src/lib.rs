@@ -12,6 +12,7 @@ pub mod autograd;
 pub mod backend;
 mod error;
 pub mod ops;
+pub mod quant;
 pub mod tensor;
 
 pub use backend::Device;
