@@ -165,7 +165,7 @@ fn r1_integer_equals_f32_on_exact_half_ties() {
     let mut rng = Rng(3);
     let mut ties = 0;
     for _ in 0..100_000 {
-        let m_odd = rng.int(0, 511) as i64 * 2 + 1;
+        let m_odd = rng.int(0, 511) * 2 + 1;
         let c_odd = rng.int(0, (600 / m_odd).max(1)) * 2 + 1;
         let s = rng.int(1, 24) as i32; // M = m_odd * 2^-s, acc = c_odd * 2^(s-1)
         let m = (m_odd as f64 * 2f64.powi(-s)) as f32;
@@ -190,7 +190,7 @@ fn r1_integer_equals_f32_on_acc_rounding_ties() {
     let mut rng = Rng(4);
     for _ in 0..100_000 {
         let k = rng.int(1, 7) as u32;
-        let sig = rng.int(1 << 23, (1 << 24) - 1) as i64;
+        let sig = rng.int(1 << 23, (1 << 24) - 1);
         let base = (sig << k) + (1 << (k - 1)); // exactly half an ulp above sig * 2^k
         let m_sig = rng.int(1 << 23, (1 << 24) - 1) as u32;
         let m = mult_for_product(&mut rng, m_sig, 24 + k);

@@ -60,6 +60,17 @@ pub fn ste_pass(x: f32, s: f32, z: i32, qmin: i32, qmax: i32) -> bool {
     qmin as f32 <= v && v <= qmax as f32
 }
 
+/// [`ste_pass`] as a 0/1 factor. The gradient is `dy * mask`, a product as
+/// in the spec and in PyTorch, so `-0.0` and NaN in `dy` propagate alike.
+#[inline]
+pub fn ste_mask(x: f32, s: f32, z: i32, qmin: i32, qmax: i32) -> f32 {
+    if ste_pass(x, s, z, qmin, qmax) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         bail!(Shape, "{what} has {got} elements, expected {want}");
@@ -89,11 +100,7 @@ pub fn fake_quant_per_tensor_backward(
     check_len("fake-quant input gradient", dx.len(), x.len())?;
     let (s, z) = (qp.scale, qp.zero_point);
     for ((d, &g), &v) in dx.iter_mut().zip(dy).zip(x) {
-        *d = if ste_pass(v, s, z, ACT_QMIN, ACT_QMAX) {
-            g
-        } else {
-            0.0
-        };
+        *d = g * ste_mask(v, s, z, ACT_QMIN, ACT_QMAX);
     }
     Ok(())
 }
@@ -136,11 +143,7 @@ pub fn fake_quant_per_channel_backward(
         let range = c * inner..(c + 1) * inner;
         let rows = dw[range.clone()].iter_mut().zip(&dy[range.clone()]);
         for ((d, &g), &v) in rows.zip(&w[range]) {
-            *d = if ste_pass(v, s, 0, W_QMIN, W_QMAX) {
-                g
-            } else {
-                0.0
-            };
+            *d = g * ste_mask(v, s, 0, W_QMIN, W_QMAX);
         }
     }
     Ok(())
