@@ -32,15 +32,19 @@ fn assert_bits_eq(name: &str, what: &str, got: &[f32], want: &[f32], x: &[f32]) 
     }
 }
 
-#[test]
-fn fake_quant_matches_pytorch_forward_and_backward() {
+fn golden() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/quant/fake_quant_golden.json"
     );
     let text =
         std::fs::read_to_string(path).expect("golden file (run scripts/gen_quant_golden.py)");
-    let golden: Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn fake_quant_matches_pytorch_forward_and_backward() {
+    let golden = golden();
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 8);
     let mut checked = 0;
@@ -94,4 +98,23 @@ fn fake_quant_matches_pytorch_forward_and_backward() {
         "checked {checked} values against torch {}",
         golden["torch_version"]
     );
+}
+
+/// Where PyTorch's `x * (1 / s)` and the spec's `x / s` round apart, qat
+/// follows the spec (ONNX QuantizeLinear), deliberately unlike PyTorch.
+#[test]
+fn fake_quant_divides_where_pytorch_multiplies() {
+    let d = &golden()["div_vs_mul_deviation"];
+    let qp = QParams {
+        scale: d["scale"].as_f64().unwrap() as f32,
+        zero_point: d["zero_point"].as_i64().unwrap() as i32,
+    };
+    let x = floats(&d["x"]);
+    assert!(!x.is_empty());
+    let mut y = vec![0.0; x.len()];
+    fake_quant_per_tensor(&x, qp, &mut y).unwrap();
+    assert_bits_eq("deviation", "y", &y, &floats(&d["spec_y"]), &x);
+    for (got, torch) in y.iter().zip(floats(&d["torch_y"])) {
+        assert_ne!(*got, torch);
+    }
 }
