@@ -11,8 +11,12 @@
 pub mod autograd;
 pub mod backend;
 mod error;
+pub mod models;
+pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod quant;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::Device;

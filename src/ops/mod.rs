@@ -1,11 +1,47 @@
 //! Differentiable operations. Each op checks shapes (returning errors that name
-//! them), runs the backend forward, and records its backward closure.
+//! them), runs the backend forward, and records its backward closure on the
+//! tape when an input is tracked.
+
+mod conv;
+mod elementwise;
+mod linear;
+mod loss;
+mod norm;
+mod pool;
+
+pub use conv::{conv2d, Conv2dParams};
+pub use elementwise::{add, relu};
+pub use linear::{linear, matmul};
+pub use loss::cross_entropy;
+pub use norm::{batch_norm, BatchNormArgs};
+pub use pool::{flatten, global_avg_pool, max_pool2d, MaxPool2dParams};
 
 use crate::autograd::{self, Grads};
+use crate::backend::Device;
 use crate::tensor::{Shape, Tensor};
 use crate::{bail, Result};
 
-/// A view of `x` under another shape with the same number of elements.
+/// A fresh zero tensor for an op's output, tracked when the op records.
+pub(crate) fn output(shape: impl Into<Shape>, device: &Device, tracked: bool) -> Result<Tensor> {
+    let shape = shape.into();
+    let s = device.backend().zeros(shape.numel())?;
+    Ok(Tensor::from_storage(s, shape, device.clone(), tracked))
+}
+
+/// An untracked gradient buffer shaped like `t`.
+pub(crate) fn grad_like(t: &Tensor) -> Result<Tensor> {
+    output(t.shape().clone(), t.device(), false)
+}
+
+/// Checks that every tensor shares the first one's device.
+pub(crate) fn same_device(op: &str, ts: &[&Tensor]) -> Result<()> {
+    for t in &ts[1..] {
+        ts[0].check_same_device(t, op)?;
+    }
+    Ok(())
+}
+
+/// A copy of `x` under another shape with the same number of elements.
 pub fn reshape(x: &Tensor, shape: Shape) -> Result<Tensor> {
     if shape.numel() != x.numel() {
         bail!(Shape, "cannot reshape {} into {shape}", x.shape());
@@ -15,13 +51,9 @@ pub fn reshape(x: &Tensor, shape: Shape) -> Result<Tensor> {
     if y.tracked() {
         let x = x.clone();
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let g = reshape_untracked(gy, x.shape().clone())?;
+            let g = autograd::no_grad(|| reshape(gy, x.shape().clone()))?;
             grads.accumulate(&x, g)
         });
     }
     Ok(y)
-}
-
-fn reshape_untracked(x: &Tensor, shape: Shape) -> Result<Tensor> {
-    autograd::no_grad(|| reshape(x, shape))
 }

@@ -1,7 +1,237 @@
-//! The CPU backend: the readable reference, parallel with rayon.
+//! The CPU backend: the readable reference implementation of every primitive,
+//! parallel over all cores with rayon. GEMM uses the packed micro-kernels of
+//! the `gemm` crate; the convolution lowering, normalization, pooling and loss
+//! are ours.
+
+mod conv;
+pub mod gemm;
+mod loss;
+mod norm;
+mod pool;
+
+use super::{Backend, BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use crate::Result;
+use rayon::prelude::*;
+
+#[derive(Default)]
 pub struct CpuBackend;
+
 impl CpuBackend {
     pub fn new() -> Self {
         CpuBackend
+    }
+}
+
+/// Applies `f` elementwise in parallel: `y[i] = f(a[i], b[i])`.
+fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    y.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(o, (&x, &z))| *o = f(x, z));
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, len: usize) -> Result<Storage> {
+        Ok(Storage::Host(vec![0.0; len]))
+    }
+    fn upload(&self, data: &[f32]) -> Result<Storage> {
+        Ok(Storage::Host(data.to_vec()))
+    }
+    fn download(&self, s: &Storage) -> Result<Vec<f32>> {
+        Ok(s.host()?.to_vec())
+    }
+    fn fill(&self, s: &mut Storage, value: f32) -> Result<()> {
+        s.host_mut()?.par_iter_mut().for_each(|v| *v = value);
+        Ok(())
+    }
+    fn copy(&self, src: &Storage) -> Result<Storage> {
+        Ok(Storage::Host(src.host()?.to_vec()))
+    }
+
+    fn add(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        zip_map(a.host()?, b.host()?, y.host_mut()?, |x, z| x + z);
+        Ok(())
+    }
+    fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()> {
+        y.host_mut()?.par_iter_mut().zip(x.host()?.par_iter()).for_each(|(o, &v)| *o += alpha * v);
+        Ok(())
+    }
+    fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()> {
+        x.host_mut()?.par_iter_mut().for_each(|v| *v *= alpha);
+        Ok(())
+    }
+    fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()> {
+        y.host_mut()?.par_iter_mut().zip(x.host()?.par_iter()).for_each(|(o, &v)| *o = v.max(0.0));
+        Ok(())
+    }
+    fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        zip_map(y.host()?, dy.host()?, dx.host_mut()?, |v, d| if v > 0.0 { d } else { 0.0 });
+        Ok(())
+    }
+
+    fn gemm(&self, g: &GemmGeom, a: &Storage, b: &Storage, c: &mut Storage) -> Result<()> {
+        gemm::sgemm(g, a.host()?, b.host()?, c.host_mut()?, true);
+        Ok(())
+    }
+    fn add_row_bias(&self, _rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()> {
+        let bias = bias.host()?;
+        y.host_mut()?.par_chunks_mut(cols).for_each(|r| r.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        Ok(())
+    }
+    fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()> {
+        let dy = dy.host()?;
+        db.host_mut()?.par_iter_mut().enumerate().for_each(|(j, o)| {
+            *o = (0..rows).map(|r| dy[r * cols + j] as f64).sum::<f64>() as f32;
+        });
+        Ok(())
+    }
+
+    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()> {
+        let bias = bias.map(|b| b.host()).transpose()?;
+        conv::forward(g, x.host()?, w.host()?, bias, y.host_mut()?);
+        Ok(())
+    }
+    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()> {
+        conv::backward_data(g, dy.host()?, w.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn conv2d_bwd_weight(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+        dbias: Option<&mut Storage>,
+    ) -> Result<()> {
+        let dbias = dbias.map(|b| b.host_mut()).transpose()?;
+        conv::backward_weight(g, x.host()?, dy.host()?, dw.host_mut()?, dbias);
+        Ok(())
+    }
+
+    fn batchnorm_fwd_train(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+    ) -> Result<()> {
+        norm::forward_train(
+            g,
+            x.host()?,
+            gamma.host()?,
+            beta.host()?,
+            running_mean.host_mut()?,
+            running_var.host_mut()?,
+            y.host_mut()?,
+            save_mean.host_mut()?,
+            save_invstd.host_mut()?,
+        );
+        Ok(())
+    }
+    fn batchnorm_fwd_eval(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &Storage,
+        running_var: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        norm::forward_eval(g, x.host()?, gamma.host()?, beta.host()?, running_mean.host()?, running_var.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn batchnorm_bwd(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()> {
+        norm::backward(
+            g,
+            x.host()?,
+            dy.host()?,
+            gamma.host()?,
+            save_mean.host()?,
+            save_invstd.host()?,
+            dx.host_mut()?,
+            dgamma.host_mut()?,
+            dbeta.host_mut()?,
+        );
+        Ok(())
+    }
+
+    fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()> {
+        pool::max_forward(g, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        pool::max_backward(g, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn global_avgpool_fwd(&self, _n: usize, _c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()> {
+        pool::gap_forward(hw, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn global_avgpool_bwd(&self, _n: usize, _c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        pool::gap_backward(hw, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+
+    fn softmax_xent_fwd(
+        &self,
+        rows: usize,
+        classes: usize,
+        eps: f32,
+        logits: &Storage,
+        labels: &Storage,
+        loss: &mut Storage,
+        probs: &mut Storage,
+    ) -> Result<()> {
+        let l = loss::xent_forward(rows, classes, eps, logits.host()?, labels.host()?, probs.host_mut()?);
+        loss.host_mut()?[0] = l;
+        Ok(())
+    }
+    fn softmax_xent_bwd(
+        &self,
+        rows: usize,
+        classes: usize,
+        eps: f32,
+        probs: &Storage,
+        labels: &Storage,
+        dloss: &Storage,
+        dlogits: &mut Storage,
+    ) -> Result<()> {
+        let d = dloss.host()?[0];
+        loss::xent_backward(rows, classes, eps, probs.host()?, labels.host()?, d, dlogits.host_mut()?);
+        Ok(())
+    }
+
+    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()> {
+        let s = *s;
+        param
+            .host_mut()?
+            .par_iter_mut()
+            .zip(grad.host()?.par_iter())
+            .zip(momentum_buf.host_mut()?.par_iter_mut())
+            .for_each(|((p, &g), buf)| {
+                let g = g + s.weight_decay * *p;
+                *buf = s.momentum * *buf + g;
+                let step = if s.nesterov { g + s.momentum * *buf } else { *buf };
+                *p -= s.lr * step;
+            });
+        Ok(())
     }
 }

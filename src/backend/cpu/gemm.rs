@@ -1,0 +1,59 @@
+//! Row-major SGEMM on top of the `gemm` crate's packed, blocked micro-kernels.
+
+use crate::backend::GemmGeom;
+
+/// Strides (row, column) of `op(X)` for a row-major matrix stored untransposed
+/// as `rows x cols`, or transposed (stored as `cols x rows`).
+fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+    if trans {
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
+    }
+}
+
+/// `c = alpha * op(a) op(b) + beta * c`. `parallel` lets the kernel split the
+/// work over rayon threads; pass false when the caller already parallelizes.
+pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
+    let GemmGeom { m, n, k, trans_a, trans_b, alpha, beta } = *g;
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small for {g:?}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+        return;
+    }
+    let (a_rs, a_cs) = strides(trans_a, m, k);
+    let (b_rs, b_cs) = strides(trans_b, k, n);
+    let par = if parallel && (m * n * k) >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above guarantees every index the strides reach is in
+    // bounds, and `c` does not alias `a` or `b` (Rust borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Model definitions.
+
+mod resnet;
+
+pub use resnet::{Arch, ResNet};

@@ -1,0 +1,195 @@
+//! ResNets (He et al. 2016) built from [`ConvBn`] units: a small variant for
+//! 28x28 inputs and ResNet-18/34/50 with the ImageNet stem. Parameter names
+//! follow torchvision's layout (`layer1.0.conv1...`), with each conv and its
+//! batch norm grouped under one `ConvBn` name.
+
+use crate::backend::Device;
+use crate::nn::{join, ConvBn, Linear, Mode, Module, Named};
+use crate::ops::{self, MaxPool2dParams};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::{bail, Result};
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// 3x3 stem, three stages of two basic blocks (16, 32, 64 channels): for
+    /// 28x28 images such as Fashion-MNIST.
+    Small,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+}
+
+impl FromStr for Arch {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "small" | "resnet-small" => Arch::Small,
+            "resnet18" => Arch::ResNet18,
+            "resnet34" => Arch::ResNet34,
+            "resnet50" => Arch::ResNet50,
+            _ => bail!(Usage, "unknown architecture '{s}': use small, resnet18, resnet34 or resnet50"),
+        })
+    }
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Small => "small",
+            Arch::ResNet18 => "resnet18",
+            Arch::ResNet34 => "resnet34",
+            Arch::ResNet50 => "resnet50",
+        }
+    }
+    /// (bottleneck?, blocks per stage, stage widths, stem).
+    fn layout(self) -> (bool, &'static [usize], &'static [usize]) {
+        match self {
+            Arch::Small => (false, &[2, 2, 2], &[16, 32, 64]),
+            Arch::ResNet18 => (false, &[2, 2, 2, 2], &[64, 128, 256, 512]),
+            Arch::ResNet34 => (false, &[3, 4, 6, 3], &[64, 128, 256, 512]),
+            Arch::ResNet50 => (true, &[3, 4, 6, 3], &[64, 128, 256, 512]),
+        }
+    }
+}
+
+/// A residual block: a main path of ConvBn units (the last without ReLU), an
+/// optional 1x1 projection shortcut, then add and ReLU.
+pub struct Block {
+    pub convs: Vec<ConvBn>,
+    pub downsample: Option<ConvBn>,
+}
+
+impl Block {
+    fn basic(rng: &mut Rng, dev: &Device, c_in: usize, c_out: usize, stride: usize) -> Result<Self> {
+        let convs = vec![
+            ConvBn::new(rng, dev, c_in, c_out, 3, stride, 1, true)?,
+            ConvBn::new(rng, dev, c_out, c_out, 3, 1, 1, false)?,
+        ];
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(ConvBn::new(rng, dev, c_in, c_out, 1, stride, 0, false)?)
+        } else {
+            None
+        };
+        Ok(Block { convs, downsample })
+    }
+
+    /// torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv.
+    fn bottleneck(rng: &mut Rng, dev: &Device, c_in: usize, width: usize, stride: usize) -> Result<Self> {
+        let c_out = width * 4;
+        let convs = vec![
+            ConvBn::new(rng, dev, c_in, width, 1, 1, 0, true)?,
+            ConvBn::new(rng, dev, width, width, 3, stride, 1, true)?,
+            ConvBn::new(rng, dev, width, c_out, 1, 1, 0, false)?,
+        ];
+        let downsample = if stride != 1 || c_in != c_out {
+            Some(ConvBn::new(rng, dev, c_in, c_out, 1, stride, 0, false)?)
+        } else {
+            None
+        };
+        Ok(Block { convs, downsample })
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.convs.last().map(|c| c.conv.out_channels()).unwrap_or(0)
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut y = x.clone();
+        for c in &self.convs {
+            y = c.forward(&y, mode)?;
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x, mode)?,
+            None => x.clone(),
+        };
+        ops::relu(&ops::add(&y, &shortcut)?)
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        for (i, c) in self.convs.iter().enumerate() {
+            c.collect(&join(prefix, &format!("conv{}", i + 1)), out);
+        }
+        if let Some(d) = &self.downsample {
+            d.collect(&join(prefix, "downsample"), out);
+        }
+    }
+}
+
+pub struct ResNet {
+    pub arch: Arch,
+    pub stem: ConvBn,
+    /// Max pooling after the stem (ImageNet variants only).
+    pub stem_pool: Option<MaxPool2dParams>,
+    pub stages: Vec<Vec<Block>>,
+    pub fc: Linear,
+}
+
+impl ResNet {
+    pub fn new(arch: Arch, in_channels: usize, num_classes: usize, device: &Device, seed: u64) -> Result<Self> {
+        if in_channels == 0 || num_classes == 0 {
+            bail!(Usage, "a ResNet needs at least one input channel and one class");
+        }
+        let mut rng = Rng::new(seed);
+        let rng = &mut rng;
+        let (bottleneck, blocks, widths) = arch.layout();
+        let (stem, stem_pool) = if arch == Arch::Small {
+            (ConvBn::new(rng, device, in_channels, widths[0], 3, 1, 1, true)?, None)
+        } else {
+            (ConvBn::new(rng, device, in_channels, 64, 7, 2, 3, true)?, Some(MaxPool2dParams::new(3, 2, 1)))
+        };
+        let mut c = stem.conv.out_channels();
+        let mut stages = Vec::new();
+        for (s, (&n, &width)) in blocks.iter().zip(widths).enumerate() {
+            let mut stage = Vec::new();
+            for b in 0..n {
+                let stride = if b == 0 && s > 0 { 2 } else { 1 };
+                let block = if bottleneck {
+                    Block::bottleneck(rng, device, c, width, stride)?
+                } else {
+                    Block::basic(rng, device, c, width, stride)?
+                };
+                c = block.out_channels();
+                stage.push(block);
+            }
+            stages.push(stage);
+        }
+        let fc = Linear::new(rng, device, c, num_classes, true)?;
+        Ok(ResNet { arch, stem, stem_pool, stages, fc })
+    }
+
+    /// Every ConvBn unit in forward order.
+    pub fn conv_units(&self) -> Vec<&ConvBn> {
+        let mut v = vec![&self.stem];
+        for b in self.stages.iter().flatten() {
+            v.extend(b.convs.iter());
+            v.extend(b.downsample.iter());
+        }
+        v
+    }
+}
+
+impl Module for ResNet {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut y = self.stem.forward(x, mode)?;
+        if let Some(p) = self.stem_pool {
+            y = ops::max_pool2d(&y, p)?;
+        }
+        for b in self.stages.iter().flatten() {
+            y = b.forward(&y, mode)?;
+        }
+        let pooled = ops::global_avg_pool(&y)?;
+        self.fc.forward(&pooled, mode)
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        self.stem.collect(&join(prefix, "stem"), out);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (i, b) in stage.iter().enumerate() {
+                b.collect(&join(prefix, &format!("layer{}.{i}", s + 1)), out);
+            }
+        }
+        self.fc.collect(&join(prefix, "fc"), out);
+    }
+}

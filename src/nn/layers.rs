@@ -1,0 +1,165 @@
+//! The layers of a ResNet.
+
+use super::{init, join, Mode, Module, Named, Role};
+use crate::backend::Device;
+use crate::ops::{self, BatchNormArgs, Conv2dParams};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::Result;
+
+/// 2-d convolution with OIHW weights, Kaiming-initialized.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub params: Conv2dParams,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rng: &mut Rng,
+        device: &Device,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        params: Conv2dParams,
+        bias: bool,
+    ) -> Result<Self> {
+        let cg = c_in / params.groups.max(1);
+        let len = c_out * cg * kernel * kernel;
+        let w = init::kaiming_normal_fan_out(rng, len, c_out * kernel * kernel);
+        let weight = Tensor::param(w, [c_out, cg, kernel, kernel], device)?;
+        let bias = if bias { Some(Tensor::param(vec![0.0; c_out], [c_out], device)?) } else { None };
+        Ok(Conv2d { weight, bias, params })
+    }
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        ops::conv2d(x, &self.weight, self.bias.as_ref(), self.params)
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Weight });
+        if let Some(b) = &self.bias {
+            out.push(Named { name: join(prefix, "bias"), tensor: b.clone(), role: Role::Bias });
+        }
+    }
+}
+
+/// Batch norm with PyTorch's defaults (momentum 0.1, eps 1e-5).
+pub struct BatchNorm2d {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl BatchNorm2d {
+    pub fn new(device: &Device, c: usize) -> Result<Self> {
+        Ok(BatchNorm2d {
+            weight: Tensor::param(vec![1.0; c], [c], device)?,
+            bias: Tensor::param(vec![0.0; c], [c], device)?,
+            running_mean: Tensor::zeros([c], device)?,
+            running_var: Tensor::full([c], 1.0, device)?,
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        ops::batch_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            BatchNormArgs {
+                running_mean: &self.running_mean,
+                running_var: &self.running_var,
+                train: mode == Mode::Train,
+                momentum: self.momentum,
+                eps: self.eps,
+            },
+        )
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Norm });
+        out.push(Named { name: join(prefix, "bias"), tensor: self.bias.clone(), role: Role::Norm });
+        out.push(Named { name: join(prefix, "running_mean"), tensor: self.running_mean.clone(), role: Role::Buffer });
+        out.push(Named { name: join(prefix, "running_var"), tensor: self.running_var.clone(), role: Role::Buffer });
+    }
+}
+
+/// Fully connected layer, `[out, in]` weights, PyTorch's default init.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(rng: &mut Rng, device: &Device, fin: usize, fout: usize, bias: bool) -> Result<Self> {
+        let weight = Tensor::param(init::uniform_fan_in(rng, fout * fin, fin), [fout, fin], device)?;
+        let bias = if bias { Some(Tensor::param(init::uniform_fan_in(rng, fout, fin), [fout], device)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        out.push(Named { name: join(prefix, "weight"), tensor: self.weight.clone(), role: Role::Weight });
+        if let Some(b) = &self.bias {
+            out.push(Named { name: join(prefix, "bias"), tensor: b.clone(), role: Role::Bias });
+        }
+    }
+}
+
+/// Convolution, batch norm and an optional ReLU: the unit every ResNet layer
+/// is built from, and the unit quantization-aware training folds.
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+    pub relu: bool,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rng: &mut Rng,
+        device: &Device,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        relu: bool,
+    ) -> Result<Self> {
+        Ok(ConvBn {
+            conv: Conv2d::new(rng, device, c_in, c_out, kernel, Conv2dParams::new(stride, pad), false)?,
+            bn: BatchNorm2d::new(device, c_out)?,
+            relu,
+        })
+    }
+}
+
+impl Module for ConvBn {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let y = self.bn.forward(&self.conv.forward(x, mode)?, mode)?;
+        if self.relu {
+            ops::relu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+    fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
+        self.conv.collect(&join(prefix, "conv"), out);
+        self.bn.collect(&join(prefix, "bn"), out);
+    }
+}

@@ -1,0 +1,86 @@
+//! Batch normalization over the channel dimension of NCHW (or N x C) input.
+
+use super::{grad_like, output, same_device};
+use crate::autograd::{self, Grads};
+use crate::backend::BnGeom;
+use crate::tensor::Tensor;
+use crate::{bail, Result};
+
+/// Running statistics and hyper-parameters of one batch-norm call.
+pub struct BatchNormArgs<'a> {
+    pub running_mean: &'a Tensor,
+    pub running_var: &'a Tensor,
+    /// Batch statistics (and running-stat update) when true; running
+    /// statistics when false.
+    pub train: bool,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+/// `gamma * (x - mean) / sqrt(var + eps) + beta` per channel.
+pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: BatchNormArgs) -> Result<Tensor> {
+    let (n, c, hw) = match x.dims() {
+        [n, c] => (*n, *c, 1),
+        [n, c, h, w] => (*n, *c, h * w),
+        _ => bail!(Shape, "batch_norm: expected [N, C] or [N, C, H, W] input, got {}", x.shape()),
+    };
+    for (name, t) in [("gamma", gamma), ("beta", beta), ("running_mean", a.running_mean), ("running_var", a.running_var)] {
+        if t.dims() != [c] {
+            bail!(Shape, "batch_norm: {name} has shape {}, expected [{c}] for input {}", t.shape(), x.shape());
+        }
+    }
+    same_device("batch_norm", &[x, gamma, beta, a.running_mean, a.running_var])?;
+    if a.train && n * hw < 2 {
+        bail!(Shape, "batch_norm: training needs more than one value per channel, got input {}", x.shape());
+    }
+    let g = BnGeom { n, c, hw, eps: a.eps, momentum: a.momentum };
+    let be = x.device().backend();
+    let record = a.train && autograd::should_record(&[x, gamma, beta]);
+    let y = output(x.shape().clone(), x.device(), record)?;
+    if !a.train {
+        be.batchnorm_fwd_eval(
+            &g,
+            &x.storage(),
+            &gamma.storage(),
+            &beta.storage(),
+            &a.running_mean.storage(),
+            &a.running_var.storage(),
+            &mut y.storage_mut(),
+        )?;
+        return Ok(y);
+    }
+    let mean = output([c], x.device(), false)?;
+    let invstd = output([c], x.device(), false)?;
+    be.batchnorm_fwd_train(
+        &g,
+        &x.storage(),
+        &gamma.storage(),
+        &beta.storage(),
+        &mut a.running_mean.storage_mut(),
+        &mut a.running_var.storage_mut(),
+        &mut y.storage_mut(),
+        &mut mean.storage_mut(),
+        &mut invstd.storage_mut(),
+    )?;
+    if y.tracked() {
+        let (x, gamma, beta) = (x.clone(), gamma.clone(), beta.clone());
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let (dx, dgamma, dbeta) = (grad_like(&x)?, grad_like(&gamma)?, grad_like(&beta)?);
+            x.device().backend().batchnorm_bwd(
+                &g,
+                &x.storage(),
+                &gy.storage(),
+                &gamma.storage(),
+                &mean.storage(),
+                &invstd.storage(),
+                &mut dx.storage_mut(),
+                &mut dgamma.storage_mut(),
+                &mut dbeta.storage_mut(),
+            )?;
+            grads.accumulate(&x, dx)?;
+            grads.accumulate(&gamma, dgamma)?;
+            grads.accumulate(&beta, dbeta)
+        });
+    }
+    Ok(y)
+}

@@ -1,0 +1,61 @@
+//! Max pooling, global average pooling and flatten.
+
+use super::{grad_like, output, reshape};
+use crate::autograd::{self, Grads};
+use crate::backend::Pool2dGeom;
+use crate::tensor::{Shape, Tensor};
+use crate::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2dParams {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+}
+
+impl MaxPool2dParams {
+    pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
+        MaxPool2dParams { kernel: (kernel, kernel), stride: (stride, stride), pad: (pad, pad) }
+    }
+}
+
+/// Max pooling with `-inf` padding; the gradient goes to the first maximum of
+/// each window.
+pub fn max_pool2d(x: &Tensor, p: MaxPool2dParams) -> Result<Tensor> {
+    let (n, c, h, w) = x.shape().nchw()?;
+    let g = Pool2dGeom { n, c, h, w, kh: p.kernel.0, kw: p.kernel.1, stride: p.stride, pad: p.pad }.validate()?;
+    let y = output([n, c, g.out_h(), g.out_w()], x.device(), autograd::should_record(&[x]))?;
+    x.device().backend().maxpool2d_fwd(&g, &x.storage(), &mut y.storage_mut())?;
+    if y.tracked() {
+        let x = x.clone();
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dx = grad_like(&x)?;
+            x.device().backend().maxpool2d_bwd(&g, &x.storage(), &gy.storage(), &mut dx.storage_mut())?;
+            grads.accumulate(&x, dx)
+        });
+    }
+    Ok(y)
+}
+
+/// Mean over H and W: `[N, C, H, W] -> [N, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.shape().nchw()?;
+    let y = output([n, c], x.device(), autograd::should_record(&[x]))?;
+    x.device().backend().global_avgpool_fwd(n, c, h * w, &x.storage(), &mut y.storage_mut())?;
+    if y.tracked() {
+        let x = x.clone();
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dx = grad_like(&x)?;
+            x.device().backend().global_avgpool_bwd(n, c, h * w, &gy.storage(), &mut dx.storage_mut())?;
+            grads.accumulate(&x, dx)
+        });
+    }
+    Ok(y)
+}
+
+/// `[N, ...] -> [N, prod(...)]`.
+pub fn flatten(x: &Tensor) -> Result<Tensor> {
+    let n = x.dims().first().copied().unwrap_or(1);
+    let rest = if n == 0 { 0 } else { x.numel() / n };
+    reshape(x, Shape::new([n, rest]))
+}
