@@ -51,8 +51,9 @@ pub fn act_qparams(min: f32, max: f32) -> Result<QParams> {
             "activation range [{min}, {max}] overflows float32"
         );
     }
-    // min <= 0 and s >= (max - min) / 255 keep min / s within [-255.0.., 0]:
-    // the f32 -> i32 cast cannot saturate.
+    // min <= 0 and s >= (max - min) / 255 keep min / s within about
+    // [-255, 0], so the f32 -> i32 cast is exact; the clamp only matters for
+    // the last rounding of s.
     let rounded = (min / scale).round_ties_even() as i32;
     let zero_point = (ACT_QMIN - rounded).clamp(ACT_QMIN, ACT_QMAX);
     Ok(QParams { scale, zero_point })

@@ -163,6 +163,14 @@ impl Requant {
         Self::new(requant_multiplier(s_x, s_w, s_y), z_y, lo, hi)
     }
 
+    /// The R1 of every output channel of a conv / FC layer with per-channel
+    /// weight scales `s_w` (S5).
+    pub fn per_channel(s_x: f32, s_w: &[f32], s_y: f32, z_y: i32, relu: bool) -> Result<Vec<Self>> {
+        s_w.iter()
+            .map(|&s_w| Self::from_scales(s_x, s_w, s_y, z_y, relu))
+            .collect()
+    }
+
     /// The multiplier as a float32 (exactly the one this was built from).
     pub fn multiplier(&self) -> f32 {
         // In float64, where 2^exp of a normalized subnormal is still normal.
@@ -257,6 +265,9 @@ mod tests {
     #[test]
     fn relu_bounds_and_saturation() {
         let r = Requant::from_scales(0.02, 0.01, 0.05, -20, true).unwrap();
+        let all = Requant::per_channel(0.02, &[0.01, 0.03], 0.05, -20, true).unwrap();
+        assert_eq!(all[0], r);
+        assert_eq!(all[1].multiplier(), requant_multiplier(0.02, 0.03, 0.05));
         assert_eq!((r.lo, r.hi, r.zero_point), (-20, 127, -20));
         assert_eq!(r.apply(-1000), -20);
         assert_eq!(r.apply(i32::MAX), 127);
