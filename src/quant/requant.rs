@@ -140,10 +140,14 @@ impl Requant {
                 "requantization multiplier {m} is not a positive finite number"
             );
         }
-        if !(ACT_QMIN <= lo && lo <= hi && hi <= ACT_QMAX) {
+        if !(ACT_QMIN <= lo
+            && lo <= hi
+            && hi <= ACT_QMAX
+            && (ACT_QMIN..=ACT_QMAX).contains(&zero_point))
+        {
             bail!(
                 Numerical,
-                "output bounds [{lo}, {hi}] are not an int8 range"
+                "output bounds [{lo}, {hi}] or zero point {zero_point} are not int8"
             );
         }
         let (mult, exp) = split_f32(m);
@@ -183,10 +187,10 @@ impl Requant {
         // RNE is symmetric, so work on |acc| and restore the sign at the end.
         // 1. fl32(|acc|) = a * 2^k with a <= 2^24.
         let (a, k) = round_to_24_bits(u64::from(acc.unsigned_abs()));
-        // 2. The exact product of significands (< 2^49), rounded to 24 bits:
-        //    fl32(fl32(acc) * M) = p * 2^(k + j + exp). A product this small
-        //    is never below float32's normal range in a way that matters: its
-        //    RNE to an integer is 0 either way (see `rne_shr`).
+        // 2. The exact product of significands (<= 2^48), rounded to 24
+        //    bits: fl32(fl32(acc) * M) = p * 2^(k + j + exp). When the true
+        //    product is below float32's normal range (< 2^-126), float32
+        //    keeps fewer bits, but its RNE to an integer is 0 either way.
         let (p, j) = round_to_24_bits(a * u64::from(self.mult));
         // 3. RNE(p * 2^e) to an integer. p <= 2^24 and e >= 32 is far beyond
         //    any clamp bound (including float32's overflow to infinity), so
@@ -230,6 +234,7 @@ mod tests {
         assert!(Requant::new(f32::INFINITY, 0, -128, 127).is_err());
         assert!(Requant::new(f32::NAN, 0, -128, 127).is_err());
         assert!(Requant::new(1.0, 0, -129, 127).is_err());
+        assert!(Requant::new(1.0, 128, -128, 127).is_err());
     }
 
     #[test]
