@@ -51,7 +51,6 @@ impl AddRequant {
     /// two moves into the denominator. Scales whose exponents are so far
     /// apart that int64 would overflow (a ratio beyond about 2^29 between the
     /// input scales, for instance) are rejected rather than approximated.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         s_a: f32,
         z_a: i32,
