@@ -10,6 +10,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 mod error;
 pub mod models;
 pub mod nn;

@@ -1,0 +1,30 @@
+//! Datasets, augmentation and batching, independent of tensors and devices.
+//!
+//! Everything here produces plain host vectors (`Vec<f32>` images in NCHW,
+//! `Vec<u32>` labels) so the trainer can upload a batch to whichever device it
+//! runs on. All randomness comes from [`Rng`] streams derived from
+//! `(seed, epoch, ...)`, so a run resumed at any batch sees exactly the same
+//! data as an uninterrupted one.
+//!
+//! - [`rng`]: a small deterministic PRNG with a plain-integer state;
+//! - [`idx`]: the IDX file format (MNIST, Fashion-MNIST), raw or gzip;
+//! - [`dataset`]: an in-memory labelled image set of `u8` pixels;
+//! - [`fashion_mnist`]: where Fashion-MNIST lives and its constants;
+//! - [`augment`]: random shift-crop with zero padding and horizontal flip;
+//! - [`normalize`]: `u8` pixels to normalized `f32`;
+//! - [`loader`]: resumable, shuffled, parallel batch iteration.
+
+pub mod augment;
+pub mod dataset;
+pub mod fashion_mnist;
+pub mod idx;
+pub mod loader;
+pub mod normalize;
+pub mod rng;
+
+pub use augment::Augment;
+pub use dataset::{Dataset, ImageDims};
+pub use fashion_mnist::{FashionMnist, Split};
+pub use loader::{Batch, Batches, Loader, LoaderConfig};
+pub use normalize::Normalize;
+pub use rng::Rng;
