@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 /// Column buffer of one image and one group: rows are (c, ki, kj), columns
 /// are output positions.
-fn im2col(g: &Conv2dGeom, x_img: &[f32], group: usize, col: &mut [f32]) {
+pub(super) fn im2col<T: Copy + Default>(g: &Conv2dGeom, x_img: &[T], group: usize, col: &mut [T]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let cg = g.c_in_per_group();
     for c in 0..cg {
@@ -19,14 +19,14 @@ fn im2col(g: &Conv2dGeom, x_img: &[f32], group: usize, col: &mut [f32]) {
                     let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.pad.0 as isize;
                     let out = &mut row[oy * ow..][..ow];
                     if iy < 0 || iy >= g.h as isize {
-                        out.fill(0.0);
+                        out.fill(T::default());
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..][..g.w];
                     for (ox, o) in out.iter_mut().enumerate() {
                         let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.pad.1 as isize;
                         *o = if ix < 0 || ix >= g.w as isize {
-                            0.0
+                            T::default()
                         } else {
                             src[ix as usize]
                         };
@@ -64,7 +64,7 @@ fn col2im(g: &Conv2dGeom, col: &[f32], group: usize, dx_img: &mut [f32]) {
     }
 }
 
-fn col_len(g: &Conv2dGeom) -> usize {
+pub(super) fn col_len(g: &Conv2dGeom) -> usize {
     g.c_in_per_group() * g.kh * g.kw * g.out_h() * g.out_w()
 }
 
