@@ -40,31 +40,50 @@ impl Arr {
 /// The parsed file `<DATA_DIR>/<file>.json`, after checking its provenance.
 fn load(file: &str) -> Value {
     let path = format!("{DATA_DIR}/{file}.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("golden data {path} is missing or unreadable ({e}); run `python3 {SCRIPT}`"));
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: invalid JSON: {e}"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("golden data {path} is missing or unreadable ({e}); run `python3 {SCRIPT}`")
+    });
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: invalid JSON: {e}"));
     let meta = &v["meta"];
-    assert_eq!(meta["script"], SCRIPT, "{path}: unexpected generating script");
-    let torch = meta["torch_version"].as_str().unwrap_or_else(|| panic!("{path}: no torch_version"));
-    assert!(torch.starts_with(TORCH_VERSION), "{path}: made with torch {torch}, expected {TORCH_VERSION}");
+    assert_eq!(
+        meta["script"], SCRIPT,
+        "{path}: unexpected generating script"
+    );
+    let torch = meta["torch_version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no torch_version"));
+    assert!(
+        torch.starts_with(TORCH_VERSION),
+        "{path}: made with torch {torch}, expected {TORCH_VERSION}"
+    );
     assert!(meta["date"].is_string(), "{path}: no date");
     v
 }
 
 fn case_names(file: &str) -> BTreeSet<String> {
     let v = load(file);
-    let cases = v["cases"].as_array().unwrap_or_else(|| panic!("{file}.json: no cases"));
-    cases.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect()
+    let cases = v["cases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{file}.json: no cases"));
+    cases
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The case called `name` in `file`.
 fn case(file: &str, name: &str) -> Value {
     let mut v = load(file);
-    let cases = v["cases"].as_array_mut().unwrap_or_else(|| panic!("{file}.json: no cases"));
+    let cases = v["cases"]
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("{file}.json: no cases"));
     let i = cases
         .iter()
         .position(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("{file}.json has no case {name:?}; regenerate with `python3 {SCRIPT}`"));
+        .unwrap_or_else(|| {
+            panic!("{file}.json has no case {name:?}; regenerate with `python3 {SCRIPT}`")
+        });
     cases.swap_remove(i)
 }
 
@@ -74,19 +93,39 @@ fn arr(c: &Value, key: &str) -> Arr {
 
 fn opt_arr(c: &Value, key: &str) -> Option<Arr> {
     let a = c.get(key).filter(|a| !a.is_null())?;
-    let shape: Vec<usize> = a["shape"].as_array()?.iter().map(|d| d.as_u64().unwrap() as usize).collect();
-    let data: Vec<f32> = a["data"].as_array()?.iter().map(|x| x.as_f64().unwrap() as f32).collect();
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "case {}: {key} does not fill its shape", c["name"]);
+    let shape: Vec<usize> = a["shape"]
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data: Vec<f32> = a["data"]
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "case {}: {key} does not fill its shape",
+        c["name"]
+    );
     Some(Arr { shape, data })
 }
 
 fn f64_of(c: &Value, key: &str) -> f64 {
-    c[key].as_f64().unwrap_or_else(|| panic!("case {}: no number {key:?}", c["name"]))
+    c[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("case {}: no number {key:?}", c["name"]))
 }
 
 fn pair(c: &Value, key: &str) -> (usize, usize) {
-    let a = c[key].as_array().unwrap_or_else(|| panic!("case {}: no pair {key:?}", c["name"]));
-    (a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize)
+    let a = c[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("case {}: no pair {key:?}", c["name"]));
+    (
+        a[0].as_u64().unwrap() as usize,
+        a[1].as_u64().unwrap() as usize,
+    )
 }
 
 /// Absolute and relative tolerance: `|got - want| <= atol + rtol * |want|`.
@@ -112,8 +151,16 @@ fn check_values(what: &str, got: &[f32], want: &[f32], tol: Tol) {
         let err = (a - b).abs();
         let allowed = tol.atol + tol.rtol * b.abs();
         // NaN compares false: count it as a failure with infinite ratio.
-        let ratio = if err.is_nan() { f64::INFINITY } else if allowed > 0.0 { err / allowed } else if err > 0.0 { f64::INFINITY } else { 0.0 };
-        if !(err <= allowed) {
+        let ratio = if err.is_nan() {
+            f64::INFINITY
+        } else if allowed > 0.0 {
+            err / allowed
+        } else if err > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        if err.is_nan() || err > allowed {
             failures += 1;
         }
         if ratio > worst_ratio {
@@ -122,7 +169,10 @@ fn check_values(what: &str, got: &[f32], want: &[f32], tol: Tol) {
         max_abs = max_abs.max(err);
     }
     // Shown by `cargo test -- --nocapture`, and with any failure.
-    eprintln!("{what}: n={} max|err|={max_abs:.3e} worst err/tol={worst_ratio:.3}", got.len());
+    eprintln!(
+        "{what}: n={} max|err|={max_abs:.3e} worst err/tol={worst_ratio:.3}",
+        got.len()
+    );
     assert!(
         failures == 0,
         "{what}: {failures} of {} elements outside atol={:e} rtol={:e}; worst at flat index {worst}: got {} want {} (|err| = {:.3e}, {:.1}x the tolerance)",
@@ -146,7 +196,9 @@ fn weighted_sum(y: &Tensor, r: &Arr) -> Tensor {
 }
 
 fn grad<'a>(grads: &'a Grads, t: &Tensor, what: &str) -> &'a Tensor {
-    grads.get(t).unwrap_or_else(|| panic!("no gradient for {what}"))
+    grads
+        .get(t)
+        .unwrap_or_else(|| panic!("no gradient for {what}"))
 }
 
 /// Declares one `#[test]` per golden case plus a list of the case names, so a
@@ -183,15 +235,36 @@ fn run_conv(name: &str) {
     let b = opt_arr(&c, "b").map(|b| b.param());
     let y = ops::conv2d(&x, &w, b.as_ref(), p).unwrap();
     // Forward and dx: dot products of at most 147 terms (7x7x3) of O(1) values.
-    let tol = Tol { atol: 1e-5, rtol: 1e-4 };
+    let tol = Tol {
+        atol: 1e-5,
+        rtol: 1e-4,
+    };
     check(&format!("conv2d {name}: y"), &y, &arr(&c, "y"), tol);
     let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
-    check(&format!("conv2d {name}: dx"), grad(&grads, &x, "x"), &arr(&c, "dx"), tol);
+    check(
+        &format!("conv2d {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        tol,
+    );
     // dw and db reduce over N * OH * OW positions (up to 512): looser atol.
-    let tol_w = Tol { atol: 1e-4, rtol: 1e-4 };
-    check(&format!("conv2d {name}: dw"), grad(&grads, &w, "w"), &arr(&c, "dw"), tol_w);
+    let tol_w = Tol {
+        atol: 1e-4,
+        rtol: 1e-4,
+    };
+    check(
+        &format!("conv2d {name}: dw"),
+        grad(&grads, &w, "w"),
+        &arr(&c, "dw"),
+        tol_w,
+    );
     match (&b, opt_arr(&c, "db")) {
-        (Some(b), Some(db)) => check(&format!("conv2d {name}: db"), grad(&grads, b, "b"), &db, tol_w),
+        (Some(b), Some(db)) => check(
+            &format!("conv2d {name}: db"),
+            grad(&grads, b, "b"),
+            &db,
+            tol_w,
+        ),
         (None, None) => {}
         _ => panic!("conv2d {name}: bias and its gradient must come together"),
     }
@@ -222,8 +295,15 @@ golden_cases! {
 fn run_bn(name: &str) {
     let c = case("batch_norm", name);
     let train = c["train"].as_bool().unwrap();
-    let (x, gamma, beta) = (arr(&c, "x").param(), arr(&c, "gamma").param(), arr(&c, "beta").param());
-    let (rm, rv) = (arr(&c, "running_mean_in").tensor(), arr(&c, "running_var_in").tensor());
+    let (x, gamma, beta) = (
+        arr(&c, "x").param(),
+        arr(&c, "gamma").param(),
+        arr(&c, "beta").param(),
+    );
+    let (rm, rv) = (
+        arr(&c, "running_mean_in").tensor(),
+        arr(&c, "running_var_in").tensor(),
+    );
     let args = BatchNormArgs {
         running_mean: &rm,
         running_var: &rv,
@@ -233,21 +313,63 @@ fn run_bn(name: &str) {
     };
     let y = ops::batch_norm(&x, &gamma, &beta, args).unwrap();
     // Output: normalized values of magnitude ~3 after the affine map.
-    check(&format!("batch_norm {name}: y"), &y, &arr(&c, "y"), Tol { atol: 1e-5, rtol: 1e-4 });
+    check(
+        &format!("batch_norm {name}: y"),
+        &y,
+        &arr(&c, "y"),
+        Tol {
+            atol: 1e-5,
+            rtol: 1e-4,
+        },
+    );
     // Running statistics: one f32 blend of statistics computed in f64.
-    let tol_stats = Tol { atol: 1e-6, rtol: 1e-5 };
-    check(&format!("batch_norm {name}: running_mean"), &rm, &arr(&c, "running_mean_out"), tol_stats);
-    check(&format!("batch_norm {name}: running_var"), &rv, &arr(&c, "running_var_out"), tol_stats);
+    let tol_stats = Tol {
+        atol: 1e-6,
+        rtol: 1e-5,
+    };
+    check(
+        &format!("batch_norm {name}: running_mean"),
+        &rm,
+        &arr(&c, "running_mean_out"),
+        tol_stats,
+    );
+    check(
+        &format!("batch_norm {name}: running_var"),
+        &rv,
+        &arr(&c, "running_var_out"),
+        tol_stats,
+    );
     if !train {
         return;
     }
     let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
     // dx combines two channel reductions with cancellation; dgamma and dbeta
     // reduce over N * H * W values (up to 126).
-    check(&format!("batch_norm {name}: dx"), grad(&grads, &x, "x"), &arr(&c, "dx"), Tol { atol: 1e-5, rtol: 1e-4 });
-    let tol_affine = Tol { atol: 1e-5, rtol: 1e-4 };
-    check(&format!("batch_norm {name}: dgamma"), grad(&grads, &gamma, "gamma"), &arr(&c, "dgamma"), tol_affine);
-    check(&format!("batch_norm {name}: dbeta"), grad(&grads, &beta, "beta"), &arr(&c, "dbeta"), tol_affine);
+    check(
+        &format!("batch_norm {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        Tol {
+            atol: 1e-5,
+            rtol: 1e-4,
+        },
+    );
+    let tol_affine = Tol {
+        atol: 1e-5,
+        rtol: 1e-4,
+    };
+    check(
+        &format!("batch_norm {name}: dgamma"),
+        grad(&grads, &gamma, "gamma"),
+        &arr(&c, "dgamma"),
+        tol_affine,
+    );
+    check(
+        &format!("batch_norm {name}: dbeta"),
+        grad(&grads, &beta, "beta"),
+        &arr(&c, "dbeta"),
+        tol_affine,
+    );
 }
 
 golden_cases! {
@@ -268,14 +390,35 @@ golden_cases! {
 fn run_ce(name: &str) {
     let c = case("cross_entropy", name);
     let logits = arr(&c, "logits").param();
-    let labels: Vec<u32> = c["labels"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap() as u32).collect();
+    let labels: Vec<u32> = c["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap() as u32)
+        .collect();
     let eps = f64_of(&c, "label_smoothing") as f32;
     let loss = ops::cross_entropy(&logits, &labels, eps).unwrap();
     // Loss: a mean of log-sum-exps, accumulated in f64 by our kernel.
-    check_values(&format!("cross_entropy {name}: loss"), &[loss.item().unwrap()], &[f64_of(&c, "loss") as f32], Tol { atol: 1e-6, rtol: 1e-5 });
+    check_values(
+        &format!("cross_entropy {name}: loss"),
+        &[loss.item().unwrap()],
+        &[f64_of(&c, "loss") as f32],
+        Tol {
+            atol: 1e-6,
+            rtol: 1e-5,
+        },
+    );
     let grads = loss.backward().unwrap();
     // Gradient (softmax - target) / N: elements at most 1/N, so a small atol.
-    check(&format!("cross_entropy {name}: dlogits"), grad(&grads, &logits, "logits"), &arr(&c, "dlogits"), Tol { atol: 1e-7, rtol: 1e-5 });
+    check(
+        &format!("cross_entropy {name}: dlogits"),
+        grad(&grads, &logits, "logits"),
+        &arr(&c, "dlogits"),
+        Tol {
+            atol: 1e-7,
+            rtol: 1e-5,
+        },
+    );
 }
 
 golden_cases! {
@@ -297,13 +440,36 @@ golden_cases! {
 /// sums at most a few f32 values of `r` per input element.
 fn run_max_pool(name: &str) {
     let c = case("max_pool2d", name);
-    assert_eq!(c["tie_rule_first_max_row_major"], true, "max_pool2d {name}: tie rule not confirmed by the script");
-    let p = MaxPool2dParams { kernel: pair(&c, "kernel"), stride: pair(&c, "stride"), pad: pair(&c, "pad") };
+    assert_eq!(
+        c["tie_rule_first_max_row_major"], true,
+        "max_pool2d {name}: tie rule not confirmed by the script"
+    );
+    let p = MaxPool2dParams {
+        kernel: pair(&c, "kernel"),
+        stride: pair(&c, "stride"),
+        pad: pair(&c, "pad"),
+    };
     let x = arr(&c, "x").param();
     let y = ops::max_pool2d(&x, p).unwrap();
-    check(&format!("max_pool2d {name}: y"), &y, &arr(&c, "y"), Tol { atol: 0.0, rtol: 0.0 });
+    check(
+        &format!("max_pool2d {name}: y"),
+        &y,
+        &arr(&c, "y"),
+        Tol {
+            atol: 0.0,
+            rtol: 0.0,
+        },
+    );
     let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
-    check(&format!("max_pool2d {name}: dx"), grad(&grads, &x, "x"), &arr(&c, "dx"), Tol { atol: 1e-6, rtol: 1e-6 });
+    check(
+        &format!("max_pool2d {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        Tol {
+            atol: 1e-6,
+            rtol: 1e-6,
+        },
+    );
 }
 
 golden_cases! {
@@ -323,10 +489,23 @@ fn run_gap(name: &str) {
     let c = case("global_avg_pool", name);
     let x = arr(&c, "x").param();
     let y = ops::global_avg_pool(&x).unwrap();
-    let tol = Tol { atol: 1e-6, rtol: 1e-5 };
-    check(&format!("global_avg_pool {name}: y"), &y, &arr(&c, "y"), tol);
+    let tol = Tol {
+        atol: 1e-6,
+        rtol: 1e-5,
+    };
+    check(
+        &format!("global_avg_pool {name}: y"),
+        &y,
+        &arr(&c, "y"),
+        tol,
+    );
     let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
-    check(&format!("global_avg_pool {name}: dx"), grad(&grads, &x, "x"), &arr(&c, "dx"), tol);
+    check(
+        &format!("global_avg_pool {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        tol,
+    );
 }
 
 golden_cases! {
@@ -347,13 +526,31 @@ fn run_linear(name: &str) {
     let (x, w) = (arr(&c, "x").param(), arr(&c, "w").param());
     let b = opt_arr(&c, "b").map(|b| b.param());
     let y = ops::linear(&x, &w, b.as_ref()).unwrap();
-    let tol = Tol { atol: 1e-5, rtol: 1e-4 };
+    let tol = Tol {
+        atol: 1e-5,
+        rtol: 1e-4,
+    };
     check(&format!("linear {name}: y"), &y, &arr(&c, "y"), tol);
     let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
-    check(&format!("linear {name}: dx"), grad(&grads, &x, "x"), &arr(&c, "dx"), tol);
-    check(&format!("linear {name}: dw"), grad(&grads, &w, "w"), &arr(&c, "dw"), tol);
+    check(
+        &format!("linear {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        tol,
+    );
+    check(
+        &format!("linear {name}: dw"),
+        grad(&grads, &w, "w"),
+        &arr(&c, "dw"),
+        tol,
+    );
     match (&b, opt_arr(&c, "db")) {
-        (Some(b), Some(db)) => check(&format!("linear {name}: db"), grad(&grads, b, "b"), &db, tol),
+        (Some(b), Some(db)) => check(
+            &format!("linear {name}: db"),
+            grad(&grads, b, "b"),
+            &db,
+            tol,
+        ),
         (None, None) => {}
         _ => panic!("linear {name}: bias and its gradient must come together"),
     }
@@ -382,6 +579,10 @@ fn every_golden_case_is_tested() {
         ("linear", LINEAR_CASES),
     ] {
         let tested: BTreeSet<String> = tested.iter().map(|s| s.to_string()).collect();
-        assert_eq!(case_names(file), tested, "{file}.json: cases in the data vs cases with a test");
+        assert_eq!(
+            case_names(file),
+            tested,
+            "{file}.json: cases in the data vs cases with a test"
+        );
     }
 }
