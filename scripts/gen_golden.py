@@ -2,7 +2,8 @@
 """Generate the PyTorch golden data checked by tests/golden_pytorch.rs.
 
 Script: scripts/gen_golden.py
-Made with: PyTorch 2.15.0 (CPU only), NumPy 2.4.6, on 2026-11-26.
+Made with: PyTorch 2.15.0 (build 2.15.0+cu132, run on the CPU only), NumPy 2.4.6,
+on 2026-11-26.
 Run:    python3 scripts/gen_golden.py   (from the repository root)
 Writes: tests/data/golden/{conv2d,batch_norm,cross_entropy,max_pool2d,
         global_avg_pool,linear}.json
