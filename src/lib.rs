@@ -12,6 +12,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 mod error;
+pub mod int8;
 pub mod models;
 pub mod nn;
 pub mod ops;

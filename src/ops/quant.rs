@@ -13,15 +13,28 @@ use crate::{bail, Result};
 /// lies in `[qmin, qmax]`.
 pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
     if !(q.scale.is_finite() && q.scale > 0.0) || q.qmin > q.qmax {
-        bail!(Numerical, "fake_quant: invalid scale {} or range [{}, {}]", q.scale, q.qmin, q.qmax);
+        bail!(
+            Numerical,
+            "fake_quant: invalid scale {} or range [{}, {}]",
+            q.scale,
+            q.qmin,
+            q.qmax
+        );
     }
     let y = output(x.shape().clone(), x.device(), autograd::should_record(&[x]))?;
-    x.device().backend().fake_quant_tensor_fwd(&q, &x.storage(), &mut y.storage_mut())?;
+    x.device()
+        .backend()
+        .fake_quant_tensor_fwd(&q, &x.storage(), &mut y.storage_mut())?;
     if y.tracked() {
         let x = x.clone();
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
             let dx = grad_like(&x)?;
-            x.device().backend().fake_quant_tensor_bwd(&q, &x.storage(), &gy.storage(), &mut dx.storage_mut())?;
+            x.device().backend().fake_quant_tensor_bwd(
+                &q,
+                &x.storage(),
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
             grads.accumulate(&x, dx)
         });
     }
@@ -34,7 +47,11 @@ pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
 pub fn fake_quant_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
     let channels = *w.dims().first().unwrap_or(&0);
     if channels == 0 {
-        bail!(Shape, "fake_quant_channel: weight of shape {} has no channels", w.shape());
+        bail!(
+            Shape,
+            "fake_quant_channel: weight of shape {} has no channels",
+            w.shape()
+        );
     }
     let inner = w.numel() / channels;
     let y = output(w.shape().clone(), w.device(), autograd::should_record(&[w]))?;
@@ -70,27 +87,57 @@ pub fn fake_quant_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
 pub fn scale_channels(x: &Tensor, s: &Tensor, axis: usize) -> Result<Tensor> {
     let dims = x.dims();
     if axis >= dims.len() || s.dims() != [dims[axis]] {
-        bail!(Shape, "scale_channels: scale {} does not match axis {axis} of {}", s.shape(), x.shape());
+        bail!(
+            Shape,
+            "scale_channels: scale {} does not match axis {axis} of {}",
+            s.shape(),
+            x.shape()
+        );
     }
     x.check_same_device(s, "scale_channels")?;
     let outer: usize = dims[..axis].iter().product();
     let c = dims[axis];
     let inner: usize = dims[axis + 1..].iter().product();
     let be = x.device().backend();
-    let y = output(x.shape().clone(), x.device(), autograd::should_record(&[x, s]))?;
-    be.channel_scale(outer, c, inner, &x.storage(), &s.storage(), &mut y.storage_mut())?;
+    let y = output(
+        x.shape().clone(),
+        x.device(),
+        autograd::should_record(&[x, s]),
+    )?;
+    be.channel_scale(
+        outer,
+        c,
+        inner,
+        &x.storage(),
+        &s.storage(),
+        &mut y.storage_mut(),
+    )?;
     if y.tracked() {
         let (x, s) = (x.clone(), s.clone());
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
             let be = x.device().backend();
             if x.tracked() {
                 let dx = grad_like(&x)?;
-                be.channel_scale(outer, c, inner, &gy.storage(), &s.storage(), &mut dx.storage_mut())?;
+                be.channel_scale(
+                    outer,
+                    c,
+                    inner,
+                    &gy.storage(),
+                    &s.storage(),
+                    &mut dx.storage_mut(),
+                )?;
                 grads.accumulate(&x, dx)?;
             }
             if s.tracked() {
                 let ds = grad_like(&s)?;
-                be.channel_dot(outer, c, inner, &gy.storage(), &x.storage(), &mut ds.storage_mut())?;
+                be.channel_dot(
+                    outer,
+                    c,
+                    inner,
+                    &gy.storage(),
+                    &x.storage(),
+                    &mut ds.storage_mut(),
+                )?;
                 grads.accumulate(&s, ds)?;
             }
             Ok(())
@@ -122,7 +169,12 @@ pub fn map_small(
     let x = x.clone();
     autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
         let g = gy.to_vec()?;
-        let dx: Vec<f32> = xv.iter().zip(&g).enumerate().map(|(i, (&v, &d))| d * df(v, i)).collect();
+        let dx: Vec<f32> = xv
+            .iter()
+            .zip(&g)
+            .enumerate()
+            .map(|(i, (&v, &d))| d * df(v, i))
+            .collect();
         grads.accumulate(&x, Tensor::from_vec(dx, x.shape().clone(), x.device())?)
     });
     Ok(y)

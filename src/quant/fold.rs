@@ -21,7 +21,10 @@ pub fn fold_conv_bn(
     let mut b_fold = vec![0.0f32; c];
     for o in 0..c {
         let sigma = (var[o] + eps).sqrt();
-        for (dst, &v) in w_fold[o * inner..][..inner].iter_mut().zip(&w[o * inner..][..inner]) {
+        for (dst, &v) in w_fold[o * inner..][..inner]
+            .iter_mut()
+            .zip(&w[o * inner..][..inner])
+        {
             *dst = (v * gamma[o]) / sigma;
         }
         let b = b_conv.map_or(0.0, |b| b[o]);
@@ -39,13 +42,21 @@ mod tests {
     #[test]
     fn fold_matches_unfused_bn() {
         let w = [0.5f32, -1.25, 2.0, 0.75];
-        let (gamma, beta, mean, var) = ([1.5f32, -0.5], [0.1f32, 0.2], [0.3f32, -0.4], [2.0f32, 0.25]);
+        let (gamma, beta, mean, var) = (
+            [1.5f32, -0.5],
+            [0.1f32, 0.2],
+            [0.3f32, -0.4],
+            [2.0f32, 0.25],
+        );
         let (wf, bf) = fold_conv_bn(&w, Some(&[0.05, -0.02]), &gamma, &beta, &mean, &var, 1e-5);
         let x = [0.7f32, -1.1];
         for o in 0..2 {
-            let conv = (w[2 * o] as f64 * x[0] as f64 + w[2 * o + 1] as f64 * x[1] as f64) + [0.05, -0.02][o];
-            let bn = (conv - mean[o] as f64) / (var[o] as f64 + 1e-5).sqrt() * gamma[o] as f64 + beta[o] as f64;
-            let folded = wf[2 * o] as f64 * x[0] as f64 + wf[2 * o + 1] as f64 * x[1] as f64 + bf[o] as f64;
+            let conv = (w[2 * o] as f64 * x[0] as f64 + w[2 * o + 1] as f64 * x[1] as f64)
+                + [0.05, -0.02][o];
+            let bn = (conv - mean[o] as f64) / (var[o] as f64 + 1e-5).sqrt() * gamma[o] as f64
+                + beta[o] as f64;
+            let folded =
+                wf[2 * o] as f64 * x[0] as f64 + wf[2 * o + 1] as f64 * x[1] as f64 + bf[o] as f64;
             assert!((bn - folded).abs() < 1e-5, "channel {o}: {bn} vs {folded}");
         }
     }
