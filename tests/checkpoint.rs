@@ -303,11 +303,14 @@ fn foreign_and_empty_files_are_errors() {
     ));
 }
 
+/// Names and shapes of a [`Toy`]'s tensors.
+type Layout<'a> = &'a [(&'a str, &'a [usize])];
+
 /// A module made of exactly the named tensors given.
 struct Toy(Vec<(String, Tensor)>);
 
 impl Toy {
-    fn new(tensors: &[(&str, &[usize])]) -> Toy {
+    fn new(tensors: Layout) -> Toy {
         let mut rng = Rng::new(5);
         Toy(tensors
             .iter()
@@ -343,7 +346,8 @@ fn restore_module_reports_every_mismatch() {
     let saved = Toy::new(&[("a.weight", &[2, 3]), ("b.bias", &[4]), ("c", &[1])]);
     let ckpt = Checkpoint::from_module(&saved).unwrap();
 
-    let cases: [(&[(&str, &[usize])], &[&str]); 3] = [
+    // (the model's tensors, what the error must mention)
+    let cases: [(Layout, &[&str]); 3] = [
         // `c` missing from the model, so extra in the checkpoint.
         (
             &[("a.weight", &[2, 3]), ("b.bias", &[4])],
