@@ -10,6 +10,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod int8;

@@ -6,7 +6,7 @@ use crate::autograd::{self, Grads};
 use crate::backend::SgdStep;
 use crate::nn::{Named, Role};
 use crate::tensor::Tensor;
-use crate::Result;
+use crate::{bail, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
@@ -95,5 +95,17 @@ impl Sgd {
             .iter()
             .map(|s| (s.name.clone(), s.momentum.clone()))
             .collect()
+    }
+
+    /// Overwrites the momentum buffer of parameter `name` (from a checkpoint).
+    /// Errors if no trainable parameter has that name or the length differs.
+    pub fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let Some(slot) = self.slots.iter().find(|s| s.name == name) else {
+            bail!(
+                Usage,
+                "no trainable parameter named `{name}` in the optimizer"
+            );
+        };
+        slot.momentum.copy_from_slice(values)
     }
 }

@@ -2,6 +2,7 @@
 //! validation, metrics.
 
 pub mod metrics;
+pub mod plot;
 
 use crate::autograd::no_grad;
 use crate::backend::Device;
