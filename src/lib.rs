@@ -10,14 +10,18 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod int8;
 pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+pub mod quant;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::Device;
 pub use error::{Error, Result};

@@ -20,7 +20,9 @@ fn conv_case(seed: u64, x: [usize; 4], w: [usize; 4], p: Conv2dParams, bias: boo
     if bias {
         inputs.push((randn(&mut rng, w[0]), vec![w[0]]));
     }
-    gradcheck(seed, &inputs, 40, H, 5e-3, 1e-2, |t| ops::conv2d(&t[0], &t[1], t.get(2), p));
+    gradcheck(seed, &inputs, 40, H, 5e-3, 1e-2, |t| {
+        ops::conv2d(&t[0], &t[1], t.get(2), p)
+    });
 }
 
 #[test]
@@ -30,30 +32,56 @@ fn conv2d_plain_and_bias() {
 
 #[test]
 fn conv2d_stride_unequal_padding_rect_kernel() {
-    let p = Conv2dParams { stride: (2, 3), pad: (1, 2), ..Default::default() };
+    let p = Conv2dParams {
+        stride: (2, 3),
+        pad: (1, 2),
+        ..Default::default()
+    };
     conv_case(2, [2, 3, 9, 11], [5, 3, 3, 5], p, false);
 }
 
 #[test]
 fn conv2d_dilation() {
-    let p = Conv2dParams { dilation: (2, 2), pad: (2, 1), ..Default::default() };
+    let p = Conv2dParams {
+        dilation: (2, 2),
+        pad: (2, 1),
+        ..Default::default()
+    };
     conv_case(3, [1, 2, 9, 8], [3, 2, 3, 3], p, true);
 }
 
 #[test]
 fn conv2d_groups_and_depthwise() {
-    let p = Conv2dParams { groups: 2, pad: (1, 1), ..Default::default() };
+    let p = Conv2dParams {
+        groups: 2,
+        pad: (1, 1),
+        ..Default::default()
+    };
     conv_case(4, [2, 4, 5, 5], [6, 2, 3, 3], p, true);
-    let p = Conv2dParams { groups: 5, pad: (1, 1), stride: (2, 2), ..Default::default() };
+    let p = Conv2dParams {
+        groups: 5,
+        pad: (1, 1),
+        stride: (2, 2),
+        ..Default::default()
+    };
     conv_case(5, [2, 5, 7, 7], [5, 1, 3, 3], p, false);
 }
 
 #[test]
 fn linear_and_matmul() {
     let mut rng = Rng::new(6);
-    let inputs = vec![(randn(&mut rng, 5 * 7), vec![5, 7]), (randn(&mut rng, 3 * 7), vec![3, 7]), (randn(&mut rng, 3), vec![3])];
-    gradcheck(6, &inputs, 40, H, 2e-3, 1e-2, |t| ops::linear(&t[0], &t[1], Some(&t[2])));
-    let inputs = vec![(randn(&mut rng, 4 * 6), vec![4, 6]), (randn(&mut rng, 6 * 3), vec![6, 3])];
+    let inputs = vec![
+        (randn(&mut rng, 5 * 7), vec![5, 7]),
+        (randn(&mut rng, 3 * 7), vec![3, 7]),
+        (randn(&mut rng, 3), vec![3]),
+    ];
+    gradcheck(6, &inputs, 40, H, 2e-3, 1e-2, |t| {
+        ops::linear(&t[0], &t[1], Some(&t[2]))
+    });
+    let inputs = vec![
+        (randn(&mut rng, 4 * 6), vec![4, 6]),
+        (randn(&mut rng, 6 * 3), vec![6, 3]),
+    ];
     gradcheck(7, &inputs, 40, H, 2e-3, 1e-2, |t| ops::matmul(&t[0], &t[1]));
 }
 
@@ -69,7 +97,13 @@ fn bn_case(seed: u64, shape: Vec<usize>) {
     let rm = Tensor::zeros([c], &dev).unwrap();
     let rv = Tensor::full([c], 1.0, &dev).unwrap();
     gradcheck(seed, &inputs, 40, H, 5e-3, 2e-2, |t| {
-        let args = BatchNormArgs { running_mean: &rm, running_var: &rv, train: true, momentum: 0.1, eps: 1e-5 };
+        let args = BatchNormArgs {
+            running_mean: &rm,
+            running_var: &rv,
+            train: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
         ops::batch_norm(&t[0], &t[1], &t[2], args)
     });
 }
@@ -83,25 +117,40 @@ fn batch_norm_train_4d_and_2d() {
 #[test]
 fn relu_and_add() {
     let mut rng = Rng::new(10);
-    let inputs = vec![(away_from_zero(&mut rng, 30, 0.05), vec![2, 3, 5]), (randn(&mut rng, 30), vec![2, 3, 5])];
-    gradcheck(10, &inputs, 30, H, 1e-3, 1e-2, |t| ops::add(&ops::relu(&t[0])?, &t[1]));
+    let inputs = vec![
+        (away_from_zero(&mut rng, 30, 0.05), vec![2, 3, 5]),
+        (randn(&mut rng, 30), vec![2, 3, 5]),
+    ];
+    gradcheck(10, &inputs, 30, H, 1e-3, 1e-2, |t| {
+        ops::add(&ops::relu(&t[0])?, &t[1])
+    });
 }
 
 #[test]
 fn max_pool_stem_window_and_odd_sizes() {
     let mut rng = Rng::new(11);
     let inputs = vec![(distinct(&mut rng, 2 * 3 * 9 * 7), vec![2, 3, 9, 7])];
-    gradcheck(11, &inputs, 60, H, 1e-3, 1e-2, |t| ops::max_pool2d(&t[0], MaxPool2dParams::new(3, 2, 1)));
+    gradcheck(11, &inputs, 60, H, 1e-3, 1e-2, |t| {
+        ops::max_pool2d(&t[0], MaxPool2dParams::new(3, 2, 1))
+    });
     let inputs = vec![(distinct(&mut rng, 5 * 6), vec![1, 1, 5, 6])];
-    let p = MaxPool2dParams { kernel: (2, 3), stride: (1, 2), pad: (1, 0) };
-    gradcheck(12, &inputs, 60, H, 1e-3, 1e-2, |t| ops::max_pool2d(&t[0], p));
+    let p = MaxPool2dParams {
+        kernel: (2, 3),
+        stride: (1, 2),
+        pad: (1, 0),
+    };
+    gradcheck(12, &inputs, 60, H, 1e-3, 1e-2, |t| {
+        ops::max_pool2d(&t[0], p)
+    });
 }
 
 #[test]
 fn global_avg_pool_and_flatten() {
     let mut rng = Rng::new(13);
     let inputs = vec![(randn(&mut rng, 2 * 3 * 5 * 3), vec![2, 3, 5, 3])];
-    gradcheck(13, &inputs, 30, H, 1e-3, 1e-2, |t| ops::flatten(&ops::global_avg_pool(&t[0])?));
+    gradcheck(13, &inputs, 30, H, 1e-3, 1e-2, |t| {
+        ops::flatten(&ops::global_avg_pool(&t[0])?)
+    });
 }
 
 #[test]
@@ -110,7 +159,9 @@ fn cross_entropy_with_and_without_smoothing() {
     let labels = [3u32, 0, 4, 4, 1, 2];
     for eps in [0.0f32, 0.1] {
         let inputs = vec![(randn(&mut rng, 6 * 5), vec![6, 5])];
-        gradcheck(14, &inputs, 30, H, 1e-3, 1e-2, |t| ops::cross_entropy(&t[0], &labels, eps));
+        gradcheck(14, &inputs, 30, H, 1e-3, 1e-2, |t| {
+            ops::cross_entropy(&t[0], &labels, eps)
+        });
     }
 }
 
@@ -123,5 +174,7 @@ fn small_resnet_input_gradient() {
     let inputs = vec![(randn(&mut rng, 2 * 8 * 8), vec![2, 1, 8, 8])];
     // Batch-norm in training mode couples the batch; ReLU kinks make a few
     // probes noisy, so the tolerance is looser than for single ops.
-    gradcheck(15, &inputs, 24, 1e-3, 2e-2, 5e-2, |t| model.forward(&t[0], Mode::Train));
+    gradcheck(15, &inputs, 24, 1e-3, 2e-2, 5e-2, |t| {
+        model.forward(&t[0], Mode::Train)
+    });
 }

@@ -94,7 +94,12 @@ impl Grads {
             return Ok(());
         }
         if g.shape() != t.shape() {
-            bail!(Shape, "gradient of shape {} for a tensor of shape {}", g.shape(), t.shape());
+            bail!(
+                Shape,
+                "gradient of shape {} for a tensor of shape {}",
+                g.shape(),
+                t.shape()
+            );
         }
         match self.map.get(&t.id()) {
             Some(existing) => {
@@ -113,14 +118,21 @@ impl Grads {
 /// returns the gradients of the tracked leaves. Consumes the tape.
 pub fn backward(loss: &Tensor) -> Result<Grads> {
     if loss.numel() != 1 {
-        bail!(Shape, "backward() needs a scalar loss, got shape {}", loss.shape());
+        bail!(
+            Shape,
+            "backward() needs a scalar loss, got shape {}",
+            loss.shape()
+        );
     }
     if !loss.tracked() {
         bail!(Usage, "backward() on a tensor that does not depend on any parameter (was it computed under no_grad?)");
     }
     let tape = TAPE.with(|t| std::mem::take(&mut *t.borrow_mut()));
     let mut grads = Grads::default();
-    grads.map.insert(loss.id(), Tensor::full(loss.shape().clone(), 1.0, loss.device())?);
+    grads.map.insert(
+        loss.id(),
+        Tensor::full(loss.shape().clone(), 1.0, loss.device())?,
+    );
     for entry in tape.into_iter().rev() {
         if let Some(gy) = grads.map.remove(&entry.output) {
             (entry.backward)(&gy, &mut grads)?;

@@ -18,7 +18,15 @@ pub struct GemmGeom {
 
 impl GemmGeom {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        GemmGeom { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+        GemmGeom {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        }
     }
     pub fn flops(&self) -> f64 {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
@@ -46,10 +54,21 @@ impl Conv2dGeom {
     pub fn validate(self) -> Result<Self> {
         let g = self;
         if g.groups == 0 || g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
-            bail!(Shape, "conv2d: groups={} must divide c_in={} and c_out={}", g.groups, g.c_in, g.c_out);
+            bail!(
+                Shape,
+                "conv2d: groups={} must divide c_in={} and c_out={}",
+                g.groups,
+                g.c_in,
+                g.c_out
+            );
         }
         if g.stride.0 == 0 || g.stride.1 == 0 || g.dilation.0 == 0 || g.dilation.1 == 0 {
-            bail!(Shape, "conv2d: stride {:?} and dilation {:?} must be positive", g.stride, g.dilation);
+            bail!(
+                Shape,
+                "conv2d: stride {:?} and dilation {:?} must be positive",
+                g.stride,
+                g.dilation
+            );
         }
         let eff_h = g.dilation.0 * (g.kh.max(1) - 1) + 1;
         let eff_w = g.dilation.1 * (g.kw.max(1) - 1) + 1;
@@ -57,7 +76,12 @@ impl Conv2dGeom {
             bail!(
                 Shape,
                 "conv2d: kernel {}x{} (dilation {:?}) does not fit input {}x{} with padding {:?}",
-                g.kh, g.kw, g.dilation, g.h, g.w, g.pad
+                g.kh,
+                g.kw,
+                g.dilation,
+                g.h,
+                g.w,
+                g.pad
             );
         }
         Ok(g)
@@ -119,13 +143,32 @@ impl Pool2dGeom {
     pub fn validate(self) -> Result<Self> {
         let g = self;
         if g.kh == 0 || g.kw == 0 || g.stride.0 == 0 || g.stride.1 == 0 {
-            bail!(Shape, "max_pool2d: kernel {}x{} and stride {:?} must be positive", g.kh, g.kw, g.stride);
+            bail!(
+                Shape,
+                "max_pool2d: kernel {}x{} and stride {:?} must be positive",
+                g.kh,
+                g.kw,
+                g.stride
+            );
         }
         if g.pad.0 * 2 > g.kh || g.pad.1 * 2 > g.kw {
-            bail!(Shape, "max_pool2d: padding {:?} must be at most half the kernel {}x{}", g.pad, g.kh, g.kw);
+            bail!(
+                Shape,
+                "max_pool2d: padding {:?} must be at most half the kernel {}x{}",
+                g.pad,
+                g.kh,
+                g.kw
+            );
         }
         if g.h + 2 * g.pad.0 < g.kh || g.w + 2 * g.pad.1 < g.kw {
-            bail!(Shape, "max_pool2d: kernel {}x{} larger than padded input {}x{}", g.kh, g.kw, g.h, g.w);
+            bail!(
+                Shape,
+                "max_pool2d: kernel {}x{} larger than padded input {}x{}",
+                g.kh,
+                g.kw,
+                g.h,
+                g.w
+            );
         }
         Ok(g)
     }
@@ -146,4 +189,61 @@ pub struct SgdStep {
     pub momentum: f32,
     pub weight_decay: f32,
     pub nesterov: bool,
+}
+
+/// Per-tensor fake quantization parameters (S3): `q = clamp(RNE(x / scale) +
+/// zero_point, qmin, qmax)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FqTensor {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+/// Integer-exact conv / FC (S5, S9). The input holds `(q_x - z_x) * s_x`; the
+/// kernel recovers `q_x`, accumulates `sum((q_x - z_x) * w_q) + b_q` exactly,
+/// applies R1 with the per-channel float32 multiplier `M_c` and writes
+/// `(q_y - z_y) * s_y`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QConvArgs {
+    pub s_x: f32,
+    pub z_x: i32,
+    pub s_y: f32,
+    pub z_y: i32,
+    /// Output clamp, `[z_y, 127]` with a fused ReLU, else `[-128, 127]`.
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// Integer-exact residual add (S7) in its precomputed rational form:
+/// `y_q = clamp(RNE_div(num_a * (a_q - z_a) + num_b * (b_q - z_b), den) + z_c,
+/// lo, hi)`, inputs and output as `(q - z) * s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QAddArgs {
+    pub s_a: f32,
+    pub s_b: f32,
+    pub s_c: f32,
+    pub num_a: i64,
+    pub num_b: i64,
+    pub den: i64,
+    pub z_a: i32,
+    pub z_b: i32,
+    pub z_c: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// Integer-exact global average pooling (S6): `acc = sum(q - z_in)` over HW,
+/// then R1 with multiplier `m`, output `(q_y - z_out) * s_out`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QGapArgs {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub s_in: f32,
+    pub z_in: i32,
+    pub m: f32,
+    pub s_out: f32,
+    pub z_out: i32,
 }

@@ -9,7 +9,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod geom;
 
-pub use geom::{BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep};
+pub use geom::{
+    BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep,
+};
 
 use crate::{bail, Result};
 use std::fmt;
@@ -38,6 +40,11 @@ impl Storage {
             Storage::Host(v) => Ok(v),
             Storage::Device(b) => bail!(DeviceMismatch, "host access to memory on {}", b.runtime().name()),
         }
+    }
+    /// Host storage holding int32 values as 32-bit words (bias of the
+    /// integer-exact layers): the bits are kept, never used as floats.
+    pub fn from_i32(v: &[i32]) -> Vec<f32> {
+        bytemuck::cast_slice(v).to_vec()
     }
     pub fn host_mut(&mut self) -> Result<&mut [f32]> {
         match self {
@@ -81,13 +88,27 @@ pub trait Backend: Send + Sync {
     /// `c = alpha * op(a) op(b) + beta * c`.
     fn gemm(&self, g: &GemmGeom, a: &Storage, b: &Storage, c: &mut Storage) -> Result<()>;
     /// `y[r, j] += bias[j]` for a `rows x cols` matrix (accumulates).
-    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()>;
+    fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage)
+        -> Result<()>;
     /// `db[j] = sum_r dy[r, j]`.
     fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()>;
 
     // ---- convolution --------------------------------------------------------
-    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()>;
-    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()>;
+    fn conv2d_fwd(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        y: &mut Storage,
+    ) -> Result<()>;
+    fn conv2d_bwd_data(
+        &self,
+        g: &Conv2dGeom,
+        dy: &Storage,
+        w: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
     /// Weight gradient, and the bias gradient when `dbias` is given.
     fn conv2d_bwd_weight(
         &self,
@@ -144,10 +165,30 @@ pub trait Backend: Send + Sync {
     fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;
     /// Routes each `dy` to the first maximum of its window in `x` (PyTorch's
     /// tie rule).
-    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    fn maxpool2d_bwd(
+        &self,
+        g: &Pool2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
     /// `y[n, c] = mean over hw of x[n, c, :]`.
-    fn global_avgpool_fwd(&self, n: usize, c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()>;
-    fn global_avgpool_bwd(&self, n: usize, c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    fn global_avgpool_fwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()>;
+    fn global_avgpool_bwd(
+        &self,
+        n: usize,
+        c: usize,
+        hw: usize,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
 
     // ---- loss ---------------------------------------------------------------
     /// Mean softmax cross-entropy over `rows` with label smoothing `eps`
@@ -177,9 +218,126 @@ pub trait Backend: Send + Sync {
         dlogits: &mut Storage,
     ) -> Result<()>;
 
+    // ---- quantization-aware training (QUANT_SPEC S2, S3, S4) -------------
+    /// `(min, max)` over all elements (observers).
+    fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
+        let _ = x;
+        Err(unsupported(self, "min_max"))
+    }
+    /// Per-tensor fake quantization `y = (q - z) * s` (S3).
+    fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, x, y);
+        Err(unsupported(self, "fake_quant_tensor_fwd"))
+    }
+    /// Straight-through gradient: `dx = dy * [qmin <= RNE(x / s) + z <= qmax]`.
+    fn fake_quant_tensor_bwd(
+        &self,
+        q: &FqTensor,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let _ = (q, x, dy, dx);
+        Err(unsupported(self, "fake_quant_tensor_bwd"))
+    }
+    /// Per-channel symmetric fake quantization of `channels x inner` weights
+    /// (z = 0, [-127, 127]): writes each channel's scale
+    /// `max(amax_c / 127, 2^-23)` to `scales` and the fake-quantized weights
+    /// to `y`, in one pass over the data where the device allows.
+    fn fake_quant_channel_fwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        y: &mut Storage,
+        scales: &mut Storage,
+    ) -> Result<()> {
+        let _ = (channels, inner, w, y, scales);
+        Err(unsupported(self, "fake_quant_channel_fwd"))
+    }
+    /// Straight-through gradient of the per-channel fake quantization.
+    fn fake_quant_channel_bwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        scales: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+    ) -> Result<()> {
+        let _ = (channels, inner, w, scales, dy, dw);
+        Err(unsupported(self, "fake_quant_channel_bwd"))
+    }
+    /// `y[o, c, i] = x[o, c, i] * s[c]` over an `outer x c x inner` view.
+    fn channel_scale(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        x: &Storage,
+        s: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (outer, c, inner, x, s, y);
+        Err(unsupported(self, "channel_scale"))
+    }
+    /// `out[c] = sum over o, i of a[o, c, i] * b[o, c, i]`.
+    fn channel_dot(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        a: &Storage,
+        b: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let _ = (outer, c, inner, a, b, out);
+        Err(unsupported(self, "channel_dot"))
+    }
+
+    // ---- integer-exact evaluation (S5, S6, S7, S9) -------------------------
+    /// Integer-exact convolution: `w_q` holds int8 values (as f32),
+    /// `bias_q` int32 values (bit patterns in f32 words, see
+    /// [`Storage::from_i32`]), `multipliers` the float32 `M_c` per channel.
+    #[allow(clippy::too_many_arguments)]
+    fn qconv2d(
+        &self,
+        g: &Conv2dGeom,
+        q: &QConvArgs,
+        x: &Storage,
+        w_q: &Storage,
+        bias_q: &Storage,
+        multipliers: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, q, x, w_q, bias_q, multipliers, y);
+        Err(unsupported(self, "qconv2d"))
+    }
+    /// Integer-exact residual add (S7).
+    fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, a, b, y);
+        Err(unsupported(self, "qadd"))
+    }
+    /// Integer-exact global average pooling (S6).
+    fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, x, y);
+        Err(unsupported(self, "qgap"))
+    }
+
     // ---- optimizer ----------------------------------------------------------
     /// One SGD step on `param` in place, updating `momentum_buf`.
-    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()>;
+    fn sgd_step(
+        &self,
+        s: &SgdStep,
+        param: &mut Storage,
+        grad: &Storage,
+        momentum_buf: &mut Storage,
+    ) -> Result<()>;
+}
+
+/// The error for a primitive a backend does not implement.
+fn unsupported<B: Backend + ?Sized>(b: &B, op: &str) -> crate::Error {
+    crate::Error::Device(format!("{op} is not implemented on {}", b.name()))
 }
 
 /// A handle on a backend; cheap to clone. Tensors remember their device.
@@ -193,7 +351,8 @@ impl Device {
     /// The process-wide CPU backend.
     pub fn cpu() -> Device {
         static CPU: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new()))).clone()
+        CPU.get_or_init(|| Device(Arc::new(cpu::CpuBackend::new())))
+            .clone()
     }
     pub fn backend(&self) -> &dyn Backend {
         &*self.0

@@ -6,7 +6,7 @@
 //! gives the same image on any thread.
 
 use super::dataset::ImageDims;
-use super::rng::Rng;
+use crate::rng::Rng;
 
 /// Pad by `padding` pixels on every side, crop a random window of the
 /// original size, then mirror left-right with probability 1/2 if `flip`.

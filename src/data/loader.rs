@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::augment::Augment;
 use super::dataset::{Dataset, ImageDims};
 use super::normalize::Normalize;
-use super::rng::Rng;
+use crate::rng::Rng;
 use crate::{bail, Result};
 
 /// Stream names for [`Rng::derive`] (ASCII "perm" and "augm").

@@ -20,11 +20,10 @@ pub mod fashion_mnist;
 pub mod idx;
 pub mod loader;
 pub mod normalize;
-pub mod rng;
 
+pub use crate::rng::Rng;
 pub use augment::Augment;
 pub use dataset::{Dataset, ImageDims};
 pub use fashion_mnist::{FashionMnist, Split};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use normalize::Normalize;
-pub use rng::Rng;

@@ -17,13 +17,22 @@ pub struct Conv2dParams {
 
 impl Default for Conv2dParams {
     fn default() -> Self {
-        Conv2dParams { stride: (1, 1), pad: (0, 0), dilation: (1, 1), groups: 1 }
+        Conv2dParams {
+            stride: (1, 1),
+            pad: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
     }
 }
 
 impl Conv2dParams {
     pub fn new(stride: usize, pad: usize) -> Self {
-        Conv2dParams { stride: (stride, stride), pad: (pad, pad), ..Default::default() }
+        Conv2dParams {
+            stride: (stride, stride),
+            pad: (pad, pad),
+            ..Default::default()
+        }
     }
     /// The full geometry for input `x` and weight `w`, checked.
     pub fn geom(&self, x: &Tensor, w: &Tensor) -> Result<Conv2dGeom> {
@@ -61,15 +70,30 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
     same_device("conv2d", &[x, w])?;
     if let Some(b) = b {
         if b.dims() != [g.c_out] {
-            bail!(Shape, "conv2d: bias {} does not match weight {}", b.shape(), w.shape());
+            bail!(
+                Shape,
+                "conv2d: bias {} does not match weight {}",
+                b.shape(),
+                w.shape()
+            );
         }
         same_device("conv2d", &[x, b])?;
     }
     let mut inputs = vec![x, w];
     inputs.extend(b);
-    let y = output([g.n, g.c_out, g.out_h(), g.out_w()], x.device(), autograd::should_record(&inputs))?;
+    let y = output(
+        [g.n, g.c_out, g.out_h(), g.out_w()],
+        x.device(),
+        autograd::should_record(&inputs),
+    )?;
     let bias = b.map(|b| b.storage());
-    x.device().backend().conv2d_fwd(&g, &x.storage(), &w.storage(), bias.as_deref(), &mut y.storage_mut())?;
+    x.device().backend().conv2d_fwd(
+        &g,
+        &x.storage(),
+        &w.storage(),
+        bias.as_deref(),
+        &mut y.storage_mut(),
+    )?;
     drop(bias);
     if y.tracked() {
         let (x, w, b) = (x.clone(), w.clone(), b.cloned());
@@ -86,7 +110,13 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: Conv2dParams) -> Re
                 let db = b.as_ref().map(grad_like).transpose()?;
                 {
                     let mut db_s = db.as_ref().map(|d| d.storage_mut());
-                    be.conv2d_bwd_weight(&g, &x.storage(), &gy.storage(), &mut dw.storage_mut(), db_s.as_deref_mut())?;
+                    be.conv2d_bwd_weight(
+                        &g,
+                        &x.storage(),
+                        &gy.storage(),
+                        &mut dw.storage_mut(),
+                        db_s.as_deref_mut(),
+                    )?;
                 }
                 grads.accumulate(&w, dw)?;
                 if let (Some(b), Some(db)) = (b, db) {

@@ -11,11 +11,21 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (m, k) = a.shape().matrix()?;
     let (k2, n) = b.shape().matrix()?;
     if k != k2 {
-        bail!(Shape, "matmul: inner dimensions of {} and {} differ", a.shape(), b.shape());
+        bail!(
+            Shape,
+            "matmul: inner dimensions of {} and {} differ",
+            a.shape(),
+            b.shape()
+        );
     }
     same_device("matmul", &[a, b])?;
     let y = output([m, n], a.device(), autograd::should_record(&[a, b]))?;
-    a.device().backend().gemm(&GemmGeom::new(m, n, k), &a.storage(), &b.storage(), &mut y.storage_mut())?;
+    a.device().backend().gemm(
+        &GemmGeom::new(m, n, k),
+        &a.storage(),
+        &b.storage(),
+        &mut y.storage_mut(),
+    )?;
     if y.tracked() {
         let (a, b) = (a.clone(), b.clone());
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
@@ -23,14 +33,20 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if a.tracked() {
                 // da = gy @ b^T
                 let da = grad_like(&a)?;
-                let g = GemmGeom { trans_b: true, ..GemmGeom::new(m, k, n) };
+                let g = GemmGeom {
+                    trans_b: true,
+                    ..GemmGeom::new(m, k, n)
+                };
                 be.gemm(&g, &gy.storage(), &b.storage(), &mut da.storage_mut())?;
                 grads.accumulate(&a, da)?;
             }
             if b.tracked() {
                 // db = a^T @ gy
                 let db = grad_like(&b)?;
-                let g = GemmGeom { trans_a: true, ..GemmGeom::new(k, n, m) };
+                let g = GemmGeom {
+                    trans_a: true,
+                    ..GemmGeom::new(k, n, m)
+                };
                 be.gemm(&g, &a.storage(), &gy.storage(), &mut db.storage_mut())?;
                 grads.accumulate(&b, db)?;
             }
@@ -45,11 +61,21 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (n, fin) = x.shape().matrix()?;
     let (fout, fin2) = w.shape().matrix()?;
     if fin != fin2 {
-        bail!(Shape, "linear: input {} does not match weight {}", x.shape(), w.shape());
+        bail!(
+            Shape,
+            "linear: input {} does not match weight {}",
+            x.shape(),
+            w.shape()
+        );
     }
     if let Some(b) = b {
         if b.dims() != [fout] {
-            bail!(Shape, "linear: bias {} does not match weight {}", b.shape(), w.shape());
+            bail!(
+                Shape,
+                "linear: bias {} does not match weight {}",
+                b.shape(),
+                w.shape()
+            );
         }
         same_device("linear", &[x, w, b])?;
     }
@@ -58,7 +84,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     inputs.extend(b);
     let y = output([n, fout], x.device(), autograd::should_record(&inputs))?;
     let be = x.device().backend();
-    let g = GemmGeom { trans_b: true, ..GemmGeom::new(n, fout, fin) };
+    let g = GemmGeom {
+        trans_b: true,
+        ..GemmGeom::new(n, fout, fin)
+    };
     be.gemm(&g, &x.storage(), &w.storage(), &mut y.storage_mut())?;
     if let Some(b) = b {
         be.add_row_bias(n, fout, &b.storage(), &mut y.storage_mut())?;
@@ -69,12 +98,20 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             let be = x.device().backend();
             if x.tracked() {
                 let dx = grad_like(&x)?;
-                be.gemm(&GemmGeom::new(n, fin, fout), &gy.storage(), &w.storage(), &mut dx.storage_mut())?;
+                be.gemm(
+                    &GemmGeom::new(n, fin, fout),
+                    &gy.storage(),
+                    &w.storage(),
+                    &mut dx.storage_mut(),
+                )?;
                 grads.accumulate(&x, dx)?;
             }
             if w.tracked() {
                 let dw = grad_like(&w)?;
-                let g = GemmGeom { trans_a: true, ..GemmGeom::new(fout, fin, n) };
+                let g = GemmGeom {
+                    trans_a: true,
+                    ..GemmGeom::new(fout, fin, n)
+                };
                 be.gemm(&g, &gy.storage(), &x.storage(), &mut dw.storage_mut())?;
                 grads.accumulate(&w, dw)?;
             }

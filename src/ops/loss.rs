@@ -10,16 +10,27 @@ use crate::{bail, Result};
 pub fn cross_entropy(logits: &Tensor, labels: &[u32], eps: f32) -> Result<Tensor> {
     let (n, k) = logits.shape().matrix()?;
     if labels.len() != n {
-        bail!(Shape, "cross_entropy: {} labels for logits {}", labels.len(), logits.shape());
+        bail!(
+            Shape,
+            "cross_entropy: {} labels for logits {}",
+            labels.len(),
+            logits.shape()
+        );
     }
     if n == 0 || k == 0 {
         bail!(Shape, "cross_entropy: empty logits {}", logits.shape());
     }
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= k) {
-        bail!(Shape, "cross_entropy: label {bad} out of range for {k} classes");
+        bail!(
+            Shape,
+            "cross_entropy: label {bad} out of range for {k} classes"
+        );
     }
     if !(0.0..=1.0).contains(&eps) {
-        bail!(Usage, "cross_entropy: label smoothing {eps} must lie in [0, 1]");
+        bail!(
+            Usage,
+            "cross_entropy: label smoothing {eps} must lie in [0, 1]"
+        );
     }
     let dev = logits.device();
     let be = dev.backend();
@@ -27,7 +38,15 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32], eps: f32) -> Result<Tensor
     let labels_t = Tensor::from_vec(labels_f, [n], dev)?;
     let loss = output([1], dev, autograd::should_record(&[logits]))?;
     let probs = output([n, k], dev, false)?;
-    be.softmax_xent_fwd(n, k, eps, &logits.storage(), &labels_t.storage(), &mut loss.storage_mut(), &mut probs.storage_mut())?;
+    be.softmax_xent_fwd(
+        n,
+        k,
+        eps,
+        &logits.storage(),
+        &labels_t.storage(),
+        &mut loss.storage_mut(),
+        &mut probs.storage_mut(),
+    )?;
     if loss.tracked() {
         let logits = logits.clone();
         autograd::record(&loss, move |gy: &Tensor, grads: &mut Grads| {

@@ -22,18 +22,45 @@ pub fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, a: BatchNormArgs) -
     let (n, c, hw) = match x.dims() {
         [n, c] => (*n, *c, 1),
         [n, c, h, w] => (*n, *c, h * w),
-        _ => bail!(Shape, "batch_norm: expected [N, C] or [N, C, H, W] input, got {}", x.shape()),
+        _ => bail!(
+            Shape,
+            "batch_norm: expected [N, C] or [N, C, H, W] input, got {}",
+            x.shape()
+        ),
     };
-    for (name, t) in [("gamma", gamma), ("beta", beta), ("running_mean", a.running_mean), ("running_var", a.running_var)] {
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", a.running_mean),
+        ("running_var", a.running_var),
+    ] {
         if t.dims() != [c] {
-            bail!(Shape, "batch_norm: {name} has shape {}, expected [{c}] for input {}", t.shape(), x.shape());
+            bail!(
+                Shape,
+                "batch_norm: {name} has shape {}, expected [{c}] for input {}",
+                t.shape(),
+                x.shape()
+            );
         }
     }
-    same_device("batch_norm", &[x, gamma, beta, a.running_mean, a.running_var])?;
+    same_device(
+        "batch_norm",
+        &[x, gamma, beta, a.running_mean, a.running_var],
+    )?;
     if a.train && n * hw < 2 {
-        bail!(Shape, "batch_norm: training needs more than one value per channel, got input {}", x.shape());
+        bail!(
+            Shape,
+            "batch_norm: training needs more than one value per channel, got input {}",
+            x.shape()
+        );
     }
-    let g = BnGeom { n, c, hw, eps: a.eps, momentum: a.momentum };
+    let g = BnGeom {
+        n,
+        c,
+        hw,
+        eps: a.eps,
+        momentum: a.momentum,
+    };
     let be = x.device().backend();
     let record = a.train && autograd::should_record(&[x, gamma, beta]);
     let y = output(x.shape().clone(), x.device(), record)?;

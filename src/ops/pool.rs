@@ -15,7 +15,11 @@ pub struct MaxPool2dParams {
 
 impl MaxPool2dParams {
     pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
-        MaxPool2dParams { kernel: (kernel, kernel), stride: (stride, stride), pad: (pad, pad) }
+        MaxPool2dParams {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            pad: (pad, pad),
+        }
     }
 }
 
@@ -23,14 +27,35 @@ impl MaxPool2dParams {
 /// each window.
 pub fn max_pool2d(x: &Tensor, p: MaxPool2dParams) -> Result<Tensor> {
     let (n, c, h, w) = x.shape().nchw()?;
-    let g = Pool2dGeom { n, c, h, w, kh: p.kernel.0, kw: p.kernel.1, stride: p.stride, pad: p.pad }.validate()?;
-    let y = output([n, c, g.out_h(), g.out_w()], x.device(), autograd::should_record(&[x]))?;
-    x.device().backend().maxpool2d_fwd(&g, &x.storage(), &mut y.storage_mut())?;
+    let g = Pool2dGeom {
+        n,
+        c,
+        h,
+        w,
+        kh: p.kernel.0,
+        kw: p.kernel.1,
+        stride: p.stride,
+        pad: p.pad,
+    }
+    .validate()?;
+    let y = output(
+        [n, c, g.out_h(), g.out_w()],
+        x.device(),
+        autograd::should_record(&[x]),
+    )?;
+    x.device()
+        .backend()
+        .maxpool2d_fwd(&g, &x.storage(), &mut y.storage_mut())?;
     if y.tracked() {
         let x = x.clone();
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
             let dx = grad_like(&x)?;
-            x.device().backend().maxpool2d_bwd(&g, &x.storage(), &gy.storage(), &mut dx.storage_mut())?;
+            x.device().backend().maxpool2d_bwd(
+                &g,
+                &x.storage(),
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
             grads.accumulate(&x, dx)
         });
     }
@@ -41,12 +66,20 @@ pub fn max_pool2d(x: &Tensor, p: MaxPool2dParams) -> Result<Tensor> {
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.shape().nchw()?;
     let y = output([n, c], x.device(), autograd::should_record(&[x]))?;
-    x.device().backend().global_avgpool_fwd(n, c, h * w, &x.storage(), &mut y.storage_mut())?;
+    x.device()
+        .backend()
+        .global_avgpool_fwd(n, c, h * w, &x.storage(), &mut y.storage_mut())?;
     if y.tracked() {
         let x = x.clone();
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
             let dx = grad_like(&x)?;
-            x.device().backend().global_avgpool_bwd(n, c, h * w, &gy.storage(), &mut dx.storage_mut())?;
+            x.device().backend().global_avgpool_bwd(
+                n,
+                c,
+                h * w,
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
             grads.accumulate(&x, dx)
         });
     }
@@ -56,6 +89,6 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// `[N, ...] -> [N, prod(...)]`.
 pub fn flatten(x: &Tensor) -> Result<Tensor> {
     let n = x.dims().first().copied().unwrap_or(1);
-    let rest = if n == 0 { 0 } else { x.numel() / n };
+    let rest = x.numel().checked_div(n).unwrap_or(0);
     reshape(x, Shape::new([n, rest]))
 }

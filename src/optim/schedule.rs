@@ -31,7 +31,12 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = CosineSchedule { base_lr: 0.1, warmup_steps: 10, total_steps: 110, min_lr: 0.0 };
+        let s = CosineSchedule {
+            base_lr: 0.1,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr: 0.0,
+        };
         assert!((s.lr(0) - 0.01).abs() < 1e-7);
         assert!((s.lr(9) - 0.1).abs() < 1e-7);
         assert!((s.lr(10) - 0.1).abs() < 1e-7);

@@ -6,7 +6,7 @@ use crate::autograd::{self, Grads};
 use crate::backend::SgdStep;
 use crate::nn::{Named, Role};
 use crate::tensor::Tensor;
-use crate::Result;
+use crate::{bail, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
@@ -20,7 +20,13 @@ pub struct SgdConfig {
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 1e-4, nesterov: false, decay_all: false }
+        SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            nesterov: false,
+            decay_all: false,
+        }
     }
 }
 
@@ -59,14 +65,25 @@ impl Sgd {
     pub fn step(&mut self, grads: &Grads, lr: f32) -> Result<()> {
         autograd::no_grad(|| {
             for s in &self.slots {
-                let Some(g) = grads.get(&s.param) else { continue };
+                let Some(g) = grads.get(&s.param) else {
+                    continue;
+                };
                 let step = SgdStep {
                     lr,
                     momentum: self.config.momentum,
-                    weight_decay: if s.decay { self.config.weight_decay } else { 0.0 },
+                    weight_decay: if s.decay {
+                        self.config.weight_decay
+                    } else {
+                        0.0
+                    },
                     nesterov: self.config.nesterov,
                 };
-                s.param.device().backend().sgd_step(&step, &mut s.param.storage_mut(), &g.storage(), &mut s.momentum.storage_mut())?;
+                s.param.device().backend().sgd_step(
+                    &step,
+                    &mut s.param.storage_mut(),
+                    &g.storage(),
+                    &mut s.momentum.storage_mut(),
+                )?;
             }
             Ok(())
         })
@@ -74,6 +91,21 @@ impl Sgd {
 
     /// Momentum buffers by parameter name, for checkpoints.
     pub fn momentum_buffers(&self) -> Vec<(String, Tensor)> {
-        self.slots.iter().map(|s| (s.name.clone(), s.momentum.clone())).collect()
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.momentum.clone()))
+            .collect()
+    }
+
+    /// Overwrites the momentum buffer of parameter `name` (from a checkpoint).
+    /// Errors if no trainable parameter has that name or the length differs.
+    pub fn set_momentum(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let Some(slot) = self.slots.iter().find(|s| s.name == name) else {
+            bail!(
+                Usage,
+                "no trainable parameter named `{name}` in the optimizer"
+            );
+        };
+        slot.momentum.copy_from_slice(values)
     }
 }

@@ -19,6 +19,9 @@ impl<T: Copy + Default> HostTensor<T> {
     }
     pub fn zeros(shape: impl Into<Shape>) -> Self {
         let shape = shape.into();
-        HostTensor { data: vec![T::default(); shape.numel()], shape }
+        HostTensor {
+            data: vec![T::default(); shape.numel()],
+            shape,
+        }
     }
 }

@@ -39,7 +39,12 @@ struct Inner {
 pub struct Tensor(Arc<Inner>);
 
 impl Tensor {
-    pub(crate) fn from_storage(storage: Storage, shape: Shape, device: Device, tracked: bool) -> Tensor {
+    pub(crate) fn from_storage(
+        storage: Storage,
+        shape: Shape,
+        device: Device,
+        tracked: bool,
+    ) -> Tensor {
         debug_assert_eq!(storage.len(), shape.numel());
         Tensor(Arc::new(Inner {
             id: TensorId::fresh(),
@@ -59,8 +64,17 @@ impl Tensor {
         if data.len() != shape.numel() {
             bail!(Shape, "{} values cannot fill shape {shape}", data.len());
         }
-        let storage = if device.is_cpu() { Storage::Host(data) } else { device.backend().upload(&data)? };
-        Ok(Tensor::from_storage(storage, shape, device.clone(), tracked))
+        let storage = if device.is_cpu() {
+            Storage::Host(data)
+        } else {
+            device.backend().upload(&data)?
+        };
+        Ok(Tensor::from_storage(
+            storage,
+            shape,
+            device.clone(),
+            tracked,
+        ))
     }
 
     pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
@@ -119,7 +133,11 @@ impl Tensor {
     /// The single value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
         if self.numel() != 1 {
-            bail!(Shape, "item() needs a single-element tensor, got shape {}", self.shape());
+            bail!(
+                Shape,
+                "item() needs a single-element tensor, got shape {}",
+                self.shape()
+            );
         }
         Ok(self.to_vec()?[0])
     }
@@ -127,7 +145,12 @@ impl Tensor {
     /// An untracked copy with its own storage.
     pub fn detach_copy(&self) -> Result<Tensor> {
         let s = self.device().backend().copy(&self.storage())?;
-        Ok(Tensor::from_storage(s, self.shape().clone(), self.device().clone(), false))
+        Ok(Tensor::from_storage(
+            s,
+            self.shape().clone(),
+            self.device().clone(),
+            false,
+        ))
     }
 
     /// The same storage under another shape with the same element count. The
@@ -139,7 +162,12 @@ impl Tensor {
     /// Overwrites the values from host data of the same length.
     pub fn copy_from_slice(&self, data: &[f32]) -> Result<()> {
         if data.len() != self.numel() {
-            bail!(Shape, "cannot copy {} values into a tensor of shape {}", data.len(), self.shape());
+            bail!(
+                Shape,
+                "cannot copy {} values into a tensor of shape {}",
+                data.len(),
+                self.shape()
+            );
         }
         *self.storage_mut() = self.device().backend().upload(data)?;
         Ok(())
@@ -172,6 +200,12 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor(id={:?}, shape={}, device={})", self.0.id, self.0.shape, self.0.device.backend().name())
+        write!(
+            f,
+            "Tensor(id={:?}, shape={}, device={})",
+            self.0.id,
+            self.0.shape,
+            self.0.device.backend().name()
+        )
     }
 }

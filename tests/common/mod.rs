@@ -53,7 +53,10 @@ pub fn gradcheck(
 ) {
     let dev = Device::cpu();
     let mut rng = Rng::new(seed);
-    let params: Vec<Tensor> = inputs.iter().map(|(d, s)| Tensor::param(d.clone(), s.clone(), &dev).unwrap()).collect();
+    let params: Vec<Tensor> = inputs
+        .iter()
+        .map(|(d, s)| Tensor::param(d.clone(), s.clone(), &dev).unwrap())
+        .collect();
     let y = f(&params).unwrap();
     let r_data = randn(&mut rng, y.numel());
     let r = Tensor::from_vec(r_data.clone(), [1, y.numel()], &dev).unwrap();
@@ -62,14 +65,24 @@ pub fn gradcheck(
 
     let eval = |vals: &[Vec<f32>]| -> f64 {
         no_grad(|| {
-            let ts: Vec<Tensor> =
-                vals.iter().zip(inputs).map(|(v, (_, s))| Tensor::from_vec(v.clone(), s.clone(), &dev).unwrap()).collect();
+            let ts: Vec<Tensor> = vals
+                .iter()
+                .zip(inputs)
+                .map(|(v, (_, s))| Tensor::from_vec(v.clone(), s.clone(), &dev).unwrap())
+                .collect();
             let y = f(&ts).unwrap().to_vec().unwrap();
-            y.iter().zip(&r_data).map(|(&a, &b)| a as f64 * b as f64).sum()
+            y.iter()
+                .zip(&r_data)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum()
         })
     };
     for (i, p) in params.iter().enumerate() {
-        let g = grads.get(p).unwrap_or_else(|| panic!("input {i} got no gradient")).to_vec().unwrap();
+        let g = grads
+            .get(p)
+            .unwrap_or_else(|| panic!("input {i} got no gradient"))
+            .to_vec()
+            .unwrap();
         let gmax = g.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
         let n = g.len();
         let stride = n.div_ceil(max_checks).max(1);

@@ -8,8 +8,12 @@ pub mod gemm;
 mod loss;
 mod norm;
 mod pool;
+mod quant;
 
-use super::{Backend, BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use super::{
+    Backend, BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs,
+    SgdStep, Storage,
+};
 use crate::Result;
 use rayon::prelude::*;
 
@@ -24,7 +28,9 @@ impl CpuBackend {
 
 /// Applies `f` elementwise in parallel: `y[i] = f(a[i], b[i])`.
 fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
-    y.par_iter_mut().zip(a.par_iter().zip(b.par_iter())).for_each(|(o, (&x, &z))| *o = f(x, z));
+    y.par_iter_mut()
+        .zip(a.par_iter().zip(b.par_iter()))
+        .for_each(|(o, (&x, &z))| *o = f(x, z));
 }
 
 impl Backend for CpuBackend {
@@ -54,7 +60,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()> {
-        y.host_mut()?.par_iter_mut().zip(x.host()?.par_iter()).for_each(|(o, &v)| *o += alpha * v);
+        y.host_mut()?
+            .par_iter_mut()
+            .zip(x.host()?.par_iter())
+            .for_each(|(o, &v)| *o += alpha * v);
         Ok(())
     }
     fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()> {
@@ -62,11 +71,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()> {
-        y.host_mut()?.par_iter_mut().zip(x.host()?.par_iter()).for_each(|(o, &v)| *o = v.max(0.0));
+        y.host_mut()?
+            .par_iter_mut()
+            .zip(x.host()?.par_iter())
+            .for_each(|(o, &v)| *o = v.max(0.0));
         Ok(())
     }
     fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
-        zip_map(y.host()?, dy.host()?, dx.host_mut()?, |v, d| if v > 0.0 { d } else { 0.0 });
+        zip_map(y.host()?, dy.host()?, dx.host_mut()?, |v, d| {
+            if v > 0.0 {
+                d
+            } else {
+                0.0
+            }
+        });
         Ok(())
     }
 
@@ -74,25 +92,49 @@ impl Backend for CpuBackend {
         gemm::sgemm(g, a.host()?, b.host()?, c.host_mut()?, true);
         Ok(())
     }
-    fn add_row_bias(&self, _rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()> {
+    fn add_row_bias(
+        &self,
+        _rows: usize,
+        cols: usize,
+        bias: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
         let bias = bias.host()?;
-        y.host_mut()?.par_chunks_mut(cols).for_each(|r| r.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
+        y.host_mut()?
+            .par_chunks_mut(cols)
+            .for_each(|r| r.iter_mut().zip(bias).for_each(|(v, b)| *v += b));
         Ok(())
     }
     fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()> {
         let dy = dy.host()?;
-        db.host_mut()?.par_iter_mut().enumerate().for_each(|(j, o)| {
-            *o = (0..rows).map(|r| dy[r * cols + j] as f64).sum::<f64>() as f32;
-        });
+        db.host_mut()?
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(j, o)| {
+                *o = (0..rows).map(|r| dy[r * cols + j] as f64).sum::<f64>() as f32;
+            });
         Ok(())
     }
 
-    fn conv2d_fwd(&self, g: &Conv2dGeom, x: &Storage, w: &Storage, bias: Option<&Storage>, y: &mut Storage) -> Result<()> {
+    fn conv2d_fwd(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        y: &mut Storage,
+    ) -> Result<()> {
         let bias = bias.map(|b| b.host()).transpose()?;
         conv::forward(g, x.host()?, w.host()?, bias, y.host_mut()?);
         Ok(())
     }
-    fn conv2d_bwd_data(&self, g: &Conv2dGeom, dy: &Storage, w: &Storage, dx: &mut Storage) -> Result<()> {
+    fn conv2d_bwd_data(
+        &self,
+        g: &Conv2dGeom,
+        dy: &Storage,
+        w: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         conv::backward_data(g, dy.host()?, w.host()?, dx.host_mut()?);
         Ok(())
     }
@@ -144,7 +186,15 @@ impl Backend for CpuBackend {
         running_var: &Storage,
         y: &mut Storage,
     ) -> Result<()> {
-        norm::forward_eval(g, x.host()?, gamma.host()?, beta.host()?, running_mean.host()?, running_var.host()?, y.host_mut()?);
+        norm::forward_eval(
+            g,
+            x.host()?,
+            gamma.host()?,
+            beta.host()?,
+            running_mean.host()?,
+            running_var.host()?,
+            y.host_mut()?,
+        );
         Ok(())
     }
     fn batchnorm_bwd(
@@ -177,15 +227,35 @@ impl Backend for CpuBackend {
         pool::max_forward(g, x.host()?, y.host_mut()?);
         Ok(())
     }
-    fn maxpool2d_bwd(&self, g: &Pool2dGeom, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
+    fn maxpool2d_bwd(
+        &self,
+        g: &Pool2dGeom,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         pool::max_backward(g, x.host()?, dy.host()?, dx.host_mut()?);
         Ok(())
     }
-    fn global_avgpool_fwd(&self, _n: usize, _c: usize, hw: usize, x: &Storage, y: &mut Storage) -> Result<()> {
+    fn global_avgpool_fwd(
+        &self,
+        _n: usize,
+        _c: usize,
+        hw: usize,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
         pool::gap_forward(hw, x.host()?, y.host_mut()?);
         Ok(())
     }
-    fn global_avgpool_bwd(&self, _n: usize, _c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()> {
+    fn global_avgpool_bwd(
+        &self,
+        _n: usize,
+        _c: usize,
+        hw: usize,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
         pool::gap_backward(hw, dy.host()?, dx.host_mut()?);
         Ok(())
     }
@@ -200,7 +270,14 @@ impl Backend for CpuBackend {
         loss: &mut Storage,
         probs: &mut Storage,
     ) -> Result<()> {
-        let l = loss::xent_forward(rows, classes, eps, logits.host()?, labels.host()?, probs.host_mut()?);
+        let l = loss::xent_forward(
+            rows,
+            classes,
+            eps,
+            logits.host()?,
+            labels.host()?,
+            probs.host_mut()?,
+        );
         loss.host_mut()?[0] = l;
         Ok(())
     }
@@ -215,11 +292,25 @@ impl Backend for CpuBackend {
         dlogits: &mut Storage,
     ) -> Result<()> {
         let d = dloss.host()?[0];
-        loss::xent_backward(rows, classes, eps, probs.host()?, labels.host()?, d, dlogits.host_mut()?);
+        loss::xent_backward(
+            rows,
+            classes,
+            eps,
+            probs.host()?,
+            labels.host()?,
+            d,
+            dlogits.host_mut()?,
+        );
         Ok(())
     }
 
-    fn sgd_step(&self, s: &SgdStep, param: &mut Storage, grad: &Storage, momentum_buf: &mut Storage) -> Result<()> {
+    fn sgd_step(
+        &self,
+        s: &SgdStep,
+        param: &mut Storage,
+        grad: &Storage,
+        momentum_buf: &mut Storage,
+    ) -> Result<()> {
         let s = *s;
         param
             .host_mut()?
@@ -229,9 +320,106 @@ impl Backend for CpuBackend {
             .for_each(|((p, &g), buf)| {
                 let g = g + s.weight_decay * *p;
                 *buf = s.momentum * *buf + g;
-                let step = if s.nesterov { g + s.momentum * *buf } else { *buf };
+                let step = if s.nesterov {
+                    g + s.momentum * *buf
+                } else {
+                    *buf
+                };
                 *p -= s.lr * step;
             });
         Ok(())
+    }
+
+    fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
+        Ok(quant::min_max(x.host()?))
+    }
+    fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
+        quant::fake_quant_tensor_fwd(q, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_tensor_bwd(
+        &self,
+        q: &FqTensor,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_tensor_bwd(q, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_channel_fwd(
+        &self,
+        _channels: usize,
+        inner: usize,
+        w: &Storage,
+        y: &mut Storage,
+        scales: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_channel_fwd(inner, w.host()?, y.host_mut()?, scales.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_channel_bwd(
+        &self,
+        _channels: usize,
+        inner: usize,
+        w: &Storage,
+        scales: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_channel_bwd(inner, w.host()?, scales.host()?, dy.host()?, dw.host_mut()?);
+        Ok(())
+    }
+    fn channel_scale(
+        &self,
+        _outer: usize,
+        c: usize,
+        inner: usize,
+        x: &Storage,
+        s: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        quant::channel_scale(c, inner, x.host()?, s.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn channel_dot(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        a: &Storage,
+        b: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        quant::channel_dot(outer, c, inner, a.host()?, b.host()?, out.host_mut()?);
+        Ok(())
+    }
+    fn qconv2d(
+        &self,
+        g: &Conv2dGeom,
+        q: &QConvArgs,
+        x: &Storage,
+        w_q: &Storage,
+        bias_q: &Storage,
+        multipliers: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let bias: &[i32] = bytemuck::cast_slice(bias_q.host()?);
+        quant::qconv2d(
+            g,
+            q,
+            x.host()?,
+            w_q.host()?,
+            bias,
+            multipliers.host()?,
+            y.host_mut()?,
+        )
+    }
+    fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        quant::qadd(q, a.host()?, b.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
+        quant::qgap(q, x.host()?, y.host_mut()?)
     }
 }

@@ -15,7 +15,11 @@ fn channel_stats(g: &BnGeom, x: &[f32]) -> Vec<(f64, f64)> {
         .into_par_iter()
         .map(|c| {
             let mean = planes(g, x, c).flatten().map(|&v| v as f64).sum::<f64>() / count;
-            let var = planes(g, x, c).flatten().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / count;
+            let var = planes(g, x, c)
+                .flatten()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / count;
             (mean, var)
         })
         .collect()
@@ -23,10 +27,15 @@ fn channel_stats(g: &BnGeom, x: &[f32]) -> Vec<(f64, f64)> {
 
 /// `y = x * scale[c] + shift[c]` over NCHW planes.
 fn affine(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(g.hw).zip(x.par_chunks(g.hw)).enumerate().for_each(|(p, (yp, xp))| {
-        let c = p % g.c;
-        yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * scale[c] + shift[c]);
-    });
+    y.par_chunks_mut(g.hw)
+        .zip(x.par_chunks(g.hw))
+        .enumerate()
+        .for_each(|(p, (yp, xp))| {
+            let c = p % g.c;
+            yp.iter_mut()
+                .zip(xp)
+                .for_each(|(o, &v)| *o = v * scale[c] + shift[c]);
+        });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -52,15 +61,29 @@ pub fn forward_train(
         save_invstd[c] = invstd as f32;
         scale[c] = (gamma[c] as f64 * invstd) as f32;
         shift[c] = (beta[c] as f64 - mean * gamma[c] as f64 * invstd) as f32;
-        let unbiased = if count > 1 { var * count as f64 / (count - 1) as f64 } else { var };
+        let unbiased = if count > 1 {
+            var * count as f64 / (count - 1) as f64
+        } else {
+            var
+        };
         run_mean[c] = (1.0 - m) * run_mean[c] + m * mean as f32;
         run_var[c] = (1.0 - m) * run_var[c] + m * unbiased as f32;
     }
     affine(g, x, &scale, &shift, y);
 }
 
-pub fn forward_eval(g: &BnGeom, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32], y: &mut [f32]) {
-    let scale: Vec<f32> = (0..g.c).map(|c| gamma[c] / (var[c] + g.eps).sqrt()).collect();
+pub fn forward_eval(
+    g: &BnGeom,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    y: &mut [f32],
+) {
+    let scale: Vec<f32> = (0..g.c)
+        .map(|c| gamma[c] / (var[c] + g.eps).sqrt())
+        .collect();
     let shift: Vec<f32> = (0..g.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
     affine(g, x, &scale, &shift, y);
 }
@@ -83,11 +106,13 @@ pub fn backward(
         .into_par_iter()
         .map(|c| {
             let (mean, invstd) = (save_mean[c] as f64, save_invstd[c] as f64);
-            planes(g, x, c).zip(planes(g, dy, c)).fold((0.0, 0.0), |acc, (xp, dp)| {
-                xp.iter().zip(dp).fold(acc, |(s, sx), (&xv, &dv)| {
-                    (s + dv as f64, sx + dv as f64 * (xv as f64 - mean) * invstd)
+            planes(g, x, c)
+                .zip(planes(g, dy, c))
+                .fold((0.0, 0.0), |acc, (xp, dp)| {
+                    xp.iter().zip(dp).fold(acc, |(s, sx), (&xv, &dv)| {
+                        (s + dv as f64, sx + dv as f64 * (xv as f64 - mean) * invstd)
+                    })
                 })
-            })
         })
         .collect();
     for (c, &(s, sx)) in sums.iter().enumerate() {

@@ -41,18 +41,20 @@ pub fn max_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
 
 pub fn max_backward(g: &Pool2dGeom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
-    dx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, dxp)| {
-        dxp.fill(0.0);
-        let plane = &x[p * g.h * g.w..][..g.h * g.w];
-        let dyp = &dy[p * oh * ow..][..oh * ow];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                if let Some(i) = argmax(g, plane, oy, ox) {
-                    dxp[i] += dyp[oy * ow + ox];
+    dx.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(p, dxp)| {
+            dxp.fill(0.0);
+            let plane = &x[p * g.h * g.w..][..g.h * g.w];
+            let dyp = &dy[p * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    if let Some(i) = argmax(g, plane, oy, ox) {
+                        dxp[i] += dyp[oy * ow + ox];
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 pub fn gap_forward(hw: usize, x: &[f32], y: &mut [f32]) {
@@ -62,5 +64,7 @@ pub fn gap_forward(hw: usize, x: &[f32], y: &mut [f32]) {
 }
 
 pub fn gap_backward(hw: usize, dy: &[f32], dx: &mut [f32]) {
-    dx.par_chunks_mut(hw).zip(dy.par_iter()).for_each(|(p, &d)| p.fill(d / hw as f32));
+    dx.par_chunks_mut(hw)
+        .zip(dy.par_iter())
+        .for_each(|(p, &d)| p.fill(d / hw as f32));
 }

@@ -1,0 +1,105 @@
+//! Accuracy counting and the JSON-lines metrics log.
+
+use crate::{Error, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Running top-1/top-5 counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Accuracy {
+    pub seen: usize,
+    pub top1: usize,
+    pub top5: usize,
+}
+
+impl Accuracy {
+    /// Counts a batch of `logits` (`labels.len()` rows).
+    pub fn add(&mut self, logits: &[f32], labels: &[u32]) {
+        let k = logits.len() / labels.len().max(1);
+        for (row, &label) in logits.chunks(k).zip(labels) {
+            let target = row[label as usize];
+            // Rank = number of classes scoring strictly higher (ties favour
+            // the true class, the usual top-k convention).
+            let rank = row.iter().filter(|&&v| v > target).count();
+            self.seen += 1;
+            self.top1 += (rank == 0) as usize;
+            self.top5 += (rank < 5) as usize;
+        }
+    }
+    pub fn top1(&self) -> f64 {
+        100.0 * self.top1 as f64 / self.seen.max(1) as f64
+    }
+    pub fn top5(&self) -> f64 {
+        100.0 * self.top5 as f64 / self.seen.max(1) as f64
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub mode: String,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub val_loss: f64,
+    pub val_top1: f64,
+    pub val_top5: f64,
+    pub images_per_sec: f64,
+    pub epoch_seconds: f64,
+}
+
+/// Appends records to a JSON-lines file.
+pub struct MetricsLog {
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub fn new(path: &Path) -> Self {
+        MetricsLog {
+            path: path.to_path_buf(),
+        }
+    }
+    pub fn append<T: Serialize>(&self, record: &T) -> Result<()> {
+        let line =
+            serde_json::to_string(record).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))
+    }
+    /// Every record in the file (for plots and resume).
+    pub fn read(&self) -> Result<Vec<EpochRecord>> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::Data(format!("{}: {e}", self.path.display())))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_counts() {
+        let mut a = Accuracy::default();
+        // Row 0: label 2 is the max. Row 1: label 0 ranks 6th of 7.
+        let logits = [
+            0.1, 0.2, 0.9, 0.0, 0.0, 0.0, 0.0, 0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0,
+        ];
+        a.add(&logits, &[2, 0]);
+        assert_eq!((a.seen, a.top1, a.top5), (2, 1, 1));
+    }
+}
