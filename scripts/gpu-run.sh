@@ -25,10 +25,10 @@ step() { # step NAME TIMEOUT_S COMMAND...
 }
 
 # Parity on the GPU first (the emulator ran in CI already), then everything.
-step nvrtc_compile 120 bin/nvrtc_compile --nocapture
-step parity_gpu 180 env QAT_PARITY_DEVICES=gpu bin/cuda_parity --nocapture --test-threads=4
-step parity_all 180 bin/cuda_parity --test-threads=4
-step bench 240 env QAT_BENCH_QUICK=${QAT_BENCH_QUICK:-0} bin/cuda_kernels
+step nvrtc_compile 90 bin/nvrtc_compile --nocapture
+step parity_gpu 120 env QAT_PARITY_DEVICES=gpu bin/cuda_parity --nocapture --test-threads=4
+step parity_all 120 bin/cuda_parity --test-threads=4
+step bench 150 env QAT_BENCH_QUICK=${QAT_BENCH_QUICK:-0} bin/cuda_kernels
 
 echo
 echo "================ GPU check summary ================"
