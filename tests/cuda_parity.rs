@@ -12,7 +12,7 @@
 //! GPU check sets it); `QAT_PARITY_DEVICES=gpu` skips the emulator.
 
 use qat::backend::cuda::{self, probe};
-use qat::backend::{BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use qat::backend::{BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, SgdStep, Storage};
 use qat::rng::Rng;
 use qat::Device;
 
@@ -875,6 +875,140 @@ fn sgd_steps() {
                 &dev,
                 &down(&dev, &bg),
                 &hv(&bw),
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+// ---- quantization-aware training ------------------------------------------------------
+
+/// Observers and fake quantization: exact (same division, same
+/// round-half-to-even), on inputs that include exact .5 ties and values far
+/// outside the grid. Per-channel scale: exact; per-channel dot: `1e-6 + 1e-6
+/// relative` (both accumulate in f64).
+#[test]
+fn quantization_primitives() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(11);
+        for &n in LENS {
+            let x: Vec<f32> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
+            assert_eq!(
+                b.min_max(&up(&dev, &x)).unwrap(),
+                r.min_max(&host(&x)).unwrap(),
+                "min_max, n = {n}"
+            );
+        }
+        for q in [
+            FqTensor {
+                scale: 0.05,
+                zero_point: -3,
+                qmin: -128,
+                qmax: 127,
+            },
+            FqTensor {
+                scale: 0.125,
+                zero_point: 10,
+                qmin: -128,
+                qmax: 127,
+            },
+        ] {
+            let n = 2000;
+            // Half the values on exact ties k + 0.5 of the grid, some clamped.
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        (rng.below(400) as f32 - 200.0 + 0.5) * q.scale
+                    } else {
+                        rng.normal() * 10.0
+                    }
+                })
+                .collect();
+            let dy = randn(&mut rng, n);
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_tensor_fwd(&q, &host(&x), &mut want).unwrap();
+            b.fake_quant_tensor_fwd(&q, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                &format!("fake_quant_tensor_fwd {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_tensor_bwd(&q, &host(&x), &host(&dy), &mut want)
+                .unwrap();
+            b.fake_quant_tensor_bwd(&q, &up(&dev, &x), &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                &format!("fake_quant_tensor_bwd {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+        }
+        for (channels, inner) in [(5, 27), (3, 1), (4, 300), (1, 1000)] {
+            let n = channels * inner;
+            let mut w = randn(&mut rng, n);
+            w[..inner].iter_mut().for_each(|v| *v = 0.0); // an all-zero channel
+            let dy = randn(&mut rng, n);
+            let (mut yw, mut sw) = (host(&vec![0.0; n]), host(&vec![0.0; channels]));
+            r.fake_quant_channel_fwd(channels, inner, &host(&w), &mut yw, &mut sw)
+                .unwrap();
+            let (mut yg, mut sg) = (poison(&dev, n), poison(&dev, channels));
+            b.fake_quant_channel_fwd(channels, inner, &up(&dev, &w), &mut yg, &mut sg)
+                .unwrap();
+            let what = format!("fake_quant_channel {channels}x{inner}");
+            close(&what, &dev, &down(&dev, &sg), &hv(&sw), 0.0, 0.0);
+            close(&what, &dev, &down(&dev, &yg), &hv(&yw), 0.0, 0.0);
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_channel_bwd(channels, inner, &host(&w), &sw, &host(&dy), &mut want)
+                .unwrap();
+            let sd = up(&dev, &hv(&sw));
+            b.fake_quant_channel_bwd(
+                channels,
+                inner,
+                &up(&dev, &w),
+                &sd,
+                &up(&dev, &dy),
+                &mut got,
+            )
+            .unwrap();
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+        }
+        for (outer, ch, inner) in [(1, 1, 1), (3, 5, 7), (2, 64, 9), (130, 3, 1)] {
+            let n = outer * ch * inner;
+            let (x, z, s) = (randn(&mut rng, n), randn(&mut rng, n), randn(&mut rng, ch));
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.channel_scale(outer, ch, inner, &host(&x), &host(&s), &mut want)
+                .unwrap();
+            b.channel_scale(outer, ch, inner, &up(&dev, &x), &up(&dev, &s), &mut got)
+                .unwrap();
+            close(
+                "channel_scale",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+            let (mut want, mut got) = (host(&vec![0.0; ch]), poison(&dev, ch));
+            r.channel_dot(outer, ch, inner, &host(&x), &host(&z), &mut want)
+                .unwrap();
+            b.channel_dot(outer, ch, inner, &up(&dev, &x), &up(&dev, &z), &mut got)
+                .unwrap();
+            close(
+                "channel_dot",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
                 1e-6,
                 1e-6,
             );

@@ -19,7 +19,9 @@ pub mod kernels {
 
 pub use runtime::{Arg, DeviceBuffer, KernelRuntime};
 
-use super::{Backend, BnGeom, Conv2dGeom, Device, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use super::{
+    Backend, BnGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom, SgdStep, Storage,
+};
 use crate::{bail, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -729,6 +731,169 @@ impl Backend for CudaBackend {
         ];
         i32_of(n, "logits size")?;
         self.launch_1d("softmax_xent_bwd_f32", n, args)
+    }
+
+    // ---- quantization-aware training ------------------------------------------
+    fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
+        let n = x.len();
+        if n == 0 {
+            return Ok((f32::INFINITY, f32::NEG_INFINITY));
+        }
+        let xp = self.ptr(x, n, "min_max x")?;
+        let blocks = n.div_ceil(BLOCK as usize).min(self.max_blocks_1d).min(1024);
+        let ni = i32_of(n, "min_max length")?;
+        // workspace: per-block minima, maxima, then the final pair
+        self.with_workspace(2 * blocks + 2, |ws| {
+            let (lo, hi, fin) = (ws, ws + 4 * blocks as u64, ws + 8 * blocks as u64);
+            let args = vec![
+                Arg::Ptr(xp),
+                Arg::Ptr(xp),
+                Arg::I32(ni),
+                Arg::Ptr(lo),
+                Arg::Ptr(hi),
+            ];
+            self.launch("min_max_fwd_f32", (blocks as u32, 1, 1), BLOCK, args)?;
+            let args = vec![
+                Arg::Ptr(lo),
+                Arg::Ptr(hi),
+                Arg::I32(blocks as i32),
+                Arg::Ptr(fin),
+                Arg::Ptr(fin + 4),
+            ];
+            self.launch("min_max_fwd_f32", (1, 1, 1), BLOCK, args)?;
+            let mut out = [0.0f32; 2];
+            self.rt.download(fin, &mut out)?;
+            Ok((out[0], out[1]))
+        })
+    }
+
+    fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
+        let n = y.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "fake_quant x")?),
+            Arg::Ptr(self.ptr(y, n, "fake_quant y")?),
+            Arg::I32(i32_of(n, "fake_quant length")?),
+            Arg::F32(q.scale),
+            Arg::I32(q.zero_point),
+            Arg::I32(q.qmin),
+            Arg::I32(q.qmax),
+        ];
+        self.launch_1d("fake_quant_tensor_fwd_f32", n, args)
+    }
+
+    fn fake_quant_tensor_bwd(
+        &self,
+        q: &FqTensor,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let n = dx.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "fake_quant x")?),
+            Arg::Ptr(self.ptr(dy, n, "fake_quant dy")?),
+            Arg::Ptr(self.ptr(dx, n, "fake_quant dx")?),
+            Arg::I32(i32_of(n, "fake_quant length")?),
+            Arg::F32(q.scale),
+            Arg::I32(q.zero_point),
+            Arg::I32(q.qmin),
+            Arg::I32(q.qmax),
+        ];
+        self.launch_1d("fake_quant_tensor_bwd_f32", n, args)
+    }
+
+    fn fake_quant_channel_fwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        y: &mut Storage,
+        scales: &mut Storage,
+    ) -> Result<()> {
+        let n = channels * inner;
+        if channels == 0 {
+            return Ok(());
+        }
+        let args = vec![
+            Arg::Ptr(self.ptr(w, n, "fake_quant_channel w")?),
+            Arg::Ptr(self.ptr(y, n, "fake_quant_channel y")?),
+            Arg::Ptr(self.ptr(scales, channels, "fake_quant_channel scales")?),
+            Arg::I32(i32_of(inner, "fake_quant_channel inner")?),
+        ];
+        i32_of(n, "fake_quant_channel length")?;
+        self.launch(
+            "fake_quant_channel_fwd_f32",
+            (channels as u32, 1, 1),
+            BLOCK,
+            args,
+        )
+    }
+
+    fn fake_quant_channel_bwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        scales: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+    ) -> Result<()> {
+        let n = channels * inner;
+        let args = vec![
+            Arg::Ptr(self.ptr(w, n, "fake_quant_channel w")?),
+            Arg::Ptr(self.ptr(scales, channels, "fake_quant_channel scales")?),
+            Arg::Ptr(self.ptr(dy, n, "fake_quant_channel dy")?),
+            Arg::Ptr(self.ptr(dw, n, "fake_quant_channel dw")?),
+            Arg::I32(i32_of(n, "fake_quant_channel length")?),
+            Arg::I32(i32_of(inner.max(1), "fake_quant_channel inner")?),
+        ];
+        self.launch_1d("fake_quant_channel_bwd_f32", n, args)
+    }
+
+    fn channel_scale(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        x: &Storage,
+        s: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let n = outer * c * inner;
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "channel_scale x")?),
+            Arg::Ptr(self.ptr(s, c, "channel_scale s")?),
+            Arg::Ptr(self.ptr(y, n, "channel_scale y")?),
+            Arg::I32(i32_of(n, "channel_scale length")?),
+            Arg::I32(i32_of(c.max(1), "channel_scale c")?),
+            Arg::I32(i32_of(inner.max(1), "channel_scale inner")?),
+        ];
+        self.launch_1d("channel_scale_fwd_f32", n, args)
+    }
+
+    fn channel_dot(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        a: &Storage,
+        b: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let n = outer * c * inner;
+        if c == 0 {
+            return Ok(());
+        }
+        let args = vec![
+            Arg::Ptr(self.ptr(a, n, "channel_dot a")?),
+            Arg::Ptr(self.ptr(b, n, "channel_dot b")?),
+            Arg::Ptr(self.ptr(out, c, "channel_dot out")?),
+            Arg::I32(i32_of(outer, "channel_dot outer")?),
+            Arg::I32(i32_of(c, "channel_dot c")?),
+            Arg::I32(i32_of(inner, "channel_dot inner")?),
+        ];
+        i32_of(n, "channel_dot length")?;
+        self.launch("channel_dot_fwd_f32", (c as u32, 1, 1), BLOCK, args)
     }
 
     // ---- optimizer ----------------------------------------------------------
