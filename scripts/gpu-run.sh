@@ -26,9 +26,10 @@ step() { # step NAME TIMEOUT_S COMMAND...
 
 # Parity on the GPU first (the emulator ran in CI already), then everything.
 step nvrtc_compile 90 bin/nvrtc_compile --nocapture
-step parity_gpu 120 env QAT_PARITY_DEVICES=gpu bin/cuda_parity --nocapture --test-threads=4
-step parity_all 120 bin/cuda_parity --test-threads=4
-step bench 150 env QAT_BENCH_QUICK=${QAT_BENCH_QUICK:-0} bin/cuda_kernels
+step parity_gpu 100 env QAT_PARITY_DEVICES=gpu bin/cuda_parity --nocapture --test-threads=4
+step training_gpu 60 env QAT_PARITY_DEVICES=gpu bin/cuda_training --nocapture
+step parity_all 100 bin/cuda_parity --test-threads=4
+step bench 130 env QAT_BENCH_QUICK=${QAT_BENCH_QUICK:-0} bin/cuda_kernels
 
 echo
 echo "================ GPU check summary ================"

@@ -26,8 +26,10 @@
 #pragma once
 
 #include <atomic>
-#include <barrier>
 #include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -46,7 +48,39 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
 
 namespace qat_emu {
 
-using Barrier = std::barrier<>;
+// A central barrier with std::barrier's arrive_and_wait / arrive_and_drop,
+// plus reset() (only while no thread is inside) and an optional completion
+// step run by the last arriver before the others are released.
+class Barrier {
+  public:
+    explicit Barrier(unsigned n = 0, std::function<void()> done = {}) : done_(std::move(done)) { reset(n); }
+    void reset(unsigned n) {
+        expected_.store(n);
+        count_.store(n);
+    }
+    void arrive_and_wait() {
+        const unsigned p = phase_.load(std::memory_order_acquire);
+        if (count_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            complete();
+        } else {
+            while (phase_.load(std::memory_order_acquire) == p) phase_.wait(p, std::memory_order_acquire);
+        }
+    }
+    void arrive_and_drop() {
+        expected_.fetch_sub(1, std::memory_order_acq_rel);
+        if (count_.fetch_sub(1, std::memory_order_acq_rel) == 1) complete();
+    }
+
+  private:
+    void complete() {
+        if (done_) done_();
+        count_.store(expected_.load());
+        phase_.fetch_add(1, std::memory_order_acq_rel);
+        phase_.notify_all();
+    }
+    std::atomic<unsigned> expected_{0}, count_{0}, phase_{0};
+    std::function<void()> done_;
+};
 
 struct Warp {
     Barrier *bar;

@@ -36,6 +36,10 @@ pub struct CudaBackend {
     max_blocks_1d: usize,
     /// Blocks wanted in flight for split-K (about two per SM on a GPU).
     target_blocks: usize,
+    /// Threads per block of the reduction kernels (batch-norm statistics,
+    /// softmax rows, ...; any multiple of 32). 256 on a GPU; 64 on the
+    /// emulator, where every barrier costs a context switch per thread.
+    reduce_block: u32,
     /// Shortest reduction chunk of one split-K block.
     min_chunk: usize,
     /// Scratch memory (split-K partial sums, per-row losses), grown on
@@ -52,6 +56,7 @@ impl CudaBackend {
             rt: Arc::new(emulator::EmuRuntime::new()),
             max_blocks_1d: 4,
             target_blocks: 4,
+            reduce_block: 64,
             min_chunk: 16,
             workspace: Mutex::new(None),
         }
@@ -71,6 +76,7 @@ impl CudaBackend {
             rt: Arc::new(rt),
             max_blocks_1d: 32 * sms,
             target_blocks: 2 * sms,
+            reduce_block: BLOCK,
             min_chunk: 256,
             workspace: Mutex::new(None),
         })
@@ -481,7 +487,12 @@ impl Backend for CudaBackend {
                     Arg::I32(g.c_out as i32),
                     Arg::I32(hw as i32),
                 ];
-                self.launch("conv2d_bwd_bias_f32", (g.c_out as u32, 1, 1), BLOCK, args)?;
+                self.launch(
+                    "conv2d_bwd_bias_f32",
+                    (g.c_out as u32, 1, 1),
+                    self.reduce_block,
+                    args,
+                )?;
             }
         }
         Ok(())
@@ -523,7 +534,12 @@ impl Backend for CudaBackend {
             Arg::F32(g.eps),
             Arg::F32(g.momentum),
         ];
-        self.launch("batchnorm_stats_fwd_f32", (g.c as u32, 1, 1), BLOCK, args)?;
+        self.launch(
+            "batchnorm_stats_fwd_f32",
+            (g.c as u32, 1, 1),
+            self.reduce_block,
+            args,
+        )?;
         let args = vec![
             Arg::Ptr(xp),
             Arg::Ptr(mean),
@@ -595,7 +611,12 @@ impl Backend for CudaBackend {
             Arg::I32(i32_of(g.hw, "hw")?),
         ];
         i32_of(len, "batch norm size")?;
-        self.launch("batchnorm_bwd_f32", (g.c as u32, 1, 1), BLOCK, args)
+        self.launch(
+            "batchnorm_bwd_f32",
+            (g.c as u32, 1, 1),
+            self.reduce_block,
+            args,
+        )
     }
 
     // ---- pooling ------------------------------------------------------------
@@ -643,11 +664,11 @@ impl Backend for CudaBackend {
             Arg::I32(i32_of(hw, "avgpool hw")?),
         ];
         i32_of(rows * hw, "avgpool size")?;
-        let per_block = (BLOCK / 32) as usize;
+        let per_block = (self.reduce_block / 32) as usize;
         self.launch(
             "global_avgpool_fwd_f32",
             (rows.div_ceil(per_block) as u32, 1, 1),
-            BLOCK,
+            self.reduce_block,
             args,
         )
     }
@@ -703,9 +724,19 @@ impl Backend for CudaBackend {
                 Arg::I32(classes as i32),
                 Arg::F32(eps),
             ];
-            self.launch("softmax_xent_fwd_f32", (rows as u32, 1, 1), BLOCK, args)?;
+            self.launch(
+                "softmax_xent_fwd_f32",
+                (rows as u32, 1, 1),
+                self.reduce_block,
+                args,
+            )?;
             let args = vec![Arg::Ptr(rl), Arg::Ptr(lossp), Arg::I32(rows as i32)];
-            self.launch("softmax_xent_loss_fwd_f32", (1, 1, 1), BLOCK, args)
+            self.launch(
+                "softmax_xent_loss_fwd_f32",
+                (1, 1, 1),
+                self.reduce_block,
+                args,
+            )
         })
     }
 
@@ -752,7 +783,12 @@ impl Backend for CudaBackend {
                 Arg::Ptr(lo),
                 Arg::Ptr(hi),
             ];
-            self.launch("min_max_fwd_f32", (blocks as u32, 1, 1), BLOCK, args)?;
+            self.launch(
+                "min_max_fwd_f32",
+                (blocks as u32, 1, 1),
+                self.reduce_block,
+                args,
+            )?;
             let args = vec![
                 Arg::Ptr(lo),
                 Arg::Ptr(hi),
@@ -760,7 +796,7 @@ impl Backend for CudaBackend {
                 Arg::Ptr(fin),
                 Arg::Ptr(fin + 4),
             ];
-            self.launch("min_max_fwd_f32", (1, 1, 1), BLOCK, args)?;
+            self.launch("min_max_fwd_f32", (1, 1, 1), self.reduce_block, args)?;
             let mut out = [0.0f32; 2];
             self.rt.download(fin, &mut out)?;
             Ok((out[0], out[1]))
@@ -824,7 +860,7 @@ impl Backend for CudaBackend {
         self.launch(
             "fake_quant_channel_fwd_f32",
             (channels as u32, 1, 1),
-            BLOCK,
+            self.reduce_block,
             args,
         )
     }
@@ -893,7 +929,12 @@ impl Backend for CudaBackend {
             Arg::I32(i32_of(inner, "channel_dot inner")?),
         ];
         i32_of(n, "channel_dot length")?;
-        self.launch("channel_dot_fwd_f32", (c as u32, 1, 1), BLOCK, args)
+        self.launch(
+            "channel_dot_fwd_f32",
+            (c as u32, 1, 1),
+            self.reduce_block,
+            args,
+        )
     }
 
     // ---- optimizer ----------------------------------------------------------
