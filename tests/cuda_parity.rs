@@ -37,6 +37,11 @@ fn devices() -> Vec<Device> {
     out
 }
 
+/// Real GPUs also get larger, ResNet-sized cases (too slow for the emulator).
+fn is_gpu(d: &Device) -> bool {
+    d.backend().name() != "cuda-emu"
+}
+
 fn cpu() -> Device {
     Device::cpu()
 }
@@ -240,6 +245,10 @@ fn gemm_all_transposes_and_odd_sizes() {
         ));
     }
     for dev in devices() {
+        let mut cases = cases.clone();
+        if is_gpu(&dev) {
+            cases.extend([(513, 1025, 700), (1024, 1024, 1024), (4096, 10, 512)]);
+        }
         for (i, &(m, n, k)) in cases.iter().enumerate() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 let (alpha, beta) = if i % 2 == 0 { (1.0, 0.0) } else { (0.5, 0.75) };
@@ -365,7 +374,29 @@ fn conv2d_fwd_bwd_data_bwd_weight() {
     let c = cpu();
     for dev in devices() {
         let mut rng = Rng::new(6);
-        for (g, with_bias) in conv_cases() {
+        let mut cases = conv_cases();
+        if is_gpu(&dev) {
+            let big = |c_in, hw, c_out, k, s, p| Conv2dGeom {
+                n: 8,
+                c_in,
+                h: hw,
+                w: hw,
+                c_out,
+                kh: k,
+                kw: k,
+                stride: (s, s),
+                pad: (p, p),
+                dilation: (1, 1),
+                groups: 1,
+            };
+            cases.extend([
+                (big(3, 64, 64, 7, 2, 3), false),
+                (big(64, 28, 128, 3, 2, 1), true),
+                (big(130, 14, 260, 3, 1, 1), false),
+                (big(256, 7, 512, 1, 1, 0), true),
+            ]);
+        }
+        for (g, with_bias) in cases {
             let g = g.validate().unwrap();
             let (x, w, bias, dy) = (
                 randn(&mut rng, g.x_len()),
@@ -477,7 +508,11 @@ fn batchnorm_train_eval_bwd() {
     let c = cpu();
     for dev in devices() {
         let mut rng = Rng::new(7);
-        for (n, ch, hw) in [(2, 3, 5), (4, 7, 33), (1, 5, 1), (3, 2, 300), (2, 33, 9)] {
+        let mut cases = vec![(2, 3, 5), (4, 7, 33), (1, 5, 1), (3, 2, 300), (2, 33, 9)];
+        if is_gpu(&dev) {
+            cases.extend([(32, 64, 56 * 56), (64, 512, 49)]);
+        }
+        for (n, ch, hw) in cases {
             let g = BnGeom {
                 n,
                 c: ch,
@@ -683,6 +718,10 @@ fn maxpool_and_global_avgpool() {
     ];
     for dev in devices() {
         let mut rng = Rng::new(8);
+        let mut cases = cases.to_vec();
+        if is_gpu(&dev) {
+            cases.push(pool(16, 64, 112, 112, (3, 3), (2, 2), (1, 1)));
+        }
         for g in cases {
             let g = g.validate().unwrap();
             let (xl, yl) = (g.n * g.c * g.h * g.w, g.n * g.c * g.out_h() * g.out_w());
