@@ -99,16 +99,18 @@ struct Row {
 }
 
 fn main() {
+    // The GPU check sets QAT_REQUIRE_GPU=1: there, no GPU is a failure.
+    let skip = |why: String| {
+        println!("cuda_kernels: SKIPPED ({why})");
+        let required = std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1");
+        std::process::exit(if required { 1 } else { 0 });
+    };
     if let Err(why) = probe::cuda_driver() {
-        println!("cuda_kernels: SKIPPED (no GPU: {why})");
-        return;
+        skip(format!("no GPU: {why}"));
     }
     let be = match CudaBackend::gpu(0) {
         Ok(b) => b,
-        Err(e) => {
-            println!("cuda_kernels: SKIPPED (GPU unusable: {e})");
-            return;
-        }
+        Err(e) => return skip(format!("GPU unusable: {e}")),
     };
     let quick = std::env::var("QAT_BENCH_QUICK").is_ok_and(|v| v == "1");
     let (warm, reps) = if quick { (2, 5) } else { (3, 15) };

@@ -48,14 +48,25 @@ fn losses(dev: &Device, quantize: bool, steps: usize) -> Vec<f32> {
     out
 }
 
+/// As in cuda_parity.rs: the emulator, and the GPU when one works;
+/// `QAT_REQUIRE_GPU=1` makes a missing GPU a failure, `QAT_PARITY_DEVICES=gpu`
+/// skips the emulator.
 fn devices() -> Vec<Device> {
-    let mut out = vec![cuda::emulated_device()];
+    let mut out = Vec::new();
+    if !std::env::var("QAT_PARITY_DEVICES").is_ok_and(|v| v == "gpu") {
+        out.push(cuda::emulated_device());
+    }
     match probe::cuda_driver()
         .map_err(qat::Error::Device)
         .and_then(|_| cuda::gpu_device())
     {
         Ok(d) => out.push(d),
-        Err(e) => println!("SKIPPED on a real GPU (none usable: {e})"),
+        Err(e) => {
+            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            println!("SKIPPED on a real GPU (none usable: {e})");
+        }
     }
     out
 }

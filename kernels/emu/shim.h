@@ -2,13 +2,14 @@
 // -pthread) so the emulated CUDA device can run the very same kernel code.
 //
 // Model (see docs/EMULATOR.md):
-// - one host thread per CUDA thread of a block; the blocks of a launch run one
-//   after another, and launches are serialized by a global lock;
+// - one host thread per CUDA thread of a block (from a persistent pool, see
+//   launch.h); the blocks of a launch run one after another, and launches are
+//   serialized by a global lock;
 // - threadIdx/blockIdx/blockDim/gridDim are thread_local variables set by the
 //   launcher;
-// - __syncthreads() is a std::barrier over the block's threads; a thread that
-//   returns from the kernel drops out of the barrier (arrive_and_drop), so
-//   early returns behave as on a GPU;
+// - __syncthreads() is a barrier over the block's threads (class Barrier
+//   below, std::barrier's interface); a thread that returns from the kernel
+//   drops out of it (arrive_and_drop), so early returns behave as on a GPU;
 // - __shared__ is `static`: one copy per kernel function, shared by the threads
 //   of the (single) running block;
 // - warp intrinsics (__shfl_xor_sync, __shfl_down_sync, __syncwarp) go through
