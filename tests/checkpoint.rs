@@ -462,3 +462,30 @@ fn resnet_and_sgd_round_trip_through_a_file() {
 fn random_small(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
 }
+
+/// Floats in the JSON metadata (observer ranges, EMA statistics) come back
+/// bit for bit, f64 and f32 alike.
+#[test]
+fn json_floats_round_trip_exactly() {
+    let dir = temp_dir("json-floats");
+    let path = dir.join("a.ckpt");
+    let mut rng = Rng::new(4);
+    let f64s: Vec<f64> = (0..2000)
+        .map(|_| f64::from_bits(rng.next_u64()))
+        .filter(|x| x.is_finite())
+        .collect();
+    let f32s: Vec<f32> = random_values(&mut rng, 2000)
+        .into_iter()
+        .filter(|x| x.is_finite())
+        .collect();
+    let mut c = Checkpoint::default();
+    c.extra = serde_json::json!({ "f64": f64s, "f32": f32s });
+    c.save(&path).unwrap();
+    let back = Checkpoint::load(&path).unwrap();
+    let got64: Vec<f64> = serde_json::from_value(back.extra["f64"].clone()).unwrap();
+    let got32: Vec<f32> = serde_json::from_value(back.extra["f32"].clone()).unwrap();
+    let bits64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits64(&got64), bits64(&f64s));
+    assert_eq!(bits32(&got32), bits32(&f32s));
+}
