@@ -478,8 +478,10 @@ fn json_floats_round_trip_exactly() {
         .into_iter()
         .filter(|x| x.is_finite())
         .collect();
-    let mut c = Checkpoint::default();
-    c.extra = serde_json::json!({ "f64": f64s, "f32": f32s });
+    let c = Checkpoint {
+        extra: serde_json::json!({ "f64": f64s, "f32": f32s }),
+        ..Default::default()
+    };
     c.save(&path).unwrap();
     let back = Checkpoint::load(&path).unwrap();
     let got64: Vec<f64> = serde_json::from_value(back.extra["f64"].clone()).unwrap();
