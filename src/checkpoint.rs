@@ -16,7 +16,7 @@
 //! - `rng`: JSON object, name -> four `u64` (exact in JSON as written by
 //!   serde_json);
 //! - `extra`: any JSON value (config, quantizer/observer state, schedule);
-//! - `checksum` = `"crc32:<8 hex digits>"`, see [`digest`].
+//! - `checksum` = `"crc32:<8 hex digits>"`, see `digest` below.
 //!
 //! safetensors itself has no checksum, so the CRC-32 covers every other
 //! metadata entry and every tensor (name, shape and bytes, in name order): a
@@ -207,7 +207,8 @@ impl Checkpoint {
             (MOMENTUM_PREFIX, &self.momentum),
         ] {
             for (name, a) in group {
-                if a.shape.iter().product::<usize>() != a.values.len() {
+                let numel = a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel != Some(a.values.len()) {
                     return Err(format!(
                         "tensor `{name}` has shape {:?} but {} values",
                         a.shape,

@@ -180,6 +180,9 @@ fn save_rejects_inconsistent_arrays() {
     let msg = c.save(&path).unwrap_err().to_string();
     assert!(msg.contains("`w`"), "{msg}");
     assert!(!path.exists());
+    // A shape whose element count overflows is an error, not a panic.
+    c.model.get_mut("w").unwrap().shape = vec![1 << 40, 1 << 40];
+    assert!(c.save(&path).is_err());
 }
 
 #[test]
