@@ -219,7 +219,7 @@ fn truncated_files_are_errors() {
     load_err(&path);
 }
 
-/// Every single-bit flip anywhere in the file, header or data, is caught: by
+/// A flipped bit in any byte of the file, header or data, is caught: by
 /// the checksum, or by the structure checks before it.
 #[test]
 fn every_flipped_byte_is_an_error() {
@@ -230,17 +230,16 @@ fn every_flipped_byte_is_an_error() {
     let path = dir.join("bad.ckpt");
     let mut checksum_errors = 0;
     for i in 0..bytes.len() {
-        for mask in [0x01u8, 0x80] {
-            let mut b = bytes.clone();
-            b[i] ^= mask;
-            std::fs::write(&path, &b).unwrap();
-            let msg = load_err(&path);
-            checksum_errors += msg.contains("checksum mismatch") as usize;
-        }
+        // Each byte gets one flip; the bit position cycles through all eight.
+        let mut b = bytes.clone();
+        b[i] ^= 1 << (i % 8);
+        std::fs::write(&path, &b).unwrap();
+        let msg = load_err(&path);
+        checksum_errors += msg.contains("checksum mismatch") as usize;
     }
     // The data section's flips all land on the checksum.
     let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    assert!(checksum_errors >= 2 * (bytes.len() - header_end));
+    assert!(checksum_errors >= bytes.len() - header_end);
 }
 
 /// Writes a safetensors-shaped file with the given raw header and data.
