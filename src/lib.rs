@@ -14,6 +14,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod int8;
 pub mod models;
 pub mod nn;
 pub mod ops;

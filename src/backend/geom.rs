@@ -190,3 +190,60 @@ pub struct SgdStep {
     pub weight_decay: f32,
     pub nesterov: bool,
 }
+
+/// Per-tensor fake quantization parameters (S3): `q = clamp(RNE(x / scale) +
+/// zero_point, qmin, qmax)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FqTensor {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+/// Integer-exact conv / FC (S5, S9). The input holds `(q_x - z_x) * s_x`; the
+/// kernel recovers `q_x`, accumulates `sum((q_x - z_x) * w_q) + b_q` exactly,
+/// applies R1 with the per-channel float32 multiplier `M_c` and writes
+/// `(q_y - z_y) * s_y`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QConvArgs {
+    pub s_x: f32,
+    pub z_x: i32,
+    pub s_y: f32,
+    pub z_y: i32,
+    /// Output clamp, `[z_y, 127]` with a fused ReLU, else `[-128, 127]`.
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// Integer-exact residual add (S7) in its precomputed rational form:
+/// `y_q = clamp(RNE_div(num_a * (a_q - z_a) + num_b * (b_q - z_b), den) + z_c,
+/// lo, hi)`, inputs and output as `(q - z) * s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QAddArgs {
+    pub s_a: f32,
+    pub s_b: f32,
+    pub s_c: f32,
+    pub num_a: i64,
+    pub num_b: i64,
+    pub den: i64,
+    pub z_a: i32,
+    pub z_b: i32,
+    pub z_c: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+/// Integer-exact global average pooling (S6): `acc = sum(q - z_in)` over HW,
+/// then R1 with multiplier `m`, output `(q_y - z_out) * s_out`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QGapArgs {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub s_in: f32,
+    pub z_in: i32,
+    pub m: f32,
+    pub s_out: f32,
+    pub z_out: i32,
+}

@@ -8,7 +8,9 @@
 pub mod cpu;
 pub mod geom;
 
-pub use geom::{BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep};
+pub use geom::{
+    BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep,
+};
 
 use crate::{bail, Result};
 use std::fmt;
@@ -33,6 +35,11 @@ impl Storage {
         match self {
             Storage::Host(v) => Ok(v),
         }
+    }
+    /// Host storage holding int32 values as 32-bit words (bias of the
+    /// integer-exact layers): the bits are kept, never used as floats.
+    pub fn from_i32(v: &[i32]) -> Vec<f32> {
+        bytemuck::cast_slice(v).to_vec()
     }
     pub fn host_mut(&mut self) -> Result<&mut [f32]> {
         match self {
@@ -205,6 +212,112 @@ pub trait Backend: Send + Sync {
         dlogits: &mut Storage,
     ) -> Result<()>;
 
+    // ---- quantization-aware training (QUANT_SPEC S2, S3, S4) -------------
+    /// `(min, max)` over all elements (observers).
+    fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
+        let _ = x;
+        Err(unsupported(self, "min_max"))
+    }
+    /// Per-tensor fake quantization `y = (q - z) * s` (S3).
+    fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, x, y);
+        Err(unsupported(self, "fake_quant_tensor_fwd"))
+    }
+    /// Straight-through gradient: `dx = dy * [qmin <= RNE(x / s) + z <= qmax]`.
+    fn fake_quant_tensor_bwd(
+        &self,
+        q: &FqTensor,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let _ = (q, x, dy, dx);
+        Err(unsupported(self, "fake_quant_tensor_bwd"))
+    }
+    /// Per-channel symmetric fake quantization of `channels x inner` weights
+    /// (z = 0, [-127, 127]): writes each channel's scale
+    /// `max(amax_c / 127, 2^-23)` to `scales` and the fake-quantized weights
+    /// to `y`, in one pass over the data where the device allows.
+    fn fake_quant_channel_fwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        y: &mut Storage,
+        scales: &mut Storage,
+    ) -> Result<()> {
+        let _ = (channels, inner, w, y, scales);
+        Err(unsupported(self, "fake_quant_channel_fwd"))
+    }
+    /// Straight-through gradient of the per-channel fake quantization.
+    fn fake_quant_channel_bwd(
+        &self,
+        channels: usize,
+        inner: usize,
+        w: &Storage,
+        scales: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+    ) -> Result<()> {
+        let _ = (channels, inner, w, scales, dy, dw);
+        Err(unsupported(self, "fake_quant_channel_bwd"))
+    }
+    /// `y[o, c, i] = x[o, c, i] * s[c]` over an `outer x c x inner` view.
+    fn channel_scale(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        x: &Storage,
+        s: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (outer, c, inner, x, s, y);
+        Err(unsupported(self, "channel_scale"))
+    }
+    /// `out[c] = sum over o, i of a[o, c, i] * b[o, c, i]`.
+    fn channel_dot(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        a: &Storage,
+        b: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let _ = (outer, c, inner, a, b, out);
+        Err(unsupported(self, "channel_dot"))
+    }
+
+    // ---- integer-exact evaluation (S5, S6, S7, S9) -------------------------
+    /// Integer-exact convolution: `w_q` holds int8 values (as f32),
+    /// `bias_q` int32 values (bit patterns in f32 words, see
+    /// [`Storage::from_i32`]), `multipliers` the float32 `M_c` per channel.
+    #[allow(clippy::too_many_arguments)]
+    fn qconv2d(
+        &self,
+        g: &Conv2dGeom,
+        q: &QConvArgs,
+        x: &Storage,
+        w_q: &Storage,
+        bias_q: &Storage,
+        multipliers: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, q, x, w_q, bias_q, multipliers, y);
+        Err(unsupported(self, "qconv2d"))
+    }
+    /// Integer-exact residual add (S7).
+    fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, a, b, y);
+        Err(unsupported(self, "qadd"))
+    }
+    /// Integer-exact global average pooling (S6).
+    fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (q, x, y);
+        Err(unsupported(self, "qgap"))
+    }
+
     // ---- optimizer ----------------------------------------------------------
     /// One SGD step on `param` in place, updating `momentum_buf`.
     fn sgd_step(
@@ -214,6 +327,11 @@ pub trait Backend: Send + Sync {
         grad: &Storage,
         momentum_buf: &mut Storage,
     ) -> Result<()>;
+}
+
+/// The error for a primitive a backend does not implement.
+fn unsupported<B: Backend + ?Sized>(b: &B, op: &str) -> crate::Error {
+    crate::Error::Device(format!("{op} is not implemented on {}", b.name()))
 }
 
 /// A handle on a backend; cheap to clone. Tensors remember their device.

@@ -1,5 +1,5 @@
 //! Model definitions.
 
-mod resnet;
+pub mod resnet;
 
 pub use resnet::{Arch, ResNet};

@@ -4,12 +4,14 @@
 //! batch norm grouped under one `ConvBn` name.
 
 use crate::backend::Device;
-use crate::nn::{join, ConvBn, Linear, Mode, Module, Named};
+use crate::nn::{join, ActQuant, ActQuantState, ConvBn, Linear, Mode, Module, Named, QatFlags};
 use crate::ops::{self, MaxPool2dParams};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
+use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -62,6 +64,8 @@ impl Arch {
 pub struct Block {
     pub convs: Vec<ConvBn>,
     pub downsample: Option<ConvBn>,
+    /// Output quantizer of add + ReLU (S7), in QAT models.
+    pub add_quant: Option<ActQuant>,
 }
 
 impl Block {
@@ -81,7 +85,11 @@ impl Block {
         } else {
             None
         };
-        Ok(Block { convs, downsample })
+        Ok(Block {
+            convs,
+            downsample,
+            add_quant: None,
+        })
     }
 
     /// torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv.
@@ -103,7 +111,11 @@ impl Block {
         } else {
             None
         };
-        Ok(Block { convs, downsample })
+        Ok(Block {
+            convs,
+            downsample,
+            add_quant: None,
+        })
     }
 
     pub fn out_channels(&self) -> usize {
@@ -111,6 +123,24 @@ impl Block {
             .last()
             .map(|c| c.conv.out_channels())
             .unwrap_or(0)
+    }
+}
+
+impl Block {
+    fn forward_qat(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
+        let mut y = x.clone();
+        for c in &self.convs {
+            y = c.forward_qat(&y, mode, flags)?;
+        }
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_qat(x, mode, flags)?,
+            None => x.clone(),
+        };
+        let sum = ops::relu(&ops::add(&y, &shortcut)?)?;
+        match &self.add_quant {
+            Some(q) => q.forward(&sum, mode, flags),
+            None => Ok(sum),
+        }
     }
 }
 
@@ -143,6 +173,12 @@ pub struct ResNet {
     pub stem_pool: Option<MaxPool2dParams>,
     pub stages: Vec<Vec<Block>>,
     pub fc: Linear,
+    /// Quantizers of the network input, the pooled features and the logits
+    /// (QAT models only; see [`ResNet::quantize`]).
+    pub input_quant: Option<ActQuant>,
+    pub gap_quant: Option<ActQuant>,
+    pub fc_quant: Option<ActQuant>,
+    flags: Mutex<QatFlags>,
 }
 
 impl ResNet {
@@ -196,7 +232,112 @@ impl ResNet {
             stem_pool,
             stages,
             fc,
+            input_quant: None,
+            gap_quant: None,
+            fc_quant: None,
+            flags: Mutex::new(QatFlags::default()),
         })
+    }
+
+    /// Attaches activation quantizers everywhere the int8 graph has a
+    /// quantized tensor (input, every ConvBn output, every residual add,
+    /// pooled features, logits), making this a QAT model. `momentum` is the
+    /// observers' EMA weight.
+    pub fn quantize(&mut self, momentum: f32) {
+        self.input_quant = Some(ActQuant::new(momentum));
+        self.gap_quant = Some(ActQuant::new(momentum));
+        self.fc_quant = Some(ActQuant::new(momentum));
+        self.stem.out_quant = Some(ActQuant::new(momentum));
+        for b in self.stages.iter_mut().flatten() {
+            for c in b.convs.iter_mut().chain(b.downsample.iter_mut()) {
+                c.out_quant = Some(ActQuant::new(momentum));
+            }
+            b.add_quant = Some(ActQuant::new(momentum));
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        self.input_quant.is_some()
+    }
+
+    pub fn qat_flags(&self) -> QatFlags {
+        *self.flags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the schedule flags used by the next training forwards.
+    pub fn set_qat_flags(&self, f: QatFlags) {
+        *self.flags.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    /// Every activation quantizer with its name, in forward order.
+    pub fn quantizers(&self) -> Vec<(String, &ActQuant)> {
+        fn push<'a>(v: &mut Vec<(String, &'a ActQuant)>, name: String, q: &'a Option<ActQuant>) {
+            if let Some(q) = q {
+                v.push((name, q));
+            }
+        }
+        let mut v = Vec::new();
+        push(&mut v, "input".into(), &self.input_quant);
+        push(&mut v, "stem".into(), &self.stem.out_quant);
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (i, b) in stage.iter().enumerate() {
+                let p = format!("layer{}.{i}", s + 1);
+                for (j, c) in b.convs.iter().enumerate() {
+                    push(&mut v, format!("{p}.conv{}", j + 1), &c.out_quant);
+                }
+                if let Some(d) = &b.downsample {
+                    push(&mut v, format!("{p}.downsample"), &d.out_quant);
+                }
+                push(&mut v, format!("{p}.add"), &b.add_quant);
+            }
+        }
+        push(&mut v, "gap".into(), &self.gap_quant);
+        push(&mut v, "fc".into(), &self.fc_quant);
+        v
+    }
+
+    /// Observer states by quantizer name (for checkpoints).
+    pub fn save_quantizers(&self) -> BTreeMap<String, ActQuantState> {
+        self.quantizers()
+            .into_iter()
+            .map(|(n, q)| (n, q.save()))
+            .collect()
+    }
+
+    /// Restores observer states; every quantizer must be present.
+    pub fn load_quantizers(&self, states: &BTreeMap<String, ActQuantState>) -> Result<()> {
+        for (name, q) in self.quantizers() {
+            match states.get(&name) {
+                Some(s) => q.load(s),
+                None => bail!(Data, "checkpoint has no state for quantizer '{name}'"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Freezes every activation quantizer (S2).
+    pub fn freeze_quantizers(&self) -> Result<()> {
+        self.quantizers().iter().try_for_each(|(_, q)| q.freeze())
+    }
+
+    fn forward_qat(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let flags = self.qat_flags();
+        let quant = |q: &Option<ActQuant>, t: &Tensor| match q {
+            Some(q) => q.forward(t, mode, flags),
+            None => Ok(t.clone()),
+        };
+        let x = quant(&self.input_quant, x)?;
+        let mut y = self.stem.forward_qat(&x, mode, flags)?;
+        if let Some(p) = self.stem_pool {
+            y = ops::max_pool2d(&y, p)?;
+        }
+        for b in self.stages.iter().flatten() {
+            y = b.forward_qat(&y, mode, flags)?;
+        }
+        let pooled = quant(&self.gap_quant, &ops::global_avg_pool(&y)?)?;
+        let (w_q, _) = ops::fake_quant_channel(&self.fc.weight)?;
+        let logits = ops::linear(&pooled, &w_q, self.fc.bias.as_ref())?;
+        quant(&self.fc_quant, &logits)
     }
 
     /// Every ConvBn unit in forward order.
@@ -211,7 +352,16 @@ impl ResNet {
 }
 
 impl Module for ResNet {
+    /// FP32 models: the float forward. QAT models: the fake-quantized
+    /// training forward in `Train` mode, and the integer-exact forward (S9)
+    /// in `Eval` mode.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if self.is_quantized() {
+            return match mode {
+                Mode::Train => self.forward_qat(x, mode),
+                Mode::Eval => crate::int8::Int8ResNet::build(self)?.forward(x),
+            };
+        }
         let mut y = self.stem.forward(x, mode)?;
         if let Some(p) = self.stem_pool {
             y = ops::max_pool2d(&y, p)?;

@@ -1,6 +1,6 @@
 //! The layers of a ResNet.
 
-use super::{init, join, Mode, Module, Named, Role};
+use super::{init, join, ActQuant, Mode, Module, Named, QatFlags, Role};
 use crate::backend::Device;
 use crate::ops::{self, BatchNormArgs, Conv2dParams};
 use crate::rng::Rng;
@@ -180,11 +180,15 @@ impl Module for Linear {
 }
 
 /// Convolution, batch norm and an optional ReLU: the unit every ResNet layer
-/// is built from, and the unit quantization-aware training folds.
+/// is built from, and the unit quantization-aware training folds (S4). With
+/// `out_quant` set the unit is quantized: weights are folded and
+/// fake-quantized per channel, and the output goes through its activation
+/// quantizer.
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm2d,
     pub relu: bool,
+    pub out_quant: Option<ActQuant>,
 }
 
 impl ConvBn {
@@ -211,7 +215,46 @@ impl ConvBn {
             )?,
             bn: BatchNorm2d::new(device, c_out)?,
             relu,
+            out_quant: None,
         })
+    }
+
+    /// The QAT training forward (S4). While batch norm trains:
+    /// `w_fold = W * gamma / sigma_run` is fake-quantized per channel, the
+    /// convolution output is divided by the same factor and normalized with
+    /// batch statistics (so `y = conv(x, fq(w_fold)) * sigma_run / sigma_B +
+    /// beta - gamma * mu_B / sigma_B`), running statistics keep updating.
+    /// After the freeze: `conv(x, fq(w_fold)) + b_fold` with the running
+    /// statistics. Gradients reach W, gamma and beta through the fold.
+    pub fn forward_qat(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
+        let Some(quant) = &self.out_quant else {
+            return self.forward(x, mode);
+        };
+        let bn = &self.bn;
+        let var = bn.running_var.to_vec()?;
+        let sigma: Vec<f32> = var.iter().map(|&v| (v + bn.eps).sqrt()).collect();
+        let sigma_c = sigma.clone();
+        let sf = ops::map_small(
+            &bn.weight,
+            |g, i| g / sigma[i],
+            move |_, i| 1.0 / sigma_c[i],
+        )?;
+        let w_fold = ops::scale_channels(&self.conv.weight, &sf, 0)?;
+        let (w_q, _) = ops::fake_quant_channel(&w_fold)?;
+        let y = if flags.bn_frozen || mode == Mode::Eval {
+            let mean = bn.running_mean.to_vec()?;
+            let mean_c = mean.clone();
+            let shift = ops::map_small(&sf, |v, i| -v * mean[i], move |_, i| -mean_c[i])?;
+            let b_fold = ops::add(&bn.bias, &shift)?;
+            ops::conv2d(x, &w_q, Some(&b_fold), self.conv.params)?
+        } else {
+            let y = ops::conv2d(x, &w_q, None, self.conv.params)?;
+            let inv = ops::map_small(&sf, |v, _| 1.0 / v, |v, _| -1.0 / (v * v))?;
+            let t = ops::scale_channels(&y, &inv, 1)?;
+            bn.forward(&t, Mode::Train)?
+        };
+        let y = if self.relu { ops::relu(&y)? } else { y };
+        quant.forward(&y, mode, flags)
     }
 }
 

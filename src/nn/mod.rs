@@ -2,9 +2,11 @@
 //! models. A module's forward takes a [`Mode`]; parameters are addressed by
 //! dotted names (`layer1.0.conv1.weight`), the names checkpoints and export use.
 
+mod act_quant;
 mod init;
 mod layers;
 
+pub use act_quant::{ActQuant, ActQuantState, QatFlags};
 pub use init::{kaiming_normal_fan_out, uniform_fan_in};
 pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear};
 

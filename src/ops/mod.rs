@@ -8,6 +8,7 @@ mod linear;
 mod loss;
 mod norm;
 mod pool;
+mod quant;
 
 pub use conv::{conv2d, Conv2dParams};
 pub use elementwise::{add, relu};
@@ -15,6 +16,7 @@ pub use linear::{linear, matmul};
 pub use loss::cross_entropy;
 pub use norm::{batch_norm, BatchNormArgs};
 pub use pool::{flatten, global_avg_pool, max_pool2d, MaxPool2dParams};
+pub use quant::{fake_quant_channel, fake_quant_tensor, map_small, scale_channels};
 
 use crate::autograd::{self, Grads};
 use crate::backend::Device;

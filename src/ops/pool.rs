@@ -89,6 +89,6 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
 /// `[N, ...] -> [N, prod(...)]`.
 pub fn flatten(x: &Tensor) -> Result<Tensor> {
     let n = x.dims().first().copied().unwrap_or(1);
-    let rest = if n == 0 { 0 } else { x.numel() / n };
+    let rest = x.numel().checked_div(n).unwrap_or(0);
     reshape(x, Shape::new([n, rest]))
 }

@@ -10,11 +10,13 @@
 //!   quantization to int8 (S3, S8);
 //! - [`requant`]: bias quantization and requantization R1 (S5), as a float32
 //!   reference and as the integer-only [`Requant`] the executor runs;
+//! - [`fold`]: Conv + BatchNorm folding for inference (S4);
 //! - [`pool`]: global average pooling (S6);
 //! - [`add`]: the exact rational residual add (S7).
 
 pub mod add;
 pub mod fake;
+pub mod fold;
 pub mod params;
 pub mod pool;
 pub mod requant;

@@ -5,31 +5,47 @@ use super::gemm::sgemm;
 use crate::backend::{Conv2dGeom, GemmGeom};
 use rayon::prelude::*;
 
+/// The output columns `ox` whose input column `ox * stride + offset - pad`
+/// falls inside `[0, w)`, as a half-open range (empty when none do).
+fn valid_cols(w: usize, ow: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
+    // First ox with ox * stride + offset >= pad.
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    // One past the last ox with ox * stride + offset < w + pad.
+    let hi = if w + pad > offset { (w + pad - offset).div_ceil(stride) } else { 0 };
+    (lo.min(ow), hi.min(ow).max(lo.min(ow)))
+}
+
 /// Column buffer of one image and one group: rows are (c, ki, kj), columns
-/// are output positions.
-fn im2col(g: &Conv2dGeom, x_img: &[f32], group: usize, col: &mut [f32]) {
+/// are output positions. Each output row copies the valid input span
+/// (contiguously for stride 1) and zero-fills the padding.
+pub(super) fn im2col<T: Copy + Default>(g: &Conv2dGeom, x_img: &[T], group: usize, col: &mut [T]) {
     let (oh, ow) = (g.out_h(), g.out_w());
+    let (sw, pw) = (g.stride.1, g.pad.1);
     let cg = g.c_in_per_group();
     for c in 0..cg {
         let plane = &x_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = &mut col[((c * g.kh + ki) * g.kw + kj) * oh * ow..][..oh * ow];
+                let off = kj * g.dilation.1;
+                let (lo, hi) = valid_cols(g.w, ow, sw, off, pw);
                 for oy in 0..oh {
                     let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.pad.0 as isize;
                     let out = &mut row[oy * ow..][..ow];
                     if iy < 0 || iy >= g.h as isize {
-                        out.fill(0.0);
+                        out.fill(T::default());
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..][..g.w];
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.pad.1 as isize;
-                        *o = if ix < 0 || ix >= g.w as isize {
-                            0.0
-                        } else {
-                            src[ix as usize]
-                        };
+                    out[..lo].fill(T::default());
+                    out[hi..].fill(T::default());
+                    let ix0 = lo * sw + off - pw;
+                    if sw == 1 {
+                        out[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    } else {
+                        for (k, o) in out[lo..hi].iter_mut().enumerate() {
+                            *o = src[ix0 + k * sw];
+                        }
                     }
                 }
             }
@@ -40,22 +56,31 @@ fn im2col(g: &Conv2dGeom, x_img: &[f32], group: usize, col: &mut [f32]) {
 /// Adds a column buffer back into the image gradient (the adjoint of im2col).
 fn col2im(g: &Conv2dGeom, col: &[f32], group: usize, dx_img: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
+    let (sw, pw) = (g.stride.1, g.pad.1);
     let cg = g.c_in_per_group();
     for c in 0..cg {
         let plane = &mut dx_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
                 let row = &col[((c * g.kh + ki) * g.kw + kj) * oh * ow..][..oh * ow];
+                let off = kj * g.dilation.1;
+                let (lo, hi) = valid_cols(g.w, ow, sw, off, pw);
+                if lo >= hi {
+                    continue;
+                }
+                let ix0 = lo * sw + off - pw;
                 for oy in 0..oh {
                     let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.pad.0 as isize;
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
                     let dst = &mut plane[iy as usize * g.w..][..g.w];
-                    for ox in 0..ow {
-                        let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.pad.1 as isize;
-                        if ix >= 0 && ix < g.w as isize {
-                            dst[ix as usize] += row[oy * ow + ox];
+                    let src = &row[oy * ow + lo..oy * ow + hi];
+                    if sw == 1 {
+                        dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                    } else {
+                        for (k, v) in src.iter().enumerate() {
+                            dst[ix0 + k * sw] += v;
                         }
                     }
                 }
@@ -64,7 +89,7 @@ fn col2im(g: &Conv2dGeom, col: &[f32], group: usize, dx_img: &mut [f32]) {
     }
 }
 
-fn col_len(g: &Conv2dGeom) -> usize {
+pub(super) fn col_len(g: &Conv2dGeom) -> usize {
     g.c_in_per_group() * g.kh * g.kw * g.out_h() * g.out_w()
 }
 

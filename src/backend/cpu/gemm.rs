@@ -39,11 +39,7 @@ pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) 
     }
     let (a_rs, a_cs) = strides(trans_a, m, k);
     let (b_rs, b_cs) = strides(trans_b, k, n);
-    let par = if parallel && (m * n * k) >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = parallelism(parallel, m, n, k);
     // SAFETY: the assert above guarantees every index the strides reach is in
     // bounds, and `c` does not alias `a` or `b` (Rust borrows).
     unsafe {
@@ -67,6 +63,55 @@ pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) 
             false,
             false,
             par,
+        );
+    }
+}
+
+fn parallelism(parallel: bool, m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if parallel && (m * n * k) >= 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `c = a b` in float64, row-major, no transposes. Exact for integer
+/// operands whose products and sums stay below 2^53 (the integer-exact
+/// convolution relies on this).
+pub fn dgemm(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64], parallel: bool) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "dgemm: buffers too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].fill(0.0);
+        return;
+    }
+    // SAFETY: as in `sgemm`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(parallel, m, n, k),
         );
     }
 }

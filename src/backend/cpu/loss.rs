@@ -12,11 +12,15 @@ pub fn xent_forward(
     probs: &mut [f32],
 ) -> f32 {
     let eps = eps as f64;
-    let total: f64 = probs
+    // Per-row losses in parallel, summed in a fixed order so the loss is
+    // bit-for-bit reproducible (resumed runs must match uninterrupted ones).
+    let mut row_loss = vec![0.0f64; rows];
+    probs
         .par_chunks_mut(classes)
         .zip(logits.par_chunks(classes))
         .zip(labels.par_iter())
-        .map(|((p, z), &label)| {
+        .zip(row_loss.par_iter_mut())
+        .for_each(|(((p, z), &label), out)| {
             let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let sum: f64 = z.iter().map(|&v| (v as f64 - max).exp()).sum();
             let lse = max + sum.ln();
@@ -25,9 +29,9 @@ pub fn xent_forward(
             }
             let nll = lse - z[label as usize] as f64;
             let mean_nll = z.iter().map(|&v| lse - v as f64).sum::<f64>() / classes as f64;
-            (1.0 - eps) * nll + eps * mean_nll
-        })
-        .sum();
+            *out = (1.0 - eps) * nll + eps * mean_nll;
+        });
+    let total: f64 = row_loss.iter().sum();
     (total / rows as f64) as f32
 }
 

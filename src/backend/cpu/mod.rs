@@ -8,8 +8,12 @@ pub mod gemm;
 mod loss;
 mod norm;
 mod pool;
+mod quant;
 
-use super::{Backend, BnGeom, Conv2dGeom, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use super::{
+    Backend, BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs,
+    SgdStep, Storage,
+};
 use crate::Result;
 use rayon::prelude::*;
 
@@ -324,5 +328,98 @@ impl Backend for CpuBackend {
                 *p -= s.lr * step;
             });
         Ok(())
+    }
+
+    fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
+        Ok(quant::min_max(x.host()?))
+    }
+    fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
+        quant::fake_quant_tensor_fwd(q, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_tensor_bwd(
+        &self,
+        q: &FqTensor,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_tensor_bwd(q, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_channel_fwd(
+        &self,
+        _channels: usize,
+        inner: usize,
+        w: &Storage,
+        y: &mut Storage,
+        scales: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_channel_fwd(inner, w.host()?, y.host_mut()?, scales.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_channel_bwd(
+        &self,
+        _channels: usize,
+        inner: usize,
+        w: &Storage,
+        scales: &Storage,
+        dy: &Storage,
+        dw: &mut Storage,
+    ) -> Result<()> {
+        quant::fake_quant_channel_bwd(inner, w.host()?, scales.host()?, dy.host()?, dw.host_mut()?);
+        Ok(())
+    }
+    fn channel_scale(
+        &self,
+        _outer: usize,
+        c: usize,
+        inner: usize,
+        x: &Storage,
+        s: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        quant::channel_scale(c, inner, x.host()?, s.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn channel_dot(
+        &self,
+        outer: usize,
+        c: usize,
+        inner: usize,
+        a: &Storage,
+        b: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        quant::channel_dot(outer, c, inner, a.host()?, b.host()?, out.host_mut()?);
+        Ok(())
+    }
+    fn qconv2d(
+        &self,
+        g: &Conv2dGeom,
+        q: &QConvArgs,
+        x: &Storage,
+        w_q: &Storage,
+        bias_q: &Storage,
+        multipliers: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let bias: &[i32] = bytemuck::cast_slice(bias_q.host()?);
+        quant::qconv2d(
+            g,
+            q,
+            x.host()?,
+            w_q.host()?,
+            bias,
+            multipliers.host()?,
+            y.host_mut()?,
+        )
+    }
+    fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        quant::qadd(q, a.host()?, b.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
+        quant::qgap(q, x.host()?, y.host_mut()?)
     }
 }

@@ -1,0 +1,186 @@
+//! Quantization primitives on the CPU: fake quantization for training and the
+//! integer-exact layers for evaluation. All the arithmetic is the `quant`
+//! module's (the spec's single source of truth); this file only maps it over
+//! tensors.
+
+use super::conv::{col_len, im2col};
+use super::gemm::dgemm;
+use crate::backend::{Conv2dGeom, FqTensor, QAddArgs, QConvArgs, QGapArgs};
+use crate::quant::fake::{dequantize, fake_quant, quantize, ste_mask};
+use crate::quant::params::{weight_scale, ACT_QMAX, ACT_QMIN, W_QMAX, W_QMIN};
+use crate::quant::{AddRequant, Requant};
+use crate::Result;
+use rayon::prelude::*;
+
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    x.par_iter()
+        .fold(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |(lo, hi), &v| (lo.min(v), hi.max(v)),
+        )
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        )
+}
+
+pub fn fake_quant_tensor_fwd(q: &FqTensor, x: &[f32], y: &mut [f32]) {
+    y.par_iter_mut()
+        .zip(x.par_iter())
+        .for_each(|(o, &v)| *o = fake_quant(v, q.scale, q.zero_point, q.qmin, q.qmax));
+}
+
+pub fn fake_quant_tensor_bwd(q: &FqTensor, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_iter_mut()
+        .zip(x.par_iter().zip(dy.par_iter()))
+        .for_each(|(o, (&v, &d))| *o = d * ste_mask(v, q.scale, q.zero_point, q.qmin, q.qmax));
+}
+
+pub fn fake_quant_channel_fwd(inner: usize, w: &[f32], y: &mut [f32], scales: &mut [f32]) {
+    y.par_chunks_mut(inner)
+        .zip(w.par_chunks(inner))
+        .zip(scales.par_iter_mut())
+        .for_each(|((yc, wc), s)| {
+            *s = weight_scale(wc.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+            yc.iter_mut()
+                .zip(wc)
+                .for_each(|(o, &v)| *o = fake_quant(v, *s, 0, W_QMIN, W_QMAX));
+        });
+}
+
+pub fn fake_quant_channel_bwd(inner: usize, w: &[f32], scales: &[f32], dy: &[f32], dw: &mut [f32]) {
+    dw.par_chunks_mut(inner)
+        .zip(w.par_chunks(inner).zip(dy.par_chunks(inner)))
+        .zip(scales.par_iter())
+        .for_each(|((dc, (wc, dyc)), &s)| {
+            for ((o, &v), &d) in dc.iter_mut().zip(wc).zip(dyc) {
+                *o = d * ste_mask(v, s, 0, W_QMIN, W_QMAX);
+            }
+        });
+}
+
+pub fn channel_scale(c: usize, inner: usize, x: &[f32], s: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(inner)
+        .zip(x.par_chunks(inner))
+        .enumerate()
+        .for_each(|(p, (yp, xp))| {
+            let k = s[p % c];
+            yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * k);
+        });
+}
+
+pub fn channel_dot(outer: usize, c: usize, inner: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+    out.par_iter_mut().enumerate().for_each(|(ch, o)| {
+        let mut s = 0.0f64;
+        for i in 0..outer {
+            let off = (i * c + ch) * inner;
+            s += a[off..off + inner]
+                .iter()
+                .zip(&b[off..off + inner])
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>();
+        }
+        *o = s as f32;
+    });
+}
+
+/// The int8 value behind an activation stored as `(q - z) * s`.
+#[inline]
+fn recover(x: f32, s: f32, z: i32) -> i32 {
+    quantize(x, s, z, ACT_QMIN, ACT_QMAX)
+}
+
+/// Integer-exact convolution: `(x_q - z_x)` and `w_q` are small integers, so
+/// float64 GEMM accumulates them exactly (every partial sum stays far below
+/// 2^53); the accumulator then goes through the integer R1 of `quant`.
+pub fn qconv2d(
+    g: &Conv2dGeom,
+    q: &QConvArgs,
+    x: &[f32],
+    w_q: &[f32],
+    bias_q: &[i32],
+    multipliers: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let requant: Vec<Requant> = multipliers
+        .iter()
+        .map(|&m| Requant::new(m, q.z_y, q.lo, q.hi))
+        .collect::<Result<_>>()?;
+    let w: Vec<f64> = w_q.iter().map(|&v| v as f64).collect();
+    let ohw = g.out_h() * g.out_w();
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let kk = cg * g.kh * g.kw;
+    let x_img_len = g.c_in * g.h * g.w;
+    let parallel_images = g.n >= rayon::current_num_threads();
+    let run = |i: usize, y_img: &mut [f32], par: bool| {
+        let xi: Vec<f64> = x[i * x_img_len..][..x_img_len]
+            .iter()
+            .map(|&v| (recover(v, q.s_x, q.z_x) - q.z_x) as f64)
+            .collect();
+        let mut col = vec![0.0f64; col_len(g)];
+        let mut acc = vec![0.0f64; og * ohw];
+        for grp in 0..g.groups {
+            im2col(g, &xi, grp, &mut col);
+            dgemm(og, ohw, kk, &w[grp * og * kk..], &col, &mut acc, par);
+            for (o_local, (yrow, arow)) in y_img[grp * og * ohw..][..og * ohw]
+                .chunks_mut(ohw)
+                .zip(acc.chunks(ohw))
+                .enumerate()
+            {
+                let o = grp * og + o_local;
+                for (out, &a) in yrow.iter_mut().zip(arow) {
+                    let total = a as i64 + bias_q[o] as i64;
+                    debug_assert!(
+                        total.unsigned_abs() < 1 << 31,
+                        "accumulator {total} overflows int32 (S10.2)"
+                    );
+                    let qy = requant[o].apply(total.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+                    *out = dequantize(qy as i32, q.s_y, q.z_y);
+                }
+            }
+        }
+    };
+    let chunk = g.c_out * ohw;
+    if parallel_images {
+        y.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| run(i, c, false));
+    } else {
+        y.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| run(i, c, true));
+    }
+    Ok(())
+}
+
+pub fn qadd(q: &QAddArgs, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let add = AddRequant {
+        num_a: q.num_a,
+        num_b: q.num_b,
+        den: q.den,
+        z_a: q.z_a,
+        z_b: q.z_b,
+        z_c: q.z_c,
+        lo: q.lo,
+        hi: q.hi,
+    };
+    y.par_iter_mut()
+        .zip(a.par_iter().zip(b.par_iter()))
+        .for_each(|(o, (&va, &vb))| {
+            let qa = recover(va, q.s_a, q.z_a) as i8;
+            let qb = recover(vb, q.s_b, q.z_b) as i8;
+            *o = dequantize(add.apply(qa, qb) as i32, q.s_c, q.z_c);
+        });
+}
+
+pub fn qgap(q: &QGapArgs, x: &[f32], y: &mut [f32]) -> Result<()> {
+    let rq = Requant::new(q.m, q.z_out, ACT_QMIN, ACT_QMAX)?;
+    y.par_iter_mut().enumerate().for_each(|(p, o)| {
+        let acc: i32 = x[p * q.hw..][..q.hw]
+            .iter()
+            .map(|&v| recover(v, q.s_in, q.z_in) - q.z_in)
+            .sum();
+        *o = dequantize(rq.apply(acc) as i32, q.s_out, q.z_out);
+    });
+    Ok(())
+}

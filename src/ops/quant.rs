@@ -1,0 +1,181 @@
+//! Differentiable quantization ops for training (QUANT_SPEC S3, S4): fake
+//! quantization with the straight-through estimator, per-channel scaling, and
+//! small per-channel maps computed on the host.
+
+use super::{grad_like, output};
+use crate::autograd::{self, Grads};
+use crate::backend::FqTensor;
+use crate::quant::params::{W_QMAX, W_QMIN};
+use crate::tensor::Tensor;
+use crate::{bail, Result};
+
+/// Per-tensor fake quantization; the gradient passes where `RNE(x / s) + z`
+/// lies in `[qmin, qmax]`.
+pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
+    if !(q.scale.is_finite() && q.scale > 0.0) || q.qmin > q.qmax {
+        bail!(
+            Numerical,
+            "fake_quant: invalid scale {} or range [{}, {}]",
+            q.scale,
+            q.qmin,
+            q.qmax
+        );
+    }
+    let y = output(x.shape().clone(), x.device(), autograd::should_record(&[x]))?;
+    x.device()
+        .backend()
+        .fake_quant_tensor_fwd(&q, &x.storage(), &mut y.storage_mut())?;
+    if y.tracked() {
+        let x = x.clone();
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dx = grad_like(&x)?;
+            x.device().backend().fake_quant_tensor_bwd(
+                &q,
+                &x.storage(),
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
+            grads.accumulate(&x, dx)
+        });
+    }
+    Ok(y)
+}
+
+/// Per-output-channel symmetric fake quantization of weights (dim 0 is the
+/// channel), scales recomputed from `w` (S2: memoryless). Returns the
+/// fake-quantized weights and the scales used.
+pub fn fake_quant_channel(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let channels = *w.dims().first().unwrap_or(&0);
+    if channels == 0 {
+        bail!(
+            Shape,
+            "fake_quant_channel: weight of shape {} has no channels",
+            w.shape()
+        );
+    }
+    let inner = w.numel() / channels;
+    let y = output(w.shape().clone(), w.device(), autograd::should_record(&[w]))?;
+    let scales = output([channels], w.device(), false)?;
+    w.device().backend().fake_quant_channel_fwd(
+        channels,
+        inner,
+        &w.storage(),
+        &mut y.storage_mut(),
+        &mut scales.storage_mut(),
+    )?;
+    if y.tracked() {
+        let (w, s) = (w.clone(), scales.clone());
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dw = grad_like(&w)?;
+            w.device().backend().fake_quant_channel_bwd(
+                channels,
+                inner,
+                &w.storage(),
+                &s.storage(),
+                &gy.storage(),
+                &mut dw.storage_mut(),
+            )?;
+            grads.accumulate(&w, dw)
+        });
+    }
+    debug_assert!((W_QMIN, W_QMAX) == (-127, 127));
+    Ok((y, scales))
+}
+
+/// `y = x * s[c]` with `c` the index along `axis`; differentiable in `x` and
+/// `s`.
+pub fn scale_channels(x: &Tensor, s: &Tensor, axis: usize) -> Result<Tensor> {
+    let dims = x.dims();
+    if axis >= dims.len() || s.dims() != [dims[axis]] {
+        bail!(
+            Shape,
+            "scale_channels: scale {} does not match axis {axis} of {}",
+            s.shape(),
+            x.shape()
+        );
+    }
+    x.check_same_device(s, "scale_channels")?;
+    let outer: usize = dims[..axis].iter().product();
+    let c = dims[axis];
+    let inner: usize = dims[axis + 1..].iter().product();
+    let be = x.device().backend();
+    let y = output(
+        x.shape().clone(),
+        x.device(),
+        autograd::should_record(&[x, s]),
+    )?;
+    be.channel_scale(
+        outer,
+        c,
+        inner,
+        &x.storage(),
+        &s.storage(),
+        &mut y.storage_mut(),
+    )?;
+    if y.tracked() {
+        let (x, s) = (x.clone(), s.clone());
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let be = x.device().backend();
+            if x.tracked() {
+                let dx = grad_like(&x)?;
+                be.channel_scale(
+                    outer,
+                    c,
+                    inner,
+                    &gy.storage(),
+                    &s.storage(),
+                    &mut dx.storage_mut(),
+                )?;
+                grads.accumulate(&x, dx)?;
+            }
+            if s.tracked() {
+                let ds = grad_like(&s)?;
+                be.channel_dot(
+                    outer,
+                    c,
+                    inner,
+                    &gy.storage(),
+                    &x.storage(),
+                    &mut ds.storage_mut(),
+                )?;
+                grads.accumulate(&s, ds)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(y)
+}
+
+/// `y[i] = f(x[i], i)` for a small vector (per-channel factors), computed on
+/// the host; the backward multiplies by `df(x[i], i)`. Used for the batch-norm
+/// fold factors, which have one value per channel.
+pub fn map_small(
+    x: &Tensor,
+    f: impl Fn(f32, usize) -> f32,
+    df: impl Fn(f32, usize) -> f32 + 'static,
+) -> Result<Tensor> {
+    let xv = x.to_vec()?;
+    let yv: Vec<f32> = xv.iter().enumerate().map(|(i, &v)| f(v, i)).collect();
+    let y = Tensor::from_vec(yv, x.shape().clone(), x.device())?;
+    if !autograd::should_record(&[x]) {
+        return Ok(y);
+    }
+    let y = Tensor::from_storage(
+        x.device().backend().copy(&y.storage())?,
+        x.shape().clone(),
+        x.device().clone(),
+        true,
+    );
+    let x = x.clone();
+    autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+        let g = gy.to_vec()?;
+        let dx: Vec<f32> = xv
+            .iter()
+            .zip(&g)
+            .enumerate()
+            .map(|(i, (&v, &d))| d * df(v, i))
+            .collect();
+        grads.accumulate(&x, Tensor::from_vec(dx, x.shape().clone(), x.device())?)
+    });
+    Ok(y)
+}

@@ -1,0 +1,169 @@
+//! Quantization-aware training: Conv+BN folding, the QAT forward and the
+//! integer-exact eval model.
+
+mod common;
+
+use common::{gradcheck, randn};
+use qat::autograd::no_grad;
+use qat::int8::Int8ResNet;
+use qat::models::{Arch, ResNet};
+use qat::nn::{Mode, Module, QatFlags};
+use qat::ops::{self, BatchNormArgs, Conv2dParams};
+use qat::optim::{Sgd, SgdConfig};
+use qat::quant::fold::fold_conv_bn;
+use qat::rng::Rng;
+use qat::{Device, Tensor};
+
+/// Folded conv (S4) equals conv followed by eval-mode batch norm.
+#[test]
+fn folding_equals_unfused_conv_bn_in_eval() {
+    let dev = Device::cpu();
+    let mut rng = Rng::new(1);
+    let (c_in, c_out) = (3, 5);
+    let x = Tensor::from_vec(randn(&mut rng, 2 * c_in * 9 * 7), [2, c_in, 9, 7], &dev).unwrap();
+    let w: Vec<f32> = randn(&mut rng, c_out * c_in * 9);
+    let b_conv: Vec<f32> = randn(&mut rng, c_out);
+    let gamma: Vec<f32> = randn(&mut rng, c_out);
+    let beta: Vec<f32> = randn(&mut rng, c_out);
+    let mean: Vec<f32> = randn(&mut rng, c_out);
+    let var: Vec<f32> = (0..c_out).map(|_| 0.1 + rng.uniform() * 3.0).collect();
+    let p = Conv2dParams {
+        stride: (2, 1),
+        pad: (1, 1),
+        ..Default::default()
+    };
+    let t = |v: &[f32], s: &[usize]| Tensor::from_vec(v.to_vec(), s.to_vec(), &dev).unwrap();
+    let conv = ops::conv2d(
+        &x,
+        &t(&w, &[c_out, c_in, 3, 3]),
+        Some(&t(&b_conv, &[c_out])),
+        p,
+    )
+    .unwrap();
+    let (rm, rv) = (t(&mean, &[c_out]), t(&var, &[c_out]));
+    let args = BatchNormArgs {
+        running_mean: &rm,
+        running_var: &rv,
+        train: false,
+        momentum: 0.1,
+        eps: 1e-5,
+    };
+    let reference = ops::batch_norm(&conv, &t(&gamma, &[c_out]), &t(&beta, &[c_out]), args)
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let (wf, bf) = fold_conv_bn(&w, Some(&b_conv), &gamma, &beta, &mean, &var, 1e-5);
+    let folded = ops::conv2d(
+        &x,
+        &t(&wf, &[c_out, c_in, 3, 3]),
+        Some(&t(&bf, &[c_out])),
+        p,
+    )
+    .unwrap()
+    .to_vec()
+    .unwrap();
+    for (i, (a, b)) in reference.iter().zip(&folded).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 + 1e-5 * a.abs(),
+            "element {i}: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+fn scale_channels_and_small_maps_gradients() {
+    let mut rng = Rng::new(2);
+    let inputs = vec![
+        (randn(&mut rng, 2 * 3 * 4), vec![2, 3, 4]),
+        (randn(&mut rng, 3), vec![3]),
+    ];
+    gradcheck(2, &inputs, 30, 1e-2, 2e-3, 1e-2, |t| {
+        ops::scale_channels(&t[0], &t[1], 1)
+    });
+    let inputs = vec![(
+        randn(&mut rng, 4).iter().map(|v| v.abs() + 0.5).collect(),
+        vec![4],
+    )];
+    gradcheck(3, &inputs, 4, 1e-3, 2e-3, 1e-2, |t| {
+        ops::map_small(&t[0], |v, _| 1.0 / v, |v, _| -1.0 / (v * v))
+    });
+}
+
+fn tiny_batch(rng: &mut Rng, n: usize, hw: usize) -> (Tensor, Vec<u32>) {
+    let x = Tensor::from_vec(randn(rng, n * hw * hw), [n, 1, hw, hw], &Device::cpu()).unwrap();
+    let labels = (0..n).map(|_| rng.below(4) as u32).collect();
+    (x, labels)
+}
+
+/// A QAT model trains (loss falls) through every schedule phase, and its
+/// integer-exact eval model runs and agrees with the fake-quantized forward
+/// once quantizers and batch norm are frozen.
+#[test]
+fn qat_small_resnet_trains_and_evaluates_integer_exact() {
+    let dev = Device::cpu();
+    let mut model = ResNet::new(Arch::Small, 1, 4, &dev, 3).unwrap();
+    model.quantize(0.1);
+    let mut rng = Rng::new(5);
+    let (x, labels) = tiny_batch(&mut rng, 32, 10);
+    let cfg = SgdConfig {
+        lr: 0.05,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut sgd = Sgd::new(&model.parameters(), cfg).unwrap();
+    let mut losses = Vec::new();
+    for step in 0..60 {
+        let flags = QatFlags {
+            quantize_acts: step >= 5,
+            observe: step < 50,
+            bn_frozen: step >= 40,
+        };
+        model.set_qat_flags(flags);
+        if step == 50 {
+            model.freeze_quantizers().unwrap();
+        }
+        let logits = model.forward(&x, Mode::Train).unwrap();
+        let loss = ops::cross_entropy(&logits, &labels, 0.0).unwrap();
+        losses.push(loss.item().unwrap());
+        let grads = loss.backward().unwrap();
+        sgd.step(&grads, cfg.lr).unwrap();
+    }
+    assert!(
+        losses[59] < 0.5 * losses[0],
+        "loss did not fall: {:?}",
+        losses
+    );
+
+    // Frozen model: fake-quantized forward (no observation, BN frozen) vs the
+    // integer-exact forward. They differ only by float rounding in the
+    // fake-quant path, so logits agree to a couple of output steps.
+    let int8 = Int8ResNet::build(&model).unwrap();
+    let exact = int8.forward(&x).unwrap().to_vec().unwrap();
+    let fq = no_grad(|| model.forward(&x, Mode::Train))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let s = int8.fc.out_q.scale;
+    let max_steps = exact
+        .iter()
+        .zip(&fq)
+        .map(|(a, b)| ((a - b) / s).abs().round() as i64)
+        .max()
+        .unwrap();
+    assert!(
+        max_steps <= 3,
+        "integer-exact and fake-quant logits differ by {max_steps} steps"
+    );
+    // Every value of the integer-exact output sits on the output grid.
+    let z = int8.fc.out_q.zero_point;
+    for v in &exact {
+        let q = (v / s).round() + z as f32;
+        assert!((-128.0..=127.0).contains(&q) && ((q - z as f32) * s - v).abs() == 0.0);
+    }
+    // Eval mode on the module is the integer-exact forward.
+    let via_module = no_grad(|| model.forward(&x, Mode::Eval))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(via_module, exact);
+}
