@@ -2,10 +2,10 @@
 //! join as they land.
 
 use clap::{Args, Parser, Subcommand};
-use qat::data::fashion_mnist::DEFAULT_DIR;
-use qat::models::Arch;
 use qat::checkpoint::Checkpoint;
+use qat::data::fashion_mnist::DEFAULT_DIR;
 use qat::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
+use qat::models::Arch;
 use qat::train::{self, QatSchedule, TrainConfig};
 use qat::Device;
 use std::path::PathBuf;
@@ -79,6 +79,10 @@ struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors exactly where it stopped.
     #[arg(long)]
     resume: bool,
+    /// Stop after this many epochs (the schedule still spans --epochs);
+    /// continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Folder with the Fashion-MNIST IDX files (gzip or raw), as installed by
     /// Debian's dataset-fashion-mnist package.
     #[arg(long, default_value = DEFAULT_DIR)]
@@ -153,10 +157,14 @@ fn run(cli: Cli) -> qat::Result<()> {
                 train_limit: a.train_limit,
                 val_limit: a.val_limit,
                 progress: !a.quiet,
+                stop_after: a.stop_after,
             };
             let summary = train::train(&cfg, &device, a.resume)?;
             if let Some(last) = summary.records.last() {
-                println!("final: val top-1 {:.2}% top-5 {:.2}%", last.val_top1, last.val_top5);
+                println!(
+                    "final: val top-1 {:.2}% top-5 {:.2}%",
+                    last.val_top1, last.val_top5
+                );
             }
             Ok(())
         }
@@ -172,7 +180,11 @@ fn run(cli: Cli) -> qat::Result<()> {
             let norm = Normalize::new(&info.mean, &info.std)?;
             let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
             let (loss, acc) = train::evaluate(&model, &loader, &device)?;
-            let kind = if cfg.qat.is_some() { "int8 (integer-exact)" } else { "fp32" };
+            let kind = if cfg.qat.is_some() {
+                "int8 (integer-exact)"
+            } else {
+                "fp32"
+            };
             println!(
                 "{} {kind}, epoch {}: {} images, loss {loss:.4}, top-1 {:.2}%, top-5 {:.2}%",
                 info.arch,

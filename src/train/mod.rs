@@ -47,6 +47,10 @@ pub struct TrainConfig {
     /// Use only the first N validation images.
     pub val_limit: Option<usize>,
     pub progress: bool,
+    /// Stop (after checkpointing) once this many epochs are done, e.g. to
+    /// split a run; `--resume` continues it.
+    #[serde(default)]
+    pub stop_after: Option<usize>,
 }
 
 /// What a checkpoint says about the model, so `eval` and `export` can rebuild it.
@@ -89,11 +93,23 @@ fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<Dataset>
 
 /// Builds the model a checkpoint describes and loads its weights and
 /// quantizer states.
-pub fn model_from_checkpoint(ck: &Checkpoint, device: &Device) -> Result<(ResNet, ModelInfo, TrainConfig)> {
-    let extra: Extra = serde_json::from_value(ck.extra.clone())
-        .map_err(|e| Error::Data(format!("checkpoint metadata is not a qat training checkpoint: {e}")))?;
+pub fn model_from_checkpoint(
+    ck: &Checkpoint,
+    device: &Device,
+) -> Result<(ResNet, ModelInfo, TrainConfig)> {
+    let extra: Extra = serde_json::from_value(ck.extra.clone()).map_err(|e| {
+        Error::Data(format!(
+            "checkpoint metadata is not a qat training checkpoint: {e}"
+        ))
+    })?;
     let arch: Arch = extra.model.arch.parse()?;
-    let mut model = ResNet::new(arch, extra.model.in_channels, extra.model.num_classes, device, 0)?;
+    let mut model = ResNet::new(
+        arch,
+        extra.model.in_channels,
+        extra.model.num_classes,
+        device,
+        0,
+    )?;
     if extra.config.qat.is_some() {
         model.quantize(extra.config.qat.map_or(0.01, |q| q.observer_momentum));
         model.load_quantizers(&extra.quantizers)?;
@@ -106,7 +122,11 @@ pub fn model_from_checkpoint(ck: &Checkpoint, device: &Device) -> Result<(ResNet
 /// integer-exact model (S9) for QAT.
 pub fn evaluate(model: &ResNet, loader: &Loader, device: &Device) -> Result<(f64, Accuracy)> {
     no_grad(|| {
-        let int8 = if model.is_quantized() { Some(Int8ResNet::build(model)?) } else { None };
+        let int8 = if model.is_quantized() {
+            Some(Int8ResNet::build(model)?)
+        } else {
+            None
+        };
         let mut acc = Accuracy::default();
         let mut loss_sum = 0.0;
         for b in loader.epoch(0) {
@@ -140,26 +160,49 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         arch: cfg.arch.clone(),
         in_channels: dims.channels,
         num_classes: train_data.num_classes(),
-        class_names: crate::data::fashion_mnist::CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        class_names: crate::data::fashion_mnist::CLASS_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         mean: norm.mean().to_vec(),
         std: norm.std().to_vec(),
         input_hw: [dims.height, dims.width],
     };
-    let train_loader =
-        Loader::new(train_data, LoaderConfig::train(cfg.batch_size, cfg.seed, norm.clone(), Some(FashionMnist::augment())))?;
+    let train_loader = Loader::new(
+        train_data,
+        LoaderConfig::train(
+            cfg.batch_size,
+            cfg.seed,
+            norm.clone(),
+            Some(FashionMnist::augment()),
+        ),
+    )?;
     let val_loader = Loader::new(val_data, LoaderConfig::eval(256, norm))?;
     let steps_per_epoch = train_loader.batches_per_epoch();
     if steps_per_epoch == 0 {
-        bail!(Usage, "batch size {} exceeds the {} training images", cfg.batch_size, train_loader.dataset().len());
+        bail!(
+            Usage,
+            "batch size {} exceeds the {} training images",
+            cfg.batch_size,
+            train_loader.dataset().len()
+        );
     }
 
+    if let Some(q) = &cfg.qat {
+        q.validate(steps_per_epoch)?;
+    }
     let arch: Arch = cfg.arch.parse()?;
     let mut model = ResNet::new(arch, info.in_channels, info.num_classes, device, cfg.seed)?;
     if let Some(q) = cfg.qat {
         model.quantize(q.observer_momentum);
     }
-    let sgd_cfg =
-        SgdConfig { lr: cfg.lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, nesterov: cfg.nesterov, decay_all: false };
+    let sgd_cfg = SgdConfig {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        nesterov: cfg.nesterov,
+        decay_all: false,
+    };
     let mut sgd = Sgd::new(&model.parameters(), sgd_cfg)?;
     let schedule = CosineSchedule {
         base_lr: cfg.lr,
@@ -172,12 +215,25 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     let mut start_epoch = 0;
     if resume {
         if !ck_path.exists() {
-            bail!(Usage, "--resume: no checkpoint at {}; start without --resume", ck_path.display());
+            bail!(
+                Usage,
+                "--resume: no checkpoint at {}; start without --resume",
+                ck_path.display()
+            );
         }
         let ck = Checkpoint::load(&ck_path)?;
         let (loaded, _, saved_cfg) = model_from_checkpoint(&ck, device)?;
         if saved_cfg.arch != cfg.arch || saved_cfg.qat.is_some() != cfg.qat.is_some() {
-            bail!(Usage, "--resume: the checkpoint is a {} {} run; use the same --arch and --qat/--fp32", saved_cfg.arch, if saved_cfg.qat.is_some() { "QAT" } else { "FP32" });
+            bail!(
+                Usage,
+                "--resume: the checkpoint is a {} {} run; use the same --arch and --qat/--fp32",
+                saved_cfg.arch,
+                if saved_cfg.qat.is_some() {
+                    "QAT"
+                } else {
+                    "FP32"
+                }
+            );
         }
         // Copy the loaded state into the model whose parameters the
         // optimizer holds.
@@ -188,7 +244,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         ck.restore_optimizer(&mut sgd)?;
         start_epoch = ck.position.epoch;
         // Keep the metrics of the epochs the checkpoint covers.
-        let kept: Vec<EpochRecord> = log.read()?.into_iter().filter(|r| r.epoch <= start_epoch).collect();
+        let kept: Vec<EpochRecord> = log
+            .read()?
+            .into_iter()
+            .filter(|r| r.epoch <= start_epoch)
+            .collect();
         log.rewrite(&kept)?;
         records = kept;
         eprintln!("resumed from {} at epoch {start_epoch}", ck_path.display());
@@ -262,10 +322,25 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
             rec.images_per_sec,
             rec.epoch_seconds
         );
-        save_checkpoint(&ck_path, &model, &sgd, cfg, &info, epoch + 1, (epoch + 1) * steps_per_epoch)?;
+        save_checkpoint(
+            &ck_path,
+            &model,
+            &sgd,
+            cfg,
+            &info,
+            epoch + 1,
+            (epoch + 1) * steps_per_epoch,
+        )?;
         log.append(&rec)?;
         records.push(rec);
         plot::plot_metrics(&records, &cfg.out.join("curves.png"))?;
+        if cfg.stop_after == Some(epoch + 1) {
+            eprintln!(
+                "stopping after epoch {} (--stop-after); continue with --resume",
+                epoch + 1
+            );
+            break;
+        }
     }
     Ok(Summary { records })
 }
@@ -281,9 +356,18 @@ fn save_checkpoint(
 ) -> Result<()> {
     let mut ck = Checkpoint::from_module(model)?;
     ck.capture_optimizer(sgd)?;
-    ck.position = Position { epoch, step_in_epoch: 0, global_step: global_step as u64 };
-    let extra = Extra { config: cfg.clone(), model: info.clone(), quantizers: model.save_quantizers() };
-    ck.extra = serde_json::to_value(extra).map_err(|e| Error::Data(format!("checkpoint metadata: {e}")))?;
+    ck.position = Position {
+        epoch,
+        step_in_epoch: 0,
+        global_step: global_step as u64,
+    };
+    let extra = Extra {
+        config: cfg.clone(),
+        model: info.clone(),
+        quantizers: model.save_quantizers(),
+    };
+    ck.extra = serde_json::to_value(extra)
+        .map_err(|e| Error::Data(format!("checkpoint metadata: {e}")))?;
     ck.save(path)
 }
 

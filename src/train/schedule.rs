@@ -33,6 +33,29 @@ impl QatSchedule {
         }
     }
 
+    /// Rejects schedules that cannot work: negative positions, or observers
+    /// frozen before they saw a batch.
+    pub fn validate(&self, steps_per_epoch: usize) -> crate::Result<()> {
+        let all = [self.act_quant_start, self.freeze_bn, self.freeze_observers];
+        if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            crate::bail!(
+                Usage,
+                "QAT schedule positions must be non-negative epochs, got {all:?}"
+            );
+        }
+        if Self::step_of(self.freeze_observers, steps_per_epoch) == 0 {
+            crate::bail!(Usage, "--freeze-observers {} freezes the observers before they see any batch: use a later epoch", self.freeze_observers);
+        }
+        if !(self.observer_momentum > 0.0 && self.observer_momentum <= 1.0) {
+            crate::bail!(
+                Usage,
+                "--observer-momentum must lie in (0, 1], got {}",
+                self.observer_momentum
+            );
+        }
+        Ok(())
+    }
+
     fn step_of(epoch: f32, steps_per_epoch: usize) -> u64 {
         (epoch.max(0.0) as f64 * steps_per_epoch as f64).round() as u64
     }
@@ -59,7 +82,10 @@ mod tests {
     #[test]
     fn phases_in_order() {
         let s = QatSchedule::default_for(10);
-        assert_eq!((s.act_quant_start, s.freeze_bn, s.freeze_observers), (1.0, 8.0, 9.0));
+        assert_eq!(
+            (s.act_quant_start, s.freeze_bn, s.freeze_observers),
+            (1.0, 8.0, 9.0)
+        );
         let f = s.flags(0, 100);
         assert!(!f.quantize_acts && f.observe && !f.bn_frozen);
         let f = s.flags(100, 100);
