@@ -16,7 +16,7 @@
 //! - `rng`: JSON object, name -> four `u64` (exact in JSON as written by
 //!   serde_json);
 //! - `extra`: any JSON value (config, quantizer/observer state, schedule);
-//! - `checksum` = `"crc32:<8 hex digits>"`, see [`digest`].
+//! - `checksum` = `"crc32:<8 hex digits>"`, see `digest` below.
 //!
 //! safetensors itself has no checksum, so the CRC-32 covers every other
 //! metadata entry and every tensor (name, shape and bytes, in name order): a
@@ -207,7 +207,8 @@ impl Checkpoint {
             (MOMENTUM_PREFIX, &self.momentum),
         ] {
             for (name, a) in group {
-                if a.shape.iter().product::<usize>() != a.values.len() {
+                let numel = a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel != Some(a.values.len()) {
                     return Err(format!(
                         "tensor `{name}` has shape {:?} but {} values",
                         a.shape,
@@ -236,9 +237,11 @@ impl Checkpoint {
 
     fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
         precheck(bytes)?;
-        let st =
-            SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid checkpoint: {e}"))?;
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
+        // read_metadata is what SafeTensors::deserialize validates with: the
+        // header, every offset, shape and dtype size, and full coverage.
+        let (n, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("not a valid checkpoint: {e}"))?;
+        let data = bytes.get(8 + n..).unwrap_or_default();
         let meta: BTreeMap<String, String> = header
             .metadata()
             .clone()
@@ -266,19 +269,28 @@ impl Checkpoint {
 
         // The checksum comes first so that corruption is reported as such
         // rather than as whatever parse error it happens to cause.
-        let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
-        views.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, v) in &views {
-            if v.dtype() != Dtype::F32 {
-                return Err(format!("tensor `{name}` is {:?}, expected F32", v.dtype()));
+        let mut views = Vec::new();
+        for (name, info) in header.tensors() {
+            if info.dtype != Dtype::F32 {
+                return Err(format!("tensor `{name}` is {:?}, expected F32", info.dtype));
             }
+            let (start, end) = info.data_offsets;
+            let Some(bytes) = data.get(start..end) else {
+                return Err(format!(
+                    "tensor `{name}` has bytes {start}..{end} outside the data"
+                ));
+            };
+            views.push((name, info.shape.as_slice(), bytes));
         }
+        views.sort_by(|a, b| a.0.cmp(&b.0));
         let stored = get(CHECKSUM_KEY)?;
         let mut rest = meta.clone();
         rest.remove(CHECKSUM_KEY);
         let crc = digest(
             &rest,
-            views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())),
+            views
+                .iter()
+                .map(|&(ref n, shape, data)| (n.as_str(), shape, data)),
         );
         if *stored != format!("crc32:{crc:08x}") {
             return Err(format!(
@@ -297,7 +309,7 @@ impl Checkpoint {
 
         let mut model = BTreeMap::new();
         let mut momentum = BTreeMap::new();
-        for (name, v) in views {
+        for (name, shape, data) in views {
             let (group, short) = if let Some(s) = name.strip_prefix(MODEL_PREFIX) {
                 (&mut model, s)
             } else if let Some(s) = name.strip_prefix(MOMENTUM_PREFIX) {
@@ -307,14 +319,13 @@ impl Checkpoint {
                     "tensor `{name}` is neither `{MODEL_PREFIX}...` nor `{MOMENTUM_PREFIX}...`"
                 ));
             };
-            // deserialize checked data length == 4 * product(shape).
-            let values = v
-                .data()
+            // read_metadata checked data.len() == 4 * product(shape).
+            let values = data
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let array = Array {
-                shape: v.shape().to_vec(),
+                shape: shape.to_vec(),
                 values,
             };
             group.insert(short.to_string(), array);

@@ -6,7 +6,8 @@
 //! - [`tensor`] and [`autograd`]: f32 tensors and a tape of backward closures;
 //! - [`ops`]: differentiable operations (shape checks, forward, backward);
 //! - [`nn`], [`models`], [`optim`]: modules, ResNets, SGD and schedules;
-//! - [`data`]: datasets and augmentation.
+//! - [`data`]: datasets and augmentation;
+//! - [`checkpoint`]: atomic, checksummed training checkpoints (safetensors).
 
 pub mod autograd;
 pub mod backend;

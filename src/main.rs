@@ -2,9 +2,11 @@
 //! join as they land.
 
 use clap::{Args, Parser, Subcommand};
+use qat::checkpoint::Checkpoint;
 use qat::data::fashion_mnist::DEFAULT_DIR;
+use qat::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use qat::models::Arch;
-use qat::train::{self, TrainConfig};
+use qat::train::{self, QatSchedule, TrainConfig};
 use qat::Device;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,8 +26,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a ResNet on Fashion-MNIST, validating every epoch.
+    /// Train a ResNet on Fashion-MNIST (QAT by default, --fp32 for float),
+    /// validating every epoch and writing a checkpoint after each.
     Train(TrainArgs),
+    /// Report top-1/top-5 of a checkpoint on the Fashion-MNIST test set (the
+    /// integer-exact model for QAT checkpoints).
+    Eval(EvalArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint written by `qat train` (OUT/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// auto, cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Evaluate the first N test images only.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -33,6 +55,34 @@ struct TrainArgs {
     /// Model: small (for 28x28 images), resnet18, resnet34 or resnet50.
     #[arg(long, default_value = "small")]
     arch: Arch,
+    /// Quantization-aware training (the default).
+    #[arg(long, conflicts_with = "fp32")]
+    qat: bool,
+    /// Plain float training instead of QAT.
+    #[arg(long)]
+    fp32: bool,
+    /// QAT: epoch at which activations start being fake-quantized
+    /// [default: 1, or half the run when shorter].
+    #[arg(long)]
+    act_quant_start: Option<f32>,
+    /// QAT: epoch at which batch-norm statistics freeze and exact folding
+    /// starts [default: 80% of the run].
+    #[arg(long)]
+    freeze_bn: Option<f32>,
+    /// QAT: epoch at which activation observers freeze [default: 90% of the
+    /// run].
+    #[arg(long)]
+    freeze_observers: Option<f32>,
+    /// QAT: weight of a new batch in the observers' moving min/max.
+    #[arg(long, default_value_t = 0.01)]
+    observer_momentum: f32,
+    /// Continue from OUT/checkpoint.safetensors exactly where it stopped.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many epochs (the schedule still spans --epochs);
+    /// continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Folder with the Fashion-MNIST IDX files (gzip or raw), as installed by
     /// Debian's dataset-fashion-mnist package.
     #[arg(long, default_value = DEFAULT_DIR)]
@@ -62,7 +112,7 @@ struct TrainArgs {
     /// auto (CUDA when a GPU works, else CPU), cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output folder: metrics.jsonl and checkpoints.
+    /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png.
     #[arg(long, default_value = "runs/fmnist")]
     out: PathBuf,
     /// Train on the first N images only (quick checks).
@@ -81,8 +131,18 @@ fn run(cli: Cli) -> qat::Result<()> {
         Command::Train(a) => {
             let device = Device::parse(&a.device)?;
             eprintln!("device: {}", device.backend().name());
+            let qat = (!a.fp32).then(|| {
+                let d = QatSchedule::default_for(a.epochs);
+                QatSchedule {
+                    act_quant_start: a.act_quant_start.unwrap_or(d.act_quant_start),
+                    freeze_bn: a.freeze_bn.unwrap_or(d.freeze_bn),
+                    freeze_observers: a.freeze_observers.unwrap_or(d.freeze_observers),
+                    observer_momentum: a.observer_momentum,
+                }
+            });
             let cfg = TrainConfig {
-                arch: a.arch,
+                arch: a.arch.name().to_string(),
+                qat,
                 data_dir: a.data,
                 epochs: a.epochs,
                 batch_size: a.batch_size,
@@ -97,14 +157,42 @@ fn run(cli: Cli) -> qat::Result<()> {
                 train_limit: a.train_limit,
                 val_limit: a.val_limit,
                 progress: !a.quiet,
+                stop_after: a.stop_after,
             };
-            let summary = train::train(&cfg, &device)?;
+            let summary = train::train(&cfg, &device, a.resume)?;
             if let Some(last) = summary.records.last() {
                 println!(
                     "final: val top-1 {:.2}% top-5 {:.2}%",
                     last.val_top1, last.val_top5
                 );
             }
+            Ok(())
+        }
+        Command::Eval(a) => {
+            let device = Device::parse(&a.device)?;
+            eprintln!("device: {}", device.backend().name());
+            let ck = Checkpoint::load(&a.checkpoint)?;
+            let (model, info, cfg) = train::model_from_checkpoint(&ck, &device)?;
+            let mut data = FashionMnist::load(&a.data, Split::Test)?;
+            if let Some(n) = a.limit {
+                data.truncate(n);
+            }
+            let norm = Normalize::new(&info.mean, &info.std)?;
+            let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
+            let (loss, acc) = train::evaluate(&model, &loader, &device)?;
+            let kind = if cfg.qat.is_some() {
+                "int8 (integer-exact)"
+            } else {
+                "fp32"
+            };
+            println!(
+                "{} {kind}, epoch {}: {} images, loss {loss:.4}, top-1 {:.2}%, top-5 {:.2}%",
+                info.arch,
+                ck.position.epoch,
+                acc.seen,
+                acc.top1(),
+                acc.top5()
+            );
             Ok(())
         }
     }

@@ -2,9 +2,11 @@
 //! read back, every malformed-file error, the real Debian Fashion-MNIST when
 //! it is installed, and the loader's determinism guarantees.
 
+mod common;
+
+use common::{idx_bytes, temp_dir};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -13,24 +15,6 @@ use qat::data::idx::{self, IMAGES_MAGIC, LABELS_MAGIC};
 use qat::data::{
     Augment, Batch, Dataset, FashionMnist, ImageDims, Loader, LoaderConfig, Normalize, Rng, Split,
 };
-
-/// A fresh directory under the system temp dir, unique per process and call.
-fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("qat-data-{}-{name}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut bytes: Vec<u8> = std::iter::once(magic)
-        .chain(dims.iter().copied())
-        .flat_map(u32::to_be_bytes)
-        .collect();
-    bytes.extend_from_slice(data);
-    bytes
-}
 
 fn write(path: &Path, bytes: &[u8], gzip: bool) {
     if gzip {

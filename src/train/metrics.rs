@@ -71,6 +71,17 @@ impl MetricsLog {
             .map_err(|e| Error::io(&self.path, e))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&self.path, e))
     }
+    /// Replaces the file with `records` (atomically), e.g. to drop the
+    /// epochs after a resumed checkpoint.
+    pub fn rewrite(&self, records: &[EpochRecord]) -> Result<()> {
+        let mut text = String::new();
+        for r in records {
+            text += &serde_json::to_string(r).map_err(|e| Error::Data(format!("metrics: {e}")))?;
+            text.push('\n');
+        }
+        crate::checkpoint::write_atomic(&self.path, text.as_bytes())
+    }
+
     /// Every record in the file (for plots and resume).
     pub fn read(&self) -> Result<Vec<EpochRecord>> {
         let text = match std::fs::read_to_string(&self.path) {

@@ -1,7 +1,7 @@
 //! A PNG of the training curves: loss (train, val) and accuracy (train top-1,
 //! val top-1, val top-5) against epoch, side by side.
 //!
-//! plotters draws into an in-memory RGB buffer, which [`encode_png`] turns
+//! plotters draws into an in-memory RGB buffer, which `encode_png` turns
 //! into a PNG with `flate2` (no image crate). Text needs a TrueType font,
 //! found at run time ([`FONT_PATHS`], or the file named by `QAT_PLOT_FONT`);
 //! without one the curves, axes and grid are still drawn, only the titles,

@@ -104,3 +104,58 @@ pub fn gradcheck(
         }
     }
 }
+
+/// A fresh directory under the system temp dir, unique per process and call.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("qat-test-{}-{name}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An IDX file: magic, big-endian dims, raw bytes.
+pub fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = std::iter::once(magic)
+        .chain(dims.iter().copied())
+        .flat_map(u32::to_be_bytes)
+        .collect();
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+/// A Fashion-MNIST-shaped folder of learnable synthetic data: class `k`
+/// draws a bright horizontal bar at row `2 + 2k` over noise.
+pub fn synthetic_fmnist(name: &str, train: u32, test: u32) -> std::path::PathBuf {
+    use qat::data::idx::{IMAGES_MAGIC, LABELS_MAGIC};
+    let dir = temp_dir(name);
+    let mut rng = Rng::new(99);
+    for (prefix, count) in [("train", train), ("t10k", test)] {
+        let labels: Vec<u8> = (0..count).map(|_| rng.below(10) as u8).collect();
+        let mut pixels = Vec::with_capacity(count as usize * 784);
+        for &l in &labels {
+            for y in 0..28 {
+                for _ in 0..28 {
+                    let bar = y == 2 + 2 * l as usize || y == 3 + 2 * l as usize;
+                    pixels.push(if bar {
+                        200 + rng.below(55) as u8
+                    } else {
+                        rng.below(60) as u8
+                    });
+                }
+            }
+        }
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            idx_bytes(IMAGES_MAGIC, &[count, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx_bytes(LABELS_MAGIC, &[count], &labels),
+        )
+        .unwrap();
+    }
+    dir
+}

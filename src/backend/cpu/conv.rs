@@ -11,7 +11,11 @@ fn valid_cols(w: usize, ow: usize, stride: usize, offset: usize, pad: usize) -> 
     // First ox with ox * stride + offset >= pad.
     let lo = pad.saturating_sub(offset).div_ceil(stride);
     // One past the last ox with ox * stride + offset < w + pad.
-    let hi = if w + pad > offset { (w + pad - offset).div_ceil(stride) } else { 0 };
+    let hi = if w + pad > offset {
+        (w + pad - offset).div_ceil(stride)
+    } else {
+        0
+    };
     (lo.min(ow), hi.min(ow).max(lo.min(ow)))
 }
 
@@ -77,7 +81,10 @@ fn col2im(g: &Conv2dGeom, col: &[f32], group: usize, dx_img: &mut [f32]) {
                     let dst = &mut plane[iy as usize * g.w..][..g.w];
                     let src = &row[oy * ow + lo..oy * ow + hi];
                     if sw == 1 {
-                        dst[ix0..ix0 + src.len()].iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                        dst[ix0..ix0 + src.len()]
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(d, v)| *d += v);
                     } else {
                         for (k, v) in src.iter().enumerate() {
                             dst[ix0 + k * sw] += v;

@@ -1,0 +1,98 @@
+//! The QAT schedule: when activation quantization starts, when observers and
+//! batch-norm statistics freeze. Positions are in epochs (fractions allowed)
+//! and resolve to global steps.
+
+use crate::nn::QatFlags;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QatSchedule {
+    /// Epoch at which activations start being fake-quantized (observers
+    /// watch from step 0; weights are fake-quantized from step 0).
+    pub act_quant_start: f32,
+    /// Epoch at which batch-norm statistics freeze (exact folding from then).
+    pub freeze_bn: f32,
+    /// Epoch at which observers freeze (scales and zero points fixed).
+    pub freeze_observers: f32,
+    /// EMA weight of a new batch in the observers.
+    pub observer_momentum: f32,
+}
+
+impl QatSchedule {
+    /// The default schedule for an `epochs`-long run: activation quantization
+    /// after one epoch (half the run if shorter), batch norm frozen for the
+    /// last 20%, observers for the last 10% (at least the final epoch each
+    /// when the run has two or more epochs).
+    pub fn default_for(epochs: usize) -> Self {
+        let e = epochs as f32;
+        QatSchedule {
+            act_quant_start: if epochs >= 2 { 1.0 } else { 0.5 * e },
+            freeze_bn: (e * 0.8).min((e - 1.0).max(0.0)).max(0.0),
+            freeze_observers: (e * 0.9).min((e - 0.5).max(0.0)).max(0.0),
+            observer_momentum: crate::quant::params::DEFAULT_MOMENTUM,
+        }
+    }
+
+    /// Rejects schedules that cannot work: negative positions, or observers
+    /// frozen before they saw a batch.
+    pub fn validate(&self, steps_per_epoch: usize) -> crate::Result<()> {
+        let all = [self.act_quant_start, self.freeze_bn, self.freeze_observers];
+        if all.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            crate::bail!(
+                Usage,
+                "QAT schedule positions must be non-negative epochs, got {all:?}"
+            );
+        }
+        if Self::step_of(self.freeze_observers, steps_per_epoch) == 0 {
+            crate::bail!(Usage, "--freeze-observers {} freezes the observers before they see any batch: use a later epoch", self.freeze_observers);
+        }
+        if !(self.observer_momentum > 0.0 && self.observer_momentum <= 1.0) {
+            crate::bail!(
+                Usage,
+                "--observer-momentum must lie in (0, 1], got {}",
+                self.observer_momentum
+            );
+        }
+        Ok(())
+    }
+
+    fn step_of(epoch: f32, steps_per_epoch: usize) -> u64 {
+        (epoch.max(0.0) as f64 * steps_per_epoch as f64).round() as u64
+    }
+
+    /// The flags in force at global step `step`.
+    pub fn flags(&self, step: u64, steps_per_epoch: usize) -> QatFlags {
+        QatFlags {
+            quantize_acts: step >= Self::step_of(self.act_quant_start, steps_per_epoch),
+            observe: step < Self::step_of(self.freeze_observers, steps_per_epoch),
+            bn_frozen: step >= Self::step_of(self.freeze_bn, steps_per_epoch),
+        }
+    }
+
+    /// True at the step where observers freeze.
+    pub fn freezes_observers_at(&self, step: u64, steps_per_epoch: usize) -> bool {
+        step == Self::step_of(self.freeze_observers, steps_per_epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_in_order() {
+        let s = QatSchedule::default_for(10);
+        assert_eq!(
+            (s.act_quant_start, s.freeze_bn, s.freeze_observers),
+            (1.0, 8.0, 9.0)
+        );
+        let f = s.flags(0, 100);
+        assert!(!f.quantize_acts && f.observe && !f.bn_frozen);
+        let f = s.flags(100, 100);
+        assert!(f.quantize_acts && f.observe && !f.bn_frozen);
+        let f = s.flags(850, 100);
+        assert!(f.quantize_acts && f.observe && f.bn_frozen);
+        let f = s.flags(900, 100);
+        assert!(!f.observe && s.freezes_observers_at(900, 100));
+    }
+}

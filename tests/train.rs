@@ -1,0 +1,146 @@
+//! The training binary's library path: exact resume, NaN handling, and short
+//! runs whose loss falls in FP32 and QAT mode.
+
+mod common;
+
+use common::{synthetic_fmnist, temp_dir};
+use qat::checkpoint::Checkpoint;
+use qat::train::{self, checkpoint_path, metrics::MetricsLog, QatSchedule, TrainConfig};
+use qat::Device;
+use std::path::{Path, PathBuf};
+
+fn config(data: &Path, out: PathBuf, epochs: usize, qat: bool) -> TrainConfig {
+    TrainConfig {
+        arch: "small".into(),
+        data_dir: data.to_path_buf(),
+        epochs,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: false,
+        label_smoothing: 0.0,
+        warmup_epochs: 0.5,
+        seed: 7,
+        out,
+        qat: qat.then(|| QatSchedule {
+            act_quant_start: 0.5,
+            freeze_bn: 1.5,
+            freeze_observers: 2.5,
+            observer_momentum: 0.1,
+        }),
+        train_limit: None,
+        val_limit: None,
+        progress: false,
+        stop_after: None,
+    }
+}
+
+/// Three QAT epochs in one go equal one epoch, a stop, and a resume for two
+/// more: same training losses bit for bit, same final weights. The schedule
+/// crosses every QAT phase, on both sides of the interruption.
+#[test]
+fn resume_continues_exactly() {
+    let data = synthetic_fmnist("resume", 256, 64);
+    let dev = Device::cpu();
+    let full_out = temp_dir("resume-full");
+    let full = train::train(&config(&data, full_out.clone(), 3, true), &dev, false).unwrap();
+
+    let split_out = temp_dir("resume-split");
+    let mut first = config(&data, split_out.clone(), 3, true);
+    first.stop_after = Some(1);
+    assert_eq!(train::train(&first, &dev, false).unwrap().records.len(), 1);
+    let resumed = train::train(&config(&data, split_out.clone(), 3, true), &dev, true).unwrap();
+
+    let losses = |r: &[qat::train::metrics::EpochRecord]| {
+        r.iter()
+            .map(|e| (e.epoch, e.train_loss, e.val_top1))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&full.records), losses(&resumed.records));
+    let a = Checkpoint::load(&checkpoint_path(&full_out)).unwrap();
+    let b = Checkpoint::load(&checkpoint_path(&split_out)).unwrap();
+    assert_eq!(a.model, b.model, "weights differ after resume");
+    assert_eq!(a.momentum, b.momentum, "momentum differs after resume");
+    assert_eq!(
+        MetricsLog::new(&split_out.join("metrics.jsonl"))
+            .read()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(split_out.join("curves.png").exists());
+}
+
+/// A diverging run stops with a numerical error that names the checkpoint,
+/// and the last good checkpoint stays intact.
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let data = synthetic_fmnist("nan", 128, 32);
+    let dev = Device::cpu();
+    let out = temp_dir("nan");
+    train::train(&config(&data, out.clone(), 1, false), &dev, false).unwrap();
+    let before = std::fs::read(checkpoint_path(&out)).unwrap();
+    let mut cfg = config(&data, out.clone(), 3, false);
+    cfg.lr = 1e30;
+    let err = train::train(&cfg, &dev, true).unwrap_err().to_string();
+    assert!(
+        err.contains("loss became") && err.contains("checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(checkpoint_path(&out)).unwrap(), before);
+    assert!(Checkpoint::load(&checkpoint_path(&out)).is_ok());
+}
+
+#[test]
+fn resume_without_a_checkpoint_says_what_to_do() {
+    let data = synthetic_fmnist("noresume", 64, 16);
+    let err = train::train(
+        &config(&data, temp_dir("noresume"), 1, true),
+        &Device::cpu(),
+        true,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("start without --resume"), "{err}");
+}
+
+/// Smoke runs on the real Fashion-MNIST (installed by `.ci/run`): a few
+/// hundred steps in each mode, and the training loss falls.
+#[test]
+fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
+    let dir = Path::new(qat::data::fashion_mnist::DEFAULT_DIR);
+    if !dir.join("train-labels-idx1-ubyte.gz").exists()
+        && !dir.join("train-labels-idx1-ubyte").exists()
+    {
+        eprintln!("SKIPPED: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    for qat in [false, true] {
+        let mut cfg = config(dir, temp_dir("smoke"), 2, qat);
+        cfg.train_limit = Some(4800);
+        cfg.val_limit = Some(1000);
+        cfg.qat = qat.then(|| QatSchedule {
+            act_quant_start: 0.5,
+            freeze_bn: 1.8,
+            freeze_observers: 1.9,
+            observer_momentum: 0.1,
+        });
+        let r = train::train(&cfg, &Device::cpu(), false).unwrap().records;
+        eprintln!(
+            "{}: {:?}",
+            if qat { "qat" } else { "fp32" },
+            r.iter()
+                .map(|e| (e.train_loss, e.val_top1))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            r[1].train_loss < r[0].train_loss,
+            "loss did not fall: {r:?}"
+        );
+        assert!(
+            r[1].val_top1 > 60.0,
+            "validation accuracy {} too low",
+            r[1].val_top1
+        );
+    }
+}
