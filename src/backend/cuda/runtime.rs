@@ -84,6 +84,7 @@ pub enum Arg {
     /// A device pointer (0 for a null pointer).
     Ptr(u64),
     I32(i32),
+    I64(i64),
     F32(f32),
     /// A by-value struct of `i32` fields, laid out as in C.
     I32s(Vec<i32>),
@@ -96,6 +97,7 @@ pub fn arg_pointers(args: &mut [Arg]) -> Vec<*mut c_void> {
         .map(|a| match a {
             Arg::Ptr(p) => p as *mut u64 as *mut c_void,
             Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
             Arg::F32(v) => v as *mut f32 as *mut c_void,
             Arg::I32s(v) => v.as_mut_ptr() as *mut c_void,
         })
