@@ -164,12 +164,17 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
     }
 }
 
-fn grid_tiles(cols: usize, rows: usize, z: usize) -> (u32, u32, u32) {
-    (
-        cols.div_ceil(TILE) as u32,
-        rows.div_ceil(TILE) as u32,
-        z as u32,
-    )
+/// Grid of the tiled kernels: row tiles on x (up to 2^31 - 1 blocks), column
+/// tiles on y (at most 65535, i.e. 8M columns), `z` on z.
+fn grid_tiles(rows: usize, cols: usize, z: usize) -> Result<(u32, u32, u32)> {
+    let (r, c) = (rows.div_ceil(TILE), cols.div_ceil(TILE));
+    if c > 65535 || z > 65535 {
+        bail!(
+            Shape,
+            "{cols} columns (or {z} groups/splits) exceed the CUDA grid limits"
+        );
+    }
+    Ok((r as u32, c as u32, z as u32))
 }
 
 /// `ConvGeom` of kernels/conv.cu, field for field.
@@ -337,7 +342,7 @@ impl Backend for CudaBackend {
         ];
         i32_of(g.m * g.k.max(g.n), "gemm operand size")?;
         i32_of(g.k * g.n, "gemm operand size")?;
-        self.launch("gemm_fwd_f32", grid_tiles(g.n, g.m, 1), 256, args)
+        self.launch("gemm_fwd_f32", grid_tiles(g.m, g.n, 1)?, 256, args)
     }
     fn add_row_bias(
         &self,
@@ -391,7 +396,7 @@ impl Backend for CudaBackend {
         ];
         self.launch(
             "conv2d_fwd_f32",
-            grid_tiles(g.c_out_per_group(), m, g.groups),
+            grid_tiles(m, g.c_out_per_group(), g.groups)?,
             256,
             args,
         )
@@ -416,7 +421,7 @@ impl Backend for CudaBackend {
         ];
         self.launch(
             "conv2d_bwd_data_f32",
-            grid_tiles(g.c_in_per_group(), m, g.groups),
+            grid_tiles(m, g.c_in_per_group(), g.groups)?,
             256,
             args,
         )
@@ -459,7 +464,7 @@ impl Backend for CudaBackend {
                 ];
                 self.launch(
                     "conv2d_bwd_weight_f32",
-                    grid_tiles(kc, og, g.groups * splits),
+                    grid_tiles(og, kc, g.groups * splits)?,
                     256,
                     args,
                 )
