@@ -84,18 +84,15 @@ mod tests {
 
     #[test]
     fn phases_in_order() {
-        let s = QatSchedule::default_for(10);
-        assert_eq!(
-            (s.act_quant_start, s.freeze_bn, s.freeze_observers),
-            (1.0, 8.0, 9.0)
-        );
+        let s = QatSchedule::default_for(20);
+        assert_eq!((s.act_quant_start, s.freeze_bn, s.freeze_observers), (1.0, 19.0, 19.5));
         let f = s.flags(0, 100);
         assert!(!f.quantize_acts && f.observe && !f.bn_frozen);
         let f = s.flags(100, 100);
         assert!(f.quantize_acts && f.observe && !f.bn_frozen);
-        let f = s.flags(850, 100);
+        let f = s.flags(1920, 100);
         assert!(f.quantize_acts && f.observe && f.bn_frozen);
-        let f = s.flags(900, 100);
-        assert!(!f.observe && s.freezes_observers_at(900, 100));
+        let f = s.flags(1950, 100);
+        assert!(!f.observe && s.freezes_observers_at(1950, 100));
     }
 }
