@@ -1,7 +1,7 @@
-//! End-to-end on the CUDA backend: a few SGD steps of the small ResNet, FP32
-//! and then with quantization-aware training (fake-quantized weights and
-//! activations, folded batch norm), on the emulated CUDA device (and a GPU
-//! when present) against the same steps on the CPU. Every op of the autograd
+//! End-to-end on the CUDA backend: a few SGD steps of the small ResNet with
+//! quantization-aware training (fake-quantized weights and activations,
+//! folded batch norm) on the emulated CUDA device, and also in FP32 on a GPU
+//! when one is present, against the same steps on the CPU. Every op of the autograd
 //! layer runs through the CUDA backend here, so this also checks that nothing
 //! above the backend touches host memory directly.
 //!
