@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Our CPU backend beside numpy (OpenBLAS) and PyTorch CPU, in one run.
+
+Times, on the shapes of benches/cpu_kernels.rs (listed by the Rust example
+`bench_shapes --list`, so both sides agree):
+  * square GEMM: ours vs numpy `a @ b` (float32);
+  * conv2d forward, backward-data and backward-weight at ResNet-18 shapes:
+    ours vs PyTorch `F.conv2d` (forward under no_grad; backward through
+    autograd, `torch.autograd.grad` on the input or on the weight).
+
+Our side runs in a `bench_shapes --serve` subprocess that sits idle while the
+reference runs, and the two alternate request by request (and swap who goes
+first every round), so both see the same machine load. Each figure is the
+median over rounds; the ratio is the median of the per-round ratios.
+
+Run it as docs/PERF.md says:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python3 scripts/bench_vs_reference.py
+
+(those two variables pin OpenBLAS to an older, slower kernel on some
+processors here; unset them for this command only). Needs numpy, torch and
+threadpoolctl (`pip install threadpoolctl`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import threadpoolctl
+import torch
+import torch.nn.functional as F
+
+THREADS = 2
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Ours:
+    """The `bench_shapes --serve` subprocess."""
+
+    def __init__(self):
+        cmd = ["cargo", "run", "--quiet", "--release", "--example", "bench_shapes", "--"]
+        subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "bench_shapes"], cwd=ROOT, check=True)
+        self.shapes = json.loads(subprocess.run(cmd + ["--list"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+        self.proc = subprocess.Popen(cmd + ["--serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time(self, kind, name, reps):
+        self.proc.stdin.write(f"{kind} {name} {reps}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit("bench_shapes --serve exited (a kernel check failed?)")
+        reply = json.loads(line)
+        if "error" in reply:
+            sys.exit(f"bench_shapes: {reply['error']}")
+        return reply["secs"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def time_runs(reps, fn):
+    """Wall time of each of `reps` calls after one warm-up call (as ours)."""
+    fn()
+    secs = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        secs.append(time.perf_counter() - t)
+    return secs
+
+
+def numpy_gemm(size, reps):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(-1, 1, (size, size)).astype(np.float32)
+    b = rng.uniform(-1, 1, (size, size)).astype(np.float32)
+    c = np.empty((size, size), np.float32)
+    return time_runs(reps, lambda: np.matmul(a, b, out=c))
+
+
+def torch_conv(s, op, reps):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(s["n"], s["c_in"], s["h"], s["w"], generator=g) * 2 - 1
+    w = torch.rand(s["c_out"], s["c_in"] // s["groups"], s["kh"], s["kw"], generator=g) * 2 - 1
+    kw = dict(stride=tuple(s["stride"]), padding=tuple(s["pad"]), dilation=tuple(s["dilation"]), groups=s["groups"])
+    if op == "fwd":
+        def run():
+            with torch.no_grad():
+                F.conv2d(x, w, None, **kw)
+        return time_runs(reps, run)
+    wrt = x if op == "bwd_data" else w
+    wrt.requires_grad_(True)
+    y = F.conv2d(x, w, None, **kw)
+    dy = torch.rand(y.shape, generator=g) * 2 - 1
+    return time_runs(reps, lambda: torch.autograd.grad(y, wrt, dy, retain_graph=True))
+
+
+def environment():
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        "blas": [
+            {k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "threading_layer", "prefix")}
+            for i in threadpoolctl.threadpool_info()
+        ],
+    }
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape (default 5)")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs per request, after one warm-up (default 3)")
+    ap.add_argument("--only", default="", help="run only shapes whose name or kind contains this")
+    ap.add_argument("--json", help="also write every measurement to this file")
+    args = ap.parse_args()
+
+    torch.set_num_threads(THREADS)
+    ours = Ours()
+    if ours.shapes["threads"] != THREADS:
+        print(f"warning: ours runs {ours.shapes['threads']} rayon threads, references {THREADS}", file=sys.stderr)
+    env = environment()
+    print(json.dumps(env, indent=1), file=sys.stderr)
+
+    # (kind, name, flops, reference label, reference timer)
+    jobs = []
+    for size in ours.shapes["gemm"]:
+        jobs.append(("gemm", str(size), 2.0 * size**3, "numpy", lambda r, size=size: numpy_gemm(size, r)))
+    for s in ours.shapes["conv"]:
+        for op in ours.shapes["conv_ops"]:
+            jobs.append((op, s["name"], s["flops"], "torch", lambda r, s=s, op=op: torch_conv(s, op, r)))
+    jobs = [j for j in jobs if args.only in j[0] or args.only in j[1]]
+
+    results = {(kind, name): {"ours": [], "ref": [], "ratio": []} for kind, name, *_ in jobs}
+    for rnd in range(args.rounds):
+        for kind, name, flops, _, ref in jobs:
+            r = results[(kind, name)]
+            # Alternate who goes first, so neither always runs on a warmer machine.
+            if rnd % 2 == 0:
+                o, f = ours.time(kind, name, args.reps), ref(args.reps)
+            else:
+                f, o = ref(args.reps), ours.time(kind, name, args.reps)
+            o, f = flops / statistics.median(o) / 1e9, flops / statistics.median(f) / 1e9
+            r["ours"].append(o)
+            r["ref"].append(f)
+            r["ratio"].append(o / f)
+        print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    ours.close()
+
+    print(f"{'op':<10} {'shape':<24} {'ours GFLOP/s':>12} {'ref GFLOP/s':>12} {'ref':>6} {'ratio':>6} {'ratio range':>12}")
+    for kind, name, flops, label, _ in jobs:
+        r = results[(kind, name)]
+        lo, hi = min(r["ratio"]), max(r["ratio"])
+        print(
+            f"{kind:<10} {name:<24} {statistics.median(r['ours']):>12.1f} {statistics.median(r['ref']):>12.1f} "
+            f"{label:>6} {statistics.median(r['ratio']):>6.2f} {lo:>5.2f}-{hi:<5.2f}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            out = [{"kind": k, "name": n, **v} for (k, n), v in results.items()]
+            json.dump({"environment": env, "rounds": args.rounds, "reps": args.reps, "results": out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
