@@ -41,11 +41,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Ours:
-    """The `bench_shapes --serve` subprocess."""
+    """A `bench_shapes --serve` subprocess: this tree's, built here, or a
+    prebuilt binary (`--baseline`, e.g. built from another commit)."""
 
-    def __init__(self):
-        cmd = ["cargo", "run", "--quiet", "--release", "--example", "bench_shapes", "--"]
-        subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "bench_shapes"], cwd=ROOT, check=True)
+    def __init__(self, binary=None):
+        if binary is None:
+            subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "bench_shapes"], cwd=ROOT, check=True)
+            binary = os.path.join(ROOT, "target", "release", "examples", "bench_shapes")
+        cmd = [binary]
         self.shapes = json.loads(subprocess.run(cmd + ["--list"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
         self.proc = subprocess.Popen(cmd + ["--serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
@@ -122,16 +125,27 @@ def environment():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per shape (default 5)")
-    ap.add_argument("--reps", type=int, default=3, help="timed runs per request, after one warm-up (default 3)")
+    ap.add_argument(
+        "--gflop-per-request",
+        type=float,
+        default=20.0,
+        help="timed runs per request: this much work, 3 to 50 runs (default 20 GFLOP)",
+    )
     ap.add_argument("--only", default="", help="run only shapes whose name or kind contains this")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument(
+        "--baseline",
+        help="a bench_shapes binary built from another commit: also time it, interleaved, and print ours/baseline",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(THREADS)
     ours = Ours()
+    base = Ours(args.baseline) if args.baseline else None
     if ours.shapes["threads"] != THREADS:
         print(f"warning: ours runs {ours.shapes['threads']} rayon threads, references {THREADS}", file=sys.stderr)
     env = environment()
+    env["loadavg_start"] = os.getloadavg()
     print(json.dumps(env, indent=1), file=sys.stderr)
 
     # (kind, name, flops, reference label, reference timer)
@@ -143,34 +157,44 @@ def main():
             jobs.append((op, s["name"], s["flops"], "torch", lambda r, s=s, op=op: torch_conv(s, op, r)))
     jobs = [j for j in jobs if args.only in j[0] or args.only in j[1]]
 
-    results = {(kind, name): {"ours": [], "ref": [], "ratio": []} for kind, name, *_ in jobs}
+    results = {(kind, name): {"ours": [], "ref": [], "ratio": [], "base": [], "vs_base": []} for kind, name, *_ in jobs}
     for rnd in range(args.rounds):
         for kind, name, flops, _, ref in jobs:
             r = results[(kind, name)]
-            # Alternate who goes first, so neither always runs on a warmer machine.
-            if rnd % 2 == 0:
-                o, f = ours.time(kind, name, args.reps), ref(args.reps)
-            else:
-                f, o = ref(args.reps), ours.time(kind, name, args.reps)
-            o, f = flops / statistics.median(o) / 1e9, flops / statistics.median(f) / 1e9
-            r["ours"].append(o)
-            r["ref"].append(f)
-            r["ratio"].append(o / f)
+            reps = min(50, max(3, round(args.gflop_per_request * 1e9 / flops)))
+            # Rotate who goes first, so no side always runs on a warmer machine.
+            sides = [("ours", lambda: ours.time(kind, name, reps)), ("ref", lambda: ref(reps))]
+            if base:
+                sides.append(("base", lambda: base.time(kind, name, reps)))
+            shift = rnd % len(sides)
+            gflops = {}
+            for side, timer in sides[shift:] + sides[:shift]:
+                gflops[side] = flops / min(timer()) / 1e9
+                r[side].append(gflops[side])
+            r["ratio"].append(gflops["ours"] / gflops["ref"])
+            if base:
+                r["vs_base"].append(gflops["ours"] / gflops["base"])
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     ours.close()
+    if base:
+        base.close()
+    env["loadavg_end"] = os.getloadavg()
+    print(f"load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env['loadavg_end']}")
 
-    print(f"{'op':<10} {'shape':<24} {'ours GFLOP/s':>12} {'ref GFLOP/s':>12} {'ref':>6} {'ratio':>6} {'ratio range':>12}")
+    extra = f" {'base GFLOP/s':>12} {'ours/base':>9}" if base else ""
+    print(f"{'op':<10} {'shape':<24} {'ours GFLOP/s':>12} {'ref GFLOP/s':>12} {'ref':>6} {'ratio':>6} {'ratio range':>12}{extra}")
     for kind, name, flops, label, _ in jobs:
         r = results[(kind, name)]
         lo, hi = min(r["ratio"]), max(r["ratio"])
         print(
             f"{kind:<10} {name:<24} {statistics.median(r['ours']):>12.1f} {statistics.median(r['ref']):>12.1f} "
             f"{label:>6} {statistics.median(r['ratio']):>6.2f} {lo:>5.2f}-{hi:<5.2f}"
+            + (f" {statistics.median(r['base']):>12.1f} {statistics.median(r['vs_base']):>9.2f}" if base else "")
         )
     if args.json:
         with open(args.json, "w") as f:
             out = [{"kind": k, "name": n, **v} for (k, n), v in results.items()]
-            json.dump({"environment": env, "rounds": args.rounds, "reps": args.reps, "results": out}, f, indent=1)
+            json.dump({"environment": env, "rounds": args.rounds, "results": out}, f, indent=1)
 
 
 if __name__ == "__main__":
