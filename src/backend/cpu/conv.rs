@@ -5,51 +5,54 @@ use super::gemm::sgemm;
 use crate::backend::{Conv2dGeom, GemmGeom};
 use rayon::prelude::*;
 
-/// The output columns `ox` whose input column `ox * stride + offset - pad`
-/// falls inside `[0, w)`, as a half-open range (empty when none do).
-fn valid_cols(w: usize, ow: usize, stride: usize, offset: usize, pad: usize) -> (usize, usize) {
-    // First ox with ox * stride + offset >= pad.
-    let lo = pad.saturating_sub(offset).div_ceil(stride);
-    // One past the last ox with ox * stride + offset < w + pad.
-    let hi = if w + pad > offset {
-        (w + pad - offset).div_ceil(stride)
-    } else {
-        0
-    };
-    (lo.min(ow), hi.min(ow).max(lo.min(ow)))
+/// The output positions `o` in `0..out` whose input position
+/// `o * stride + offset` falls inside `0..len`: a contiguous range, so the
+/// padding is handled once per kernel tap instead of once per element.
+fn inside(offset: isize, stride: usize, len: usize, out: usize) -> std::ops::Range<usize> {
+    let s = stride as isize;
+    let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
+    let hi = (len as isize - offset + s - 1).div_euclid(s);
+    let lo = (lo as usize).min(out);
+    lo..(hi.max(0) as usize).clamp(lo, out)
 }
 
 /// Column buffer of one image and one group: rows are (c, ki, kj), columns
-/// are output positions. Each output row copies the valid input span
-/// (contiguously for stride 1) and zero-fills the padding.
+/// are output positions.
 pub(super) fn im2col<T: Copy + Default>(g: &Conv2dGeom, x_img: &[T], group: usize, col: &mut [T]) {
     let (oh, ow) = (g.out_h(), g.out_w());
-    let (sw, pw) = (g.stride.1, g.pad.1);
     let cg = g.c_in_per_group();
     for c in 0..cg {
         let plane = &x_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
+            let rows = inside(
+                (ki * g.dilation.0) as isize - g.pad.0 as isize,
+                g.stride.0,
+                g.h,
+                oh,
+            );
             for kj in 0..g.kw {
+                let offset = (kj * g.dilation.1) as isize - g.pad.1 as isize;
+                let cols = inside(offset, g.stride.1, g.w, ow);
                 let row = &mut col[((c * g.kh + ki) * g.kw + kj) * oh * ow..][..oh * ow];
-                let off = kj * g.dilation.1;
-                let (lo, hi) = valid_cols(g.w, ow, sw, off, pw);
-                for oy in 0..oh {
-                    let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.pad.0 as isize;
-                    let out = &mut row[oy * ow..][..ow];
-                    if iy < 0 || iy >= g.h as isize {
+                for (oy, out) in row.chunks_exact_mut(ow).enumerate() {
+                    if !rows.contains(&oy) {
                         out.fill(T::default());
                         continue;
                     }
-                    let src = &plane[iy as usize * g.w..][..g.w];
-                    out[..lo].fill(T::default());
-                    out[hi..].fill(T::default());
-                    let ix0 = lo * sw + off - pw;
-                    if sw == 1 {
-                        out[lo..hi].copy_from_slice(&src[ix0..ix0 + (hi - lo)]);
+                    let iy = oy * g.stride.0 + ki * g.dilation.0 - g.pad.0;
+                    let src = &plane[iy * g.w..][..g.w];
+                    out[..cols.start].fill(T::default());
+                    out[cols.end..].fill(T::default());
+                    // First input column read, for output column `cols.start`.
+                    let x0 = (cols.start * g.stride.1) as isize + offset;
+                    let src = &src[x0 as usize..];
+                    let out = &mut out[cols.clone()];
+                    if g.stride.1 == 1 {
+                        out.copy_from_slice(&src[..out.len()]);
                     } else {
-                        for (k, o) in out[lo..hi].iter_mut().enumerate() {
-                            *o = src[ix0 + k * sw];
-                        }
+                        out.iter_mut()
+                            .zip(src.iter().step_by(g.stride.1))
+                            .for_each(|(o, &v)| *o = v);
                     }
                 }
             }
@@ -60,36 +63,29 @@ pub(super) fn im2col<T: Copy + Default>(g: &Conv2dGeom, x_img: &[T], group: usiz
 /// Adds a column buffer back into the image gradient (the adjoint of im2col).
 fn col2im(g: &Conv2dGeom, col: &[f32], group: usize, dx_img: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
-    let (sw, pw) = (g.stride.1, g.pad.1);
     let cg = g.c_in_per_group();
     for c in 0..cg {
         let plane = &mut dx_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
+            let rows = inside(
+                (ki * g.dilation.0) as isize - g.pad.0 as isize,
+                g.stride.0,
+                g.h,
+                oh,
+            );
             for kj in 0..g.kw {
+                let offset = (kj * g.dilation.1) as isize - g.pad.1 as isize;
+                let cols = inside(offset, g.stride.1, g.w, ow);
                 let row = &col[((c * g.kh + ki) * g.kw + kj) * oh * ow..][..oh * ow];
-                let off = kj * g.dilation.1;
-                let (lo, hi) = valid_cols(g.w, ow, sw, off, pw);
-                if lo >= hi {
-                    continue;
-                }
-                let ix0 = lo * sw + off - pw;
-                for oy in 0..oh {
-                    let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.pad.0 as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut plane[iy as usize * g.w..][..g.w];
-                    let src = &row[oy * ow + lo..oy * ow + hi];
-                    if sw == 1 {
-                        dst[ix0..ix0 + src.len()]
-                            .iter_mut()
-                            .zip(src)
-                            .for_each(|(d, v)| *d += v);
-                    } else {
-                        for (k, v) in src.iter().enumerate() {
-                            dst[ix0 + k * sw] += v;
-                        }
-                    }
+                for oy in rows.clone() {
+                    let iy = oy * g.stride.0 + ki * g.dilation.0 - g.pad.0;
+                    let x0 = (cols.start * g.stride.1) as isize + offset;
+                    let dst = &mut plane[iy * g.w..][..g.w][x0 as usize..];
+                    let src = &row[oy * ow..][cols.clone()];
+                    dst.iter_mut()
+                        .step_by(g.stride.1)
+                        .zip(src)
+                        .for_each(|(d, &v)| *d += v);
                 }
             }
         }
