@@ -63,8 +63,9 @@ pub fn conv(
     }
 }
 
-/// ResNet-18 convolutions (ImageNet sizes). The batch grows as the maps
-/// shrink, so every 3x3 layer costs about the same 1.8-7.4 GFLOP per pass.
+/// ResNet-18 convolutions (ImageNet sizes), and one pointwise convolution.
+/// The batch grows as the maps shrink, so each 3x3 layer costs 1.8-7.4
+/// GFLOP per pass.
 pub fn conv_shapes() -> Vec<(&'static str, Conv2dGeom)> {
     vec![
         ("stem_3-64_224_k7s2_n8", conv(8, 3, 224, 64, 7, 2, 3)),
@@ -73,6 +74,9 @@ pub fn conv_shapes() -> Vec<(&'static str, Conv2dGeom)> {
         ("l3_256-256_14_k3_n32", conv(32, 256, 14, 256, 3, 1, 1)),
         ("l4_512-512_7_k3_n32", conv(32, 512, 7, 512, 3, 1, 1)),
         ("ds_128-256_28_k1s2_n32", conv(32, 128, 28, 256, 1, 2, 0)),
+        // Not in ResNet-18 (ResNet-50's bottleneck reduction): a 1x1
+        // stride-1 convolution, which skips im2col.
+        ("pw_256-64_56_k1_n8", conv(8, 256, 56, 64, 1, 1, 0)),
     ]
 }
 
@@ -341,8 +345,11 @@ pub fn check_kernels(be: &CpuBackend) {
     // Padding wider than the kernel reach: some taps see no input at all.
     let mut wide_pad = conv(2, 3, 5, 4, 5, 3, 4);
     wide_pad.w = 6;
+    let mut grouped_pointwise = conv(1, 6, 9, 4, 1, 1, 0);
+    grouped_pointwise.groups = 2;
     for g in [
         wide_pad,
+        grouped_pointwise,
         conv(1, 5, 9, 7, 3, 1, 1),
         conv(3, 5, 9, 7, 3, 1, 1),
         grouped,
