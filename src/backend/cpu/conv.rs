@@ -1,4 +1,5 @@
-//! Convolution lowered to GEMM through per-image im2col (groups handled as
+//! Convolution lowered to GEMM through per-image im2col (skipped for 1x1
+//! stride-1 convolutions; groups handled as
 //! separate GEMMs over slices of the column buffer).
 
 use super::gemm::sgemm;
@@ -102,20 +103,46 @@ fn batch_parallel(g: &Conv2dGeom) -> bool {
     g.n >= rayon::current_num_threads()
 }
 
-/// Runs `f(image_index, chunk)` over per-image chunks, in parallel over images
-/// or sequentially with parallel GEMMs inside.
+/// A 1x1 convolution with unit stride and no padding needs no im2col: each
+/// group's slice of the image (rows c, columns pixels) already is its
+/// column buffer.
+fn pointwise(g: &Conv2dGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0)
+}
+
+/// A zeroed column buffer (empty for pointwise convolutions).
+fn scratch(g: &Conv2dGeom) -> Vec<f32> {
+    vec![0.0; if pointwise(g) { 0 } else { col_len(g) }]
+}
+
+/// The column buffer of image `x_img`, group `group`: `col` filled by im2col,
+/// or the image slice itself for a pointwise convolution.
+fn columns<'a>(g: &Conv2dGeom, x_img: &'a [f32], group: usize, col: &'a mut [f32]) -> &'a [f32] {
+    if pointwise(g) {
+        let len = g.c_in_per_group() * g.h * g.w;
+        return &x_img[group * len..][..len];
+    }
+    im2col(g, x_img, group, col);
+    col
+}
+
+/// Runs `f(image_index, chunk, col, parallel_gemm)` over per-image chunks,
+/// in parallel over images or sequentially with parallel GEMMs inside. `col`
+/// is a scratch column buffer, allocated once per rayon job rather than once
+/// per image (a fresh multi-megabyte buffer costs page faults every time).
 fn per_image<F>(g: &Conv2dGeom, data: &mut [f32], chunk: usize, f: F)
 where
-    F: Fn(usize, &mut [f32], bool) + Sync,
+    F: Fn(usize, &mut [f32], &mut [f32], bool) + Sync,
 {
     if batch_parallel(g) {
         data.par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, c)| f(i, c, false));
+            .for_each_init(|| scratch(g), |col, (i, c)| f(i, c, col, false));
     } else {
+        let mut col = scratch(g);
         data.chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, c)| f(i, c, true));
+            .for_each(|(i, c)| f(i, c, &mut col, true));
     }
 }
 
@@ -124,16 +151,15 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
     let x_img_len = g.c_in * g.h * g.w;
-    per_image(g, y, g.c_out * ohw, |i, y_img, par| {
-        let mut col = vec![0.0f32; col_len(g)];
+    per_image(g, y, g.c_out * ohw, |i, y_img, col, par| {
         let x_img = &x[i * x_img_len..][..x_img_len];
         for grp in 0..g.groups {
-            im2col(g, x_img, grp, &mut col);
+            let cols = columns(g, x_img, grp, col);
             let gg = GemmGeom::new(og, ohw, kk);
             sgemm(
                 &gg,
                 &w[grp * og * kk..],
-                &col,
+                cols,
                 &mut y_img[grp * og * ohw..],
                 par,
             );
@@ -151,23 +177,24 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
     let dy_img_len = g.c_out * ohw;
-    per_image(g, dx, g.c_in * g.h * g.w, |i, dx_img, par| {
-        dx_img.fill(0.0);
-        let mut col = vec![0.0f32; col_len(g)];
+    per_image(g, dx, g.c_in * g.h * g.w, |i, dx_img, col, par| {
         let dy_img = &dy[i * dy_img_len..][..dy_img_len];
+        let gg = GemmGeom {
+            trans_a: true,
+            ..GemmGeom::new(kk, ohw, og)
+        };
+        if !pointwise(g) {
+            dx_img.fill(0.0); // col2im accumulates
+        }
         for grp in 0..g.groups {
-            let gg = GemmGeom {
-                trans_a: true,
-                ..GemmGeom::new(kk, ohw, og)
-            };
-            sgemm(
-                &gg,
-                &w[grp * og * kk..],
-                &dy_img[grp * og * ohw..],
-                &mut col,
-                par,
-            );
-            col2im(g, &col, grp, dx_img);
+            let (w_grp, dy_grp) = (&w[grp * og * kk..], &dy_img[grp * og * ohw..]);
+            if pointwise(g) {
+                // The GEMM writes this group's slice of dx directly.
+                sgemm(&gg, w_grp, dy_grp, &mut dx_img[grp * kk * ohw..], par);
+            } else {
+                sgemm(&gg, w_grp, dy_grp, col, par);
+                col2im(g, col, grp, dx_img);
+            }
         }
     });
 }
@@ -188,7 +215,7 @@ pub fn backward_weight(
         let x_img = &x[i * x_img_len..][..x_img_len];
         let dy_img = &dy[i * dy_img_len..][..dy_img_len];
         for grp in 0..g.groups {
-            im2col(g, x_img, grp, col);
+            let cols = columns(g, x_img, grp, col);
             let gg = GemmGeom {
                 trans_b: true,
                 beta: 1.0,
@@ -197,7 +224,7 @@ pub fn backward_weight(
             sgemm(
                 &gg,
                 &dy_img[grp * og * ohw..],
-                col,
+                cols,
                 &mut acc[grp * og * kk..],
                 par,
             );
@@ -210,7 +237,7 @@ pub fn backward_weight(
             .into_par_iter()
             .map(|t| {
                 let mut acc = vec![0.0f32; dw.len()];
-                let mut col = vec![0.0f32; col_len(g)];
+                let mut col = scratch(g);
                 for i in (t * per)..((t + 1) * per).min(g.n) {
                     add_image(i, &mut acc, &mut col, false);
                 }
@@ -223,7 +250,7 @@ pub fn backward_weight(
         }
     } else {
         dw.fill(0.0);
-        let mut col = vec![0.0f32; col_len(g)];
+        let mut col = scratch(g);
         for i in 0..g.n {
             add_image(i, dw, &mut col, true);
         }
