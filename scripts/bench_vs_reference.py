@@ -131,7 +131,7 @@ def main():
         default=20.0,
         help="timed runs per request: this much work, 3 to 50 runs (default 20 GFLOP)",
     )
-    ap.add_argument("--only", default="", help="run only shapes whose name or kind contains this")
+    ap.add_argument("--only", default="", help="run only shapes whose name or kind contains one of these (comma-separated)")
     ap.add_argument("--json", help="also write every measurement to this file")
     ap.add_argument(
         "--baseline",
@@ -155,7 +155,8 @@ def main():
     for s in ours.shapes["conv"]:
         for op in ours.shapes["conv_ops"]:
             jobs.append((op, s["name"], s["flops"], "torch", lambda r, s=s, op=op: torch_conv(s, op, r)))
-    jobs = [j for j in jobs if args.only in j[0] or args.only in j[1]]
+    only = args.only.split(",")
+    jobs = [j for j in jobs if any(o in j[0] or o in j[1] for o in only)]
 
     results = {(kind, name): {"ours": [], "ref": [], "ratio": [], "base": [], "vs_base": []} for kind, name, *_ in jobs}
     for rnd in range(args.rounds):
