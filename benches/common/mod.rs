@@ -347,8 +347,12 @@ pub fn check_kernels(be: &CpuBackend) {
     wide_pad.w = 6;
     let mut grouped_pointwise = conv(1, 6, 9, 4, 1, 1, 0);
     grouped_pointwise.groups = 2;
+    let mut banded_strided = conv(2, 16, 128, 4, 3, 2, 1);
+    banded_strided.w = 72;
     for g in [
         wide_pad,
+        // The last kernel column only ever sees right padding.
+        conv(2, 2, 1, 3, 5, 1, 2),
         grouped_pointwise,
         conv(1, 5, 9, 7, 3, 1, 1),
         conv(3, 5, 9, 7, 3, 1, 1),
@@ -356,6 +360,10 @@ pub fn check_kernels(be: &CpuBackend) {
         conv(3, 6, 9, 10, 1, 1, 0),
         conv(3, 6, 9, 10, 1, 2, 0),
         conv(2, 3, 19, 8, 7, 2, 3),
+        // Column buffers larger than one band (the lowering splits the
+        // output rows), with the band boundary inside the image.
+        conv(1, 16, 64, 8, 3, 1, 1),
+        banded_strided,
     ] {
         ConvCase::new(g).check(be);
     }
