@@ -36,7 +36,6 @@ import threadpoolctl
 import torch
 import torch.nn.functional as F
 
-THREADS = 2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,13 +43,16 @@ class Ours:
     """A `bench_shapes --serve` subprocess: this tree's, built here, or a
     prebuilt binary (`--baseline`, e.g. built from another commit)."""
 
-    def __init__(self, binary=None):
+    def __init__(self, threads, binary=None):
         if binary is None:
             subprocess.run(["cargo", "build", "--quiet", "--release", "--example", "bench_shapes"], cwd=ROOT, check=True)
             binary = os.path.join(ROOT, "target", "release", "examples", "bench_shapes")
-        cmd = [binary]
-        self.shapes = json.loads(subprocess.run(cmd + ["--list"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
-        self.proc = subprocess.Popen(cmd + ["--serve"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        cmd, env = [binary], dict(os.environ, RAYON_NUM_THREADS=str(threads))
+        run = subprocess.run(cmd + ["--list"], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        self.shapes = json.loads(run.stdout)
+        self.proc = subprocess.Popen(
+            cmd + ["--serve"], cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def time(self, kind, name, reps):
         self.proc.stdin.write(f"{kind} {name} {reps}\n")
@@ -133,17 +135,20 @@ def main():
     )
     ap.add_argument("--only", default="", help="run only shapes whose name or kind contains one of these (comma-separated)")
     ap.add_argument("--json", help="also write every measurement to this file")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--threads", type=int, default=2, help="threads for every side (default 2, the machine's cores)")
     ap.add_argument(
         "--baseline",
         help="a bench_shapes binary built from another commit: also time it, interleaved, and print ours/baseline",
     )
     args = ap.parse_args()
 
-    torch.set_num_threads(THREADS)
-    ours = Ours()
-    base = Ours(args.baseline) if args.baseline else None
-    if ours.shapes["threads"] != THREADS:
-        print(f"warning: ours runs {ours.shapes['threads']} rayon threads, references {THREADS}", file=sys.stderr)
+    torch.set_num_threads(args.threads)
+    threadpoolctl.threadpool_limits(limits=args.threads, user_api="blas")
+    ours = Ours(args.threads)
+    base = Ours(args.threads, args.baseline) if args.baseline else None
+    if ours.shapes["threads"] != args.threads:
+        sys.exit(f"ours runs {ours.shapes['threads']} rayon threads, references {args.threads}")
     env = environment()
     env["loadavg_start"] = os.getloadavg()
     print(json.dumps(env, indent=1), file=sys.stderr)
@@ -182,16 +187,27 @@ def main():
     env["loadavg_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env['loadavg_end']}")
 
-    extra = f" {'base GFLOP/s':>12} {'ours/base':>9}" if base else ""
-    print(f"{'op':<10} {'shape':<24} {'ours GFLOP/s':>12} {'ref GFLOP/s':>12} {'ref':>6} {'ratio':>6} {'ratio range':>12}{extra}")
+    header = ["op", "shape", "ours GFLOP/s", "ref GFLOP/s", "ref", "ours/ref", "ours/ref range"]
+    if base:
+        header += ["base GFLOP/s", "ours/base"]
+    rows = []
     for kind, name, flops, label, _ in jobs:
         r = results[(kind, name)]
-        lo, hi = min(r["ratio"]), max(r["ratio"])
-        print(
-            f"{kind:<10} {name:<24} {statistics.median(r['ours']):>12.1f} {statistics.median(r['ref']):>12.1f} "
-            f"{label:>6} {statistics.median(r['ratio']):>6.2f} {lo:>5.2f}-{hi:<5.2f}"
-            + (f" {statistics.median(r['base']):>12.1f} {statistics.median(r['vs_base']):>9.2f}" if base else "")
-        )
+        med = {k: statistics.median(v) for k, v in r.items() if v}
+        row = [kind, name, f"{med['ours']:.0f}", f"{med['ref']:.0f}", label, f"{med['ratio']:.2f}"]
+        row.append(f"{min(r['ratio']):.2f}-{max(r['ratio']):.2f}")
+        if base:
+            row += [f"{med['base']:.0f}", f"{med['vs_base']:.2f}"]
+        rows.append(row)
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---" if i < 2 or i == 4 else "--:" for i in range(len(header))) + "|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        for row in [header] + rows:
+            print("  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths))))
     if args.json:
         with open(args.json, "w") as f:
             out = [{"kind": k, "name": n, **v} for (k, n), v in results.items()]
