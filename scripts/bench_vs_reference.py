@@ -9,9 +9,13 @@ Times, on the shapes of benches/cpu_kernels.rs (listed by the Rust example
     autograd, `torch.autograd.grad` on the input or on the weight).
 
 Our side runs in a `bench_shapes --serve` subprocess that sits idle while the
-reference runs, and the two alternate request by request (and swap who goes
-first every round), so both see the same machine load. Each figure is the
-median over rounds; the ratio is the median of the per-round ratios.
+reference runs, and the two alternate request by request (rotating who goes
+first every round), so both see the same machine load. Each turn is one
+warm-up call and 3-50 timed calls (about 20 GFLOP); its figure is the fastest
+call. Table figures are medians over rounds; the ratio is the median of the
+per-round ratios. `--baseline BIN` adds a third side, another build of
+`bench_shapes` (e.g. from main), and an ours/baseline column; `--threads 1`
+compares single-threaded kernels, which a loaded machine disturbs far less.
 
 Run it as docs/PERF.md says:
 
