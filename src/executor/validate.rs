@@ -315,6 +315,9 @@ impl PlanBuilder {
         if self.by_name.contains_key(name) || self.consts.contains_key(name) {
             bail!(Onnx, "{by}: tensor '{name}' is defined more than once");
         }
+        if dims.contains(&0) {
+            bail!(Onnx, "{by}: tensor '{name}' of {dims:?} per image is empty");
+        }
         let n = dims
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
