@@ -238,7 +238,10 @@ fn run(cli: Cli) -> qat::Result<()> {
             Ok(())
         }
         Command::Export(a) => {
-            println!("{}", qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?);
+            println!(
+                "{}",
+                qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
+            );
             Ok(())
         }
         Command::Verify(a) => {

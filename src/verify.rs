@@ -55,7 +55,13 @@ impl VerifyReport {
 
     /// The per-layer table and the accuracy lines.
     pub fn table(&self) -> String {
-        let w = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(5).max(16);
+        let w = self
+            .layers
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(5)
+            .max(16);
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -130,7 +136,12 @@ impl<'a> Verifier<'a> {
     /// Runs both on `n` normalized NCHW images with their labels.
     pub fn batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
         if labels.len() != n || n == 0 || images.len() % n != 0 {
-            bail!(Shape, "{} values and {} labels are not {n} images", images.len(), labels.len());
+            bail!(
+                Shape,
+                "{} values and {} labels are not {n} images",
+                images.len(),
+                labels.len()
+            );
         }
         let dims = self.exec.input_dims().to_vec();
         let mut shape = vec![n];
@@ -216,7 +227,11 @@ pub fn verify_checkpoint(
     let ck = Checkpoint::load(checkpoint)?;
     let (model, info, _) = crate::train::model_from_checkpoint(&ck, device)?;
     if !model.is_quantized() {
-        bail!(Usage, "{} is an FP32 checkpoint: verify needs a QAT model", checkpoint.display());
+        bail!(
+            Usage,
+            "{} is an FP32 checkpoint: verify needs a QAT model",
+            checkpoint.display()
+        );
     }
     let int8 = Int8ResNet::build(&model)?;
     let exec = Executor::load(onnx)?;

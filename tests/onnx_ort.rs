@@ -12,10 +12,10 @@ use common::temp_dir;
 use onnx_util::{images, info, trained, write_npy_f32, write_npy_i8};
 use qat::executor::Executor;
 use qat::int8::{Int8ResNet, QConv};
-use qat::ops::Conv2dParams;
 use qat::models::{Arch, ResNet};
 use qat::nn::{Mode, Module};
 use qat::onnx::{export_fp32, export_int8, save_model};
+use qat::ops::Conv2dParams;
 use qat::{Device, Tensor};
 use serde_json::json;
 use std::path::Path;
@@ -25,7 +25,13 @@ const N: usize = 16;
 
 /// Exports `m`, runs the executor on the test images and writes every int8
 /// tensor and the logits; returns the manifest entry.
-fn int8_case(dir: &Path, name: &str, m: &Int8ResNet, arch: Arch, expect: &str) -> serde_json::Value {
+fn int8_case(
+    dir: &Path,
+    name: &str,
+    m: &Int8ResNet,
+    arch: Arch,
+    expect: &str,
+) -> serde_json::Value {
     let model = format!("{name}.onnx");
     save_model(&export_int8(m, &info(arch)).unwrap(), &dir.join(&model)).unwrap();
     let exec = Executor::load(&dir.join(&model)).unwrap();
@@ -86,8 +92,25 @@ fn onnx_runtime_agrees_with_the_executor() {
     let w: Vec<f32> = (0..10 * c).map(|_| 0.2 * rng.normal()).collect();
     let b: Vec<f32> = (0..10).map(|_| 0.1 * rng.normal()).collect();
     let (gap_q, fc_q) = (r18_int8.gap_q, r18_int8.fc.out_q);
-    r18_int8.fc = QConv::new("fc", &w, [10, c, 1, 1], &b, Conv2dParams::default(), gap_q, fc_q, false, &dev).unwrap();
-    cases.push(int8_case(&dir, "resnet18_chain_int8", &r18_int8, Arch::ResNet18, "exact"));
+    r18_int8.fc = QConv::new(
+        "fc",
+        &w,
+        [10, c, 1, 1],
+        &b,
+        Conv2dParams::default(),
+        gap_q,
+        fc_q,
+        false,
+        &dev,
+    )
+    .unwrap();
+    cases.push(int8_case(
+        &dir,
+        "resnet18_chain_int8",
+        &r18_int8,
+        Arch::ResNet18,
+        "exact",
+    ));
     let small_fp = trained(Arch::Small, false, 5, 3, &dev);
     let r18_fp = trained(Arch::ResNet18, false, 3, 4, &dev);
     cases.push(fp32_case(&dir, "small_fp32", &small_fp, Arch::Small));

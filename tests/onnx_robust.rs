@@ -79,7 +79,11 @@ fn truncated_files_are_errors() {
         // The graph (which holds the nodes and weights) is most of the file:
         // cutting into it must fail.
         if cut < bytes.len() * 9 / 10 {
-            assert!(r.is_err(), "a file truncated to {cut} of {} bytes was accepted", bytes.len());
+            assert!(
+                r.is_err(),
+                "a file truncated to {cut} of {} bytes was accepted",
+                bytes.len()
+            );
         }
         errors += usize::from(r.is_err());
     }
@@ -131,7 +135,13 @@ fn missing_initializers_are_errors() {
         ("fc.weight_scale", "fc"),
         ("input.zero_point", "input.quantize"),
     ] {
-        let m = with(|m| m.graph.as_mut().unwrap().initializer.retain(|t| t.name != name));
+        let m = with(|m| {
+            m.graph
+                .as_mut()
+                .unwrap()
+                .initializer
+                .retain(|t| t.name != name)
+        });
         assert_err(&m, &[&format!("node '{node_name}'"), name]);
     }
     let m = with(|m| node(m, "layer1.0.conv2").input[0] = "nowhere".into());
@@ -160,26 +170,46 @@ fn absurd_dimensions_and_attributes_are_errors() {
         t.shape.as_mut().unwrap().dim[2].value = Some(dimension::Value::DimValue(1 << 45));
     });
     assert_err(&m, &["graph input", "exceed"]);
-    for (attr, v) in [("strides", vec![0, 1]), ("pads", vec![-1, 0, 0, 0]), ("dilations", vec![1 << 40, 1])] {
+    for (attr, v) in [
+        ("strides", vec![0, 1]),
+        ("pads", vec![-1, 0, 0, 0]),
+        ("dilations", vec![1 << 40, 1]),
+    ] {
         let m = with(|m| {
-            let a = node(m, "layer1.0.conv1").attribute.iter_mut().find(|a| a.name == attr).unwrap();
+            let a = node(m, "layer1.0.conv1")
+                .attribute
+                .iter_mut()
+                .find(|a| a.name == attr)
+                .unwrap();
             a.ints = v.clone();
         });
         assert_err(&m, &["node 'layer1.0.conv1'", attr]);
     }
     let m = with(|m| {
-        let a = node(m, "layer1.0.conv1").attribute.iter_mut().find(|a| a.name == "pads").unwrap();
+        let a = node(m, "layer1.0.conv1")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "pads")
+            .unwrap();
         a.ints = vec![1, 1, 1];
     });
     assert_err(&m, &["pads", "expected 4"]);
     // A kernel that needs more input than there is.
     let m = with(|m| {
-        let a = node(m, "layer3.1.conv1").attribute.iter_mut().find(|a| a.name == "dilations").unwrap();
+        let a = node(m, "layer3.1.conv1")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "dilations")
+            .unwrap();
         a.ints = vec![100, 100];
     });
     assert_err(&m, &["node 'layer3.1.conv1'", "does not fit"]);
     let m = with(|m| {
-        let a = node(m, "gap").attribute.iter_mut().find(|a| a.name == "channels_last").unwrap();
+        let a = node(m, "gap")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "channels_last")
+            .unwrap();
         a.i = 1;
     });
     assert_err(&m, &["node 'gap'", "channels_last"]);
@@ -298,7 +328,14 @@ fn mutate(m: &mut ModelProto, rng: &mut Rng) {
         }
         7 if !g.node.is_empty() => {
             let i = pick(rng, g.node.len());
-            let ops = ["QLinearConv", "MaxPool", "Flatten", "QLinearAdd", "DequantizeLinear", "Relu"];
+            let ops = [
+                "QLinearConv",
+                "MaxPool",
+                "Flatten",
+                "QLinearAdd",
+                "DequantizeLinear",
+                "Relu",
+            ];
             g.node[i].op_type = ops[pick(rng, ops.len())].into();
         }
         8 => {
@@ -368,7 +405,8 @@ fn fuzz_loader_random_mutations() {
                     1 => b[at] = [0x00, 0xff, 0x7f, 0x80][rng.below(4) as usize],
                     2 => b.truncate(at),
                     3 => {
-                        let junk: Vec<u8> = (0..rng.below(16)).map(|_| rng.below(256) as u8).collect();
+                        let junk: Vec<u8> =
+                            (0..rng.below(16)).map(|_| rng.below(256) as u8).collect();
                         b.splice(at..at, junk);
                     }
                     _ => {
@@ -392,6 +430,8 @@ fn fuzz_loader_random_mutations() {
         accepted += u64::from(try_model(&bytes, seed, &x));
         cases += 1;
     }
-    println!("fuzz: {cases} mutated models in {secs} s, {accepted} accepted and run, none panicked");
+    println!(
+        "fuzz: {cases} mutated models in {secs} s, {accepted} accepted and run, none panicked"
+    );
     assert!(cases > 20, "only {cases} cases ran");
 }

@@ -8,6 +8,7 @@ mod common;
 mod onnx_util;
 
 use common::{synthetic_fmnist, temp_dir};
+use onnx_protobuf::Message;
 use onnx_util::{images, info, trained};
 use qat::executor::Executor;
 use qat::int8::Int8ResNet;
@@ -15,7 +16,6 @@ use qat::models::Arch;
 use qat::onnx::export_int8;
 use qat::verify::Verifier;
 use qat::Device;
-use onnx_protobuf::Message;
 use std::process::Command;
 
 /// CPU, plus the emulated CUDA device and a real GPU when this build has
@@ -49,10 +49,16 @@ fn verify_arch(arch: Arch, steps: usize, n: usize) {
         let (x, labels) = images(21, n);
         let half = n / 2;
         v.batch(&x[..half * 784], &labels[..half], half).unwrap();
-        v.batch(&x[half * 784..], &labels[half..], n - half).unwrap();
+        v.batch(&x[half * 784..], &labels[half..], n - half)
+            .unwrap();
         let r = v.finish();
         println!("{} on {name}:\n{}", arch.name(), r.table());
-        assert!(r.passed(), "{} on {name}: {} mismatches", arch.name(), r.total_mismatches());
+        assert!(
+            r.passed(),
+            "{} on {name}: {} mismatches",
+            arch.name(),
+            r.total_mismatches()
+        );
         assert_eq!(r.images, n);
     }
 }
@@ -113,8 +119,22 @@ fn cli_train_export_verify() {
     let d = data.to_str().unwrap();
     let o = out.to_str().unwrap();
     let (ok, log) = qat_bin(&[
-        "train", "--arch", "small", "--epochs", "2", "--batch-size", "32", "--lr", "0.05",
-        "--data", d, "--out", o, "--quiet", "--device", "cpu",
+        "train",
+        "--arch",
+        "small",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--quiet",
+        "--device",
+        "cpu",
     ]);
     assert!(ok, "{log}");
     let ck = out.join("checkpoint.safetensors");
@@ -124,11 +144,27 @@ fn cli_train_export_verify() {
     let (ok, log) = qat_bin(&["export", "--checkpoint", ck, "--out", onnx]);
     assert!(ok, "{log}");
     let fp32 = out.join("model.fp32.onnx");
-    let (ok, log) = qat_bin(&["export", "--checkpoint", ck, "--out", fp32.to_str().unwrap(), "--fp32"]);
+    let (ok, log) = qat_bin(&[
+        "export",
+        "--checkpoint",
+        ck,
+        "--out",
+        fp32.to_str().unwrap(),
+        "--fp32",
+    ]);
     assert!(ok, "{log}");
     let (ok, log) = qat_bin(&[
-        "verify", "--checkpoint", ck, "--onnx", onnx, "--data", d, "--images", "96",
-        "--device", "cpu",
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        onnx,
+        "--data",
+        d,
+        "--images",
+        "96",
+        "--device",
+        "cpu",
     ]);
     println!("{log}");
     assert!(ok && log.contains("PASS"), "{log}");
@@ -149,13 +185,31 @@ fn cli_train_export_verify() {
     )
     .unwrap();
     let (ok, log) = qat_bin(&[
-        "verify", "--checkpoint", ck, "--onnx", wrong.to_str().unwrap(), "--data", d,
-        "--images", "32", "--device", "cpu",
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        wrong.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        "32",
+        "--device",
+        "cpu",
     ]);
     assert!(!ok && log.contains("FAIL"), "{log}");
     let (ok, log) = qat_bin(&[
-        "verify", "--checkpoint", ck, "--onnx", fp32.to_str().unwrap(), "--data", d,
-        "--images", "32", "--device", "cpu",
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        fp32.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        "32",
+        "--device",
+        "cpu",
     ]);
     assert!(!ok && log.contains("not supported"), "{log}");
     let _ = std::fs::remove_dir_all(&out);

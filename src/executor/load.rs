@@ -84,14 +84,21 @@ pub fn read_model(path: &Path) -> Result<ModelProto> {
         );
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    parse_model(&bytes)
+    parse_model(&bytes).map_err(|e| match e {
+        Error::Onnx(msg) => Error::Onnx(format!("{}: {msg}", path.display())),
+        other => other,
+    })
 }
 
 /// Parses a serialized model. The protobuf reader allocates at most in
 /// proportion to `bytes` (lengths are checked against the remaining input).
 pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        bail!(Onnx, "{} bytes is more than a protobuf model can hold", bytes.len());
+        bail!(
+            Onnx,
+            "{} bytes is more than a protobuf model can hold",
+            bytes.len()
+        );
     }
     ModelProto::parse_from_bytes(bytes)
         .map_err(|e| Error::Onnx(format!("not a valid ONNX protobuf: {e}")))
@@ -109,7 +116,8 @@ pub fn checked_dims(dims: &[i64], what: &str) -> Result<(Vec<usize>, usize)> {
         if d < 0 {
             bail!(Onnx, "{what}: negative dimension {d}");
         }
-        let d = usize::try_from(d).map_err(|_| Error::Onnx(format!("{what}: dimension {d} too large")))?;
+        let d = usize::try_from(d)
+            .map_err(|_| Error::Onnx(format!("{what}: dimension {d} too large")))?;
         n = match n.checked_mul(d) {
             Some(v) if v <= MAX_ELEMENTS => v,
             _ => bail!(
@@ -151,7 +159,11 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
     if !raw.is_empty() && typed_len != 0 {
         bail!(Onnx, "{what}: has both raw_data and typed data");
     }
-    let have = if raw.is_empty() { typed_len } else { raw.len() / size };
+    let have = if raw.is_empty() {
+        typed_len
+    } else {
+        raw.len() / size
+    };
     if (!raw.is_empty() && raw.len() % size != 0) || have != n {
         bail!(
             Onnx,

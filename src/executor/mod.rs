@@ -136,8 +136,14 @@ impl Executor {
             );
         }
         for s in &p.slots {
-            if n.checked_mul(s.numel()).is_none_or(|v| v > MAX_BATCH_ELEMENTS) {
-                bail!(Usage, "a batch of {n} images is too large for tensor '{}'", s.name);
+            if n.checked_mul(s.numel())
+                .is_none_or(|v| v > MAX_BATCH_ELEMENTS)
+            {
+                bail!(
+                    Usage,
+                    "a batch of {n} images is too large for tensor '{}'",
+                    s.name
+                );
             }
         }
         // The last step that reads each slot, to free values early.

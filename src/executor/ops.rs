@@ -124,7 +124,10 @@ impl ConvOp {
     }
 
     pub fn run(&self, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
-        let (xi, yi) = (self.c_in * self.h * self.w, self.c_out * self.out_h * self.out_w);
+        let (xi, yi) = (
+            self.c_in * self.h * self.w,
+            self.c_out * self.out_h * self.out_w,
+        );
         debug_assert!(x.len() == n * xi && y.len() == n * yi);
         y.par_chunks_mut(yi)
             .zip(x.par_chunks(xi))
@@ -182,7 +185,14 @@ impl PoolOp {
 }
 
 /// QLinearGlobalAveragePool (S6) over `planes` planes of `hw` values.
-pub fn gap(x: &[i8], hw: usize, z_in: i32, rq: &Requant, y: &mut [i8], per_image: usize) -> Result<()> {
+pub fn gap(
+    x: &[i8],
+    hw: usize,
+    z_in: i32,
+    rq: &Requant,
+    y: &mut [i8],
+    per_image: usize,
+) -> Result<()> {
     y.par_chunks_mut(per_image)
         .zip(x.par_chunks(per_image * hw))
         .try_for_each(|(y, x)| pool::global_avg_pool(x, hw, z_in, rq, y))

@@ -4,7 +4,9 @@
 //! checked arithmetic and bounded sizes). Any problem is an error naming the
 //! node and what is wrong.
 
-use super::load::{checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS};
+use super::load::{
+    checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS,
+};
 use super::ops::{ConvOp, PoolOp};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::{pool, AddRequant, Requant};
@@ -150,14 +152,13 @@ pub fn build_plan(m: &ModelProto) -> Result<Plan> {
 
     for (i, n) in g.node.iter().enumerate() {
         let label = node_label(n, i);
-        b.node(n, &label)
-            .map_err(|e| match e {
-                Error::Onnx(msg) if msg.starts_with("node '") => Error::Onnx(msg),
-                Error::Onnx(msg) | Error::Numerical(msg) | Error::Shape(msg) => {
-                    Error::Onnx(format!("node '{label}' ({}): {msg}", n.op_type))
-                }
-                other => other,
-            })?;
+        b.node(n, &label).map_err(|e| match e {
+            Error::Onnx(msg) if msg.starts_with("node '") => Error::Onnx(msg),
+            Error::Onnx(msg) | Error::Numerical(msg) | Error::Shape(msg) => {
+                Error::Onnx(format!("node '{label}' ({}): {msg}", n.op_type))
+            }
+            other => other,
+        })?;
         if n.domain == "com.microsoft" && ms_opset != Some(1) {
             bail!(
                 Onnx,
@@ -220,7 +221,11 @@ fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
         bail!(Onnx, "{what} has no shape");
     };
     if shape.dim.len() != 4 {
-        bail!(Onnx, "{what} has rank {}, expected 4 (NCHW)", shape.dim.len());
+        bail!(
+            Onnx,
+            "{what} has rank {}, expected 4 (NCHW)",
+            shape.dim.len()
+        );
     }
     let batch = match &shape.dim[0].value {
         Some(dimension::Value::DimValue(v)) if *v > 0 => Some(
@@ -292,7 +297,10 @@ impl<'a> Attrs<'a> {
             );
         }
         if let Some(v) = a.ints.iter().find(|&&v| v < lo || v > MAX_ATTR) {
-            bail!(Onnx, "attribute '{name}' has value {v} outside [{lo}, {MAX_ATTR}]");
+            bail!(
+                Onnx,
+                "attribute '{name}' has value {v} outside [{lo}, {MAX_ATTR}]"
+            );
         }
         Ok(Some(a.ints.iter().map(|&v| v as usize).collect()))
     }
@@ -342,7 +350,10 @@ impl PlanBuilder {
         let name = &n.input[i];
         let Some(&s) = self.by_name.get(name) else {
             if self.consts.contains_key(name) {
-                bail!(Onnx, "input {i} '{name}' must be computed, not an initializer");
+                bail!(
+                    Onnx,
+                    "input {i} '{name}' must be computed, not an initializer"
+                );
             }
             bail!(
                 Onnx,
@@ -394,7 +405,11 @@ impl PlanBuilder {
             );
         }
         if let Some(s) = v.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            bail!(Onnx, "scale input {i} '{}' holds {s}, not a positive finite number", n.input[i]);
+            bail!(
+                Onnx,
+                "scale input {i} '{}' holds {s}, not a positive finite number",
+                n.input[i]
+            );
         }
         Ok(v.clone())
     }
@@ -454,7 +469,15 @@ impl PlanBuilder {
         Ok(())
     }
 
-    fn push(&mut self, n: &NodeProto, label: &str, op: Op, inputs: Vec<usize>, ty: ElemType, dims: Vec<usize>) -> Result<()> {
+    fn push(
+        &mut self,
+        n: &NodeProto,
+        label: &str,
+        op: Op,
+        inputs: Vec<usize>,
+        ty: ElemType,
+        dims: Vec<usize>,
+    ) -> Result<()> {
         let output = self.add_slot(&n.output[0], ty, dims, &format!("node '{label}'"))?;
         self.steps.push(Step {
             node: label.to_string(),
@@ -472,12 +495,22 @@ impl PlanBuilder {
                 Self::arity(n, 2, 3)?;
                 Attrs::new(n, &["axis"])?;
                 if n.input.len() < 3 || n.input[2].is_empty() {
-                    bail!(Onnx, "y_zero_point is required (int8 output; uint8 is not supported)");
+                    bail!(
+                        Onnx,
+                        "y_zero_point is required (int8 output; uint8 is not supported)"
+                    );
                 }
                 let x = self.act(n, 0, ElemType::F32)?;
                 let (scale, zero_point) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
                 let dims = self.slots[x].dims.clone();
-                self.push(n, label, Op::Quantize { scale, zero_point }, vec![x], ElemType::I8, dims)
+                self.push(
+                    n,
+                    label,
+                    Op::Quantize { scale, zero_point },
+                    vec![x],
+                    ElemType::I8,
+                    dims,
+                )
             }
             ("" | "ai.onnx", "DequantizeLinear") => {
                 Self::arity(n, 2, 3)?;
@@ -490,7 +523,14 @@ impl PlanBuilder {
                     0
                 };
                 let dims = self.slots[x].dims.clone();
-                self.push(n, label, Op::Dequantize { scale, zero_point }, vec![x], ElemType::F32, dims)
+                self.push(
+                    n,
+                    label,
+                    Op::Dequantize { scale, zero_point },
+                    vec![x],
+                    ElemType::F32,
+                    dims,
+                )
             }
             ("" | "ai.onnx", "QLinearConv") => self.qlinear_conv(n, label),
             ("com.microsoft", "QLinearAdd") => {
@@ -537,7 +577,14 @@ impl PlanBuilder {
                 let (s_in, z_in) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
                 let (s_out, z_out) = (self.scale(n, 3)?, self.zero_point(n, 4)?);
                 let rq = pool::gap_requant(s_in, s_out, hw, z_out)?;
-                self.push(n, label, Op::Gap { hw, z_in, rq }, vec![x], ElemType::I8, vec![d[0], 1, 1])
+                self.push(
+                    n,
+                    label,
+                    Op::Gap { hw, z_in, rq },
+                    vec![x],
+                    ElemType::I8,
+                    vec![d[0], 1, 1],
+                )
             }
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
@@ -551,7 +598,10 @@ impl PlanBuilder {
             }
             (d, op) => {
                 let d = if d.is_empty() { "ai.onnx" } else { d };
-                bail!(Onnx, "op {op} of domain {d} is not supported by the int8 executor")
+                bail!(
+                    Onnx,
+                    "op {op} of domain {d} is not supported by the int8 executor"
+                )
             }
         }
     }
@@ -560,21 +610,42 @@ impl PlanBuilder {
         Self::arity(n, 8, 9)?;
         let attrs = Attrs::new(
             n,
-            &["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"],
+            &[
+                "auto_pad",
+                "dilations",
+                "group",
+                "kernel_shape",
+                "pads",
+                "strides",
+            ],
         )?;
         attrs.check_auto_pad()?;
         let x = self.act(n, 0, ElemType::I8)?;
         let d = self.slots[x].dims.clone();
         if d.len() != 3 {
-            bail!(Onnx, "input has rank {}, only 2-d convolutions (rank 4) are supported", d.len() + 1);
+            bail!(
+                Onnx,
+                "input has rank {}, only 2-d convolutions (rank 4) are supported",
+                d.len() + 1
+            );
         }
         let (c_in, h, w) = (d[0], d[1], d[2]);
         let wc = self.konst(n, 3)?;
         let Data::I8(weight) = &wc.data else {
-            bail!(Onnx, "weight '{}' is {}, expected int8", n.input[3], wc.data.elem_type().name());
+            bail!(
+                Onnx,
+                "weight '{}' is {}, expected int8",
+                n.input[3],
+                wc.data.elem_type().name()
+            );
         };
         if wc.dims.len() != 4 {
-            bail!(Onnx, "weight '{}' has shape {:?}, expected 4-d OIHW", n.input[3], wc.dims);
+            bail!(
+                Onnx,
+                "weight '{}' has shape {:?}, expected 4-d OIHW",
+                n.input[3],
+                wc.dims
+            );
         }
         let (c_out, cg, kh, kw) = (wc.dims[0], wc.dims[1], wc.dims[2], wc.dims[3]);
         let group = attrs.int("group", 1)?;
@@ -582,7 +653,8 @@ impl PlanBuilder {
             bail!(Onnx, "group {group} is invalid for {c_in} input channels");
         }
         let groups = group as usize;
-        if c_out == 0 || cg == 0 || kh == 0 || kw == 0 || cg * groups != c_in || c_out % groups != 0 {
+        if c_out == 0 || cg == 0 || kh == 0 || kw == 0 || cg * groups != c_in || c_out % groups != 0
+        {
             bail!(
                 Onnx,
                 "weight shape {:?} does not fit {c_in} input channels with group {groups}",
@@ -591,7 +663,11 @@ impl PlanBuilder {
         }
         if let Some(k) = attrs.ints("kernel_shape", 2, 1)? {
             if k != [kh, kw] {
-                bail!(Onnx, "kernel_shape {k:?} differs from the weight's {:?}", [kh, kw]);
+                bail!(
+                    Onnx,
+                    "kernel_shape {k:?} differs from the weight's {:?}",
+                    [kh, kw]
+                );
             }
         }
         let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
@@ -599,7 +675,10 @@ impl PlanBuilder {
         let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
         let k = cg * kh * kw;
         if k > MAX_CONV_K {
-            bail!(Onnx, "reduction length {k} could overflow the int32 accumulator");
+            bail!(
+                Onnx,
+                "reduction length {k} could overflow the int32 accumulator"
+            );
         }
         let eff_h = dil[0] * (kh - 1) + 1;
         let eff_w = dil[1] * (kw - 1) + 1;
@@ -613,14 +692,20 @@ impl PlanBuilder {
         let (out_h, out_w) = ((ph - eff_h) / stride[0] + 1, (pw - eff_w) / stride[1] + 1);
         let col = k.checked_mul(out_h * out_w).filter(|&v| v <= MAX_ELEMENTS);
         if col.is_none() {
-            bail!(Onnx, "convolution of {k} x {out_h}x{out_w} exceeds the size limit");
+            bail!(
+                Onnx,
+                "convolution of {k} x {out_h}x{out_w} exceeds the size limit"
+            );
         }
         let s_x = self.scale(n, 1)?;
         let z_x = self.zero_point(n, 2)?;
         let s_w = self.scales(n, 4, Some(c_out))?;
         let w_zp = self.zero_points(n, 5, Some(c_out))?;
         if w_zp.iter().any(|&z| z != 0) {
-            bail!(Onnx, "weight zero points must be 0 (symmetric int8 weights)");
+            bail!(
+                Onnx,
+                "weight zero points must be 0 (symmetric int8 weights)"
+            );
         }
         let s_y = self.scale(n, 6)?;
         let z_y = self.zero_point(n, 7)?;
@@ -665,7 +750,14 @@ impl PlanBuilder {
             bias,
             requant,
         };
-        self.push(n, label, Op::Conv(Box::new(op)), vec![x], ElemType::I8, vec![c_out, out_h, out_w])
+        self.push(
+            n,
+            label,
+            Op::Conv(Box::new(op)),
+            vec![x],
+            ElemType::I8,
+            vec![c_out, out_h, out_w],
+        )
     }
 
     fn max_pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {
@@ -675,7 +767,15 @@ impl PlanBuilder {
         Self::arity(n, 1, 1)?;
         let attrs = Attrs::new(
             n,
-            &["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"],
+            &[
+                "auto_pad",
+                "ceil_mode",
+                "dilations",
+                "kernel_shape",
+                "pads",
+                "storage_order",
+                "strides",
+            ],
         )?;
         attrs.check_auto_pad()?;
         if attrs.int("ceil_mode", 0)? != 0 {
@@ -702,7 +802,12 @@ impl PlanBuilder {
         }
         let (ph, pw) = (d[1] + pads[0] + pads[2], d[2] + pads[1] + pads[3]);
         if ph < k[0] || pw < k[1] {
-            bail!(Onnx, "kernel {k:?} does not fit input {}x{} with pads {pads:?}", d[1], d[2]);
+            bail!(
+                Onnx,
+                "kernel {k:?} does not fit input {}x{} with pads {pads:?}",
+                d[1],
+                d[2]
+            );
         }
         let op = PoolOp {
             c: d[0],

@@ -111,13 +111,7 @@ pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
         "QLinearGlobalAveragePool",
         "gap",
         MS_DOMAIN,
-        &[
-            &x,
-            &b.scale(&x),
-            &b.zp(&x),
-            "gap.scale",
-            "gap.zero_point",
-        ],
+        &[&x, &b.scale(&x), &b.zp(&x), "gap.scale", "gap.zero_point"],
         &["gap"],
         vec![attr_int("channels_last", 0)],
     );
@@ -329,11 +323,7 @@ impl Builder {
     /// scalar), verbatim.
     fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
         if !(-128..=127).contains(&q.zero_point) {
-            bail!(
-                Onnx,
-                "{tensor}: zero point {} is not int8",
-                q.zero_point
-            );
+            bail!(Onnx, "{tensor}: zero point {} is not int8", q.zero_point);
         }
         self.qp.insert(tensor.to_string(), tensor.to_string());
         self.init(tensor_f32(&format!("{tensor}.scale"), &[], &[q.scale]))?;
@@ -352,7 +342,10 @@ impl Builder {
     }
 
     fn prefix(&self, tensor: &str) -> String {
-        self.qp.get(tensor).cloned().unwrap_or_else(|| tensor.to_string())
+        self.qp
+            .get(tensor)
+            .cloned()
+            .unwrap_or_else(|| tensor.to_string())
     }
 
     fn scale(&self, tensor: &str) -> String {
@@ -376,7 +369,10 @@ impl Builder {
             );
         }
         let c_out = c.w_shape[0];
-        if c.s_w.len() != c_out || c.bias_q.len() != c_out || c.w_q.len() != c.w_shape.iter().product::<usize>() {
+        if c.s_w.len() != c_out
+            || c.bias_q.len() != c_out
+            || c.w_q.len() != c.w_shape.iter().product::<usize>()
+        {
             bail!(Onnx, "{n}: inconsistent weight, scale and bias sizes");
         }
         self.init(tensor_i8(&format!("{n}.weight_q"), &c.w_shape, &c.w_q))?;
@@ -525,7 +521,12 @@ fn tensor_f32(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
 }
 
 fn tensor_i8(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
-    tensor(name, dims, DataType::INT8, v.iter().map(|&x| x as u8).collect())
+    tensor(
+        name,
+        dims,
+        DataType::INT8,
+        v.iter().map(|&x| x as u8).collect(),
+    )
 }
 
 fn tensor_i32(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {

@@ -23,7 +23,11 @@ pub fn images(seed: u64, n: usize) -> (Vec<f32>, Vec<u32>) {
         for y in 0..28 {
             for _ in 0..28 {
                 let bar = y == 2 + 2 * l || y == 3 + 2 * l;
-                let p = if bar { 0.8 + 0.2 * rng.uniform() } else { 0.25 * rng.uniform() };
+                let p = if bar {
+                    0.8 + 0.2 * rng.uniform()
+                } else {
+                    0.25 * rng.uniform()
+                };
                 x.push((p - 0.286) / 0.353);
             }
         }
