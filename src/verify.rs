@@ -224,6 +224,9 @@ pub fn verify_checkpoint(
     batch_size: usize,
     device: &Device,
 ) -> Result<VerifyReport> {
+    if images == 0 {
+        bail!(Usage, "--images must be at least 1");
+    }
     let ck = Checkpoint::load(checkpoint)?;
     let (model, info, _) = crate::train::model_from_checkpoint(&ck, device)?;
     if !model.is_quantized() {
