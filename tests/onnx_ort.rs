@@ -16,6 +16,7 @@ use qat::models::{Arch, ResNet};
 use qat::nn::{Mode, Module};
 use qat::onnx::{export_fp32, export_int8, save_model};
 use qat::ops::Conv2dParams;
+use qat::train::ModelInfo;
 use qat::{Device, Tensor};
 use serde_json::json;
 use std::path::Path;
@@ -29,16 +30,17 @@ fn int8_case(
     dir: &Path,
     name: &str,
     m: &Int8ResNet,
-    arch: Arch,
+    meta: &ModelInfo,
     expect: &str,
+    x: &[f32],
 ) -> serde_json::Value {
     let model = format!("{name}.onnx");
-    save_model(&export_int8(m, &info(arch)).unwrap(), &dir.join(&model)).unwrap();
+    save_model(&export_int8(m, meta).unwrap(), &dir.join(&model)).unwrap();
     let exec = Executor::load(&dir.join(&model)).unwrap();
-    let (x, _) = images(7, N);
+    let n = x.len() / 784;
     let input = format!("{name}.input.npy");
-    write_npy_f32(&dir.join(&input), &[N, 1, 28, 28], &x);
-    let (logits, tensors) = exec.run_trace(&x, N).unwrap();
+    write_npy_f32(&dir.join(&input), &[n, 1, 28, 28], x);
+    let (logits, tensors) = exec.run_trace(x, n).unwrap();
     let mut files = serde_json::Map::new();
     for (i, t) in tensors.iter().enumerate() {
         let f = format!("{name}.t{i}.npy");
@@ -46,10 +48,29 @@ fn int8_case(
         files.insert(t.name.clone(), json!(f));
     }
     let f = format!("{name}.logits.npy");
-    write_npy_f32(&dir.join(&f), &[N, 10], &logits);
+    write_npy_f32(&dir.join(&f), &[n, logits.len() / n], &logits);
     files.insert("logits".into(), json!(f));
     json!({"name": name, "kind": "int8", "model": model, "input": input,
            "tensors": files, "logits": "logits", "expect": expect})
+}
+
+fn checkpoint_case(dir: &Path, ck: &Path) -> serde_json::Value {
+    use qat::data::{fashion_mnist::DEFAULT_DIR, FashionMnist, Normalize, Split};
+    let ck = qat::checkpoint::Checkpoint::load(ck).unwrap();
+    let (model, meta, _) = qat::train::model_from_checkpoint(&ck, &Device::cpu()).unwrap();
+    let n: usize = std::env::var("QAT_ORT_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let mut data = FashionMnist::load(Path::new(DEFAULT_DIR), Split::Test).unwrap();
+    data.truncate(n);
+    let norm = Normalize::new(&meta.mean, &meta.std).unwrap();
+    let mut x = vec![0.0; data.len() * 784];
+    for (i, img) in x.chunks_exact_mut(784).enumerate() {
+        norm.apply(data.image(i), img, data.dims());
+    }
+    let int8 = Int8ResNet::build(&model).unwrap();
+    int8_case(dir, "checkpoint_int8", &int8, &meta, "add", &x)
 }
 
 fn fp32_case(dir: &Path, name: &str, m: &ResNet, arch: Arch) -> serde_json::Value {
@@ -79,9 +100,11 @@ fn onnx_runtime_agrees_with_the_executor() {
     let r18 = trained(Arch::ResNet18, true, 6, 2, &dev);
     let small_int8 = Int8ResNet::build(&small).unwrap();
     let mut r18_int8 = Int8ResNet::build(&r18).unwrap();
+    let (x, _) = images(7, N);
+    let (small_info, r18_info) = (info(Arch::Small), info(Arch::ResNet18));
     let mut cases = vec![
-        int8_case(&dir, "small_int8", &small_int8, Arch::Small, "add"),
-        int8_case(&dir, "resnet18_int8", &r18_int8, Arch::ResNet18, "add"),
+        int8_case(&dir, "small_int8", &small_int8, &small_info, "add", &x),
+        int8_case(&dir, "resnet18_int8", &r18_int8, &r18_info, "add", &x),
     ];
     // A graph of Conv / MaxPool / global-average-pool / FC only: ResNet-18's
     // stem, pool and classifier without the residual blocks.
@@ -108,9 +131,15 @@ fn onnx_runtime_agrees_with_the_executor() {
         &dir,
         "resnet18_chain_int8",
         &r18_int8,
-        Arch::ResNet18,
+        &r18_info,
         "exact",
+        &x,
     ));
+    // Optionally a trained checkpoint on Fashion-MNIST test images
+    // (QAT_ORT_CHECKPOINT=path, QAT_ORT_IMAGES=n, default 256).
+    if let Ok(ck) = std::env::var("QAT_ORT_CHECKPOINT") {
+        cases.push(checkpoint_case(&dir, Path::new(&ck)));
+    }
     let small_fp = trained(Arch::Small, false, 5, 3, &dev);
     let r18_fp = trained(Arch::ResNet18, false, 3, 4, &dev);
     cases.push(fp32_case(&dir, "small_fp32", &small_fp, Arch::Small));
