@@ -219,3 +219,115 @@ pub fn dequantize_output(x: &[i8], scale: f32, zero_point: i32, y: &mut [f32]) {
         *v = dequantize(q as i32, scale, zero_point);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// im2col + channel loop equals a direct convolution, with groups,
+    /// strides, dilations and asymmetric padding.
+    #[test]
+    fn conv_matches_direct_loops() {
+        let mut rng = Rng::new(4);
+        for case in 0..20 {
+            let groups = 1 + rng.below(3) as usize;
+            let c_in = groups * (1 + rng.below(3) as usize);
+            let c_out = groups * (1 + rng.below(3) as usize);
+            let (h, w) = (3 + rng.below(6) as usize, 3 + rng.below(6) as usize);
+            let (kh, kw) = (1 + rng.below(3) as usize, 1 + rng.below(3) as usize);
+            let stride = (1 + rng.below(2) as usize, 1 + rng.below(3) as usize);
+            let dilation = (1 + rng.below(2) as usize, 1 + rng.below(2) as usize);
+            let pad = [0; 4].map(|_| rng.below(3) as usize);
+            let eff = (dilation.0 * (kh - 1) + 1, dilation.1 * (kw - 1) + 1);
+            if h + pad[0] + pad[2] < eff.0 || w + pad[1] + pad[3] < eff.1 {
+                continue;
+            }
+            let out_h = (h + pad[0] + pad[2] - eff.0) / stride.0 + 1;
+            let out_w = (w + pad[1] + pad[3] - eff.1) / stride.1 + 1;
+            let k = c_in / groups * kh * kw;
+            let n = 2;
+            let z_x = rng.below(256) as i32 - 128;
+            let op = ConvOp {
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                stride,
+                pad_begin: (pad[0], pad[1]),
+                dilation,
+                groups,
+                out_h,
+                out_w,
+                z_x,
+                weight: (0..c_out * k)
+                    .map(|_| (rng.below(255) as i32 - 127) as i8)
+                    .collect(),
+                bias: (0..c_out).map(|_| rng.below(2001) as i32 - 1000).collect(),
+                requant: (0..c_out)
+                    .map(|_| Requant::new(0.001 + 0.01 * rng.uniform(), 3, -128, 127).unwrap())
+                    .collect(),
+            };
+            let x: Vec<i8> = (0..n * c_in * h * w)
+                .map(|_| rng.below(256) as u8 as i8)
+                .collect();
+            let mut y = vec![0i8; n * c_out * out_h * out_w];
+            op.run("t", &x, n, &mut y).unwrap();
+            let (cg, og) = (c_in / groups, c_out / groups);
+            for img in 0..n {
+                for o in 0..c_out {
+                    let grp = o / og;
+                    for oy in 0..out_h {
+                        for ox in 0..out_w {
+                            let mut acc = op.bias[o] as i64;
+                            for ci in 0..cg {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy * stride.0 + ky * dilation.0) as i64
+                                            - pad[0] as i64;
+                                        let ix = (ox * stride.1 + kx * dilation.1) as i64
+                                            - pad[1] as i64;
+                                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                            continue;
+                                        }
+                                        let c = grp * cg + ci;
+                                        let xv = x[((img * c_in + c) * h + iy as usize) * w
+                                            + ix as usize];
+                                        let wv = op.weight[((o * cg + ci) * kh + ky) * kw + kx];
+                                        acc += (xv as i64 - z_x as i64) * wv as i64;
+                                    }
+                                }
+                            }
+                            let want = op.requant[o].apply(acc as i32);
+                            let got = y[((img * c_out + o) * out_h + oy) * out_w + ox];
+                            assert_eq!(
+                                got, want,
+                                "case {case}: image {img} channel {o} ({oy}, {ox})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_ignores_padding() {
+        let op = PoolOp {
+            c: 1,
+            h: 2,
+            w: 2,
+            kh: 3,
+            kw: 3,
+            stride: (2, 2),
+            pad_begin: (1, 1),
+            out_h: 1,
+            out_w: 1,
+        };
+        let mut y = [0i8; 1];
+        op.run(&[-100, -90, -128, -120], 1, &mut y);
+        assert_eq!(y, [-90]);
+    }
+}
