@@ -168,6 +168,24 @@ fn cli_train_export_verify() {
     ]);
     println!("{log}");
     assert!(ok && log.contains("PASS"), "{log}");
+    // The same checkpoint on the emulated CUDA device, when this build has it.
+    if Device::parse("cuda-emu").is_ok() {
+        let (ok, log) = qat_bin(&[
+            "verify",
+            "--checkpoint",
+            ck,
+            "--onnx",
+            onnx,
+            "--data",
+            d,
+            "--images",
+            "32",
+            "--device",
+            "cuda-emu",
+        ]);
+        println!("{log}");
+        assert!(ok && log.contains("PASS"), "{log}");
+    }
     // The metadata tells a user what to feed the model.
     let exec = Executor::load(std::path::Path::new(onnx)).unwrap();
     let meta = exec.metadata();
