@@ -217,9 +217,8 @@ fn taps(a: &Axis) -> Taps {
             *kx = w;
             ww += w;
         }
-        for x in 0..n {
-            let w = if ww != 0.0 { k[x] / ww } else { 0.0 };
-            t.weights[o * max_len + x] = w as f32;
+        for (dst, &kx) in t.weights[o * max_len..][..n].iter_mut().zip(&k) {
+            *dst = if ww != 0.0 { (kx / ww) as f32 } else { 0.0 };
         }
         t.start.push(a.lo + xmin.min(in_size.saturating_sub(1)));
         t.len.push(n.max(1));
