@@ -73,15 +73,15 @@ struct TrainArgs {
     #[arg(long)]
     act_quant_start: Option<f32>,
     /// QAT: epoch at which batch-norm statistics freeze and exact folding
-    /// starts [default: 80% of the run].
+    /// starts [default: 95% of the run, once the learning rate is small].
     #[arg(long)]
     freeze_bn: Option<f32>,
-    /// QAT: epoch at which activation observers freeze [default: 90% of the
-    /// run].
+    /// QAT: epoch at which activation observers freeze [default: 97.5% of
+    /// the run].
     #[arg(long)]
     freeze_observers: Option<f32>,
     /// QAT: weight of a new batch in the observers' moving min/max.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.1)]
     observer_momentum: f32,
     /// Continue from OUT/checkpoint.safetensors exactly where it stopped.
     #[arg(long)]

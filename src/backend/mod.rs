@@ -6,6 +6,7 @@
 //! checking happens one layer up, in `ops`, so a backend may assume sizes fit.
 
 pub mod cpu;
+pub mod cuda;
 pub mod geom;
 
 pub use geom::{
@@ -19,12 +20,15 @@ use std::sync::Arc;
 /// The memory behind a tensor: f32 values on some device.
 pub enum Storage {
     Host(Vec<f32>),
+    /// Memory of a CUDA device (real or emulated), freed on drop.
+    Device(cuda::DeviceBuffer),
 }
 
 impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Host(v) => v.len(),
+            Storage::Device(b) => b.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -34,6 +38,7 @@ impl Storage {
     pub fn host(&self) -> Result<&[f32]> {
         match self {
             Storage::Host(v) => Ok(v),
+            Storage::Device(b) => bail!(DeviceMismatch, "host access to memory on {}", b.runtime().name()),
         }
     }
     /// Host storage holding int32 values as 32-bit words (bias of the
@@ -44,6 +49,7 @@ impl Storage {
     pub fn host_mut(&mut self) -> Result<&mut [f32]> {
         match self {
             Storage::Host(v) => Ok(v),
+            Storage::Device(b) => bail!(DeviceMismatch, "host access to memory on {}", b.runtime().name()),
         }
     }
 }
@@ -357,15 +363,26 @@ impl Device {
     pub fn is_cpu(&self) -> bool {
         self.same(&Device::cpu())
     }
-    /// Resolves a `--device` argument: `cpu`, or (when compiled in) `cuda`,
-    /// `cuda-emu` and `auto`.
+    /// Resolves a `--device` argument: `cpu`; `cuda` (GPU 0, an error when no
+    /// GPU works); `cuda-emu` (the CUDA backend on the kernel emulator); or
+    /// `auto` (CUDA when a GPU works, else the CPU; prints which to stderr).
     pub fn parse(spec: &str) -> Result<Device> {
         match spec {
-            "cpu" | "auto" => Ok(Device::cpu()),
-            other => bail!(
-                Device,
-                "unknown device '{other}': use auto, cpu, cuda or cuda-emu"
-            ),
+            "cpu" => Ok(Device::cpu()),
+            "cuda" | "cuda:0" => cuda::gpu_device()
+                .map_err(|e| crate::Error::Device(format!("--device cuda: no usable GPU: {e}"))),
+            "cuda-emu" => Ok(cuda::emulated_device()),
+            "auto" => match cuda::gpu_device() {
+                Ok(d) => {
+                    eprintln!("device: {} (auto)", d.backend().name());
+                    Ok(d)
+                }
+                Err(e) => {
+                    eprintln!("device: cpu (auto; no usable GPU: {e})");
+                    Ok(Device::cpu())
+                }
+            },
+            other => bail!(Device, "unknown device '{other}': use auto, cpu, cuda or cuda-emu"),
         }
     }
 }

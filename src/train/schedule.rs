@@ -20,16 +20,19 @@ pub struct QatSchedule {
 
 impl QatSchedule {
     /// The default schedule for an `epochs`-long run: activation quantization
-    /// after one epoch (half the run if shorter), batch norm frozen for the
-    /// last 20%, observers for the last 10% (at least the final epoch each
-    /// when the run has two or more epochs).
+    /// after one epoch (half the run if shorter); batch norm frozen for the
+    /// last 5% and observers for the last 2.5%. Freezing batch norm removes
+    /// the normalization from the training forward, which is only stable once
+    /// the cosine learning rate has decayed (below about 1% of its peak):
+    /// freezing at 80% of a from-scratch run (lr ~ 0.1 * peak) diverged in
+    /// our Fashion-MNIST experiments, freezing at 95% did not.
     pub fn default_for(epochs: usize) -> Self {
         let e = epochs as f32;
         QatSchedule {
             act_quant_start: if epochs >= 2 { 1.0 } else { 0.5 * e },
-            freeze_bn: (e * 0.8).min((e - 1.0).max(0.0)).max(0.0),
-            freeze_observers: (e * 0.9).min((e - 0.5).max(0.0)).max(0.0),
-            observer_momentum: crate::quant::params::DEFAULT_MOMENTUM,
+            freeze_bn: 0.95 * e,
+            freeze_observers: 0.975 * e,
+            observer_momentum: 0.1,
         }
     }
 
@@ -81,18 +84,15 @@ mod tests {
 
     #[test]
     fn phases_in_order() {
-        let s = QatSchedule::default_for(10);
-        assert_eq!(
-            (s.act_quant_start, s.freeze_bn, s.freeze_observers),
-            (1.0, 8.0, 9.0)
-        );
+        let s = QatSchedule::default_for(20);
+        assert_eq!((s.act_quant_start, s.freeze_bn, s.freeze_observers), (1.0, 19.0, 19.5));
         let f = s.flags(0, 100);
         assert!(!f.quantize_acts && f.observe && !f.bn_frozen);
         let f = s.flags(100, 100);
         assert!(f.quantize_acts && f.observe && !f.bn_frozen);
-        let f = s.flags(850, 100);
+        let f = s.flags(1920, 100);
         assert!(f.quantize_acts && f.observe && f.bn_frozen);
-        let f = s.flags(900, 100);
-        assert!(!f.observe && s.freezes_observers_at(900, 100));
+        let f = s.flags(1950, 100);
+        assert!(!f.observe && s.freezes_observers_at(1950, 100));
     }
 }

@@ -1,0 +1,262 @@
+// 2-d convolution (NCHW input, OIHW weights, groups) as implicit GEMM: the
+// im2col matrix is gathered tile by tile into shared memory (tile_gemm.cuh)
+// and never materialized. Per group g, with Kc = (C/groups) * KH * KW:
+//   forward      y  [pixel (n,oh,ow)][co]  = sum_k  im2col(x)[pixel][k] * w[co][k]
+//   backward-data dx[pixel (n,ih,iw)][ci]  = sum_k' dy-gather[pixel][k'=(co,kh,kw)] * w[co][ci][kh][kw]
+//   backward-weight dw[co][k]              = sum_r  dy[co][r=(n,oh,ow)] * im2col(x)[r][k]
+#include "tile_gemm.cuh"
+
+struct ConvGeom {
+    int n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow;
+    __device__ int cg() const { return c / groups; }
+    __device__ int og() const { return o / groups; }
+};
+
+// ---- forward -----------------------------------------------------------------
+
+// im2col(x)(pixel, k) for one group; each thread keeps one pixel for the whole
+// reduction, so its (n, oh, ow) decode happens once.
+struct FwdLoadX {
+    const float *x;
+    ConvGeom g;
+    int M, grp;
+    __device__ void load(TgTile *S, int m0, int k0, int k_end) const {
+        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
+        const int m = m0 + mm;
+        const int khw = g.kh * g.kw;
+        int n = 0, oh = 0, ow = 0;
+        if (m < M) {
+            ow = m % g.ow;
+            oh = (m / g.ow) % g.oh;
+            n = m / (g.ow * g.oh);
+        }
+        const float *xb = x + ((long long)n * g.c + (long long)grp * g.cg()) * g.h * g.w;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = k0 + kb + j;
+            float v = 0.0f;
+            if (m < M && k < k_end) {
+                const int ci = k / khw, r = k % khw;
+                const int ih = oh * g.sh - g.ph + (r / g.kw) * g.dh;
+                const int iw = ow * g.sw - g.pw + (r % g.kw) * g.dw;
+                if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w) v = xb[((long long)ci * g.h + ih) * g.w + iw];
+            }
+            S[kb + j][mm] = v;
+        }
+    }
+};
+
+// w(k, co) = w[grp * og + co][k]: 8 consecutive threads read 8 consecutive k.
+struct FwdLoadW {
+    const float *w;
+    int Kc, og, grp;
+    __device__ void load(TgTile *S, int n0, int k0, int k_end) const {
+        const int kk = threadIdx.x % TG_BK, cb = threadIdx.x / TG_BK;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = n0 + cb + 32 * j, k = k0 + kk;
+            S[kk][cb + 32 * j] = (co < og && k < k_end) ? w[(long long)(grp * og + co) * Kc + k] : 0.0f;
+        }
+    }
+};
+
+struct FwdStore {
+    float *y;
+    const float *bias;
+    ConvGeom g;
+    int grp;
+    __device__ void operator()(int m, int co, float v) const {
+        const int ow = m % g.ow, oh = (m / g.ow) % g.oh, n = m / (g.ow * g.oh);
+        const int oc = grp * g.og() + co;
+        if (bias) v += bias[oc];
+        y[(((long long)n * g.o + oc) * g.oh + oh) * g.ow + ow] = v;
+    }
+};
+
+// grid (ceil(O/groups / 128), ceil(N*OH*OW / 128), groups), block 256.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_fwd_f32(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,
+                   float *__restrict__ y, ConvGeom g) {
+    const int grp = blockIdx.z;
+    const int M = g.n * g.oh * g.ow, Kc = g.cg() * g.kh * g.kw;
+    const FwdLoadX la{x, g, M, grp};
+    const FwdLoadW lb{w, Kc, g.og(), grp};
+    const FwdStore st{y, bias, g, grp};
+    tile_gemm(M, g.og(), blockIdx.y * TG_BM, blockIdx.x * TG_BN, 0, Kc, la, lb, st);
+}
+
+// ---- backward data -------------------------------------------------------------
+
+// dy gathered at input pixel (n, ih, iw) for k = (co, kh, kw): the output
+// position that read x[ih][iw] through tap (kh, kw), or 0 when there is none.
+struct BwdDataLoadDy {
+    const float *dy;
+    ConvGeom g;
+    int M, grp;
+    __device__ void load(TgTile *S, int m0, int k0, int k_end) const {
+        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
+        const int m = m0 + mm;
+        const int khw = g.kh * g.kw;
+        int n = 0, ih = 0, iw = 0;
+        if (m < M) {
+            iw = m % g.w;
+            ih = (m / g.w) % g.h;
+            n = m / (g.w * g.h);
+        }
+        const float *db = dy + ((long long)n * g.o + (long long)grp * g.og()) * g.oh * g.ow;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = k0 + kb + j;
+            float v = 0.0f;
+            if (m < M && k < k_end) {
+                const int co = k / khw, r = k % khw;
+                const int th = ih + g.ph - (r / g.kw) * g.dh;
+                const int tw = iw + g.pw - (r % g.kw) * g.dw;
+                if (th >= 0 && tw >= 0 && th % g.sh == 0 && tw % g.sw == 0) {
+                    const int oh = th / g.sh, ow = tw / g.sw;
+                    if (oh < g.oh && ow < g.ow) v = db[((long long)co * g.oh + oh) * g.ow + ow];
+                }
+            }
+            S[kb + j][mm] = v;
+        }
+    }
+};
+
+// w(k = (co, kh, kw), ci) = w[grp * og + co][ci][kh][kw].
+struct BwdDataLoadW {
+    const float *w;
+    ConvGeom g;
+    int grp;
+    __device__ void load(TgTile *S, int n0, int k0, int k_end) const {
+        const int cc = threadIdx.x % TG_BN, kb = (threadIdx.x / TG_BN) * 4;
+        const int ci = n0 + cc, khw = g.kh * g.kw, cg = g.cg();
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = k0 + kb + j;
+            float v = 0.0f;
+            if (ci < cg && k < k_end) {
+                const int co = k / khw, r = k % khw;
+                v = w[((long long)(grp * g.og() + co) * cg + ci) * khw + r];
+            }
+            S[kb + j][cc] = v;
+        }
+    }
+};
+
+struct BwdDataStore {
+    float *dx;
+    ConvGeom g;
+    int grp;
+    __device__ void operator()(int m, int ci, float v) const {
+        const int iw = m % g.w, ih = (m / g.w) % g.h, n = m / (g.w * g.h);
+        dx[(((long long)n * g.c + grp * g.cg() + ci) * g.h + ih) * g.w + iw] = v;
+    }
+};
+
+// grid (ceil(C/groups / 128), ceil(N*H*W / 128), groups), block 256.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_data_f32(const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, ConvGeom g) {
+    const int grp = blockIdx.z;
+    const int M = g.n * g.h * g.w, Kc = g.og() * g.kh * g.kw;
+    const BwdDataLoadDy la{dy, g, M, grp};
+    const BwdDataLoadW lb{w, g, grp};
+    const BwdDataStore st{dx, g, grp};
+    tile_gemm(M, g.cg(), blockIdx.y * TG_BM, blockIdx.x * TG_BN, 0, Kc, la, lb, st);
+}
+
+// ---- backward weight -------------------------------------------------------------
+
+// dy(co, r = (n, oh, ow)): 8 consecutive threads read 8 consecutive positions.
+struct BwdWLoadDy {
+    const float *dy;
+    ConvGeom g;
+    int grp;
+    __device__ void load(TgTile *S, int m0, int k0, int k_end) const {
+        const int kk = threadIdx.x % TG_BK, cb = threadIdx.x / TG_BK;
+        const int r = k0 + kk, ohw = g.oh * g.ow;
+        const int n = r / ohw, p = r % ohw;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int co = m0 + cb + 32 * j;
+            S[kk][cb + 32 * j] =
+                (co < g.og() && r < k_end) ? dy[((long long)n * g.o + grp * g.og() + co) * ohw + p] : 0.0f;
+        }
+    }
+};
+
+// im2col(x)(r = (n, oh, ow), col = (ci, kh, kw)); each thread keeps one column.
+struct BwdWLoadX {
+    const float *x;
+    ConvGeom g;
+    int Kc, grp;
+    __device__ void load(TgTile *S, int n0, int k0, int k_end) const {
+        const int cc = threadIdx.x % TG_BN, kb = (threadIdx.x / TG_BN) * 4;
+        const int col = n0 + cc, khw = g.kh * g.kw;
+        const int ci = col / khw, r = col % khw, kh = r / g.kw, kw = r % g.kw;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int rr = k0 + kb + j;
+            float v = 0.0f;
+            if (col < Kc && rr < k_end) {
+                const int ow = rr % g.ow, oh = (rr / g.ow) % g.oh, n = rr / (g.ow * g.oh);
+                const int ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+                if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w)
+                    v = x[(((long long)n * g.c + grp * g.cg() + ci) * g.h + ih) * g.w + iw];
+            }
+            S[kb + j][cc] = v;
+        }
+    }
+};
+
+struct BwdWStore {
+    float *out;  // dw, or this split's slice of the workspace
+    int Kc, og, grp;
+    __device__ void operator()(int co, int col, float v) const {
+        out[(long long)(grp * og + co) * Kc + col] = v;
+    }
+};
+
+// The reduction over N*OH*OW is long and the output small, so it is split in
+// `splits` chunks (split-K): blockIdx.z = split * groups + group. With one
+// split the result goes straight to dw, else split s writes
+// ws[s][O][Kc] and conv2d_bwd_weight_reduce_f32 sums the slices in order
+// (deterministic, no atomics).
+// grid (ceil(Kc / 128), ceil(O/groups / 128), groups * splits), block 256.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_weight_f32(const float *__restrict__ x, const float *__restrict__ dy, float *__restrict__ out,
+                          ConvGeom g, int splits, int chunk) {
+    const int grp = blockIdx.z % g.groups, split = blockIdx.z / g.groups;
+    const int R = g.n * g.oh * g.ow, Kc = g.cg() * g.kh * g.kw;
+    const int k_begin = split * chunk;
+    const int k_end = min(R, k_begin + chunk);
+    float *dst = out + (long long)split * g.o * Kc;
+    const BwdWLoadDy la{dy, g, grp};
+    const BwdWLoadX lb{x, g, Kc, grp};
+    const BwdWStore st{dst, Kc, g.og(), grp};
+    tile_gemm(g.og(), Kc, blockIdx.y * TG_BM, blockIdx.x * TG_BN, k_begin, k_end, la, lb, st);
+    (void)splits;
+}
+
+// dw[i] = sum_s ws[s * len + i]
+extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float *__restrict__ ws, float *__restrict__ dw, int len,
+                                                        int splits) {
+    QAT_FOR(i, len) {
+        float s = 0.0f;
+        for (int k = 0; k < splits; ++k) s += ws[(long long)k * len + i];
+        dw[i] = s;
+    }
+}
+
+// dbias[o] = sum over n and pixels of dy[n][o][:]: one block per channel.
+extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
+    conv2d_bwd_bias_f32(const float *__restrict__ dy, float *__restrict__ db, int n, int o, int hw) {
+    __shared__ float red[32];
+    const int oc = blockIdx.x;
+    float s = 0.0f;
+    for (int b = 0; b < n; ++b) {
+        const float *row = dy + ((long long)b * o + oc) * hw;
+        for (int i = threadIdx.x; i < hw; i += blockDim.x) s += row[i];
+    }
+    s = qat_block_sum(s, red);
+    if (threadIdx.x == 0) db[oc] = s;
+}

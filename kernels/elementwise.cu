@@ -1,0 +1,64 @@
+// Elementwise kernels, the bias of a linear layer, and the SGD update.
+// All 1-d, grid-stride loops over QAT_BLOCK-thread blocks.
+#include "common.cuh"
+
+extern "C" __global__ void fill_fwd_f32(float *__restrict__ y, float value, int n) {
+    QAT_FOR(i, n) y[i] = value;
+}
+
+// y = a + b
+extern "C" __global__ void add_fwd_f32(const float *__restrict__ a, const float *__restrict__ b,
+                                       float *__restrict__ y, int n) {
+    QAT_FOR(i, n) y[i] = a[i] + b[i];
+}
+
+// y += alpha * x
+extern "C" __global__ void axpy_fwd_f32(float alpha, const float *__restrict__ x, float *__restrict__ y, int n) {
+    QAT_FOR(i, n) y[i] += alpha * x[i];
+}
+
+// x *= alpha
+extern "C" __global__ void scale_fwd_f32(float alpha, float *__restrict__ x, int n) {
+    QAT_FOR(i, n) x[i] *= alpha;
+}
+
+extern "C" __global__ void relu_fwd_f32(const float *__restrict__ x, float *__restrict__ y, int n) {
+    QAT_FOR(i, n) y[i] = fmaxf(x[i], 0.0f);
+}
+
+// dx = dy * [y > 0], y the forward output
+extern "C" __global__ void relu_bwd_f32(const float *__restrict__ y, const float *__restrict__ dy,
+                                        float *__restrict__ dx, int n) {
+    QAT_FOR(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// y[r, j] += bias[j] for a rows x cols matrix
+extern "C" __global__ void row_bias_fwd_f32(const float *__restrict__ bias, float *__restrict__ y, int rows,
+                                            int cols) {
+    QAT_FOR(i, rows * cols) y[i] += bias[i % cols];
+}
+
+// db[j] = sum_r dy[r, j]: one thread per column, consecutive threads read
+// consecutive columns (coalesced); the sum runs in row order.
+extern "C" __global__ void row_bias_bwd_f32(const float *__restrict__ dy, float *__restrict__ db, int rows,
+                                            int cols) {
+    QAT_FOR(j, cols) {
+        float s = 0.0f;
+        for (int r = 0; r < rows; ++r) s += dy[(long long)r * cols + j];
+        db[j] = s;
+    }
+}
+
+// torch.optim.SGD (dampening 0): g = grad + wd * p; buf = momentum * buf + g;
+// p -= lr * (nesterov ? g + momentum * buf : buf). The buffer is updated even
+// with momentum 0 (it then holds g), as in the CPU backend.
+extern "C" __global__ void sgd_fwd_f32(float *__restrict__ p, const float *__restrict__ grad,
+                                       float *__restrict__ buf, float lr, float momentum, float weight_decay,
+                                       int nesterov, int n) {
+    QAT_FOR(i, n) {
+        const float g = grad[i] + weight_decay * p[i];
+        const float b = momentum * buf[i] + g;
+        buf[i] = b;
+        p[i] -= lr * (nesterov ? g + momentum * b : b);
+    }
+}

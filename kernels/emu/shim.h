@@ -1,0 +1,183 @@
+// Host shim: lets kernels/*.cu compile with the host C++ compiler (C++20,
+// -pthread) so the emulated CUDA device can run the very same kernel code.
+//
+// Model (see docs/EMULATOR.md):
+// - one host thread per CUDA thread of a block (from a persistent pool, see
+//   launch.h); the blocks of a launch run one after another, and launches are
+//   serialized by a global lock;
+// - threadIdx/blockIdx/blockDim/gridDim are thread_local variables set by the
+//   launcher;
+// - __syncthreads() is a barrier over the block's threads (class Barrier
+//   below, std::barrier's interface); a thread that returns from the kernel
+//   drops out of it (arrive_and_drop), so early returns behave as on a GPU;
+// - __shared__ is `static`: one copy per kernel function, shared by the threads
+//   of the (single) running block;
+// - warp intrinsics (__shfl_xor_sync, __shfl_down_sync, __syncwarp) go through
+//   a per-warp scratch array and a per-warp barrier.
+//
+// Limits (kernels must stay inside them):
+// - no inline PTX, no tensor cores, no cooperative groups, no textures;
+// - warp shuffles need every lane of the warp to call them (full mask), and
+//   value types of at most 8 bytes;
+// - dynamic shared memory only through QAT_DYN_SHARED(type, name);
+// - __shared__ arrays must not have initializers, and must not be read before
+//   written (they keep the previous block's values, as real shared memory may);
+// - at most 1024 threads per block; one host thread each, so keep test shapes
+//   small: the emulator checks indexing and synchronization, not speed.
+#pragma once
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+namespace qat_emu {
+
+// A central barrier with std::barrier's arrive_and_wait / arrive_and_drop,
+// plus reset() (only while no thread is inside) and an optional completion
+// step run by the last arriver before the others are released.
+class Barrier {
+  public:
+    explicit Barrier(unsigned n = 0, std::function<void()> done = {}) : done_(std::move(done)) { reset(n); }
+    void reset(unsigned n) {
+        expected_.store(n);
+        count_.store(n);
+    }
+    void arrive_and_wait() {
+        const unsigned p = phase_.load(std::memory_order_acquire);
+        if (count_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            complete();
+        } else {
+            while (phase_.load(std::memory_order_acquire) == p) phase_.wait(p, std::memory_order_acquire);
+        }
+    }
+    void arrive_and_drop() {
+        expected_.fetch_sub(1, std::memory_order_acq_rel);
+        if (count_.fetch_sub(1, std::memory_order_acq_rel) == 1) complete();
+    }
+
+  private:
+    void complete() {
+        if (done_) done_();
+        count_.store(expected_.load());
+        phase_.fetch_add(1, std::memory_order_acq_rel);
+        phase_.notify_all();
+    }
+    std::atomic<unsigned> expected_{0}, count_{0}, phase_{0};
+    std::function<void()> done_;
+};
+
+struct Warp {
+    Barrier *bar;
+    uint64_t slot[32];
+};
+
+struct ThreadCtx {
+    Barrier *block_bar = nullptr;
+    Warp *warp = nullptr;
+    unsigned lane = 0;
+    unsigned char *dyn_smem = nullptr;
+};
+
+inline thread_local ThreadCtx ctx;
+
+template <class T>
+inline T shfl_exchange(T v, unsigned src_lane) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a type wider than 8 bytes");
+    Warp *w = ctx.warp;
+    uint64_t raw = 0;
+    std::memcpy(&raw, &v, sizeof(T));
+    w->slot[ctx.lane] = raw;
+    w->bar->arrive_and_wait();
+    uint64_t got = w->slot[src_lane & 31];
+    w->bar->arrive_and_wait();
+    T out;
+    std::memcpy(&out, &got, sizeof(T));
+    return out;
+}
+
+}  // namespace qat_emu
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__ inline
+#define __host__
+#define __forceinline__
+#define __noinline__
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __constant__ static const
+#define __align__(n) __attribute__((aligned(n)))
+#define QAT_DYN_SHARED(T, name) T *name = reinterpret_cast<T *>(qat_emu::ctx.dyn_smem)
+
+inline void __syncthreads() { qat_emu::ctx.block_bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { qat_emu::ctx.warp->bar->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
+    return qat_emu::shfl_exchange(v, qat_emu::ctx.lane ^ unsigned(lane_mask));
+}
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, unsigned delta, int = 32) {
+    unsigned src = qat_emu::ctx.lane + delta;
+    // Out-of-range lanes keep their own value, as on the GPU.
+    T other = qat_emu::shfl_exchange(v, src < 32 ? src : qat_emu::ctx.lane);
+    return src < 32 ? other : v;
+}
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
+    return qat_emu::shfl_exchange(v, unsigned(src_lane));
+}
+
+template <class T>
+inline T atomicAdd(T *p, T v) {
+    return std::atomic_ref<T>(*p).fetch_add(v);
+}
+inline int atomicMax(int *p, int v) {
+    std::atomic_ref<int> a(*p);
+    int cur = a.load();
+    while (cur < v && !a.compare_exchange_weak(cur, v)) {
+    }
+    return cur;
+}
+
+template <class T>
+inline T __ldg(const T *p) { return *p; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
+inline int __float2int_rn(float x) { return int(std::nearbyint(x)); }
+
+template <class T>
+inline T min(T a, T b) { return b < a ? b : a; }
+template <class T>
+inline T max(T a, T b) { return a < b ? b : a; }

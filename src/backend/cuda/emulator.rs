@@ -1,0 +1,153 @@
+//! The emulated CUDA device: device memory is host memory, and launches go to
+//! the host-compiled copies of `kernels/*.cu` (built by `build.rs` through the
+//! shim in `kernels/emu/shim.h`; see docs/EMULATOR.md). The CUDA backend's
+//! launch code runs unchanged on top of it.
+
+use super::runtime::KernelRuntime;
+use crate::{bail, Result};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::sync::Mutex;
+
+extern "C" {
+    fn qat_emu_launch(
+        name: *const c_char,
+        gx: c_uint,
+        gy: c_uint,
+        gz: c_uint,
+        bx: c_uint,
+        by: c_uint,
+        bz: c_uint,
+        shared_bytes: c_uint,
+        args: *mut *mut c_void,
+    ) -> c_int;
+}
+
+const ALIGN: usize = 256;
+
+/// Host memory and host threads standing in for a GPU.
+#[derive(Default)]
+pub struct EmuRuntime {
+    /// Live allocations and their sizes, to free with the right layout and to
+    /// reject foreign pointers in copies.
+    allocs: Mutex<HashMap<u64, usize>>,
+}
+
+impl EmuRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks that `[ptr, ptr + bytes)` lies inside one live allocation.
+    fn check(&self, ptr: u64, bytes: usize) -> Result<()> {
+        let allocs = self.allocs.lock().unwrap_or_else(|e| e.into_inner());
+        let ok = allocs
+            .iter()
+            .any(|(&base, &size)| ptr >= base && ptr + bytes as u64 <= base + size as u64);
+        if !ok {
+            bail!(
+                Device,
+                "cuda-emu: {bytes} bytes at {ptr:#x} are not inside an allocation"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl KernelRuntime for EmuRuntime {
+    fn name(&self) -> String {
+        "cuda-emu".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|e| crate::Error::Device(e.to_string()))?;
+        // SAFETY: the layout has non-zero size.
+        let p = unsafe { alloc_zeroed(layout) };
+        if p.is_null() {
+            bail!(Device, "cuda-emu: out of memory allocating {bytes} bytes");
+        }
+        self.allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p as u64, bytes.max(1));
+        Ok(p as u64)
+    }
+
+    unsafe fn free(&self, ptr: u64) {
+        if let Some(size) = self
+            .allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ptr)
+        {
+            // SAFETY: allocated in `alloc` with this size and alignment.
+            unsafe {
+                dealloc(
+                    ptr as *mut u8,
+                    Layout::from_size_align_unchecked(size, ALIGN),
+                )
+            }
+        }
+    }
+
+    fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
+        self.check(dst, std::mem::size_of_val(src))?;
+        // SAFETY: the destination range was checked to be allocated.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut f32, src.len()) };
+        Ok(())
+    }
+
+    fn download(&self, src: u64, dst: &mut [f32]) -> Result<()> {
+        self.check(src, std::mem::size_of_val(dst))?;
+        // SAFETY: the source range was checked to be allocated.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const f32, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.check(dst, bytes)?;
+        self.check(src, bytes)?;
+        // SAFETY: both ranges were checked; `copy` allows overlap.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
+        Ok(())
+    }
+
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let name = CString::new(kernel).map_err(|e| crate::Error::Device(e.to_string()))?;
+        // SAFETY: the caller guarantees `args` match the kernel's parameters.
+        let rc = unsafe {
+            qat_emu_launch(
+                name.as_ptr(),
+                grid.0,
+                grid.1,
+                grid.2,
+                block.0,
+                block.1,
+                block.2,
+                shared_bytes,
+                args.as_mut_ptr(),
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            1 => bail!(Device, "cuda-emu: no kernel named {kernel}"),
+            _ => bail!(
+                Device,
+                "cuda-emu: invalid launch of {kernel}: grid {grid:?}, block {block:?}"
+            ),
+        }
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}

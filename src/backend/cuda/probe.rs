@@ -1,0 +1,107 @@
+//! Finds out, without crashing, whether the CUDA driver and NVRTC can be used.
+//! cudarc panics on the first call into a library it cannot load, so every
+//! path into cudarc goes through these checks first.
+
+use std::sync::OnceLock;
+
+/// Ok when libcuda loads, initializes and sees at least one GPU; otherwise the
+/// reason, for messages.
+pub fn cuda_driver() -> Result<(), String> {
+    static R: OnceLock<Result<(), String>> = OnceLock::new();
+    R.get_or_init(|| {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("libcuda (the NVIDIA driver library) was not found".into());
+        }
+        cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
+        let n = cudarc::driver::result::device::get_count()
+            .map_err(|e| format!("cuDeviceGetCount failed: {e:?}"))?;
+        if n < 1 {
+            return Err("the CUDA driver sees no GPU".into());
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+/// Ok when libnvrtc loads. It is looked up by name (LD_LIBRARY_PATH and the
+/// system paths), then in `$QAT_NVRTC_DIR`, `$CUDA_HOME/lib64`,
+/// `/usr/local/cuda/lib64` and the `nvidia-cuda-nvrtc` pip wheel
+/// (`site-packages/nvidia/cu13/lib` of `python3`).
+pub fn nvrtc() -> Result<(), String> {
+    static R: OnceLock<Result<(), String>> = OnceLock::new();
+    R.get_or_init(|| {
+        // SAFETY: only tries to dlopen the library.
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Ok(());
+        }
+        if preload_nvrtc() && unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Ok(());
+        }
+        Err(
+            "libnvrtc.so.13 was not found (pip install \"nvidia-cuda-nvrtc==13.0.*\", \
+             or put a CUDA 13 lib directory on LD_LIBRARY_PATH)"
+                .into(),
+        )
+    })
+    .clone()
+}
+
+/// Loads libnvrtc by absolute path from the usual install places. Once loaded,
+/// cudarc's later `dlopen("libnvrtc.so.13")` finds it by its soname.
+#[cfg(target_os = "linux")]
+fn preload_nvrtc() -> bool {
+    use std::ffi::{c_char, c_int, c_void, CString};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::PathBuf;
+    extern "C" {
+        fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    }
+    const RTLD_NOW: c_int = 2;
+    const RTLD_GLOBAL: c_int = 0x100;
+
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for var in ["QAT_NVRTC_DIR"] {
+        if let Some(d) = std::env::var_os(var) {
+            dirs.push(d.into());
+        }
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            dirs.push(PathBuf::from(d).join("lib64"));
+        }
+    }
+    dirs.push("/usr/local/cuda/lib64".into());
+    // The pip wheel: ask python3 where its `nvidia` namespace package lives.
+    let py = "import nvidia, os; print('\\n'.join(os.path.join(p, 'cu13', 'lib') for p in nvidia.__path__))";
+    if let Ok(out) = std::process::Command::new("python3")
+        .args(["-c", py])
+        .output()
+    {
+        dirs.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(PathBuf::from),
+        );
+    }
+    for dir in dirs {
+        let lib = dir.join("libnvrtc.so.13");
+        if !lib.exists() {
+            continue;
+        }
+        let Ok(c) = CString::new(lib.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: loading a shared library by path; the handle is kept for
+        // the life of the process on purpose.
+        if !unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null() {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preload_nvrtc() -> bool {
+    false
+}

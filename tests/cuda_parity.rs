@@ -1,0 +1,1088 @@
+//! Every primitive of the CUDA backend against the CPU backend (the
+//! reference), on random shapes that include sizes not divisible by any tile
+//! (128 for the GEMM/convolution tiles, 256 threads, 32 lanes), on
+//! - the emulated CUDA device (always: the kernels compiled for the host), and
+//! - the real GPU, when one works (otherwise a printed skip message).
+//!
+//! Outputs are poisoned with NaN before each launch, so an element a kernel
+//! forgets to write fails the comparison. Tolerances are `atol + rtol * |ref|`
+//! per element, stated at each test.
+//!
+//! Environment: `QAT_REQUIRE_GPU=1` turns a missing GPU into a failure (the
+//! GPU check sets it); `QAT_PARITY_DEVICES=gpu` skips the emulator.
+
+use qat::backend::cuda::{self, probe};
+use qat::backend::{BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use qat::rng::Rng;
+use qat::Device;
+
+fn devices() -> Vec<Device> {
+    let mut out = Vec::new();
+    let only_gpu = std::env::var("QAT_PARITY_DEVICES").is_ok_and(|v| v == "gpu");
+    if !only_gpu {
+        out.push(cuda::emulated_device());
+    }
+    match probe::cuda_driver()
+        .map_err(qat::Error::Device)
+        .and_then(|_| cuda::gpu_device())
+    {
+        Ok(d) => out.push(d),
+        Err(e) => {
+            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            println!("SKIPPED on a real GPU (none usable: {e}); ran on the emulator only");
+        }
+    }
+    out
+}
+
+/// Real GPUs also get larger, ResNet-sized cases (too slow for the emulator).
+fn is_gpu(d: &Device) -> bool {
+    d.backend().name() != "cuda-emu"
+}
+
+fn cpu() -> Device {
+    Device::cpu()
+}
+
+fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+fn range(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + rng.below((hi - lo + 1) as u64) as usize
+}
+
+fn host(v: &[f32]) -> Storage {
+    Storage::Host(v.to_vec())
+}
+
+fn up(d: &Device, v: &[f32]) -> Storage {
+    d.backend().upload(v).unwrap()
+}
+
+/// A device buffer full of NaN: whatever the kernel does not write stays NaN.
+fn poison(d: &Device, len: usize) -> Storage {
+    up(d, &vec![f32::NAN; len])
+}
+
+fn down(d: &Device, s: &Storage) -> Vec<f32> {
+    d.backend().download(s).unwrap()
+}
+
+fn hv(s: &Storage) -> Vec<f32> {
+    s.host().unwrap().to_vec()
+}
+
+/// `|got - want| <= atol + rtol * |want|` everywhere; NaN never passes.
+#[track_caller]
+fn close(what: &str, dev: &Device, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what} on {}: length",
+        dev.backend().name()
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = (g - w).abs() <= atol + rtol * w.abs();
+        assert!(
+            ok,
+            "{what} on {}: element {i} of {}: got {g}, want {w} (atol {atol}, rtol {rtol})",
+            dev.backend().name(),
+            got.len()
+        );
+    }
+}
+
+// ---- memory and elementwise: exact ---------------------------------------------
+
+/// Lengths around the block (256) and the emulator's grid-stride limit (1024).
+const LENS: &[usize] = &[1, 7, 31, 255, 256, 257, 1000, 1025, 3001];
+
+#[test]
+fn memory_roundtrip_fill_zeros_copy() {
+    for dev in devices() {
+        let b = dev.backend();
+        let mut rng = Rng::new(1);
+        for &n in LENS {
+            let x = randn(&mut rng, n);
+            let s = up(&dev, &x);
+            close("upload/download", &dev, &down(&dev, &s), &x, 0.0, 0.0);
+            close(
+                "copy",
+                &dev,
+                &down(&dev, &b.copy(&s).unwrap()),
+                &x,
+                0.0,
+                0.0,
+            );
+            close(
+                "zeros",
+                &dev,
+                &down(&dev, &b.zeros(n).unwrap()),
+                &vec![0.0; n],
+                0.0,
+                0.0,
+            );
+            let mut f = poison(&dev, n);
+            b.fill(&mut f, 2.5).unwrap();
+            close("fill", &dev, &down(&dev, &f), &vec![2.5; n], 0.0, 0.0);
+        }
+        let s = b.zeros(0).unwrap();
+        assert!(down(&dev, &s).is_empty());
+        assert!(
+            s.host().is_err(),
+            "host() of device memory must be an error"
+        );
+    }
+}
+
+/// Elementwise ops: exact (same single rounding per element).
+#[test]
+fn elementwise_ops() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(2);
+        for &n in LENS {
+            let (x, z, y0) = (randn(&mut rng, n), randn(&mut rng, n), randn(&mut rng, n));
+
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.add(&host(&x), &host(&z), &mut want).unwrap();
+            b.add(&up(&dev, &x), &up(&dev, &z), &mut got).unwrap();
+            close("add", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+
+            let (mut want, mut got) = (host(&y0), up(&dev, &y0));
+            r.axpy(-0.7, &host(&x), &mut want).unwrap();
+            b.axpy(-0.7, &up(&dev, &x), &mut got).unwrap();
+            close("axpy", &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-6);
+
+            let (mut want, mut got) = (host(&x), up(&dev, &x));
+            r.scale(1.3, &mut want).unwrap();
+            b.scale(1.3, &mut got).unwrap();
+            close("scale", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.relu_fwd(&host(&x), &mut want).unwrap();
+            b.relu_fwd(&up(&dev, &x), &mut got).unwrap();
+            close("relu_fwd", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+            let yv = hv(&want);
+
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.relu_bwd(&host(&yv), &host(&z), &mut want).unwrap();
+            b.relu_bwd(&up(&dev, &yv), &up(&dev, &z), &mut got).unwrap();
+            close("relu_bwd", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+        }
+    }
+}
+
+/// add_row_bias exact; sum_rows: 1e-5 + 1e-5 relative (summation order).
+#[test]
+fn row_bias_and_sum_rows() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(3);
+        for (rows, cols) in [(1, 1), (3, 300), (257, 5), (40, 33), (1, 1030)] {
+            let (bias, y0) = (randn(&mut rng, cols), randn(&mut rng, rows * cols));
+            let (mut want, mut got) = (host(&y0), up(&dev, &y0));
+            c.backend()
+                .add_row_bias(rows, cols, &host(&bias), &mut want)
+                .unwrap();
+            dev.backend()
+                .add_row_bias(rows, cols, &up(&dev, &bias), &mut got)
+                .unwrap();
+            close(
+                "add_row_bias",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+
+            let (mut want, mut got) = (host(&vec![0.0; cols]), poison(&dev, cols));
+            c.backend()
+                .sum_rows(rows, cols, &host(&y0), &mut want)
+                .unwrap();
+            dev.backend()
+                .sum_rows(rows, cols, &up(&dev, &y0), &mut got)
+                .unwrap();
+            close(
+                "sum_rows",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * rows as f32,
+                1e-5,
+            );
+        }
+    }
+}
+
+// ---- GEMM ---------------------------------------------------------------------
+
+/// Tolerance `1e-5 * k + 1e-4 relative`: both sides sum k products in
+/// different orders (and the GPU may fuse multiply-adds).
+#[test]
+fn gemm_all_transposes_and_odd_sizes() {
+    let c = cpu();
+    let mut rng = Rng::new(4);
+    let mut cases = vec![
+        (1, 1, 1),
+        (128, 128, 8),
+        (129, 130, 9),
+        (5, 3, 300),
+        (70, 45, 33),
+        (200, 1, 17),
+        (1, 260, 4),
+    ];
+    for _ in 0..4 {
+        cases.push((
+            range(&mut rng, 1, 200),
+            range(&mut rng, 1, 200),
+            range(&mut rng, 1, 150),
+        ));
+    }
+    for dev in devices() {
+        let mut cases = cases.clone();
+        if is_gpu(&dev) {
+            cases.extend([(513, 1025, 700), (1024, 1024, 1024), (4096, 10, 512)]);
+        }
+        for (i, &(m, n, k)) in cases.iter().enumerate() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (alpha, beta) = if i % 2 == 0 { (1.0, 0.0) } else { (0.5, 0.75) };
+                let g = GemmGeom {
+                    m,
+                    n,
+                    k,
+                    trans_a: ta,
+                    trans_b: tb,
+                    alpha,
+                    beta,
+                };
+                let (a, bm, c0) = (
+                    randn(&mut rng, m * k),
+                    randn(&mut rng, k * n),
+                    randn(&mut rng, m * n),
+                );
+                let mut want = host(&c0);
+                c.backend()
+                    .gemm(&g, &host(&a), &host(&bm), &mut want)
+                    .unwrap();
+                // beta == 0 must not read C: poison it.
+                let mut got = if beta == 0.0 {
+                    poison(&dev, m * n)
+                } else {
+                    up(&dev, &c0)
+                };
+                dev.backend()
+                    .gemm(&g, &up(&dev, &a), &up(&dev, &bm), &mut got)
+                    .unwrap();
+                close(
+                    &format!("gemm {g:?}"),
+                    &dev,
+                    &down(&dev, &got),
+                    &hv(&want),
+                    1e-5 * k as f32,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+// ---- convolution ----------------------------------------------------------------
+
+fn conv_cases() -> Vec<(Conv2dGeom, bool)> {
+    let geom = |n,
+                c_in,
+                h,
+                w,
+                c_out,
+                k: (usize, usize),
+                s: (usize, usize),
+                p: (usize, usize),
+                d: (usize, usize),
+                groups| {
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k.0,
+            kw: k.1,
+            stride: s,
+            pad: p,
+            dilation: d,
+            groups,
+        }
+    };
+    let mut cases = vec![
+        (geom(2, 3, 9, 9, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1), true),
+        (
+            geom(1, 3, 15, 13, 8, (7, 7), (2, 2), (3, 3), (1, 1), 1),
+            false,
+        ), // ResNet stem
+        (
+            geom(2, 20, 6, 6, 130, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+            true,
+        ), // Kc = 180 and 130 > one tile
+        (
+            geom(1, 16, 5, 7, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),
+            false,
+        ), // downsample 1x1
+        (geom(2, 4, 7, 7, 6, (3, 3), (1, 1), (2, 2), (2, 2), 2), true), // dilated, groups
+        (
+            geom(1, 6, 8, 5, 6, (3, 3), (1, 1), (1, 1), (1, 1), 6),
+            false,
+        ), // depthwise
+        (geom(1, 2, 1, 1, 3, (1, 1), (1, 1), (0, 0), (1, 1), 1), true),
+        (
+            geom(3, 5, 11, 4, 7, (2, 3), (3, 1), (1, 0), (1, 1), 1),
+            true,
+        ), // rectangular everything
+    ];
+    let mut rng = Rng::new(5);
+    while cases.len() < 14 {
+        let groups = [1, 1, 2][range(&mut rng, 0, 2)];
+        let k = range(&mut rng, 1, 3);
+        let g = geom(
+            range(&mut rng, 1, 3),
+            groups * range(&mut rng, 1, 6),
+            range(&mut rng, 1, 12),
+            range(&mut rng, 1, 12),
+            groups * range(&mut rng, 1, 9),
+            (k, range(&mut rng, 1, 3)),
+            (range(&mut rng, 1, 2), range(&mut rng, 1, 2)),
+            (range(&mut rng, 0, 1), range(&mut rng, 0, 1)),
+            (range(&mut rng, 1, 2), 1),
+            groups,
+        );
+        if let Ok(g) = g.validate() {
+            cases.push((g, rng.below(2) == 0));
+        }
+    }
+    cases
+}
+
+/// Forward and backward-data: `1e-5 * Kc + 1e-4 relative`, Kc the reduction
+/// length; backward-weight and bias: `1e-5 * N*OH*OW + 1e-4 relative`.
+#[test]
+fn conv2d_fwd_bwd_data_bwd_weight() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(6);
+        let mut cases = conv_cases();
+        if is_gpu(&dev) {
+            let big = |c_in, hw, c_out, k, s, p| Conv2dGeom {
+                n: 8,
+                c_in,
+                h: hw,
+                w: hw,
+                c_out,
+                kh: k,
+                kw: k,
+                stride: (s, s),
+                pad: (p, p),
+                dilation: (1, 1),
+                groups: 1,
+            };
+            cases.extend([
+                (big(3, 64, 64, 7, 2, 3), false),
+                (big(64, 28, 128, 3, 2, 1), true),
+                (big(130, 14, 260, 3, 1, 1), false),
+                (big(256, 7, 512, 1, 1, 0), true),
+            ]);
+        }
+        for (g, with_bias) in cases {
+            let g = g.validate().unwrap();
+            let (x, w, bias, dy) = (
+                randn(&mut rng, g.x_len()),
+                randn(&mut rng, g.w_len()),
+                randn(&mut rng, g.c_out),
+                randn(&mut rng, g.y_len()),
+            );
+            let kc = (g.c_in_per_group() * g.kh * g.kw) as f32;
+            let r = (g.n * g.out_h() * g.out_w()) as f32;
+            let what = |op: &str| format!("{op} {g:?}");
+
+            let mut want = host(&vec![0.0; g.y_len()]);
+            let hb = host(&bias);
+            c.backend()
+                .conv2d_fwd(
+                    &g,
+                    &host(&x),
+                    &host(&w),
+                    with_bias.then_some(&hb),
+                    &mut want,
+                )
+                .unwrap();
+            let mut got = poison(&dev, g.y_len());
+            let db = up(&dev, &bias);
+            dev.backend()
+                .conv2d_fwd(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &w),
+                    with_bias.then_some(&db),
+                    &mut got,
+                )
+                .unwrap();
+            close(
+                &what("conv2d_fwd"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * kc,
+                1e-4,
+            );
+
+            let mut want = host(&vec![0.0; g.x_len()]);
+            c.backend()
+                .conv2d_bwd_data(&g, &host(&dy), &host(&w), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, g.x_len());
+            dev.backend()
+                .conv2d_bwd_data(&g, &up(&dev, &dy), &up(&dev, &w), &mut got)
+                .unwrap();
+            let kd = (g.c_out_per_group() * g.kh * g.kw) as f32;
+            close(
+                &what("conv2d_bwd_data"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-5 * kd,
+                1e-4,
+            );
+
+            let (mut want_w, mut want_b) = (host(&vec![0.0; g.w_len()]), host(&vec![0.0; g.c_out]));
+            c.backend()
+                .conv2d_bwd_weight(
+                    &g,
+                    &host(&x),
+                    &host(&dy),
+                    &mut want_w,
+                    with_bias.then_some(&mut want_b),
+                )
+                .unwrap();
+            let (mut got_w, mut got_b) = (poison(&dev, g.w_len()), poison(&dev, g.c_out));
+            dev.backend()
+                .conv2d_bwd_weight(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &dy),
+                    &mut got_w,
+                    with_bias.then_some(&mut got_b),
+                )
+                .unwrap();
+            close(
+                &what("conv2d_bwd_weight"),
+                &dev,
+                &down(&dev, &got_w),
+                &hv(&want_w),
+                1e-5 * r,
+                1e-4,
+            );
+            if with_bias {
+                close(
+                    &what("conv2d_bwd_bias"),
+                    &dev,
+                    &down(&dev, &got_b),
+                    &hv(&want_b),
+                    1e-5 * r,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+// ---- batch norm -------------------------------------------------------------------
+
+/// Train/eval forward and backward: `1e-4 + 1e-4 relative` (batch statistics
+/// are sums over N*HW values; the CPU accumulates in f64).
+#[test]
+fn batchnorm_train_eval_bwd() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(7);
+        let mut cases = vec![(2, 3, 5), (4, 7, 33), (1, 5, 1), (3, 2, 300), (2, 33, 9)];
+        if is_gpu(&dev) {
+            cases.extend([(32, 64, 56 * 56), (64, 512, 49)]);
+        }
+        for (n, ch, hw) in cases {
+            let g = BnGeom {
+                n,
+                c: ch,
+                hw,
+                eps: 1e-5,
+                momentum: 0.1,
+            };
+            let len = n * ch * hw;
+            // An offset mean tests the variance for cancellation.
+            let x: Vec<f32> = randn(&mut rng, len).iter().map(|v| 3.0 + 2.0 * v).collect();
+            let (gamma, beta, dy) = (
+                randn(&mut rng, ch),
+                randn(&mut rng, ch),
+                randn(&mut rng, len),
+            );
+            let rm: Vec<f32> = randn(&mut rng, ch);
+            let rv: Vec<f32> = randn(&mut rng, ch).iter().map(|v| 1.0 + v.abs()).collect();
+
+            let (mut rm_w, mut rv_w) = (host(&rm), host(&rv));
+            let (mut y_w, mut m_w, mut s_w) = (
+                host(&vec![0.0; len]),
+                host(&vec![0.0; ch]),
+                host(&vec![0.0; ch]),
+            );
+            c.backend()
+                .batchnorm_fwd_train(
+                    &g,
+                    &host(&x),
+                    &host(&gamma),
+                    &host(&beta),
+                    &mut rm_w,
+                    &mut rv_w,
+                    &mut y_w,
+                    &mut m_w,
+                    &mut s_w,
+                )
+                .unwrap();
+            let (mut rm_g, mut rv_g) = (up(&dev, &rm), up(&dev, &rv));
+            let (mut y_g, mut m_g, mut s_g) =
+                (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
+            let (xd, gd, bd) = (up(&dev, &x), up(&dev, &gamma), up(&dev, &beta));
+            dev.backend()
+                .batchnorm_fwd_train(
+                    &g, &xd, &gd, &bd, &mut rm_g, &mut rv_g, &mut y_g, &mut m_g, &mut s_g,
+                )
+                .unwrap();
+            let what = |op: &str| format!("{op} {g:?}");
+            close(
+                &what("bn train y"),
+                &dev,
+                &down(&dev, &y_g),
+                &hv(&y_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn save_mean"),
+                &dev,
+                &down(&dev, &m_g),
+                &hv(&m_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn save_invstd"),
+                &dev,
+                &down(&dev, &s_g),
+                &hv(&s_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn running_mean"),
+                &dev,
+                &down(&dev, &rm_g),
+                &hv(&rm_w),
+                1e-4,
+                1e-4,
+            );
+            close(
+                &what("bn running_var"),
+                &dev,
+                &down(&dev, &rv_g),
+                &hv(&rv_w),
+                1e-4,
+                1e-4,
+            );
+
+            let mut want = host(&vec![0.0; len]);
+            c.backend()
+                .batchnorm_fwd_eval(
+                    &g,
+                    &host(&x),
+                    &host(&gamma),
+                    &host(&beta),
+                    &host(&rm),
+                    &host(&rv),
+                    &mut want,
+                )
+                .unwrap();
+            let mut got = poison(&dev, len);
+            dev.backend()
+                .batchnorm_fwd_eval(&g, &xd, &gd, &bd, &up(&dev, &rm), &up(&dev, &rv), &mut got)
+                .unwrap();
+            close(
+                &what("bn eval y"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-4,
+                1e-4,
+            );
+
+            let (mut dx_w, mut dg_w, mut db_w) = (
+                host(&vec![0.0; len]),
+                host(&vec![0.0; ch]),
+                host(&vec![0.0; ch]),
+            );
+            c.backend()
+                .batchnorm_bwd(
+                    &g,
+                    &host(&x),
+                    &host(&dy),
+                    &host(&gamma),
+                    &m_w,
+                    &s_w,
+                    &mut dx_w,
+                    &mut dg_w,
+                    &mut db_w,
+                )
+                .unwrap();
+            let (mut dx_g, mut dg_g, mut db_g) =
+                (poison(&dev, len), poison(&dev, ch), poison(&dev, ch));
+            // The saved statistics are the CPU's, so only the backward differs.
+            let (md, sd) = (up(&dev, &hv(&m_w)), up(&dev, &hv(&s_w)));
+            dev.backend()
+                .batchnorm_bwd(
+                    &g,
+                    &xd,
+                    &up(&dev, &dy),
+                    &gd,
+                    &md,
+                    &sd,
+                    &mut dx_g,
+                    &mut dg_g,
+                    &mut db_g,
+                )
+                .unwrap();
+            let tol = 1e-5 * (n * hw) as f32;
+            close(
+                &what("bn dx"),
+                &dev,
+                &down(&dev, &dx_g),
+                &hv(&dx_w),
+                1e-4,
+                1e-3,
+            );
+            close(
+                &what("bn dgamma"),
+                &dev,
+                &down(&dev, &dg_g),
+                &hv(&dg_w),
+                tol,
+                1e-4,
+            );
+            close(
+                &what("bn dbeta"),
+                &dev,
+                &down(&dev, &db_g),
+                &hv(&db_w),
+                tol,
+                1e-4,
+            );
+        }
+    }
+}
+
+// ---- pooling ------------------------------------------------------------------------
+
+/// Max pooling: exact, on inputs full of ties (values from {0, 1, 2}), so the
+/// first-maximum rule of the backward pass is tested. Average pooling:
+/// `1e-6 + 1e-5 relative`.
+#[test]
+fn maxpool_and_global_avgpool() {
+    let c = cpu();
+    let pool = |n, ch, h, w, k: (usize, usize), s: (usize, usize), p: (usize, usize)| Pool2dGeom {
+        n,
+        c: ch,
+        h,
+        w,
+        kh: k.0,
+        kw: k.1,
+        stride: s,
+        pad: p,
+    };
+    let cases = [
+        pool(2, 3, 9, 9, (3, 3), (2, 2), (1, 1)), // ResNet stem pool
+        pool(1, 2, 8, 6, (2, 2), (2, 2), (0, 0)),
+        pool(2, 2, 7, 5, (3, 3), (1, 1), (1, 1)),
+        pool(1, 3, 6, 11, (2, 3), (1, 2), (1, 1)),
+        pool(3, 5, 17, 13, (3, 3), (2, 2), (1, 1)),
+        pool(1, 1, 1, 1, (1, 1), (1, 1), (0, 0)),
+    ];
+    for dev in devices() {
+        let mut rng = Rng::new(8);
+        let mut cases = cases.to_vec();
+        if is_gpu(&dev) {
+            cases.push(pool(16, 64, 112, 112, (3, 3), (2, 2), (1, 1)));
+        }
+        for g in cases {
+            let g = g.validate().unwrap();
+            let (xl, yl) = (g.n * g.c * g.h * g.w, g.n * g.c * g.out_h() * g.out_w());
+            let x: Vec<f32> = (0..xl).map(|_| rng.below(3) as f32).collect();
+            let dy = randn(&mut rng, yl);
+            let mut want = host(&vec![0.0; yl]);
+            c.backend().maxpool2d_fwd(&g, &host(&x), &mut want).unwrap();
+            let mut got = poison(&dev, yl);
+            dev.backend()
+                .maxpool2d_fwd(&g, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                &format!("maxpool fwd {g:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+
+            let mut want = host(&vec![0.0; xl]);
+            c.backend()
+                .maxpool2d_bwd(&g, &host(&x), &host(&dy), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, xl);
+            dev.backend()
+                .maxpool2d_bwd(&g, &up(&dev, &x), &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                &format!("maxpool bwd {g:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-6,
+            );
+        }
+        for (n, ch, hw) in [(1, 1, 1), (2, 3, 49), (3, 9, 100), (1, 17, 31)] {
+            let (x, dy) = (randn(&mut rng, n * ch * hw), randn(&mut rng, n * ch));
+            let mut want = host(&vec![0.0; n * ch]);
+            c.backend()
+                .global_avgpool_fwd(n, ch, hw, &host(&x), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, n * ch);
+            dev.backend()
+                .global_avgpool_fwd(n, ch, hw, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                "global_avgpool_fwd",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-5,
+            );
+
+            let mut want = host(&vec![0.0; n * ch * hw]);
+            c.backend()
+                .global_avgpool_bwd(n, ch, hw, &host(&dy), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, n * ch * hw);
+            dev.backend()
+                .global_avgpool_bwd(n, ch, hw, &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                "global_avgpool_bwd",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+}
+
+// ---- loss ----------------------------------------------------------------------------
+
+/// Softmax cross-entropy: loss and probabilities `1e-5 + 1e-4 relative`,
+/// gradient `1e-6 + 1e-4 relative`.
+#[test]
+fn softmax_cross_entropy() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(9);
+        for (rows, classes, eps) in [
+            (1, 1, 0.0),
+            (3, 10, 0.0),
+            (37, 10, 0.1),
+            (5, 300, 0.1),
+            (2, 1000, 0.05),
+        ] {
+            let logits: Vec<f32> = randn(&mut rng, rows * classes)
+                .iter()
+                .map(|v| 4.0 * v)
+                .collect();
+            let labels: Vec<f32> = (0..rows)
+                .map(|_| rng.below(classes as u64) as f32)
+                .collect();
+            let (mut loss_w, mut probs_w) = (host(&[0.0]), host(&vec![0.0; rows * classes]));
+            c.backend()
+                .softmax_xent_fwd(
+                    rows,
+                    classes,
+                    eps,
+                    &host(&logits),
+                    &host(&labels),
+                    &mut loss_w,
+                    &mut probs_w,
+                )
+                .unwrap();
+            let (mut loss_g, mut probs_g) = (poison(&dev, 1), poison(&dev, rows * classes));
+            let (ld, lab) = (up(&dev, &logits), up(&dev, &labels));
+            dev.backend()
+                .softmax_xent_fwd(rows, classes, eps, &ld, &lab, &mut loss_g, &mut probs_g)
+                .unwrap();
+            let what = format!("softmax_xent rows {rows} classes {classes} eps {eps}");
+            close(&what, &dev, &down(&dev, &loss_g), &hv(&loss_w), 1e-5, 1e-4);
+            close(
+                &what,
+                &dev,
+                &down(&dev, &probs_g),
+                &hv(&probs_w),
+                1e-5,
+                1e-4,
+            );
+
+            let mut want = host(&vec![0.0; rows * classes]);
+            c.backend()
+                .softmax_xent_bwd(
+                    rows,
+                    classes,
+                    eps,
+                    &probs_w,
+                    &host(&labels),
+                    &host(&[0.7]),
+                    &mut want,
+                )
+                .unwrap();
+            let mut got = poison(&dev, rows * classes);
+            let pd = up(&dev, &hv(&probs_w));
+            dev.backend()
+                .softmax_xent_bwd(rows, classes, eps, &pd, &lab, &up(&dev, &[0.7]), &mut got)
+                .unwrap();
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-4);
+        }
+    }
+}
+
+// ---- optimizer --------------------------------------------------------------------------
+
+/// Three SGD steps, parameters and momentum buffers: `1e-6 + 1e-6 relative`.
+#[test]
+fn sgd_steps() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(10);
+        for (momentum, nesterov, weight_decay) in
+            [(0.0, false, 0.0), (0.9, false, 5e-4), (0.9, true, 1e-2)]
+        {
+            let s = SgdStep {
+                lr: 0.1,
+                momentum,
+                weight_decay,
+                nesterov,
+            };
+            let n = 1029;
+            let p0 = randn(&mut rng, n);
+            let (mut pw, mut bw) = (host(&p0), host(&vec![0.0; n]));
+            let (mut pg, mut bg) = (up(&dev, &p0), dev.backend().zeros(n).unwrap());
+            for _ in 0..3 {
+                let g = randn(&mut rng, n);
+                c.backend()
+                    .sgd_step(&s, &mut pw, &host(&g), &mut bw)
+                    .unwrap();
+                dev.backend()
+                    .sgd_step(&s, &mut pg, &up(&dev, &g), &mut bg)
+                    .unwrap();
+            }
+            close(
+                &format!("sgd param {s:?}"),
+                &dev,
+                &down(&dev, &pg),
+                &hv(&pw),
+                1e-6,
+                1e-6,
+            );
+            close(
+                &format!("sgd buffer {s:?}"),
+                &dev,
+                &down(&dev, &bg),
+                &hv(&bw),
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+// ---- quantization-aware training ------------------------------------------------------
+
+/// Observers and fake quantization: exact (same division, same
+/// round-half-to-even), on inputs that include exact .5 ties and values far
+/// outside the grid. Per-channel scale: exact; per-channel dot: `1e-6 + 1e-6
+/// relative` (both accumulate in f64).
+#[test]
+fn quantization_primitives() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(11);
+        for &n in LENS {
+            let x: Vec<f32> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
+            assert_eq!(
+                b.min_max(&up(&dev, &x)).unwrap(),
+                r.min_max(&host(&x)).unwrap(),
+                "min_max, n = {n}"
+            );
+        }
+        for q in [
+            FqTensor {
+                scale: 0.05,
+                zero_point: -3,
+                qmin: -128,
+                qmax: 127,
+            },
+            FqTensor {
+                scale: 0.125,
+                zero_point: 10,
+                qmin: -128,
+                qmax: 127,
+            },
+        ] {
+            let n = 2000;
+            // Half the values on exact ties k + 0.5 of the grid, some clamped.
+            let x: Vec<f32> = (0..n)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        (rng.below(400) as f32 - 200.0 + 0.5) * q.scale
+                    } else {
+                        rng.normal() * 10.0
+                    }
+                })
+                .collect();
+            let dy = randn(&mut rng, n);
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_tensor_fwd(&q, &host(&x), &mut want).unwrap();
+            b.fake_quant_tensor_fwd(&q, &up(&dev, &x), &mut got)
+                .unwrap();
+            close(
+                &format!("fake_quant_tensor_fwd {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_tensor_bwd(&q, &host(&x), &host(&dy), &mut want)
+                .unwrap();
+            b.fake_quant_tensor_bwd(&q, &up(&dev, &x), &up(&dev, &dy), &mut got)
+                .unwrap();
+            close(
+                &format!("fake_quant_tensor_bwd {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+        }
+        for (channels, inner) in [(5, 27), (3, 1), (4, 300), (1, 1000)] {
+            let n = channels * inner;
+            let mut w = randn(&mut rng, n);
+            w[..inner].iter_mut().for_each(|v| *v = 0.0); // an all-zero channel
+            let dy = randn(&mut rng, n);
+            let (mut yw, mut sw) = (host(&vec![0.0; n]), host(&vec![0.0; channels]));
+            r.fake_quant_channel_fwd(channels, inner, &host(&w), &mut yw, &mut sw)
+                .unwrap();
+            let (mut yg, mut sg) = (poison(&dev, n), poison(&dev, channels));
+            b.fake_quant_channel_fwd(channels, inner, &up(&dev, &w), &mut yg, &mut sg)
+                .unwrap();
+            let what = format!("fake_quant_channel {channels}x{inner}");
+            close(&what, &dev, &down(&dev, &sg), &hv(&sw), 0.0, 0.0);
+            close(&what, &dev, &down(&dev, &yg), &hv(&yw), 0.0, 0.0);
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.fake_quant_channel_bwd(channels, inner, &host(&w), &sw, &host(&dy), &mut want)
+                .unwrap();
+            let sd = up(&dev, &hv(&sw));
+            b.fake_quant_channel_bwd(
+                channels,
+                inner,
+                &up(&dev, &w),
+                &sd,
+                &up(&dev, &dy),
+                &mut got,
+            )
+            .unwrap();
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+        }
+        for (outer, ch, inner) in [(1, 1, 1), (3, 5, 7), (2, 64, 9), (130, 3, 1)] {
+            let n = outer * ch * inner;
+            let (x, z, s) = (randn(&mut rng, n), randn(&mut rng, n), randn(&mut rng, ch));
+            let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+            r.channel_scale(outer, ch, inner, &host(&x), &host(&s), &mut want)
+                .unwrap();
+            b.channel_scale(outer, ch, inner, &up(&dev, &x), &up(&dev, &s), &mut got)
+                .unwrap();
+            close(
+                "channel_scale",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+            let (mut want, mut got) = (host(&vec![0.0; ch]), poison(&dev, ch));
+            r.channel_dot(outer, ch, inner, &host(&x), &host(&z), &mut want)
+                .unwrap();
+            b.channel_dot(outer, ch, inner, &up(&dev, &x), &up(&dev, &z), &mut got)
+                .unwrap();
+            close(
+                "channel_dot",
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6,
+                1e-6,
+            );
+        }
+    }
+}
+
+// ---- devices ------------------------------------------------------------------------------
+
+#[test]
+fn device_parse() {
+    assert!(Device::parse("cpu").unwrap().is_cpu());
+    let emu = Device::parse("cuda-emu").unwrap();
+    assert!(
+        emu.same(&Device::parse("cuda-emu").unwrap()),
+        "cuda-emu is one process-wide device"
+    );
+    assert_eq!(emu.backend().name(), "cuda-emu");
+    let auto = Device::parse("auto").unwrap();
+    match probe::cuda_driver() {
+        Ok(()) => assert!(!auto.is_cpu()),
+        Err(_) => {
+            assert!(auto.is_cpu());
+            let e = Device::parse("cuda").expect_err("cuda without a GPU must be an error");
+            assert!(e.to_string().contains("no usable GPU"), "{e}");
+        }
+    }
+    assert!(Device::parse("tpu").is_err());
+}
+
+/// Storage of one device is rejected by another.
+#[test]
+fn foreign_storage_is_an_error() {
+    let emu = cuda::emulated_device();
+    let h = host(&[1.0, 2.0]);
+    let mut y = poison(&emu, 2);
+    assert!(emu.backend().relu_fwd(&h, &mut y).is_err());
+}
