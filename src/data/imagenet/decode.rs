@@ -262,7 +262,8 @@ mod tests {
     fn reduction_needs_twice_the_output_both_ways() {
         assert_eq!(reduction((447, 1000), (224, 224)), 1);
         assert_eq!(reduction((448, 448), (224, 224)), 2);
-        assert_eq!(reduction((1000, 900), (224, 224)), 2);
+        assert_eq!(reduction((1000, 800), (224, 224)), 2);
+        assert_eq!(reduction((1000, 900), (224, 224)), 4);
         assert_eq!(reduction((1800, 1800), (224, 224)), 8);
         assert_eq!(reduction((4000, 4000), (224, 224)), 8);
     }
