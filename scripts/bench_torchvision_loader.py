@@ -61,6 +61,24 @@ def main():
     r = rate(val, lambda p: val_tf(pil_loader(p)), passes)
     print(f"val: decode+resize+crop+normalize  {r:8.1f} img/s  {1e3 / r:6.2f} ms/img")
 
+    # The DataLoader as a training script uses it: batches of 64, shuffled,
+    # worker processes (persistent, so start-up is not counted).
+    ds = torchvision.datasets.ImageFolder(os.path.join(root, "train"), train_tf)
+    for workers in [1, os.cpu_count()]:
+        dl = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers,
+                                         persistent_workers=True, drop_last=True)
+        for _ in dl:  # warm up the workers
+            pass
+        best = 0.0
+        for _ in range(passes):
+            t = time.perf_counter()
+            n = sum(len(y) for _, y in dl)
+            best = max(best, n / (time.perf_counter() - t))
+        print(f"DataLoader, {workers} worker(s)            {best:8.1f} img/s  {1e3 / best:6.2f} ms/img")
+        if workers > 1:
+            print(f"  per worker                        {best / workers:8.1f} img/s")
+        del dl
+
 
 if __name__ == "__main__":
     main()
