@@ -52,8 +52,8 @@ struct EvalArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Image folders: decoding threads [default: all cores].
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -139,8 +139,8 @@ struct TrainArgs {
     #[arg(long)]
     quiet: bool,
     /// Image folders: decoding threads [default: all cores].
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// Defaults that depend on the data set: the Fashion-MNIST recipe, or the
@@ -213,7 +213,7 @@ fn run(cli: Cli) -> qat::Result<()> {
                 val_limit: a.val_limit,
                 progress: !a.quiet,
                 stop_after: a.stop_after,
-                workers: a.workers,
+                workers: a.workers.unwrap_or(0),
             };
             eprintln!(
                 "recipe: {} {}, {} epochs, batch {}, lr {} (cosine, {} warm-up epochs), momentum {}, wd {}",
@@ -247,7 +247,7 @@ fn run(cli: Cli) -> qat::Result<()> {
                     seed: 0,
                     train_limit: None,
                     val_limit: a.limit,
-                    workers: a.workers,
+                    workers: a.workers.unwrap_or(0),
                 })?;
                 train::evaluate_batches(&model, source.val_batches(), &device)?
             } else {
