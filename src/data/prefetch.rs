@@ -83,6 +83,13 @@ impl Iterator for Prefetch {
                 Some(b)
             }
             None => {
+                // The producer is done (or died): a panic there is re-raised
+                // here rather than passing for a short epoch.
+                if let Some(h) = self.handle.take() {
+                    if let Err(panic) = h.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
                 self.next = self.end;
                 let n = self.skipped();
                 if n > 0 && !self.reported {
@@ -106,5 +113,39 @@ impl Drop for Prefetch {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::ImageDims;
+
+    fn batch(v: f32) -> Batch {
+        Batch {
+            images: vec![v],
+            labels: vec![0],
+            n: 1,
+            dims: ImageDims::new(1, 1, 1),
+        }
+    }
+
+    #[test]
+    fn in_order_from_start_and_empty_batches_left_out() {
+        let p = Prefetch::spawn(2, 6, 1, Arc::default(), "t".into(), |b| {
+            (b != 4).then(|| batch(b as f32))
+        });
+        let got: Vec<f32> = p.map(|b| b.images[0]).collect();
+        assert_eq!(got, [2.0, 3.0, 5.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "producer failed")]
+    fn a_producer_panic_reaches_the_consumer() {
+        let p = Prefetch::spawn(0, 3, 1, Arc::default(), "t".into(), |b| {
+            assert!(b < 1, "producer failed");
+            Some(batch(0.0))
+        });
+        for _ in p {}
     }
 }

@@ -266,7 +266,13 @@ impl Inner {
                 .map(|(dst, &i)| {
                     let (path, _) = &folder.samples[i as usize];
                     let aug = epoch.map(|e| (self.cfg.seed, e, u64::from(i)));
-                    match load_sample(path, aug, self.cfg.crop, self.cfg.resize, &self.norm, dst) {
+                    // A decoder that panics on a malformed file skips that
+                    // file like any decoding error instead of ending the epoch.
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        load_sample(path, aug, self.cfg.crop, self.cfg.resize, &self.norm, dst)
+                    }))
+                    .unwrap_or_else(|_| Err("the decoder panicked".into()));
+                    match loaded {
                         Ok(()) => true,
                         Err(e) => {
                             eprintln!("skipping {}: {e}", path.display());
