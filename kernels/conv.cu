@@ -73,7 +73,8 @@ struct FwdStore {
     }
 };
 
-// grid (ceil(O/groups / 128), ceil(N*OH*OW / 128), groups), block 256.
+// grid (ceil(N*OH*OW / 128), ceil(O/groups / 128), groups), block 256: row tiles
+// on x (up to 2^31 - 1 blocks), and consecutive blocks share a weight tile.
 extern "C" __global__ void __launch_bounds__(TG_THREADS)
     conv2d_fwd_f32(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,
                    float *__restrict__ y, ConvGeom g) {
@@ -82,7 +83,7 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
     const FwdLoadX la{x, g, M, grp};
     const FwdLoadW lb{w, Kc, g.og(), grp};
     const FwdStore st{y, bias, g, grp};
-    tile_gemm(M, g.og(), blockIdx.y * TG_BM, blockIdx.x * TG_BN, 0, Kc, la, lb, st);
+    tile_gemm(M, g.og(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
 }
 
 // ---- backward data -------------------------------------------------------------
@@ -153,7 +154,7 @@ struct BwdDataStore {
     }
 };
 
-// grid (ceil(C/groups / 128), ceil(N*H*W / 128), groups), block 256.
+// grid (ceil(N*H*W / 128), ceil(C/groups / 128), groups), block 256.
 extern "C" __global__ void __launch_bounds__(TG_THREADS)
     conv2d_bwd_data_f32(const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, ConvGeom g) {
     const int grp = blockIdx.z;
@@ -161,7 +162,7 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
     const BwdDataLoadDy la{dy, g, M, grp};
     const BwdDataLoadW lb{w, g, grp};
     const BwdDataStore st{dx, g, grp};
-    tile_gemm(M, g.cg(), blockIdx.y * TG_BM, blockIdx.x * TG_BN, 0, Kc, la, lb, st);
+    tile_gemm(M, g.cg(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
 }
 
 // ---- backward weight -------------------------------------------------------------
@@ -221,7 +222,7 @@ struct BwdWStore {
 // split the result goes straight to dw, else split s writes
 // ws[s][O][Kc] and conv2d_bwd_weight_reduce_f32 sums the slices in order
 // (deterministic, no atomics).
-// grid (ceil(Kc / 128), ceil(O/groups / 128), groups * splits), block 256.
+// grid (ceil(O/groups / 128), ceil(Kc / 128), groups * splits), block 256.
 extern "C" __global__ void __launch_bounds__(TG_THREADS)
     conv2d_bwd_weight_f32(const float *__restrict__ x, const float *__restrict__ dy, float *__restrict__ out,
                           ConvGeom g, int splits, int chunk) {
@@ -233,7 +234,7 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
     const BwdWLoadDy la{dy, g, grp};
     const BwdWLoadX lb{x, g, Kc, grp};
     const BwdWStore st{dst, Kc, g.og(), grp};
-    tile_gemm(g.og(), Kc, blockIdx.y * TG_BM, blockIdx.x * TG_BN, k_begin, k_end, la, lb, st);
+    tile_gemm(g.og(), Kc, blockIdx.x * TG_BM, blockIdx.y * TG_BN, k_begin, k_end, la, lb, st);
     (void)splits;
 }
 

@@ -24,7 +24,7 @@ struct GemmStore {
     }
 };
 
-// grid (ceil(N / 128), ceil(M / 128)), block 256.
+// grid (ceil(M / 128), ceil(N / 128)), block 256.
 extern "C" __global__ void __launch_bounds__(TG_THREADS)
     gemm_fwd_f32(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c, int M, int N, int K,
                  int trans_a, int trans_b, float alpha, float beta) {
@@ -33,5 +33,5 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
     const GemmOperand la{a, trans_a ? M : K, M, !trans_a};
     const GemmOperand lb{b, trans_b ? K : N, N, trans_b != 0};
     const GemmStore st{c, N, alpha, beta};
-    tile_gemm(M, N, blockIdx.y * TG_BM, blockIdx.x * TG_BN, 0, K, la, lb, st);
+    tile_gemm(M, N, blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, K, la, lb, st);
 }

@@ -7,22 +7,27 @@
 //! - [`ops`]: differentiable operations (shape checks, forward, backward);
 //! - [`nn`], [`models`], [`optim`]: modules, ResNets, SGD and schedules;
 //! - [`data`]: datasets and augmentation;
-//! - [`checkpoint`]: atomic, checksummed training checkpoints (safetensors).
+//! - [`checkpoint`]: atomic, checksummed training checkpoints (safetensors);
+//! - [`onnx`], [`executor`], [`verify`]: int8 ONNX export, the integer-only
+//!   reference executor, and the layer-by-layer verification harness.
 
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod executor;
 pub mod int8;
 pub mod models;
 pub mod nn;
+pub mod onnx;
 pub mod ops;
 pub mod optim;
 pub mod quant;
 pub mod rng;
 pub mod tensor;
 pub mod train;
+pub mod verify;
 
 pub use backend::Device;
 pub use error::{Error, Result};

@@ -33,6 +33,48 @@ enum Command {
     /// Report top-1/top-5 of a checkpoint on the Fashion-MNIST test set or an
     /// ImageNet val split (the integer-exact model for QAT checkpoints).
     Eval(EvalArgs),
+    /// Export a checkpoint as an integer-only int8 ONNX graph (QAT
+    /// checkpoints), or as a float graph with --fp32.
+    Export(ExportArgs),
+    /// Compare the QAT model's integer-exact forward with the int8 executor
+    /// running the exported ONNX graph, layer by layer; fails on any
+    /// mismatch.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A checkpoint written by `qat train` (OUT/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Export the float model (Conv, BatchNormalization, Relu, Add, ...).
+    #[arg(long)]
+    fp32: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The QAT checkpoint the graph was exported from.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The int8 ONNX graph (from `qat export`).
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files (the test split is used).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Number of test images to compare.
+    #[arg(long, default_value_t = 1000)]
+    images: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Device of the QAT model's forward: auto, cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -273,6 +315,34 @@ fn run(cli: Cli) -> qat::Result<()> {
                 acc.top5()
             );
             Ok(())
+        }
+        Command::Export(a) => {
+            println!(
+                "{}",
+                qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
+            );
+            Ok(())
+        }
+        Command::Verify(a) => {
+            let device = Device::parse(&a.device)?;
+            eprintln!("device: {}", device.backend().name());
+            let report = qat::verify::verify_checkpoint(
+                &a.checkpoint,
+                &a.onnx,
+                &a.data,
+                a.images,
+                a.batch_size,
+                &device,
+            )?;
+            println!("{}", report.table());
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(qat::Error::Numerical(format!(
+                    "{} int8 values differ between the QAT model and the executor",
+                    report.total_mismatches()
+                )))
+            }
         }
     }
 }

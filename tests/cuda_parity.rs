@@ -12,7 +12,10 @@
 //! GPU check sets it); `QAT_PARITY_DEVICES=gpu` skips the emulator.
 
 use qat::backend::cuda::{self, probe};
-use qat::backend::{BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, SgdStep, Storage};
+use qat::backend::{
+    BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep,
+    Storage,
+};
 use qat::rng::Rng;
 use qat::Device;
 
@@ -1050,6 +1053,140 @@ fn quantization_primitives() {
                 &hv(&want),
                 1e-6,
                 1e-6,
+            );
+        }
+    }
+}
+
+// ---- integer-exact evaluation ----------------------------------------------------------
+
+/// Activations `(q - z) * s` for random int8 `q`.
+fn int8_act(rng: &mut Rng, n: usize, s: f32, z: i32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.below(256) as i32 - 128 - z) as f32 * s)
+        .collect()
+}
+
+/// qconv2d, qadd, qgap: exact (integer arithmetic on both sides).
+#[test]
+fn int8_layers_exact() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(12);
+        for ((g, _), relu) in conv_cases()
+            .into_iter()
+            .take(8)
+            .zip([true, false].into_iter().cycle())
+        {
+            let g = g.validate().unwrap();
+            let (s_x, z_x, s_y, z_y) = (0.02, -5, 0.05, if relu { -128 } else { 3 });
+            let q = QConvArgs {
+                s_x,
+                z_x,
+                s_y,
+                z_y,
+                lo: if relu { z_y } else { -128 },
+                hi: 127,
+            };
+            let x = int8_act(&mut rng, g.x_len(), s_x, z_x);
+            let w: Vec<f32> = (0..g.w_len())
+                .map(|_| rng.below(255) as f32 - 127.0)
+                .collect();
+            let bias: Vec<i32> = (0..g.c_out)
+                .map(|_| rng.below(20001) as i32 - 10000)
+                .collect();
+            let bias = Storage::from_i32(&bias);
+            let m: Vec<f32> = (0..g.c_out).map(|_| 1e-4 + rng.uniform() * 2e-3).collect();
+            let mut want = host(&vec![0.0; g.y_len()]);
+            r.qconv2d(
+                &g,
+                &q,
+                &host(&x),
+                &host(&w),
+                &host(&bias),
+                &host(&m),
+                &mut want,
+            )
+            .unwrap();
+            let mut got = poison(&dev, g.y_len());
+            let (xd, wd, bd, md) = (up(&dev, &x), up(&dev, &w), up(&dev, &bias), up(&dev, &m));
+            b.qconv2d(&g, &q, &xd, &wd, &bd, &md, &mut got).unwrap();
+            close(
+                &format!("qconv2d {g:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+        }
+        for (s_a, s_b, s_c, relu) in [
+            (0.02, 0.03, 0.04, false),
+            (0.5, 0.001, 0.1, true),
+            (0.01, 0.01, 0.01, false),
+        ] {
+            let (z_a, z_b, z_c) = (-3, 7, if relu { -128 } else { 2 });
+            let add = qat::quant::AddRequant::new(s_a, z_a, s_b, z_b, s_c, z_c, relu).unwrap();
+            let q = QAddArgs {
+                s_a,
+                s_b,
+                s_c,
+                num_a: add.num_a,
+                num_b: add.num_b,
+                den: add.den,
+                z_a,
+                z_b,
+                z_c,
+                lo: add.lo,
+                hi: add.hi,
+            };
+            let n = 1500;
+            let (xa, xb) = (
+                int8_act(&mut rng, n, s_a, z_a),
+                int8_act(&mut rng, n, s_b, z_b),
+            );
+            let mut want = host(&vec![0.0; n]);
+            r.qadd(&q, &host(&xa), &host(&xb), &mut want).unwrap();
+            let mut got = poison(&dev, n);
+            b.qadd(&q, &up(&dev, &xa), &up(&dev, &xb), &mut got)
+                .unwrap();
+            close(
+                &format!("qadd {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
+            );
+        }
+        for (n, ch, hw, m) in [
+            (2, 3, 49, 0.02 / 49.0),
+            (1, 70, 1, 0.9),
+            (3, 5, 16, 1.0 / 16.0),
+        ] {
+            let q = QGapArgs {
+                n,
+                c: ch,
+                hw,
+                s_in: 0.05,
+                z_in: -7,
+                m,
+                s_out: 0.04,
+                z_out: 1,
+            };
+            let x = int8_act(&mut rng, n * ch * hw, q.s_in, q.z_in);
+            let mut want = host(&vec![0.0; n * ch]);
+            r.qgap(&q, &host(&x), &mut want).unwrap();
+            let mut got = poison(&dev, n * ch);
+            b.qgap(&q, &up(&dev, &x), &mut got).unwrap();
+            close(
+                &format!("qgap {q:?}"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                0.0,
+                0.0,
             );
         }
     }

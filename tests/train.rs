@@ -23,7 +23,7 @@ fn config(data: &Path, out: PathBuf, epochs: usize, qat: bool) -> TrainConfig {
         warmup_epochs: 0.5,
         seed: 7,
         out,
-        qat: qat.then(|| QatSchedule {
+        qat: qat.then_some(QatSchedule {
             act_quant_start: 0.5,
             freeze_bn: 1.5,
             freeze_observers: 2.5,
@@ -120,7 +120,7 @@ fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
         let mut cfg = config(dir, temp_dir("smoke"), 2, qat);
         cfg.train_limit = Some(4800);
         cfg.val_limit = Some(1000);
-        cfg.qat = qat.then(|| QatSchedule {
+        cfg.qat = qat.then_some(QatSchedule {
             act_quant_start: 0.5,
             freeze_bn: 1.8,
             freeze_observers: 1.9,

@@ -181,3 +181,6 @@ template <class T>
 inline T min(T a, T b) { return b < a ? b : a; }
 template <class T>
 inline T max(T a, T b) { return a < b ? b : a; }
+
+#include <bit>
+inline int __clzll(long long v) { return std::countl_zero(static_cast<unsigned long long>(v)); }

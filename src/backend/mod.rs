@@ -38,7 +38,11 @@ impl Storage {
     pub fn host(&self) -> Result<&[f32]> {
         match self {
             Storage::Host(v) => Ok(v),
-            Storage::Device(b) => bail!(DeviceMismatch, "host access to memory on {}", b.runtime().name()),
+            Storage::Device(b) => bail!(
+                DeviceMismatch,
+                "host access to memory on {}",
+                b.runtime().name()
+            ),
         }
     }
     /// Host storage holding int32 values as 32-bit words (bias of the
@@ -49,7 +53,11 @@ impl Storage {
     pub fn host_mut(&mut self) -> Result<&mut [f32]> {
         match self {
             Storage::Host(v) => Ok(v),
-            Storage::Device(b) => bail!(DeviceMismatch, "host access to memory on {}", b.runtime().name()),
+            Storage::Device(b) => bail!(
+                DeviceMismatch,
+                "host access to memory on {}",
+                b.runtime().name()
+            ),
         }
     }
 }
@@ -382,7 +390,10 @@ impl Device {
                     Ok(Device::cpu())
                 }
             },
-            other => bail!(Device, "unknown device '{other}': use auto, cpu, cuda or cuda-emu"),
+            other => bail!(
+                Device,
+                "unknown device '{other}': use auto, cpu, cuda or cuda-emu"
+            ),
         }
     }
 }

@@ -85,7 +85,10 @@ mod tests {
     #[test]
     fn phases_in_order() {
         let s = QatSchedule::default_for(20);
-        assert_eq!((s.act_quant_start, s.freeze_bn, s.freeze_observers), (1.0, 19.0, 19.5));
+        assert_eq!(
+            (s.act_quant_start, s.freeze_bn, s.freeze_observers),
+            (1.0, 19.0, 19.5)
+        );
         let f = s.flags(0, 100);
         assert!(!f.quantize_acts && f.observe && !f.bn_frozen);
         let f = s.flags(100, 100);

@@ -2,19 +2,39 @@
 
 use crate::backend::GemmGeom;
 
-/// Strides (row, column) of `op(X)` for a row-major matrix stored untransposed
-/// as `rows x cols`, or transposed (stored as `cols x rows`).
-fn strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+/// Strides (row, column) of `op(X)` for a row-major matrix stored with row
+/// stride `ld`, untransposed or transposed.
+fn strides(trans: bool, ld: usize) -> (isize, isize) {
     if trans {
-        (1, rows as isize)
+        (1, ld as isize)
     } else {
-        (cols as isize, 1)
+        (ld as isize, 1)
     }
+}
+
+/// Whether a row-major `rows x cols` matrix with row stride `ld` fits in `len`.
+fn fits(len: usize, rows: usize, cols: usize, ld: usize) -> bool {
+    rows == 0 || cols == 0 || (ld >= cols && len >= (rows - 1) * ld + cols)
 }
 
 /// `c = alpha * op(a) op(b) + beta * c`. `parallel` lets the kernel split the
 /// work over rayon threads; pass false when the caller already parallelizes.
 pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
+    let lda = if g.trans_a { g.m } else { g.k };
+    let ldb = if g.trans_b { g.k } else { g.n };
+    sgemm_ld(g, (a, lda), (b, ldb), (c, g.n), parallel);
+}
+
+/// [`sgemm`] on matrices stored with row strides of their own (`(data, ld)`,
+/// `ld` counted in the stored, untransposed layout), e.g. a block of columns
+/// of a wider matrix.
+pub fn sgemm_ld(
+    g: &GemmGeom,
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (c, ldc): (&mut [f32], usize),
+    parallel: bool,
+) {
     let GemmGeom {
         m,
         n,
@@ -24,21 +44,27 @@ pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) 
         alpha,
         beta,
     } = *g;
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "sgemm: buffers too small for {g:?}"
+        fits(a.len(), a_rows, a_cols, lda)
+            && fits(b.len(), b_rows, b_cols, ldb)
+            && fits(c.len(), m, n, ldc),
+        "sgemm: buffers too small for {g:?} with row strides {lda}, {ldb}, {ldc}"
     );
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c[..m * n]
-            .iter_mut()
-            .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n]
+                .iter_mut()
+                .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
+        }
         return;
     }
-    let (a_rs, a_cs) = strides(trans_a, m, k);
-    let (b_rs, b_cs) = strides(trans_b, k, n);
+    let (a_rs, a_cs) = strides(trans_a, lda);
+    let (b_rs, b_cs) = strides(trans_b, ldb);
     let par = parallelism(parallel, m, n, k);
     // SAFETY: the assert above guarantees every index the strides reach is in
     // bounds, and `c` does not alias `a` or `b` (Rust borrows).
@@ -49,7 +75,7 @@ pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) 
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             beta != 0.0,
             a.as_ptr(),
             a_cs,

@@ -36,7 +36,16 @@ pub struct DriverRuntime {
     arch: String,
     modules: Mutex<HashMap<&'static str, Module>>,
     funcs: Mutex<HashMap<&'static str, Func>>,
+    /// Freed allocations by size, for reuse. `cuMemFree` synchronizes the
+    /// device, and a training step frees and allocates the same sizes every
+    /// time, so freed blocks are kept here instead. Reuse is safe because all
+    /// work runs in order on one stream: a kernel that writes a reused block
+    /// runs after every kernel that used it before.
+    cache: Mutex<HashMap<usize, Vec<u64>>>,
 }
+
+/// Allocation granularity of the cache (sizes are rounded up to it).
+const GRANULE: usize = 512;
 
 impl DriverRuntime {
     /// Opens GPU `ordinal`, or explains why it cannot.
@@ -55,6 +64,7 @@ impl DriverRuntime {
             arch: format!("sm_{major}{minor}"),
             modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -108,17 +118,37 @@ impl KernelRuntime for DriverRuntime {
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {
+        let size = bytes.max(1).div_ceil(GRANULE) * GRANULE;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get_mut(&size).and_then(|v| v.pop()) {
+            return Ok(p);
+        }
         self.bind()?;
         // SAFETY: the context is current.
-        unsafe { result::malloc_sync(bytes.max(1)) }
+        if let Ok(p) = unsafe { result::malloc_sync(size) } {
+            return Ok(p);
+        }
+        // Out of memory, perhaps only because of cached blocks: give them
+        // back and try once more.
+        for (_, ptrs) in cache.drain() {
+            for p in ptrs {
+                // SAFETY: cached blocks are live allocations nobody uses.
+                let _ = unsafe { result::free_sync(p) };
+            }
+        }
+        // SAFETY: the context is current.
+        unsafe { result::malloc_sync(size) }
             .map_err(|e| derr(&format!("allocating {bytes} bytes"), e))
     }
 
-    unsafe fn free(&self, ptr: u64) {
-        if self.bind().is_ok() {
-            // SAFETY: the caller passes a live allocation of this context.
-            let _ = unsafe { result::free_sync(ptr) };
-        }
+    unsafe fn free(&self, ptr: u64, bytes: usize) {
+        let size = bytes.max(1).div_ceil(GRANULE) * GRANULE;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(size)
+            .or_default()
+            .push(ptr);
     }
 
     fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {

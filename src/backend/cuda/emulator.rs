@@ -75,7 +75,7 @@ impl KernelRuntime for EmuRuntime {
         Ok(p as u64)
     }
 
-    unsafe fn free(&self, ptr: u64) {
+    unsafe fn free(&self, ptr: u64, _bytes: usize) {
         if let Some(size) = self
             .allocs
             .lock()

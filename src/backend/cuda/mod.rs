@@ -20,8 +20,10 @@ pub mod kernels {
 pub use runtime::{Arg, DeviceBuffer, KernelRuntime};
 
 use super::{
-    Backend, BnGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom, SgdStep, Storage,
+    Backend, BnGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs,
+    QGapArgs, SgdStep, Storage,
 };
+use crate::quant::Requant;
 use crate::{bail, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -162,12 +164,17 @@ fn i32_of(v: usize, what: &str) -> Result<i32> {
     }
 }
 
-fn grid_tiles(cols: usize, rows: usize, z: usize) -> (u32, u32, u32) {
-    (
-        cols.div_ceil(TILE) as u32,
-        rows.div_ceil(TILE) as u32,
-        z as u32,
-    )
+/// Grid of the tiled kernels: row tiles on x (up to 2^31 - 1 blocks), column
+/// tiles on y (at most 65535, i.e. 8M columns), `z` on z.
+fn grid_tiles(rows: usize, cols: usize, z: usize) -> Result<(u32, u32, u32)> {
+    let (r, c) = (rows.div_ceil(TILE), cols.div_ceil(TILE));
+    if c > 65535 || z > 65535 {
+        bail!(
+            Shape,
+            "{cols} columns (or {z} groups/splits) exceed the CUDA grid limits"
+        );
+    }
+    Ok((r as u32, c as u32, z as u32))
 }
 
 /// `ConvGeom` of kernels/conv.cu, field for field.
@@ -335,7 +342,7 @@ impl Backend for CudaBackend {
         ];
         i32_of(g.m * g.k.max(g.n), "gemm operand size")?;
         i32_of(g.k * g.n, "gemm operand size")?;
-        self.launch("gemm_fwd_f32", grid_tiles(g.n, g.m, 1), 256, args)
+        self.launch("gemm_fwd_f32", grid_tiles(g.m, g.n, 1)?, 256, args)
     }
     fn add_row_bias(
         &self,
@@ -389,7 +396,7 @@ impl Backend for CudaBackend {
         ];
         self.launch(
             "conv2d_fwd_f32",
-            grid_tiles(g.c_out_per_group(), m, g.groups),
+            grid_tiles(m, g.c_out_per_group(), g.groups)?,
             256,
             args,
         )
@@ -414,7 +421,7 @@ impl Backend for CudaBackend {
         ];
         self.launch(
             "conv2d_bwd_data_f32",
-            grid_tiles(g.c_in_per_group(), m, g.groups),
+            grid_tiles(m, g.c_in_per_group(), g.groups)?,
             256,
             args,
         )
@@ -457,7 +464,7 @@ impl Backend for CudaBackend {
                 ];
                 self.launch(
                     "conv2d_bwd_weight_f32",
-                    grid_tiles(kc, og, g.groups * splits),
+                    grid_tiles(og, kc, g.groups * splits)?,
                     256,
                     args,
                 )
@@ -935,6 +942,102 @@ impl Backend for CudaBackend {
             self.reduce_block,
             args,
         )
+    }
+
+    // ---- integer-exact evaluation ---------------------------------------------
+    fn qconv2d(
+        &self,
+        g: &Conv2dGeom,
+        q: &QConvArgs,
+        x: &Storage,
+        w_q: &Storage,
+        bias_q: &Storage,
+        multipliers: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        // The float32 multipliers become (mult, exp) pairs on the host, with
+        // the reference's own Requant::new (which also validates them).
+        let ms = self.download(multipliers)?;
+        if ms.len() < g.c_out {
+            bail!(
+                Shape,
+                "qconv2d: {} multipliers for {} channels",
+                ms.len(),
+                g.c_out
+            );
+        }
+        let (mut mult, mut exp) = (Vec::with_capacity(g.c_out), Vec::with_capacity(g.c_out));
+        for &m in &ms[..g.c_out] {
+            let r = Requant::new(m, q.z_y, q.lo, q.hi)?;
+            mult.push(f32::from_bits(r.mult));
+            exp.push(f32::from_bits(r.exp as u32));
+        }
+        let (mult, exp) = (self.upload(&mult)?, self.upload(&exp)?);
+        let geom = conv_geom(g)?;
+        let args = vec![
+            Arg::Ptr(self.ptr(x, g.x_len(), "qconv2d x")?),
+            Arg::Ptr(self.ptr(w_q, g.w_len(), "qconv2d w")?),
+            Arg::Ptr(self.ptr(bias_q, g.c_out, "qconv2d bias")?),
+            Arg::Ptr(self.ptr(&mult, g.c_out, "qconv2d mult")?),
+            Arg::Ptr(self.ptr(&exp, g.c_out, "qconv2d exp")?),
+            Arg::Ptr(self.ptr(y, g.y_len(), "qconv2d y")?),
+            geom,
+            Arg::I32s(vec![
+                q.s_x.to_bits() as i32,
+                q.z_x,
+                q.s_y.to_bits() as i32,
+                q.z_y,
+                q.lo,
+                q.hi,
+            ]),
+        ];
+        self.launch_1d("qconv2d_fwd_f32", g.y_len(), args)
+    }
+
+    fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        let n = y.len();
+        if q.den <= 0 {
+            bail!(Numerical, "qadd: denominator {} must be positive", q.den);
+        }
+        let args = vec![
+            Arg::Ptr(self.ptr(a, n, "qadd a")?),
+            Arg::Ptr(self.ptr(b, n, "qadd b")?),
+            Arg::Ptr(self.ptr(y, n, "qadd y")?),
+            Arg::I32(i32_of(n, "qadd length")?),
+            Arg::I64(q.num_a),
+            Arg::I64(q.num_b),
+            Arg::I64(q.den),
+            Arg::I32s(vec![
+                q.s_a.to_bits() as i32,
+                q.s_b.to_bits() as i32,
+                q.s_c.to_bits() as i32,
+                q.z_a,
+                q.z_b,
+                q.z_c,
+                q.lo,
+                q.hi,
+            ]),
+        ];
+        self.launch_1d("qadd_fwd_f32", n, args)
+    }
+
+    fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
+        let rows = q.n * q.c;
+        let r = Requant::new(q.m, q.z_out, -128, 127)?;
+        let args = vec![
+            Arg::Ptr(self.ptr(x, rows * q.hw, "qgap x")?),
+            Arg::Ptr(self.ptr(y, rows, "qgap y")?),
+            Arg::I32(i32_of(rows, "qgap rows")?),
+            Arg::I32(i32_of(q.hw, "qgap hw")?),
+            Arg::F32(q.s_in),
+            Arg::I32(q.z_in),
+            Arg::I32(r.mult as i32),
+            Arg::I32(r.exp),
+            Arg::F32(q.s_out),
+            Arg::I32(q.z_out),
+        ];
+        i32_of(rows * q.hw, "qgap size")?;
+        self.launch_1d("qgap_fwd_f32", rows, args)
     }
 
     // ---- optimizer ----------------------------------------------------------

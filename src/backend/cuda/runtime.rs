@@ -15,11 +15,12 @@ pub trait KernelRuntime: Send + Sync {
     fn name(&self) -> String;
     /// Allocates `bytes` (at least 256-byte aligned).
     fn alloc(&self, bytes: usize) -> Result<u64>;
-    /// Frees an address from [`alloc`](Self::alloc).
+    /// Frees an address from [`alloc`](Self::alloc) of `bytes` bytes (the
+    /// runtime may keep it for reuse).
     ///
     /// # Safety
-    /// `ptr` came from this runtime's `alloc` and is not used afterwards.
-    unsafe fn free(&self, ptr: u64);
+    /// `ptr` came from this runtime's `alloc(bytes)` and is not used afterwards.
+    unsafe fn free(&self, ptr: u64, bytes: usize);
     fn upload(&self, dst: u64, src: &[f32]) -> Result<()>;
     fn download(&self, src: u64, dst: &mut [f32]) -> Result<()>;
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
@@ -49,12 +50,15 @@ pub struct DeviceBuffer {
 impl DeviceBuffer {
     pub fn new(rt: &Arc<dyn KernelRuntime>, len: usize) -> Result<Self> {
         // Zero-length tensors still get a distinct, valid address.
-        let ptr = rt.alloc(len.max(1) * 4)?;
+        let ptr = rt.alloc(Self::bytes(len))?;
         Ok(DeviceBuffer {
             ptr,
             len,
             rt: rt.clone(),
         })
+    }
+    fn bytes(len: usize) -> usize {
+        len.max(1) * 4
     }
     pub fn ptr(&self) -> u64 {
         self.ptr
@@ -74,7 +78,7 @@ impl DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // SAFETY: `ptr` came from `rt.alloc` and this is its only owner.
-        unsafe { self.rt.free(self.ptr) }
+        unsafe { self.rt.free(self.ptr, Self::bytes(self.len)) }
     }
 }
 
@@ -84,6 +88,7 @@ pub enum Arg {
     /// A device pointer (0 for a null pointer).
     Ptr(u64),
     I32(i32),
+    I64(i64),
     F32(f32),
     /// A by-value struct of `i32` fields, laid out as in C.
     I32s(Vec<i32>),
@@ -96,6 +101,7 @@ pub fn arg_pointers(args: &mut [Arg]) -> Vec<*mut c_void> {
         .map(|a| match a {
             Arg::Ptr(p) => p as *mut u64 as *mut c_void,
             Arg::I32(v) => v as *mut i32 as *mut c_void,
+            Arg::I64(v) => v as *mut i64 as *mut c_void,
             Arg::F32(v) => v as *mut f32 as *mut c_void,
             Arg::I32s(v) => v.as_mut_ptr() as *mut c_void,
         })

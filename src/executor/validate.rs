@@ -1,0 +1,826 @@
+//! Validation of a parsed model and its lowering into an execution plan:
+//! opsets, the single float input and output, every node's op, attributes,
+//! input types, constant initializers and shapes (inferred per image, with
+//! checked arithmetic and bounded sizes). Any problem is an error naming the
+//! node and what is wrong.
+
+use super::load::{
+    checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS,
+};
+use super::ops::{ConvOp, PoolOp};
+use crate::quant::params::{ACT_QMAX, ACT_QMIN};
+use crate::quant::{pool, AddRequant, Requant};
+use crate::{bail, Error, Result};
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_shape_proto::dimension;
+use onnx_protobuf::{type_proto, AttributeProto, ModelProto, NodeProto, ValueInfoProto};
+use std::collections::{BTreeMap, HashMap};
+
+/// Accepted versions of the standard opset (the ops used keep their
+/// opset-13 semantics for int8 through these versions).
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=21;
+/// Accepted IR versions.
+pub const IR_RANGE: std::ops::RangeInclusive<i64> = 7..=10;
+/// Largest reduction length of a convolution: with `|x - z| <= 255` and
+/// `|w| <= 128` the int32 sum stays below 2^31.
+const MAX_CONV_K: usize = 65_000;
+/// Bound on strides, pads and dilations read from attributes.
+const MAX_ATTR: i64 = 1 << 16;
+
+/// One value of the graph, per image (the batch dimension is implicit).
+#[derive(Clone, Debug)]
+pub struct Slot {
+    pub name: String,
+    pub ty: ElemType,
+    pub dims: Vec<usize>,
+}
+
+impl Slot {
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Quantize { scale: f32, zero_point: i32 },
+    Conv(Box<ConvOp>),
+    Add(AddRequant),
+    MaxPool(PoolOp),
+    Gap { hw: usize, z_in: i32, rq: Requant },
+    Flatten,
+    Dequantize { scale: f32, zero_point: i32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub node: String,
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    pub output: usize,
+}
+
+/// A validated graph, ready to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub slots: Vec<Slot>,
+    pub steps: Vec<Step>,
+    /// Slot 0 is the float input `[C, H, W]`.
+    pub input: usize,
+    /// A fixed batch size, when the input declares one.
+    pub batch: Option<usize>,
+    pub output: usize,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn node_label(n: &NodeProto, i: usize) -> String {
+    if n.name.is_empty() {
+        format!("#{i} ({})", n.op_type)
+    } else {
+        n.name.clone()
+    }
+}
+
+pub fn build_plan(m: &ModelProto) -> Result<Plan> {
+    if !IR_RANGE.contains(&m.ir_version) {
+        bail!(
+            Onnx,
+            "IR version {} is not supported (accepted: {}..={})",
+            m.ir_version,
+            IR_RANGE.start(),
+            IR_RANGE.end()
+        );
+    }
+    let mut std_opset = None;
+    let mut ms_opset = None;
+    for o in &m.opset_import {
+        match o.domain.as_str() {
+            "" | "ai.onnx" => std_opset = Some(o.version),
+            "com.microsoft" => ms_opset = Some(o.version),
+            _ => {}
+        }
+    }
+    match std_opset {
+        Some(v) if OPSET_RANGE.contains(&v) => {}
+        Some(v) => bail!(
+            Onnx,
+            "opset {v} of the standard domain is not supported (accepted: {}..={})",
+            OPSET_RANGE.start(),
+            OPSET_RANGE.end()
+        ),
+        None => bail!(Onnx, "the model imports no standard opset"),
+    }
+    let Some(g) = m.graph.as_ref() else {
+        bail!(Onnx, "the model has no graph");
+    };
+    if !g.sparse_initializer.is_empty() {
+        bail!(Onnx, "sparse initializers are not supported");
+    }
+    let mut consts: HashMap<String, Const> = HashMap::new();
+    for t in &g.initializer {
+        if t.name.is_empty() {
+            bail!(Onnx, "an initializer has no name");
+        }
+        let c = decode_tensor(t)?;
+        if consts.insert(t.name.clone(), c).is_some() {
+            bail!(Onnx, "initializer '{}' is defined twice", t.name);
+        }
+    }
+
+    let mut b = PlanBuilder {
+        consts,
+        slots: Vec::new(),
+        by_name: HashMap::new(),
+        steps: Vec::new(),
+    };
+
+    // The one float input (initializers may also be listed as inputs).
+    let inputs: Vec<&ValueInfoProto> = g
+        .input
+        .iter()
+        .filter(|i| !b.consts.contains_key(&i.name))
+        .collect();
+    if inputs.len() != 1 {
+        bail!(
+            Onnx,
+            "the graph has {} non-constant inputs; exactly one image input is supported",
+            inputs.len()
+        );
+    }
+    let (input_dims, batch) = input_shape(inputs[0])?;
+    let input = b.add_slot(&inputs[0].name, ElemType::F32, input_dims, "graph input")?;
+
+    for (i, n) in g.node.iter().enumerate() {
+        let label = node_label(n, i);
+        b.node(n, &label).map_err(|e| match e {
+            Error::Onnx(msg) if msg.starts_with("node '") => Error::Onnx(msg),
+            Error::Onnx(msg) | Error::Numerical(msg) | Error::Shape(msg) => {
+                Error::Onnx(format!("node '{label}' ({}): {msg}", n.op_type))
+            }
+            other => other,
+        })?;
+        if n.domain == "com.microsoft" && ms_opset != Some(1) {
+            bail!(
+                Onnx,
+                "node '{label}' ({}): uses the com.microsoft domain, which the model does not import at version 1",
+                n.op_type
+            );
+        }
+    }
+
+    if g.output.len() != 1 {
+        bail!(
+            Onnx,
+            "the graph has {} outputs; exactly one (float logits) is supported",
+            g.output.len()
+        );
+    }
+    let out_name = &g.output[0].name;
+    let Some(&output) = b.by_name.get(out_name) else {
+        bail!(Onnx, "graph output '{out_name}' is produced by no node");
+    };
+    if b.slots[output].ty != ElemType::F32 {
+        bail!(
+            Onnx,
+            "graph output '{out_name}' is {}, expected float",
+            b.slots[output].ty.name()
+        );
+    }
+    let metadata = m
+        .metadata_props
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect();
+    Ok(Plan {
+        slots: b.slots,
+        steps: b.steps,
+        input,
+        batch,
+        output,
+        metadata,
+    })
+}
+
+/// `[batch, C, H, W]` float; C, H, W fixed and positive.
+fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
+    let what = format!("graph input '{}'", vi.name);
+    let Some(tp) = vi.type_.as_ref() else {
+        bail!(Onnx, "{what} has no type");
+    };
+    let Some(type_proto::Value::TensorType(t)) = &tp.value else {
+        bail!(Onnx, "{what} is not a tensor");
+    };
+    if ElemType::from_onnx(t.elem_type) != Some(ElemType::F32) {
+        bail!(
+            Onnx,
+            "{what} is {}, expected float",
+            onnx_type_name(t.elem_type)
+        );
+    }
+    let Some(shape) = t.shape.as_ref() else {
+        bail!(Onnx, "{what} has no shape");
+    };
+    if shape.dim.len() != 4 {
+        bail!(
+            Onnx,
+            "{what} has rank {}, expected 4 (NCHW)",
+            shape.dim.len()
+        );
+    }
+    let batch = match &shape.dim[0].value {
+        Some(dimension::Value::DimValue(v)) if *v > 0 => Some(
+            usize::try_from(*v).map_err(|_| Error::Onnx(format!("{what}: batch {v} too large")))?,
+        ),
+        Some(dimension::Value::DimValue(v)) => bail!(Onnx, "{what}: batch dimension {v}"),
+        _ => None,
+    };
+    let mut dims = Vec::new();
+    for (i, d) in shape.dim[1..].iter().enumerate() {
+        match &d.value {
+            Some(dimension::Value::DimValue(v)) if *v > 0 => dims.push(*v),
+            _ => bail!(
+                Onnx,
+                "{what}: dimension {} must be a fixed positive size",
+                i + 1
+            ),
+        }
+    }
+    let (dims, _) = checked_dims(&dims, &what)?;
+    Ok((dims, batch))
+}
+
+struct PlanBuilder {
+    consts: HashMap<String, Const>,
+    slots: Vec<Slot>,
+    by_name: HashMap<String, usize>,
+    steps: Vec<Step>,
+}
+
+/// The attributes of a node, by name, with the allowed set checked.
+struct Attrs<'a>(HashMap<&'a str, &'a AttributeProto>);
+
+impl<'a> Attrs<'a> {
+    fn new(n: &'a NodeProto, allowed: &[&str]) -> Result<Self> {
+        let mut m = HashMap::new();
+        for a in &n.attribute {
+            if !allowed.contains(&a.name.as_str()) {
+                bail!(Onnx, "attribute '{}' is not supported", a.name);
+            }
+            if m.insert(a.name.as_str(), a).is_some() {
+                bail!(Onnx, "attribute '{}' appears twice", a.name);
+            }
+        }
+        Ok(Attrs(m))
+    }
+
+    fn int(&self, name: &str, default: i64) -> Result<i64> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(a) if a.type_.value() == AttributeType::INT as i32 => Ok(a.i),
+            Some(_) => bail!(Onnx, "attribute '{name}' must be an int"),
+        }
+    }
+
+    /// An INTS attribute of exactly `len` values in `[lo, MAX_ATTR]`.
+    fn ints(&self, name: &str, len: usize, lo: i64) -> Result<Option<Vec<usize>>> {
+        let Some(a) = self.0.get(name) else {
+            return Ok(None);
+        };
+        if a.type_.value() != AttributeType::INTS as i32 {
+            bail!(Onnx, "attribute '{name}' must be a list of ints");
+        }
+        if a.ints.len() != len {
+            bail!(
+                Onnx,
+                "attribute '{name}' has {} values, expected {len}",
+                a.ints.len()
+            );
+        }
+        if let Some(v) = a.ints.iter().find(|&&v| v < lo || v > MAX_ATTR) {
+            bail!(
+                Onnx,
+                "attribute '{name}' has value {v} outside [{lo}, {MAX_ATTR}]"
+            );
+        }
+        Ok(Some(a.ints.iter().map(|&v| v as usize).collect()))
+    }
+
+    fn check_auto_pad(&self) -> Result<()> {
+        if let Some(a) = self.0.get("auto_pad") {
+            if a.type_.value() != AttributeType::STRING as i32 || a.s != b"NOTSET" {
+                bail!(Onnx, "auto_pad must be NOTSET (explicit pads)");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PlanBuilder {
+    fn add_slot(&mut self, name: &str, ty: ElemType, dims: Vec<usize>, by: &str) -> Result<usize> {
+        if name.is_empty() {
+            bail!(Onnx, "{by}: an output has no name");
+        }
+        if self.by_name.contains_key(name) || self.consts.contains_key(name) {
+            bail!(Onnx, "{by}: tensor '{name}' is defined more than once");
+        }
+        if dims.contains(&0) {
+            bail!(Onnx, "{by}: tensor '{name}' of {dims:?} per image is empty");
+        }
+        let n = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= MAX_ELEMENTS);
+        if n.is_none() {
+            bail!(
+                Onnx,
+                "{by}: tensor '{name}' of {dims:?} per image exceeds {MAX_ELEMENTS} elements"
+            );
+        }
+        self.slots.push(Slot {
+            name: name.to_string(),
+            ty,
+            dims,
+        });
+        self.by_name.insert(name.to_string(), self.slots.len() - 1);
+        Ok(self.slots.len() - 1)
+    }
+
+    /// A computed (non-constant) input of type `ty`.
+    fn act(&self, n: &NodeProto, i: usize, ty: ElemType) -> Result<usize> {
+        let name = &n.input[i];
+        let Some(&s) = self.by_name.get(name) else {
+            if self.consts.contains_key(name) {
+                bail!(
+                    Onnx,
+                    "input {i} '{name}' must be computed, not an initializer"
+                );
+            }
+            bail!(
+                Onnx,
+                "input {i} '{name}' is not produced by any earlier node or the graph input"
+            );
+        };
+        if self.slots[s].ty != ty {
+            bail!(
+                Onnx,
+                "input {i} '{name}' is {}, expected {}",
+                self.slots[s].ty.name(),
+                ty.name()
+            );
+        }
+        Ok(s)
+    }
+
+    fn konst(&self, n: &NodeProto, i: usize) -> Result<&Const> {
+        let name = &n.input[i];
+        match self.consts.get(name) {
+            Some(c) => Ok(c),
+            None => bail!(
+                Onnx,
+                "input {i} '{name}' must be an initializer (missing or computed)"
+            ),
+        }
+    }
+
+    /// A positive finite float scale, scalar or one value per channel.
+    fn scales(&self, n: &NodeProto, i: usize, per_channel: Option<usize>) -> Result<Vec<f32>> {
+        let c = self.konst(n, i)?;
+        let Data::F32(v) = &c.data else {
+            bail!(
+                Onnx,
+                "scale input {i} '{}' is {}, expected float",
+                n.input[i],
+                c.data.elem_type().name()
+            );
+        };
+        let ok_shape = (c.dims.len() <= 1 && v.len() == 1)
+            || per_channel.is_some_and(|k| c.dims.len() == 1 && v.len() == k);
+        if !ok_shape {
+            bail!(
+                Onnx,
+                "scale input {i} '{}' has shape {:?}, expected a scalar{}",
+                n.input[i],
+                c.dims,
+                per_channel.map_or(String::new(), |k| format!(" or [{k}]"))
+            );
+        }
+        if let Some(s) = v.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            bail!(
+                Onnx,
+                "scale input {i} '{}' holds {s}, not a positive finite number",
+                n.input[i]
+            );
+        }
+        Ok(v.clone())
+    }
+
+    fn scale(&self, n: &NodeProto, i: usize) -> Result<f32> {
+        Ok(self.scales(n, i, None)?[0])
+    }
+
+    /// An int8 zero point, scalar or per channel.
+    fn zero_points(&self, n: &NodeProto, i: usize, per_channel: Option<usize>) -> Result<Vec<i32>> {
+        let c = self.konst(n, i)?;
+        let Data::I8(v) = &c.data else {
+            bail!(
+                Onnx,
+                "zero point input {i} '{}' is {}, expected int8",
+                n.input[i],
+                c.data.elem_type().name()
+            );
+        };
+        let ok_shape = (c.dims.len() <= 1 && v.len() == 1)
+            || per_channel.is_some_and(|k| c.dims.len() == 1 && v.len() == k);
+        if !ok_shape {
+            bail!(
+                Onnx,
+                "zero point input {i} '{}' has shape {:?}, expected a scalar",
+                n.input[i],
+                c.dims
+            );
+        }
+        Ok(v.iter().map(|&z| z as i32).collect())
+    }
+
+    fn zero_point(&self, n: &NodeProto, i: usize) -> Result<i32> {
+        Ok(self.zero_points(n, i, None)?[0])
+    }
+
+    fn arity(n: &NodeProto, lo: usize, hi: usize) -> Result<()> {
+        if n.input.len() < lo || n.input.len() > hi {
+            bail!(
+                Onnx,
+                "has {} inputs, expected {}",
+                n.input.len(),
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo} to {hi}")
+                }
+            );
+        }
+        if let Some(i) = n.input[..lo].iter().position(String::is_empty) {
+            bail!(Onnx, "required input {i} is empty");
+        }
+        let outputs = n.output.iter().filter(|o| !o.is_empty()).count();
+        if n.output.is_empty() || n.output[0].is_empty() || outputs != 1 {
+            bail!(Onnx, "must have exactly one output");
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        n: &NodeProto,
+        label: &str,
+        op: Op,
+        inputs: Vec<usize>,
+        ty: ElemType,
+        dims: Vec<usize>,
+    ) -> Result<()> {
+        let output = self.add_slot(&n.output[0], ty, dims, &format!("node '{label}'"))?;
+        self.steps.push(Step {
+            node: label.to_string(),
+            op,
+            inputs,
+            output,
+        });
+        Ok(())
+    }
+
+    fn node(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let domain = n.domain.as_str();
+        match (domain, n.op_type.as_str()) {
+            ("" | "ai.onnx", "QuantizeLinear") => {
+                Self::arity(n, 2, 3)?;
+                Attrs::new(n, &["axis"])?;
+                if n.input.len() < 3 || n.input[2].is_empty() {
+                    bail!(
+                        Onnx,
+                        "y_zero_point is required (int8 output; uint8 is not supported)"
+                    );
+                }
+                let x = self.act(n, 0, ElemType::F32)?;
+                let (scale, zero_point) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
+                let dims = self.slots[x].dims.clone();
+                self.push(
+                    n,
+                    label,
+                    Op::Quantize { scale, zero_point },
+                    vec![x],
+                    ElemType::I8,
+                    dims,
+                )
+            }
+            ("" | "ai.onnx", "DequantizeLinear") => {
+                Self::arity(n, 2, 3)?;
+                Attrs::new(n, &["axis"])?;
+                let x = self.act(n, 0, ElemType::I8)?;
+                let scale = self.scale(n, 1)?;
+                let zero_point = if n.input.len() == 3 && !n.input[2].is_empty() {
+                    self.zero_point(n, 2)?
+                } else {
+                    0
+                };
+                let dims = self.slots[x].dims.clone();
+                self.push(
+                    n,
+                    label,
+                    Op::Dequantize { scale, zero_point },
+                    vec![x],
+                    ElemType::F32,
+                    dims,
+                )
+            }
+            ("" | "ai.onnx", "QLinearConv") => self.qlinear_conv(n, label),
+            ("com.microsoft", "QLinearAdd") => {
+                Self::arity(n, 8, 8)?;
+                Attrs::new(n, &[])?;
+                let a = self.act(n, 0, ElemType::I8)?;
+                let b = self.act(n, 3, ElemType::I8)?;
+                if self.slots[a].dims != self.slots[b].dims {
+                    bail!(
+                        Onnx,
+                        "inputs of shapes {:?} and {:?} per image: broadcasting is not supported",
+                        self.slots[a].dims,
+                        self.slots[b].dims
+                    );
+                }
+                let rq = AddRequant::new(
+                    self.scale(n, 1)?,
+                    self.zero_point(n, 2)?,
+                    self.scale(n, 4)?,
+                    self.zero_point(n, 5)?,
+                    self.scale(n, 6)?,
+                    self.zero_point(n, 7)?,
+                    false,
+                )?;
+                let dims = self.slots[a].dims.clone();
+                self.push(n, label, Op::Add(rq), vec![a, b], ElemType::I8, dims)
+            }
+            ("" | "ai.onnx", "MaxPool") => self.max_pool(n, label),
+            ("com.microsoft", "QLinearGlobalAveragePool") => {
+                Self::arity(n, 5, 5)?;
+                let attrs = Attrs::new(n, &["channels_last"])?;
+                if attrs.int("channels_last", 0)? != 0 {
+                    bail!(Onnx, "channels_last = 1 is not supported");
+                }
+                let x = self.act(n, 0, ElemType::I8)?;
+                let d = self.slots[x].dims.clone();
+                if d.len() != 3 {
+                    bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
+                }
+                let hw = d[1] * d[2];
+                if hw == 0 || hw > (i32::MAX / 255) as usize {
+                    bail!(Onnx, "pooling window of {hw} values is not supported");
+                }
+                let (s_in, z_in) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
+                let (s_out, z_out) = (self.scale(n, 3)?, self.zero_point(n, 4)?);
+                let rq = pool::gap_requant(s_in, s_out, hw, z_out)?;
+                self.push(
+                    n,
+                    label,
+                    Op::Gap { hw, z_in, rq },
+                    vec![x],
+                    ElemType::I8,
+                    vec![d[0], 1, 1],
+                )
+            }
+            ("" | "ai.onnx", "Flatten") => {
+                Self::arity(n, 1, 1)?;
+                let attrs = Attrs::new(n, &["axis"])?;
+                if attrs.int("axis", 1)? != 1 {
+                    bail!(Onnx, "only axis = 1 is supported");
+                }
+                let x = self.act(n, 0, ElemType::I8)?;
+                let dims = vec![self.slots[x].numel()];
+                self.push(n, label, Op::Flatten, vec![x], ElemType::I8, dims)
+            }
+            (d, op) => {
+                let d = if d.is_empty() { "ai.onnx" } else { d };
+                bail!(
+                    Onnx,
+                    "op {op} of domain {d} is not supported by the int8 executor"
+                )
+            }
+        }
+    }
+
+    fn qlinear_conv(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 8, 9)?;
+        let attrs = Attrs::new(
+            n,
+            &[
+                "auto_pad",
+                "dilations",
+                "group",
+                "kernel_shape",
+                "pads",
+                "strides",
+            ],
+        )?;
+        attrs.check_auto_pad()?;
+        let x = self.act(n, 0, ElemType::I8)?;
+        let d = self.slots[x].dims.clone();
+        if d.len() != 3 {
+            bail!(
+                Onnx,
+                "input has rank {}, only 2-d convolutions (rank 4) are supported",
+                d.len() + 1
+            );
+        }
+        let (c_in, h, w) = (d[0], d[1], d[2]);
+        let wc = self.konst(n, 3)?;
+        let Data::I8(weight) = &wc.data else {
+            bail!(
+                Onnx,
+                "weight '{}' is {}, expected int8",
+                n.input[3],
+                wc.data.elem_type().name()
+            );
+        };
+        if wc.dims.len() != 4 {
+            bail!(
+                Onnx,
+                "weight '{}' has shape {:?}, expected 4-d OIHW",
+                n.input[3],
+                wc.dims
+            );
+        }
+        let (c_out, cg, kh, kw) = (wc.dims[0], wc.dims[1], wc.dims[2], wc.dims[3]);
+        let group = attrs.int("group", 1)?;
+        if group < 1 || group as usize > c_in.max(1) {
+            bail!(Onnx, "group {group} is invalid for {c_in} input channels");
+        }
+        let groups = group as usize;
+        if c_out == 0 || cg == 0 || kh == 0 || kw == 0 || cg * groups != c_in || c_out % groups != 0
+        {
+            bail!(
+                Onnx,
+                "weight shape {:?} does not fit {c_in} input channels with group {groups}",
+                wc.dims
+            );
+        }
+        if let Some(k) = attrs.ints("kernel_shape", 2, 1)? {
+            if k != [kh, kw] {
+                bail!(
+                    Onnx,
+                    "kernel_shape {k:?} differs from the weight's {:?}",
+                    [kh, kw]
+                );
+            }
+        }
+        let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
+        let dil = attrs.ints("dilations", 2, 1)?.unwrap_or(vec![1, 1]);
+        let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
+        let k = cg * kh * kw;
+        if k > MAX_CONV_K {
+            bail!(
+                Onnx,
+                "reduction length {k} could overflow the int32 accumulator"
+            );
+        }
+        let eff_h = dil[0] * (kh - 1) + 1;
+        let eff_w = dil[1] * (kw - 1) + 1;
+        let (ph, pw) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+        if ph < eff_h || pw < eff_w {
+            bail!(
+                Onnx,
+                "kernel {kh}x{kw} (dilations {dil:?}) does not fit input {h}x{w} with pads {pads:?}"
+            );
+        }
+        let (out_h, out_w) = ((ph - eff_h) / stride[0] + 1, (pw - eff_w) / stride[1] + 1);
+        let col = k.checked_mul(out_h * out_w).filter(|&v| v <= MAX_ELEMENTS);
+        if col.is_none() {
+            bail!(
+                Onnx,
+                "convolution of {k} x {out_h}x{out_w} exceeds the size limit"
+            );
+        }
+        let s_x = self.scale(n, 1)?;
+        let z_x = self.zero_point(n, 2)?;
+        let s_w = self.scales(n, 4, Some(c_out))?;
+        let w_zp = self.zero_points(n, 5, Some(c_out))?;
+        if w_zp.iter().any(|&z| z != 0) {
+            bail!(
+                Onnx,
+                "weight zero points must be 0 (symmetric int8 weights)"
+            );
+        }
+        let s_y = self.scale(n, 6)?;
+        let z_y = self.zero_point(n, 7)?;
+        let bias = if n.input.len() == 9 && !n.input[8].is_empty() {
+            let bc = self.konst(n, 8)?;
+            match &bc.data {
+                Data::I32(v) if bc.dims.len() == 1 && v.len() == c_out => v.clone(),
+                _ => bail!(
+                    Onnx,
+                    "bias '{}' must be int32 of shape [{c_out}], got {} {:?}",
+                    n.input[8],
+                    bc.data.elem_type().name(),
+                    bc.dims
+                ),
+            }
+        } else {
+            vec![0; c_out]
+        };
+        let requant = (0..c_out)
+            .map(|c| {
+                let s_w = s_w[if s_w.len() == 1 { 0 } else { c }];
+                Requant::from_scales(s_x, s_w, s_y, z_y, false)
+                    .map_err(|e| Error::Onnx(format!("output channel {c}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        debug_assert!(requant.iter().all(|r| r.lo == ACT_QMIN && r.hi == ACT_QMAX));
+        let op = ConvOp {
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride: (stride[0], stride[1]),
+            pad_begin: (pads[0], pads[1]),
+            dilation: (dil[0], dil[1]),
+            groups,
+            out_h,
+            out_w,
+            z_x,
+            weight: weight.clone(),
+            bias,
+            requant,
+        };
+        self.push(
+            n,
+            label,
+            Op::Conv(Box::new(op)),
+            vec![x],
+            ElemType::I8,
+            vec![c_out, out_h, out_w],
+        )
+    }
+
+    fn max_pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        if n.output.len() > 1 && n.output[1..].iter().any(|o| !o.is_empty()) {
+            bail!(Onnx, "the Indices output is not supported");
+        }
+        Self::arity(n, 1, 1)?;
+        let attrs = Attrs::new(
+            n,
+            &[
+                "auto_pad",
+                "ceil_mode",
+                "dilations",
+                "kernel_shape",
+                "pads",
+                "storage_order",
+                "strides",
+            ],
+        )?;
+        attrs.check_auto_pad()?;
+        if attrs.int("ceil_mode", 0)? != 0 {
+            bail!(Onnx, "ceil_mode = 1 is not supported");
+        }
+        if attrs.int("storage_order", 0)? != 0 {
+            bail!(Onnx, "storage_order = 1 is not supported");
+        }
+        if attrs.ints("dilations", 2, 1)?.is_some_and(|d| d != [1, 1]) {
+            bail!(Onnx, "dilated max pooling is not supported");
+        }
+        let x = self.act(n, 0, ElemType::I8)?;
+        let d = self.slots[x].dims.clone();
+        if d.len() != 3 {
+            bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
+        }
+        let Some(k) = attrs.ints("kernel_shape", 2, 1)? else {
+            bail!(Onnx, "kernel_shape is required");
+        };
+        let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
+        let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
+        if pads[0] >= k[0] || pads[2] >= k[0] || pads[1] >= k[1] || pads[3] >= k[1] {
+            bail!(Onnx, "pads {pads:?} must be smaller than the kernel {k:?}");
+        }
+        let (ph, pw) = (d[1] + pads[0] + pads[2], d[2] + pads[1] + pads[3]);
+        if ph < k[0] || pw < k[1] {
+            bail!(
+                Onnx,
+                "kernel {k:?} does not fit input {}x{} with pads {pads:?}",
+                d[1],
+                d[2]
+            );
+        }
+        let op = PoolOp {
+            c: d[0],
+            h: d[1],
+            w: d[2],
+            kh: k[0],
+            kw: k[1],
+            stride: (stride[0], stride[1]),
+            pad_begin: (pads[0], pads[1]),
+            out_h: (ph - k[0]) / stride[0] + 1,
+            out_w: (pw - k[1]) / stride[1] + 1,
+        };
+        let dims = vec![d[0], op.out_h, op.out_w];
+        self.push(n, label, Op::MaxPool(op), vec![x], ElemType::I8, dims)
+    }
+}

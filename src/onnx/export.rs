@@ -1,0 +1,561 @@
+//! Building the ONNX graphs (see the module documentation for names).
+
+use super::{INPUT_NAME, IR_VERSION, MS_DOMAIN, MS_OPSET, OPSET, OUTPUT_NAME};
+use crate::int8::{Int8ResNet, QConv};
+use crate::models::ResNet;
+use crate::nn::ConvBn;
+use crate::ops::{Conv2dParams, MaxPool2dParams};
+use crate::quant::params::ACT_QMIN;
+use crate::quant::QParams;
+use crate::train::ModelInfo;
+use crate::{bail, Error, Result};
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::tensor_shape_proto::{dimension, Dimension};
+use onnx_protobuf::{
+    type_proto, AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// What the exported model records for its users (`metadata_props`).
+pub type ExportMeta = ModelInfo;
+
+/// Writes a model to `path` (serialized protobuf).
+pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
+    let bytes = model
+        .write_to_bytes()
+        .map_err(|e| Error::Onnx(format!("serializing the model: {e}")))?;
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The integer-only graph of `m` (spec S5-S8): QuantizeLinear, a QLinearConv
+/// per Conv+BN(+ReLU) unit (per-channel int8 weights, int32 bias, ReLU
+/// folded into the output zero point -128), QLinearAdd per residual add
+/// (its ReLU likewise), MaxPool on int8, QLinearGlobalAveragePool, the
+/// classifier as a 1x1 QLinearConv, Flatten and DequantizeLinear.
+pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
+    let mut b = Builder::default();
+    let c_in = m.stem.w_shape[1] * m.stem.params.groups;
+    b.graph.input.push(value_info(
+        INPUT_NAME,
+        DataType::FLOAT,
+        &[
+            Dim::Param("batch"),
+            Dim::Value(c_in),
+            Dim::Value(meta.input_hw[0]),
+            Dim::Value(meta.input_hw[1]),
+        ],
+    ));
+    b.qparams("input", m.input_q)?;
+    b.node(
+        "QuantizeLinear",
+        "input.quantize",
+        "",
+        &[INPUT_NAME, "input.scale", "input.zero_point"],
+        &["input"],
+        vec![],
+    );
+    b.qconv(&m.stem, "input", &m.stem.name)?;
+    let mut x = m.stem.name.clone();
+    if let Some(p) = m.stem_pool {
+        let out = format!("{}.maxpool", m.stem.name);
+        b.node("MaxPool", &out, "", &[&x], &[&out], pool_attrs(p));
+        b.alias(&out, &x);
+        x = out;
+    }
+    for blk in &m.blocks {
+        let block_in = x.clone();
+        for c in &blk.convs {
+            b.qconv(c, &x, &c.name)?;
+            x = c.name.clone();
+        }
+        let short = match &blk.downsample {
+            Some(d) => {
+                b.qconv(d, &block_in, &d.name)?;
+                d.name.clone()
+            }
+            None => block_in,
+        };
+        let add = format!("{}.add", blk.name);
+        if blk.add.z_c != ACT_QMIN || blk.add.lo != ACT_QMIN {
+            bail!(
+                Onnx,
+                "{add}: output zero point {} is not -128, so its ReLU cannot be folded into QLinearAdd",
+                blk.add.z_c
+            );
+        }
+        b.qparams(&add, blk.add_q)?;
+        b.node(
+            "QLinearAdd",
+            &add,
+            MS_DOMAIN,
+            &[
+                &x,
+                &b.scale(&x),
+                &b.zp(&x),
+                &short,
+                &b.scale(&short),
+                &b.zp(&short),
+                &b.scale(&add),
+                &b.zp(&add),
+            ],
+            &[&add],
+            vec![],
+        );
+        x = add;
+    }
+    b.qparams("gap", m.gap_q)?;
+    b.node(
+        "QLinearGlobalAveragePool",
+        "gap",
+        MS_DOMAIN,
+        &[&x, &b.scale(&x), &b.zp(&x), "gap.scale", "gap.zero_point"],
+        &["gap"],
+        vec![attr_int("channels_last", 0)],
+    );
+    let fc_nchw = format!("{}.nchw", m.fc.name);
+    b.qconv(&m.fc, "gap", &fc_nchw)?;
+    b.alias(&m.fc.name, &fc_nchw);
+    b.node(
+        "Flatten",
+        &format!("{}.flatten", m.fc.name),
+        "",
+        &[&fc_nchw],
+        &[&m.fc.name],
+        vec![attr_int("axis", 1)],
+    );
+    b.node(
+        "DequantizeLinear",
+        &format!("{}.dequantize", m.fc.name),
+        "",
+        &[&m.fc.name, &b.scale(&m.fc.name), &b.zp(&m.fc.name)],
+        &[OUTPUT_NAME],
+        vec![],
+    );
+    b.graph.output.push(value_info(
+        OUTPUT_NAME,
+        DataType::FLOAT,
+        &[Dim::Param("batch"), Dim::Value(m.num_classes)],
+    ));
+    b.graph.name = format!("{}_int8", meta.arch);
+    Ok(model(b.graph, meta, "int8", true))
+}
+
+/// The float graph of `m` (its float weights; quantizers, if any, are
+/// ignored): Conv, BatchNormalization (running statistics, not folded), Relu,
+/// Add, MaxPool, GlobalAveragePool, Flatten, Gemm. Parameter tensors keep
+/// the model's names (`stem.conv.weight`, `stem.bn.running_mean`, ...).
+pub fn export_fp32(m: &ResNet, meta: &ExportMeta) -> Result<ModelProto> {
+    let mut b = Builder::default();
+    let c_in = m.stem.conv.weight.dims()[1] * m.stem.conv.params.groups;
+    b.graph.input.push(value_info(
+        INPUT_NAME,
+        DataType::FLOAT,
+        &[
+            Dim::Param("batch"),
+            Dim::Value(c_in),
+            Dim::Value(meta.input_hw[0]),
+            Dim::Value(meta.input_hw[1]),
+        ],
+    ));
+    let mut x = b.conv_bn_fp32(&m.stem, "stem", INPUT_NAME)?;
+    if let Some(p) = m.stem_pool {
+        let out = "stem.maxpool".to_string();
+        b.node("MaxPool", &out, "", &[&x], &[&out], pool_attrs(p));
+        x = out;
+    }
+    for (s, stage) in m.stages.iter().enumerate() {
+        for (i, blk) in stage.iter().enumerate() {
+            let p = format!("layer{}.{i}", s + 1);
+            let block_in = x.clone();
+            for (j, c) in blk.convs.iter().enumerate() {
+                x = b.conv_bn_fp32(c, &format!("{p}.conv{}", j + 1), &x)?;
+            }
+            let short = match &blk.downsample {
+                Some(d) => b.conv_bn_fp32(d, &format!("{p}.downsample"), &block_in)?,
+                None => block_in,
+            };
+            let add = format!("{p}.add");
+            b.node("Add", &add, "", &[&x, &short], &[&add], vec![]);
+            let relu = format!("{p}.relu");
+            b.node("Relu", &relu, "", &[&add], &[&relu], vec![]);
+            x = relu;
+        }
+    }
+    b.node("GlobalAveragePool", "gap", "", &[&x], &["gap"], vec![]);
+    b.node(
+        "Flatten",
+        "gap.flatten",
+        "",
+        &["gap"],
+        &["gap.flatten"],
+        vec![attr_int("axis", 1)],
+    );
+    let w = &m.fc.weight;
+    b.init(tensor_f32("fc.weight", w.dims(), &w.to_vec()?))?;
+    let mut inputs = vec!["gap.flatten", "fc.weight"];
+    if let Some(bias) = &m.fc.bias {
+        b.init(tensor_f32("fc.bias", bias.dims(), &bias.to_vec()?))?;
+        inputs.push("fc.bias");
+    }
+    b.node(
+        "Gemm",
+        "fc",
+        "",
+        &inputs,
+        &[OUTPUT_NAME],
+        vec![attr_int("transB", 1)],
+    );
+    b.graph.output.push(value_info(
+        OUTPUT_NAME,
+        DataType::FLOAT,
+        &[Dim::Param("batch"), Dim::Value(w.dims()[0])],
+    ));
+    b.graph.name = format!("{}_fp32", meta.arch);
+    Ok(model(b.graph, meta, "fp32", false))
+}
+
+fn model(graph: GraphProto, meta: &ExportMeta, kind: &str, ms_domain: bool) -> ModelProto {
+    let mut m = ModelProto::new();
+    m.ir_version = IR_VERSION;
+    m.producer_name = "qat".into();
+    m.producer_version = env!("CARGO_PKG_VERSION").into();
+    m.doc_string = format!(
+        "{} {kind} ResNet exported by qat {}",
+        meta.arch,
+        env!("CARGO_PKG_VERSION")
+    );
+    let mut opset = OperatorSetIdProto::new();
+    opset.domain = String::new();
+    opset.version = OPSET;
+    m.opset_import.push(opset);
+    if ms_domain {
+        let mut ms = OperatorSetIdProto::new();
+        ms.domain = MS_DOMAIN.into();
+        ms.version = MS_OPSET;
+        m.opset_import.push(ms);
+    }
+    let props: Vec<(&str, String)> = vec![
+        ("producer", format!("qat {}", env!("CARGO_PKG_VERSION"))),
+        ("arch", meta.arch.clone()),
+        ("precision", kind.to_string()),
+        ("input_name", INPUT_NAME.to_string()),
+        ("input_dtype", "float32".to_string()),
+        ("input_layout", "NCHW".to_string()),
+        (
+            "input_size",
+            format!(
+                "{}x{}x{}",
+                meta.in_channels, meta.input_hw[0], meta.input_hw[1]
+            ),
+        ),
+        (
+            "pixel_range",
+            "[0, 1]: 8-bit pixels divided by 255, before normalization".to_string(),
+        ),
+        (
+            "normalization",
+            "x = (pixel / 255 - mean[c]) / std[c], per channel".to_string(),
+        ),
+        ("mean", json(&meta.mean)),
+        ("std", json(&meta.std)),
+        ("class_names", json(&meta.class_names)),
+        ("output_name", OUTPUT_NAME.to_string()),
+        (
+            "output",
+            format!("float32 logits [N, {}]", meta.class_names.len()),
+        ),
+    ];
+    for (k, v) in props {
+        let mut e = StringStringEntryProto::new();
+        e.key = k.into();
+        e.value = v;
+        m.metadata_props.push(e);
+    }
+    m.graph = Some(graph).into();
+    m
+}
+
+/// JSON of the metadata lists (serde_json cannot fail on these types).
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+#[derive(Default)]
+struct Builder {
+    graph: GraphProto,
+    inits: HashSet<String>,
+    /// For each int8 activation, the prefix of its `.scale` / `.zero_point`.
+    qp: HashMap<String, String>,
+}
+
+impl Builder {
+    fn init(&mut self, t: TensorProto) -> Result<()> {
+        if !self.inits.insert(t.name.clone()) {
+            bail!(Onnx, "initializer '{}' defined twice", t.name);
+        }
+        self.graph.initializer.push(t);
+        Ok(())
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        domain: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: Vec<AttributeProto>,
+    ) {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = name.into();
+        n.domain = domain.into();
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = outputs.iter().map(|s| s.to_string()).collect();
+        n.attribute = attrs;
+        self.graph.node.push(n);
+    }
+
+    /// `<tensor>.scale` (float scalar) and `<tensor>.zero_point` (int8
+    /// scalar), verbatim.
+    fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
+        if !(-128..=127).contains(&q.zero_point) {
+            bail!(Onnx, "{tensor}: zero point {} is not int8", q.zero_point);
+        }
+        self.qp.insert(tensor.to_string(), tensor.to_string());
+        self.init(tensor_f32(&format!("{tensor}.scale"), &[], &[q.scale]))?;
+        self.init(tensor_i8(
+            &format!("{tensor}.zero_point"),
+            &[],
+            &[q.zero_point as i8],
+        ))
+    }
+
+    /// `tensor` shares the quantization parameters of `source` (MaxPool,
+    /// Flatten).
+    fn alias(&mut self, tensor: &str, source: &str) {
+        let p = self.prefix(source);
+        self.qp.insert(tensor.to_string(), p);
+    }
+
+    fn prefix(&self, tensor: &str) -> String {
+        self.qp
+            .get(tensor)
+            .cloned()
+            .unwrap_or_else(|| tensor.to_string())
+    }
+
+    fn scale(&self, tensor: &str) -> String {
+        format!("{}.scale", self.prefix(tensor))
+    }
+
+    fn zp(&self, tensor: &str) -> String {
+        format!("{}.zero_point", self.prefix(tensor))
+    }
+
+    /// A QLinearConv of unit `c` from tensor `x` (whose `.scale` /
+    /// `.zero_point` exist) into `out`, with `out`'s parameters added under
+    /// the unit's name.
+    fn qconv(&mut self, c: &QConv, x: &str, out: &str) -> Result<()> {
+        let n = &c.name;
+        if c.relu && c.out_q.zero_point != ACT_QMIN {
+            bail!(
+                Onnx,
+                "{n}: ReLU with output zero point {} (not -128) cannot be folded into QLinearConv",
+                c.out_q.zero_point
+            );
+        }
+        let c_out = c.w_shape[0];
+        if c.s_w.len() != c_out
+            || c.bias_q.len() != c_out
+            || c.w_q.len() != c.w_shape.iter().product::<usize>()
+        {
+            bail!(Onnx, "{n}: inconsistent weight, scale and bias sizes");
+        }
+        self.init(tensor_i8(&format!("{n}.weight_q"), &c.w_shape, &c.w_q))?;
+        self.init(tensor_f32(&format!("{n}.weight_scale"), &[c_out], &c.s_w))?;
+        self.init(tensor_i8(
+            &format!("{n}.weight_zero_point"),
+            &[c_out],
+            &vec![0; c_out],
+        ))?;
+        self.init(tensor_i32(&format!("{n}.bias_q"), &[c_out], &c.bias_q))?;
+        self.qparams(n, c.out_q)?;
+        if out != n {
+            self.alias(out, n);
+        }
+        let (xs, xz) = (self.scale(x), self.zp(x));
+        self.node(
+            "QLinearConv",
+            n,
+            "",
+            &[
+                x,
+                &xs,
+                &xz,
+                &format!("{n}.weight_q"),
+                &format!("{n}.weight_scale"),
+                &format!("{n}.weight_zero_point"),
+                &format!("{n}.scale"),
+                &format!("{n}.zero_point"),
+                &format!("{n}.bias_q"),
+            ],
+            &[out],
+            conv_attrs(c.params, [c.w_shape[2], c.w_shape[3]]),
+        );
+        Ok(())
+    }
+
+    /// Conv (+ BatchNormalization, + Relu) of a float unit; returns the name
+    /// of its output.
+    fn conv_bn_fp32(&mut self, u: &ConvBn, unit: &str, x: &str) -> Result<String> {
+        let w = &u.conv.weight;
+        let d = w.dims();
+        let wname = format!("{unit}.conv.weight");
+        self.init(tensor_f32(&wname, d, &w.to_vec()?))?;
+        let mut inputs = vec![x.to_string(), wname];
+        if let Some(b) = &u.conv.bias {
+            let bname = format!("{unit}.conv.bias");
+            self.init(tensor_f32(&bname, b.dims(), &b.to_vec()?))?;
+            inputs.push(bname);
+        }
+        let conv = format!("{unit}.conv");
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node(
+            "Conv",
+            &conv,
+            "",
+            &refs,
+            &[&conv],
+            conv_attrs(u.conv.params, [d[2], d[3]]),
+        );
+        let bn = &u.bn;
+        let mut bn_inputs = vec![conv.clone()];
+        for (suffix, t) in [
+            ("weight", &bn.weight),
+            ("bias", &bn.bias),
+            ("running_mean", &bn.running_mean),
+            ("running_var", &bn.running_var),
+        ] {
+            let name = format!("{unit}.bn.{suffix}");
+            self.init(tensor_f32(&name, t.dims(), &t.to_vec()?))?;
+            bn_inputs.push(name);
+        }
+        let bn_out = format!("{unit}.bn");
+        let refs: Vec<&str> = bn_inputs.iter().map(String::as_str).collect();
+        self.node(
+            "BatchNormalization",
+            &bn_out,
+            "",
+            &refs,
+            &[&bn_out],
+            vec![attr_float("epsilon", bn.eps)],
+        );
+        if !u.relu {
+            return Ok(bn_out);
+        }
+        let relu = format!("{unit}.relu");
+        self.node("Relu", &relu, "", &[&bn_out], &[&relu], vec![]);
+        Ok(relu)
+    }
+}
+
+fn conv_attrs(p: Conv2dParams, kernel: [usize; 2]) -> Vec<AttributeProto> {
+    vec![
+        attr_ints("kernel_shape", &[kernel[0], kernel[1]]),
+        attr_ints("strides", &[p.stride.0, p.stride.1]),
+        // Begin/end order: [h_begin, w_begin, h_end, w_end].
+        attr_ints("pads", &[p.pad.0, p.pad.1, p.pad.0, p.pad.1]),
+        attr_ints("dilations", &[p.dilation.0, p.dilation.1]),
+        attr_int("group", p.groups as i64),
+    ]
+}
+
+fn pool_attrs(p: MaxPool2dParams) -> Vec<AttributeProto> {
+    vec![
+        attr_ints("kernel_shape", &[p.kernel.0, p.kernel.1]),
+        attr_ints("strides", &[p.stride.0, p.stride.1]),
+        attr_ints("pads", &[p.pad.0, p.pad.1, p.pad.0, p.pad.1]),
+    ]
+}
+
+fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INTS.into();
+    a.ints = v.iter().map(|&x| x as i64).collect();
+    a
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::INT.into();
+    a.i = v;
+    a
+}
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.into();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = v;
+    a
+}
+
+fn tensor(name: &str, dims: &[usize], dt: DataType, raw: Vec<u8>) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.into();
+    t.dims = dims.iter().map(|&d| d as i64).collect();
+    t.data_type = dt as i32;
+    t.raw_data = raw;
+    t
+}
+
+fn tensor_f32(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
+    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    tensor(name, dims, DataType::FLOAT, raw)
+}
+
+fn tensor_i8(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
+    tensor(
+        name,
+        dims,
+        DataType::INT8,
+        v.iter().map(|&x| x as u8).collect(),
+    )
+}
+
+fn tensor_i32(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
+    let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    tensor(name, dims, DataType::INT32, raw)
+}
+
+enum Dim<'a> {
+    Param(&'a str),
+    Value(usize),
+}
+
+fn value_info(name: &str, dt: DataType, dims: &[Dim]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for d in dims {
+        let mut dim = Dimension::new();
+        dim.value = Some(match d {
+            Dim::Param(p) => dimension::Value::DimParam(p.to_string()),
+            Dim::Value(v) => dimension::Value::DimValue(*v as i64),
+        });
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = dt as i32;
+    tt.shape = Some(shape).into();
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(tt));
+    let mut vi = ValueInfoProto::new();
+    vi.name = name.into();
+    vi.type_ = Some(tp).into();
+    vi
+}

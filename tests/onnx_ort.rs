@@ -1,0 +1,163 @@
+//! ONNX Runtime as the outside referee (QUANT_SPEC S10.3): exports int8 and
+//! FP32 graphs, runs the int8 executor, and hands everything to
+//! `scripts/ort_check.py`, which runs onnx.checker and ONNX Runtime's CPU
+//! provider and compares (node by node and end to end). Needs `python3` with
+//! `onnx` and `onnxruntime` (installed by `.ci/run`); set `QAT_SKIP_ORT=1`
+//! to skip where they are missing.
+
+mod common;
+mod onnx_util;
+
+use common::temp_dir;
+use onnx_util::{images, info, trained, write_npy_f32, write_npy_i8};
+use qat::executor::Executor;
+use qat::int8::{Int8ResNet, QConv};
+use qat::models::{Arch, ResNet};
+use qat::nn::{Mode, Module};
+use qat::onnx::{export_fp32, export_int8, save_model};
+use qat::ops::Conv2dParams;
+use qat::train::ModelInfo;
+use qat::{Device, Tensor};
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+const N: usize = 16;
+
+/// Exports `m`, runs the executor on the test images and writes every int8
+/// tensor and the logits; returns the manifest entry.
+fn int8_case(
+    dir: &Path,
+    name: &str,
+    m: &Int8ResNet,
+    meta: &ModelInfo,
+    expect: &str,
+    x: &[f32],
+) -> serde_json::Value {
+    let model = format!("{name}.onnx");
+    save_model(&export_int8(m, meta).unwrap(), &dir.join(&model)).unwrap();
+    let exec = Executor::load(&dir.join(&model)).unwrap();
+    let n = x.len() / 784;
+    let input = format!("{name}.input.npy");
+    write_npy_f32(&dir.join(&input), &[n, 1, 28, 28], x);
+    let (logits, tensors) = exec.run_trace(x, n).unwrap();
+    let mut files = serde_json::Map::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let f = format!("{name}.t{i}.npy");
+        write_npy_i8(&dir.join(&f), &t.shape, &t.values);
+        files.insert(t.name.clone(), json!(f));
+    }
+    let f = format!("{name}.logits.npy");
+    write_npy_f32(&dir.join(&f), &[n, logits.len() / n], &logits);
+    files.insert("logits".into(), json!(f));
+    json!({"name": name, "kind": "int8", "model": model, "input": input,
+           "tensors": files, "logits": "logits", "expect": expect})
+}
+
+fn checkpoint_case(dir: &Path, ck: &Path) -> serde_json::Value {
+    use qat::data::{fashion_mnist::DEFAULT_DIR, FashionMnist, Normalize, Split};
+    let ck = qat::checkpoint::Checkpoint::load(ck).unwrap();
+    let (model, meta, _) = qat::train::model_from_checkpoint(&ck, &Device::cpu()).unwrap();
+    let n: usize = std::env::var("QAT_ORT_IMAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let mut data = FashionMnist::load(Path::new(DEFAULT_DIR), Split::Test).unwrap();
+    data.truncate(n);
+    let norm = Normalize::new(&meta.mean, &meta.std).unwrap();
+    let mut x = vec![0.0; data.len() * 784];
+    for (i, img) in x.chunks_exact_mut(784).enumerate() {
+        norm.apply(data.image(i), img, data.dims());
+    }
+    let int8 = Int8ResNet::build(&model).unwrap();
+    int8_case(dir, "checkpoint_int8", &int8, &meta, "add", &x)
+}
+
+fn fp32_case(dir: &Path, name: &str, m: &ResNet, arch: Arch) -> serde_json::Value {
+    let model = format!("{name}.onnx");
+    save_model(&export_fp32(m, &info(arch)).unwrap(), &dir.join(&model)).unwrap();
+    let (x, _) = images(8, N);
+    let t = Tensor::from_vec(x.clone(), [N, 1, 28, 28], &Device::cpu()).unwrap();
+    let logits = qat::autograd::no_grad(|| m.forward(&t, Mode::Eval))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let (input, out) = (format!("{name}.input.npy"), format!("{name}.logits.npy"));
+    write_npy_f32(&dir.join(&input), &[N, 1, 28, 28], &x);
+    write_npy_f32(&dir.join(&out), &[N, 10], &logits);
+    json!({"name": name, "kind": "fp32", "model": model, "input": input, "logits": out})
+}
+
+#[test]
+fn onnx_runtime_agrees_with_the_executor() {
+    if std::env::var("QAT_SKIP_ORT").is_ok_and(|v| v == "1") {
+        eprintln!("QAT_SKIP_ORT=1: skipping the ONNX Runtime comparison");
+        return;
+    }
+    let dev = Device::cpu();
+    let dir = temp_dir("ort");
+    let small = trained(Arch::Small, true, 12, 1, &dev);
+    let r18 = trained(Arch::ResNet18, true, 6, 2, &dev);
+    let small_int8 = Int8ResNet::build(&small).unwrap();
+    let mut r18_int8 = Int8ResNet::build(&r18).unwrap();
+    let (x, _) = images(7, N);
+    let (small_info, r18_info) = (info(Arch::Small), info(Arch::ResNet18));
+    let mut cases = vec![
+        int8_case(&dir, "small_int8", &small_int8, &small_info, "add", &x),
+        int8_case(&dir, "resnet18_int8", &r18_int8, &r18_info, "add", &x),
+    ];
+    // A graph of Conv / MaxPool / global-average-pool / FC only: ResNet-18's
+    // stem, pool and classifier without the residual blocks.
+    // The classifier is rebuilt for the stem's 64 channels.
+    r18_int8.blocks.clear();
+    let c = r18_int8.stem.w_shape[0];
+    let mut rng = qat::rng::Rng::new(9);
+    let w: Vec<f32> = (0..10 * c).map(|_| 0.2 * rng.normal()).collect();
+    let b: Vec<f32> = (0..10).map(|_| 0.1 * rng.normal()).collect();
+    let (gap_q, fc_q) = (r18_int8.gap_q, r18_int8.fc.out_q);
+    r18_int8.fc = QConv::new(
+        "fc",
+        &w,
+        [10, c, 1, 1],
+        &b,
+        Conv2dParams::default(),
+        gap_q,
+        fc_q,
+        false,
+        &dev,
+    )
+    .unwrap();
+    cases.push(int8_case(
+        &dir,
+        "resnet18_chain_int8",
+        &r18_int8,
+        &r18_info,
+        "exact",
+        &x,
+    ));
+    // Optionally a trained checkpoint on Fashion-MNIST test images
+    // (QAT_ORT_CHECKPOINT=path, QAT_ORT_IMAGES=n, default 256).
+    if let Ok(ck) = std::env::var("QAT_ORT_CHECKPOINT") {
+        cases.push(checkpoint_case(&dir, Path::new(&ck)));
+    }
+    let small_fp = trained(Arch::Small, false, 5, 3, &dev);
+    let r18_fp = trained(Arch::ResNet18, false, 3, 4, &dev);
+    cases.push(fp32_case(&dir, "small_fp32", &small_fp, Arch::Small));
+    cases.push(fp32_case(&dir, "resnet18_fp32", &r18_fp, Arch::ResNet18));
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&json!({ "cases": cases })).unwrap(),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ort_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("python3 must be installed (or set QAT_SKIP_ORT=1)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "ort_check.py failed:\n{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,437 @@
+//! A malformed model never panics the executor: truncated files, wrong
+//! element types, missing initializers, absurd dimensions and attributes,
+//! unknown ops each give an error naming the node and the problem; and a
+//! time-bounded random-mutation fuzz of the loader (bytes and structure)
+//! runs whatever validates.
+
+mod onnx_util;
+
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::tensor_shape_proto::dimension;
+use onnx_protobuf::{type_proto, Message, ModelProto};
+use onnx_util::{images, info, trained};
+use qat::executor::Executor;
+use qat::int8::Int8ResNet;
+use qat::models::Arch;
+use qat::onnx::export_int8;
+use qat::rng::Rng;
+use qat::Device;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A valid int8 graph of the small ResNet (trained a few steps, frozen).
+fn valid() -> &'static ModelProto {
+    static M: OnceLock<ModelProto> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = trained(Arch::Small, true, 4, 31, &Device::cpu());
+        export_int8(&Int8ResNet::build(&m).unwrap(), &info(Arch::Small)).unwrap()
+    })
+}
+
+fn err_of(m: &ModelProto) -> String {
+    match Executor::from_model(m) {
+        Ok(_) => panic!("the model was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn assert_err(m: &ModelProto, parts: &[&str]) {
+    let e = err_of(m);
+    for p in parts {
+        assert!(e.contains(p), "error '{e}' does not mention '{p}'");
+    }
+}
+
+fn with(f: impl FnOnce(&mut ModelProto)) -> ModelProto {
+    let mut m = valid().clone();
+    f(&mut m);
+    m
+}
+
+fn init<'a>(m: &'a mut ModelProto, name: &str) -> &'a mut onnx_protobuf::TensorProto {
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.iter_mut().find(|t| t.name == name).unwrap()
+}
+
+fn node<'a>(m: &'a mut ModelProto, name: &str) -> &'a mut onnx_protobuf::NodeProto {
+    let g = m.graph.as_mut().unwrap();
+    g.node.iter_mut().find(|n| n.name == name).unwrap()
+}
+
+#[test]
+fn the_valid_model_runs() {
+    let exec = Executor::from_model(valid()).unwrap();
+    let (x, _) = images(1, 2);
+    assert_eq!(exec.run(&x, 2).unwrap().len(), 20);
+    assert!(exec.run(&x[..100], 2).is_err());
+    assert_eq!(exec.run(&[], 0).unwrap().len(), 0);
+}
+
+#[test]
+fn truncated_files_are_errors() {
+    let bytes = valid().write_to_bytes().unwrap();
+    let mut errors = 0;
+    let step = (bytes.len() / 300).max(1);
+    for cut in (0..bytes.len()).step_by(step) {
+        let r = catch_unwind(|| Executor::from_bytes(&bytes[..cut]));
+        let r = r.unwrap_or_else(|_| panic!("panic on a file truncated to {cut} bytes"));
+        // The graph (which holds the nodes and weights) is most of the file:
+        // cutting into it must fail.
+        if cut < bytes.len() * 9 / 10 {
+            assert!(
+                r.is_err(),
+                "a file truncated to {cut} of {} bytes was accepted",
+                bytes.len()
+            );
+        }
+        errors += usize::from(r.is_err());
+    }
+    assert!(errors > 250);
+    let dir = std::env::temp_dir().join(format!("qat-robust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("cut.onnx");
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    let e = Executor::load(&p).unwrap_err().to_string();
+    assert!(e.contains("onnx"), "{e}");
+    assert!(Executor::load(&dir.join("missing.onnx")).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn wrong_element_types_are_errors() {
+    let m = with(|m| init(m, "layer1.0.conv1.weight_q").data_type = DataType::INT16 as i32);
+    assert_err(&m, &["layer1.0.conv1.weight_q", "int16", "not supported"]);
+    // float weights of the same byte length: wrong count, then wrong type.
+    let m = with(|m| init(m, "layer1.0.conv1.weight_q").data_type = DataType::FLOAT as i32);
+    assert_err(&m, &["layer1.0.conv1.weight_q"]);
+    let m = with(|m| {
+        let t = init(m, "layer1.0.conv1.bias_q");
+        t.data_type = DataType::FLOAT as i32;
+    });
+    assert_err(&m, &["node 'layer1.0.conv1'", "bias"]);
+    let m = with(|m| {
+        let t = init(m, "stem.zero_point");
+        t.data_type = DataType::INT32 as i32;
+        t.raw_data = vec![0x80, 0xff, 0xff, 0xff];
+    });
+    assert_err(&m, &["node 'stem'", "stem.zero_point", "expected int8"]);
+    let m = with(|m| {
+        let g = m.graph.as_mut().unwrap();
+        let Some(type_proto::Value::TensorType(t)) = &mut g.input[0].type_.as_mut().unwrap().value
+        else {
+            unreachable!()
+        };
+        t.elem_type = DataType::UINT8 as i32;
+    });
+    assert_err(&m, &["graph input", "uint8"]);
+}
+
+#[test]
+fn missing_initializers_are_errors() {
+    for (name, node_name) in [
+        ("layer1.0.conv1.bias_q", "layer1.0.conv1"),
+        ("layer2.0.add.scale", "layer2.0.add"),
+        ("fc.weight_scale", "fc"),
+        ("input.zero_point", "input.quantize"),
+    ] {
+        let m = with(|m| {
+            m.graph
+                .as_mut()
+                .unwrap()
+                .initializer
+                .retain(|t| t.name != name)
+        });
+        assert_err(&m, &[&format!("node '{node_name}'"), name]);
+    }
+    let m = with(|m| node(m, "layer1.0.conv2").input[0] = "nowhere".into());
+    assert_err(&m, &["node 'layer1.0.conv2'", "nowhere"]);
+    // Nodes out of order: an input used before it is computed.
+    let m = with(|m| m.graph.as_mut().unwrap().node.swap(1, 2));
+    assert_err(&m, &["not produced by any earlier node"]);
+    let m = with(|m| m.graph = None.into());
+    assert_err(&m, &["no graph"]);
+}
+
+#[test]
+fn absurd_dimensions_and_attributes_are_errors() {
+    let m = with(|m| init(m, "stem.weight_q").dims = vec![1 << 40, 1 << 40, 3, 3]);
+    assert_err(&m, &["stem.weight_q", "exceed"]);
+    let m = with(|m| init(m, "stem.weight_q").dims = vec![-1, 1, 3, 3]);
+    assert_err(&m, &["negative"]);
+    let m = with(|m| init(m, "stem.weight_q").dims = vec![16, 1, 9, 1]);
+    assert_err(&m, &["node 'stem'", "kernel_shape"]);
+    let m = with(|m| {
+        let g = m.graph.as_mut().unwrap();
+        let Some(type_proto::Value::TensorType(t)) = &mut g.input[0].type_.as_mut().unwrap().value
+        else {
+            unreachable!()
+        };
+        t.shape.as_mut().unwrap().dim[2].value = Some(dimension::Value::DimValue(1 << 45));
+    });
+    assert_err(&m, &["graph input", "exceed"]);
+    for (attr, v) in [
+        ("strides", vec![0, 1]),
+        ("pads", vec![-1, 0, 0, 0]),
+        ("dilations", vec![1 << 40, 1]),
+    ] {
+        let m = with(|m| {
+            let a = node(m, "layer1.0.conv1")
+                .attribute
+                .iter_mut()
+                .find(|a| a.name == attr)
+                .unwrap();
+            a.ints = v.clone();
+        });
+        assert_err(&m, &["node 'layer1.0.conv1'", attr]);
+    }
+    let m = with(|m| {
+        let a = node(m, "layer1.0.conv1")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "pads")
+            .unwrap();
+        a.ints = vec![1, 1, 1];
+    });
+    assert_err(&m, &["pads", "expected 4"]);
+    // A kernel that needs more input than there is.
+    let m = with(|m| {
+        let a = node(m, "layer3.1.conv1")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "dilations")
+            .unwrap();
+        a.ints = vec![100, 100];
+    });
+    assert_err(&m, &["node 'layer3.1.conv1'", "does not fit"]);
+    let m = with(|m| {
+        let a = node(m, "gap")
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "channels_last")
+            .unwrap();
+        a.i = 1;
+    });
+    assert_err(&m, &["node 'gap'", "channels_last"]);
+    let m = with(|m| {
+        let t = init(m, "layer1.0.add.scale");
+        t.raw_data = f32::NAN.to_le_bytes().to_vec();
+    });
+    assert_err(&m, &["node 'layer1.0.add'", "positive finite"]);
+    // Scales so far apart that S7's int64 form would overflow.
+    let m = with(|m| init(m, "layer1.0.add.scale").raw_data = 1e-30f32.to_le_bytes().to_vec());
+    assert_err(&m, &["node 'layer1.0.add'"]);
+}
+
+#[test]
+fn unknown_ops_and_opsets_are_errors() {
+    let m = with(|m| node(m, "layer1.0.add").op_type = "Softmax".into());
+    assert_err(&m, &["Softmax", "not supported"]);
+    let m = with(|m| node(m, "gap").domain = "com.example".into());
+    assert_err(&m, &["QLinearGlobalAveragePool", "com.example"]);
+    let m = with(|m| m.opset_import[0].version = 11);
+    assert_err(&m, &["opset 11"]);
+    let m = with(|m| m.opset_import.retain(|o| o.domain != "com.microsoft"));
+    assert_err(&m, &["com.microsoft"]);
+    let m = with(|m| m.ir_version = 99);
+    assert_err(&m, &["IR version 99"]);
+    let m = with(|m| {
+        let n = node(m, "layer1.0.conv1");
+        let mut a = n.attribute[0].clone();
+        a.name = "frobnicate".into();
+        n.attribute.push(a);
+    });
+    assert_err(&m, &["node 'layer1.0.conv1'", "frobnicate"]);
+    let m = with(|m| node(m, "layer1.0.conv2").output[0] = "layer1.0.conv1".into());
+    assert_err(&m, &["defined more than once"]);
+}
+
+/// One structural mutation: a field of a random initializer, node,
+/// attribute or the graph set to a troublesome value.
+fn mutate(m: &mut ModelProto, rng: &mut Rng) {
+    const INTS: [i64; 10] = [-1, 0, 1, 2, 3, 7, 255, 1 << 31, 1 << 62, i64::MAX];
+    let pick = |rng: &mut Rng, n: usize| rng.below(n.max(1) as u64) as usize;
+    let g = m.graph.as_mut().unwrap();
+    match rng.below(10) {
+        0 if !g.initializer.is_empty() => {
+            let i = pick(rng, g.initializer.len());
+            let t = &mut g.initializer[i];
+            if t.dims.is_empty() {
+                t.dims.push(INTS[pick(rng, 10)]);
+            } else {
+                let d = pick(rng, t.dims.len());
+                t.dims[d] = INTS[pick(rng, 10)];
+            }
+        }
+        1 if !g.initializer.is_empty() => {
+            let i = pick(rng, g.initializer.len());
+            g.initializer[i].data_type = rng.below(20) as i32;
+        }
+        2 if !g.initializer.is_empty() => {
+            let i = pick(rng, g.initializer.len());
+            let t = &mut g.initializer[i];
+            match rng.below(3) {
+                0 => t.raw_data.truncate(pick(rng, t.raw_data.len())),
+                1 => {
+                    for b in t.raw_data.iter_mut() {
+                        if rng.below(8) == 0 {
+                            *b = rng.below(256) as u8;
+                        }
+                    }
+                }
+                _ => {
+                    let bad = [0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e30, 1e-45, 1e-20];
+                    t.raw_data = bad[pick(rng, bad.len())].to_le_bytes().to_vec();
+                }
+            }
+        }
+        3 if !g.node.is_empty() => {
+            let i = pick(rng, g.node.len());
+            let n = &mut g.node[i];
+            if !n.attribute.is_empty() {
+                let a = pick(rng, n.attribute.len());
+                let a = &mut n.attribute[a];
+                a.i = INTS[pick(rng, 10)];
+                if !a.ints.is_empty() {
+                    let k = pick(rng, a.ints.len());
+                    a.ints[k] = INTS[pick(rng, 10)];
+                }
+                if rng.below(4) == 0 {
+                    a.type_ = protobuf::EnumOrUnknown::from_i32(rng.below(12) as i32);
+                }
+            }
+        }
+        4 if !g.node.is_empty() => {
+            let i = pick(rng, g.node.len());
+            let n = &mut g.node[i];
+            if !n.input.is_empty() {
+                let k = pick(rng, n.input.len());
+                match rng.below(3) {
+                    0 => {
+                        n.input.remove(k);
+                    }
+                    1 => n.input[k] = String::new(),
+                    _ => {
+                        let j = pick(rng, n.input.len());
+                        n.input.swap(k, j);
+                    }
+                }
+            }
+        }
+        5 if g.node.len() > 1 => {
+            let (i, j) = (pick(rng, g.node.len()), pick(rng, g.node.len()));
+            g.node.swap(i, j);
+        }
+        6 if !g.node.is_empty() => {
+            let i = pick(rng, g.node.len());
+            g.node.remove(i);
+        }
+        7 if !g.node.is_empty() => {
+            let i = pick(rng, g.node.len());
+            let ops = [
+                "QLinearConv",
+                "MaxPool",
+                "Flatten",
+                "QLinearAdd",
+                "DequantizeLinear",
+                "Relu",
+            ];
+            g.node[i].op_type = ops[pick(rng, ops.len())].into();
+        }
+        8 => {
+            let Some(type_proto::Value::TensorType(t)) = g
+                .input
+                .first_mut()
+                .and_then(|i| i.type_.as_mut())
+                .and_then(|t| t.value.as_mut())
+            else {
+                return;
+            };
+            if let Some(s) = t.shape.as_mut() {
+                if !s.dim.is_empty() {
+                    let d = pick(rng, s.dim.len());
+                    s.dim[d].value = Some(dimension::Value::DimValue(INTS[pick(rng, 10)]));
+                }
+            }
+        }
+        _ => {
+            let i = pick(rng, g.initializer.len());
+            if i < g.initializer.len() && rng.below(2) == 0 {
+                g.initializer.remove(i);
+            }
+        }
+    }
+}
+
+/// Loads (and when valid, runs) a candidate; a panic fails the test with
+/// the seed that reproduces it.
+fn try_model(bytes: &[u8], seed: u64, x: &[f32]) -> bool {
+    let r = catch_unwind(AssertUnwindSafe(|| match Executor::from_bytes(bytes) {
+        Ok(exec) => {
+            let n = 2;
+            let _ = exec.run(&x[..n * 784], n);
+            true
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            false
+        }
+    }));
+    r.unwrap_or_else(|_| panic!("the executor panicked on fuzz case {seed}"))
+}
+
+/// Random mutations of the serialized bytes and of the model's structure,
+/// for a bounded time (QAT_FUZZ_SECS, default 8 s).
+#[test]
+fn fuzz_loader_random_mutations() {
+    let secs: u64 = std::env::var("QAT_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let base = valid().write_to_bytes().unwrap();
+    let (x, _) = images(2, 2);
+    let (mut cases, mut accepted) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let seed = cases;
+        let mut rng = Rng::new(seed);
+        let bytes = if seed % 2 == 0 {
+            // Byte-level: flips, overwrites, cuts, insertions, duplications.
+            let mut b = base.clone();
+            for _ in 0..1 + rng.below(6) {
+                let at = rng.below(b.len() as u64) as usize;
+                match rng.below(5) {
+                    0 => b[at] ^= 1 << rng.below(8),
+                    1 => b[at] = [0x00, 0xff, 0x7f, 0x80][rng.below(4) as usize],
+                    2 => b.truncate(at),
+                    3 => {
+                        let junk: Vec<u8> =
+                            (0..rng.below(16)).map(|_| rng.below(256) as u8).collect();
+                        b.splice(at..at, junk);
+                    }
+                    _ => {
+                        let len = (rng.below(64) as usize).min(b.len() - at);
+                        let chunk = b[at..at + len].to_vec();
+                        b.splice(at..at, chunk);
+                    }
+                }
+                if b.is_empty() {
+                    break;
+                }
+            }
+            b
+        } else {
+            let mut m = valid().clone();
+            for _ in 0..1 + rng.below(3) {
+                mutate(&mut m, &mut rng);
+            }
+            m.write_to_bytes().unwrap()
+        };
+        accepted += u64::from(try_model(&bytes, seed, &x));
+        cases += 1;
+    }
+    println!(
+        "fuzz: {cases} mutated models in {secs} s, {accepted} accepted and run, none panicked"
+    );
+    assert!(cases > 20, "only {cases} cases ran");
+}

@@ -1,0 +1,113 @@
+//! Helpers shared by the ONNX tests: briefly trained QAT / FP32 ResNets with
+//! frozen quantization parameters, image batches and `.npy` files.
+#![allow(dead_code)]
+
+use qat::models::{Arch, ResNet};
+use qat::nn::{Mode, Module, QatFlags};
+use qat::ops;
+use qat::optim::{Sgd, SgdConfig};
+use qat::rng::Rng;
+use qat::train::ModelInfo;
+use qat::{Device, Tensor};
+use std::path::Path;
+
+/// `n` image-like inputs `[n, 1, 28, 28]`: a bright bar over noise per class,
+/// normalized like Fashion-MNIST, with their labels.
+pub fn images(seed: u64, n: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(seed);
+    let mut x = Vec::with_capacity(n * 784);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = rng.below(10) as usize;
+        labels.push(l as u32);
+        for y in 0..28 {
+            for _ in 0..28 {
+                let bar = y == 2 + 2 * l || y == 3 + 2 * l;
+                let p = if bar {
+                    0.8 + 0.2 * rng.uniform()
+                } else {
+                    0.25 * rng.uniform()
+                };
+                x.push((p - 0.286) / 0.353);
+            }
+        }
+    }
+    (x, labels)
+}
+
+/// A ResNet trained for `steps` SGD steps on [`images`]. With `qat`, the
+/// schedule goes through every phase and ends with frozen observers and
+/// batch norm, as `qat train` does.
+pub fn trained(arch: Arch, qat: bool, steps: usize, seed: u64, dev: &Device) -> ResNet {
+    let mut model = ResNet::new(arch, 1, 10, dev, seed).unwrap();
+    if qat {
+        model.quantize(0.1);
+    }
+    let (x, labels) = images(seed + 100, 16);
+    let x = Tensor::from_vec(x, [16, 1, 28, 28], dev).unwrap();
+    let cfg = SgdConfig {
+        lr: 0.02,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut sgd = Sgd::new(&model.parameters(), cfg).unwrap();
+    for step in 0..steps {
+        if qat {
+            model.set_qat_flags(QatFlags {
+                quantize_acts: step >= steps / 4,
+                observe: step + 1 < steps,
+                bn_frozen: step >= steps / 2,
+            });
+            if step + 1 == steps {
+                model.freeze_quantizers().unwrap();
+            }
+        }
+        let logits = model.forward(&x, Mode::Train).unwrap();
+        let loss = ops::cross_entropy(&logits, &labels, 0.0).unwrap();
+        let grads = loss.backward().unwrap();
+        sgd.step(&grads, cfg.lr).unwrap();
+    }
+    model
+}
+
+pub fn info(arch: Arch) -> ModelInfo {
+    ModelInfo {
+        arch: arch.name().to_string(),
+        in_channels: 1,
+        num_classes: 10,
+        class_names: (0..10).map(|i| format!("class{i}")).collect(),
+        mean: vec![0.286],
+        std: vec![0.353],
+        input_hw: [28, 28],
+    }
+}
+
+/// Writes a little-endian `.npy` file (`descr` is `<f4` or `|i1`).
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(bytes);
+    std::fs::write(path, out).unwrap();
+}
+
+pub fn write_npy_f32(path: &Path, shape: &[usize], v: &[f32]) {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    write_npy(path, "<f4", shape, &bytes);
+}
+
+pub fn write_npy_i8(path: &Path, shape: &[usize], v: &[i8]) {
+    let bytes: Vec<u8> = v.iter().map(|&x| x as u8).collect();
+    write_npy(path, "|i1", shape, &bytes);
+}

@@ -1,0 +1,235 @@
+//! Export and verification: for the small ResNet and ResNet-18 (a few QAT
+//! steps, quantization parameters frozen) the int8 executor running the
+//! exported graph equals the QAT model's integer-exact forward on every
+//! layer, on every available device; and `qat train` -> `qat export` ->
+//! `qat verify` through the binary.
+
+mod common;
+mod onnx_util;
+
+use common::{synthetic_fmnist, temp_dir};
+use onnx_protobuf::Message;
+use onnx_util::{images, info, trained};
+use qat::executor::Executor;
+use qat::int8::Int8ResNet;
+use qat::models::Arch;
+use qat::onnx::export_int8;
+use qat::verify::Verifier;
+use qat::Device;
+use std::process::Command;
+
+/// CPU, plus the emulated CUDA device and a real GPU when this build has
+/// them (`Device::parse` rejects what it does not know).
+fn devices() -> Vec<(String, Device)> {
+    ["cpu", "cuda-emu", "cuda"]
+        .iter()
+        .filter_map(|d| Device::parse(d).ok().map(|dev| (d.to_string(), dev)))
+        .collect()
+}
+
+fn verify_arch(arch: Arch, steps: usize, n: usize) {
+    let cpu = Device::cpu();
+    let model = trained(arch, true, steps, 11, &cpu);
+    let bytes = export_int8(&Int8ResNet::build(&model).unwrap(), &info(arch))
+        .unwrap()
+        .write_to_bytes()
+        .unwrap();
+    let exec = Executor::from_bytes(&bytes).unwrap();
+    let ck = qat::checkpoint::Checkpoint::from_module(&model).unwrap();
+    let states = model.save_quantizers();
+    for (name, dev) in devices() {
+        // The same trained model, moved to `dev`.
+        let m = qat::models::ResNet::new(arch, 1, 10, &dev, 0).unwrap();
+        let mut m = m;
+        m.quantize(0.1);
+        m.load_quantizers(&states).unwrap();
+        ck.restore_module(&m).unwrap();
+        let int8 = Int8ResNet::build(&m).unwrap();
+        let mut v = Verifier::new(&int8, &exec);
+        let (x, labels) = images(21, n);
+        let half = n / 2;
+        v.batch(&x[..half * 784], &labels[..half], half).unwrap();
+        v.batch(&x[half * 784..], &labels[half..], n - half)
+            .unwrap();
+        let r = v.finish();
+        println!("{} on {name}:\n{}", arch.name(), r.table());
+        assert!(
+            r.passed(),
+            "{} on {name}: {} mismatches",
+            arch.name(),
+            r.total_mismatches()
+        );
+        assert_eq!(r.images, n);
+    }
+}
+
+#[test]
+fn small_resnet_verifies_with_zero_mismatches() {
+    verify_arch(Arch::Small, 12, 24);
+}
+
+#[test]
+fn resnet18_verifies_with_zero_mismatches() {
+    verify_arch(Arch::ResNet18, 6, 16);
+}
+
+/// The harness is not vacuous: one changed weight shows up as mismatches.
+#[test]
+fn verify_detects_a_changed_weight() {
+    let cpu = Device::cpu();
+    let model = trained(Arch::Small, true, 6, 12, &cpu);
+    let int8 = Int8ResNet::build(&model).unwrap();
+    let mut proto = export_int8(&int8, &info(Arch::Small)).unwrap();
+    let g = proto.graph.as_mut().unwrap();
+    let w = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "layer2.0.conv1.weight_q")
+        .unwrap();
+    w.raw_data[5] = w.raw_data[5].wrapping_add(40);
+    let exec = Executor::from_model(&proto).unwrap();
+    let mut v = Verifier::new(&int8, &exec);
+    let (x, labels) = images(3, 8);
+    v.batch(&x, &labels, 8).unwrap();
+    let r = v.finish();
+    assert!(!r.passed());
+    let row = |n: &str| r.layers.iter().find(|l| l.name == n).unwrap().clone();
+    assert_eq!(row("layer1.1.add").mismatches, 0);
+    assert!(row("layer2.0.conv1").mismatches > 0);
+}
+
+fn qat_bin(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The command line end to end on a small synthetic Fashion-MNIST.
+#[test]
+fn cli_train_export_verify() {
+    let data = synthetic_fmnist("onnx-cli", 384, 96);
+    let out = temp_dir("onnx-cli");
+    let d = data.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let (ok, log) = qat_bin(&[
+        "train",
+        "--arch",
+        "small",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--quiet",
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{log}");
+    let ck = out.join("checkpoint.safetensors");
+    let ck = ck.to_str().unwrap();
+    let onnx = out.join("model.int8.onnx");
+    let onnx = onnx.to_str().unwrap();
+    let (ok, log) = qat_bin(&["export", "--checkpoint", ck, "--out", onnx]);
+    assert!(ok, "{log}");
+    let fp32 = out.join("model.fp32.onnx");
+    let (ok, log) = qat_bin(&[
+        "export",
+        "--checkpoint",
+        ck,
+        "--out",
+        fp32.to_str().unwrap(),
+        "--fp32",
+    ]);
+    assert!(ok, "{log}");
+    let (ok, log) = qat_bin(&[
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        onnx,
+        "--data",
+        d,
+        "--images",
+        "96",
+        "--device",
+        "cpu",
+    ]);
+    println!("{log}");
+    assert!(ok && log.contains("PASS"), "{log}");
+    // The same checkpoint on the emulated CUDA device, when this build has it.
+    if Device::parse("cuda-emu").is_ok() {
+        let (ok, log) = qat_bin(&[
+            "verify",
+            "--checkpoint",
+            ck,
+            "--onnx",
+            onnx,
+            "--data",
+            d,
+            "--images",
+            "32",
+            "--device",
+            "cuda-emu",
+        ]);
+        println!("{log}");
+        assert!(ok && log.contains("PASS"), "{log}");
+    }
+    // The metadata tells a user what to feed the model.
+    let exec = Executor::load(std::path::Path::new(onnx)).unwrap();
+    let meta = exec.metadata();
+    assert_eq!(meta["input_layout"], "NCHW");
+    assert_eq!(meta["input_size"], "1x28x28");
+    assert!(meta["class_names"].contains("Ankle boot"));
+    assert!(meta["producer"].starts_with("qat "));
+    // Verifying against a graph from another model fails with a non-zero
+    // exit status; so does verifying an FP32 graph.
+    let other = trained(Arch::Small, true, 4, 5, &Device::cpu());
+    let wrong = out.join("other.onnx");
+    qat::onnx::save_model(
+        &export_int8(&Int8ResNet::build(&other).unwrap(), &info(Arch::Small)).unwrap(),
+        &wrong,
+    )
+    .unwrap();
+    let (ok, log) = qat_bin(&[
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        wrong.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        "32",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && log.contains("FAIL"), "{log}");
+    let (ok, log) = qat_bin(&[
+        "verify",
+        "--checkpoint",
+        ck,
+        "--onnx",
+        fp32.to_str().unwrap(),
+        "--data",
+        d,
+        "--images",
+        "32",
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok && log.contains("not supported"), "{log}");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&data);
+}
