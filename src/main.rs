@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use qat::checkpoint::Checkpoint;
 use qat::data::fashion_mnist::DEFAULT_DIR;
-use qat::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
+use qat::data::{DataSpec, FashionMnist, Loader, LoaderConfig, Normalize, SourceOptions, Split};
 use qat::models::Arch;
 use qat::train::{self, QatSchedule, TrainConfig};
 use qat::Device;
@@ -26,11 +26,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a ResNet on Fashion-MNIST (QAT by default, --fp32 for float),
-    /// validating every epoch and writing a checkpoint after each.
+    /// Train a ResNet on Fashion-MNIST or ImageNet (`--data imagenet:ROOT`),
+    /// QAT by default (--fp32 for float), validating every epoch and writing
+    /// a checkpoint after each.
     Train(TrainArgs),
-    /// Report top-1/top-5 of a checkpoint on the Fashion-MNIST test set (the
-    /// integer-exact model for QAT checkpoints).
+    /// Report top-1/top-5 of a checkpoint on the Fashion-MNIST test set or an
+    /// ImageNet val split (the integer-exact model for QAT checkpoints).
     Eval(EvalArgs),
     /// Export a checkpoint as an integer-only int8 ONNX graph (QAT
     /// checkpoints), or as a float graph with --fp32.
@@ -81,22 +82,28 @@ struct EvalArgs {
     /// A checkpoint written by `qat train` (OUT/checkpoint.safetensors).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Folder with the Fashion-MNIST IDX files.
+    /// Folder with the Fashion-MNIST IDX files, or imagenet:ROOT (evaluates
+    /// ROOT/val).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
     /// auto, cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Evaluate the first N test images only.
+    /// Evaluate the first N test images only (image folders: N evenly
+    /// spaced ones).
     #[arg(long)]
     limit: Option<usize>,
+    /// Image folders: decoding threads [default: all cores].
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Model: small (for 28x28 images), resnet18, resnet34 or resnet50.
-    #[arg(long, default_value = "small")]
-    arch: Arch,
+    /// Model: small (for 28x28 images), resnet18, resnet34 or resnet50
+    /// [default: small; resnet18 for imagenet:ROOT].
+    #[arg(long)]
+    arch: Option<Arch>,
     /// Quantization-aware training (the default).
     #[arg(long, conflicts_with = "fp32")]
     qat: bool,
@@ -126,37 +133,44 @@ struct TrainArgs {
     #[arg(long)]
     stop_after: Option<usize>,
     /// Folder with the Fashion-MNIST IDX files (gzip or raw), as installed by
-    /// Debian's dataset-fashion-mnist package.
+    /// Debian's dataset-fashion-mnist package; or imagenet:ROOT for an
+    /// ImageFolder tree ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg,
+    /// which switches the defaults to the ImageNet recipe (docs/IMAGENET.md).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
-    #[arg(long, default_value_t = 15)]
-    epochs: usize,
+    /// [default: 15; 90 for imagenet:ROOT]
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 128)]
     batch_size: usize,
-    /// Peak learning rate (reached after the warm-up, then cosine decay to 0).
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
+    /// Peak learning rate (reached after the warm-up, then cosine decay to 0)
+    /// [default: 0.1; for imagenet:ROOT 0.1 x batch size / 256].
+    #[arg(long)]
+    lr: Option<f32>,
     #[arg(long, default_value_t = 0.9)]
     momentum: f32,
-    /// Weight decay on conv and linear weights (not on biases or batch norm).
-    #[arg(long, default_value_t = 5e-4)]
-    wd: f32,
+    /// Weight decay on conv and linear weights (not on biases or batch norm)
+    /// [default: 5e-4; 1e-4 for imagenet:ROOT].
+    #[arg(long)]
+    wd: Option<f32>,
     #[arg(long)]
     nesterov: bool,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
-    /// Linear warm-up length, in epochs (fractions allowed).
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f32,
+    /// Linear warm-up length, in epochs (fractions allowed) [default: 1; 0
+    /// for imagenet:ROOT, the reference's plain cosine].
+    #[arg(long)]
+    warmup_epochs: Option<f32>,
     /// Seeds initialization, shuffling and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// auto (CUDA when a GPU works, else CPU), cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png.
-    #[arg(long, default_value = "runs/fmnist")]
-    out: PathBuf,
+    /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png
+    /// [default: runs/fmnist; runs/imagenet for imagenet:ROOT].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Train on the first N images only (quick checks).
     #[arg(long)]
     train_limit: Option<usize>,
@@ -166,6 +180,45 @@ struct TrainArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Image folders: decoding threads [default: all cores].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+/// Defaults that depend on the data set: the Fashion-MNIST recipe, or the
+/// ImageNet reference recipe (90 epochs, SGD momentum 0.9, weight decay
+/// 1e-4, cosine, lr 0.1 per 256 images of batch, scaled linearly).
+struct Recipe {
+    arch: Arch,
+    epochs: usize,
+    lr: f32,
+    wd: f32,
+    warmup_epochs: f32,
+    out: PathBuf,
+}
+
+impl Recipe {
+    fn for_data(spec: &DataSpec, batch_size: usize) -> Recipe {
+        if spec.is_image_folder() {
+            Recipe {
+                arch: Arch::ResNet18,
+                epochs: 90,
+                lr: 0.1 * batch_size as f32 / 256.0,
+                wd: 1e-4,
+                warmup_epochs: 0.0,
+                out: "runs/imagenet".into(),
+            }
+        } else {
+            Recipe {
+                arch: Arch::Small,
+                epochs: 15,
+                lr: 0.1,
+                wd: 5e-4,
+                warmup_epochs: 1.0,
+                out: "runs/fmnist".into(),
+            }
+        }
+    }
 }
 
 fn run(cli: Cli) -> qat::Result<()> {
@@ -173,8 +226,10 @@ fn run(cli: Cli) -> qat::Result<()> {
         Command::Train(a) => {
             let device = Device::parse(&a.device)?;
             eprintln!("device: {}", device.backend().name());
+            let recipe = Recipe::for_data(&DataSpec::from_path(&a.data), a.batch_size);
+            let epochs = a.epochs.unwrap_or(recipe.epochs);
             let qat = (!a.fp32).then(|| {
-                let d = QatSchedule::default_for(a.epochs);
+                let d = QatSchedule::default_for(epochs);
                 QatSchedule {
                     act_quant_start: a.act_quant_start.unwrap_or(d.act_quant_start),
                     freeze_bn: a.freeze_bn.unwrap_or(d.freeze_bn),
@@ -183,24 +238,36 @@ fn run(cli: Cli) -> qat::Result<()> {
                 }
             });
             let cfg = TrainConfig {
-                arch: a.arch.name().to_string(),
+                arch: a.arch.unwrap_or(recipe.arch).name().to_string(),
                 qat,
                 data_dir: a.data,
-                epochs: a.epochs,
+                epochs,
                 batch_size: a.batch_size,
-                lr: a.lr,
+                lr: a.lr.unwrap_or(recipe.lr),
                 momentum: a.momentum,
-                weight_decay: a.wd,
+                weight_decay: a.wd.unwrap_or(recipe.wd),
                 nesterov: a.nesterov,
                 label_smoothing: a.label_smoothing,
-                warmup_epochs: a.warmup_epochs,
+                warmup_epochs: a.warmup_epochs.unwrap_or(recipe.warmup_epochs),
                 seed: a.seed,
-                out: a.out,
+                out: a.out.unwrap_or(recipe.out),
                 train_limit: a.train_limit,
                 val_limit: a.val_limit,
                 progress: !a.quiet,
                 stop_after: a.stop_after,
+                workers: a.workers.unwrap_or(0),
             };
+            eprintln!(
+                "recipe: {} {}, {} epochs, batch {}, lr {} (cosine, {} warm-up epochs), momentum {}, wd {}",
+                cfg.arch,
+                if cfg.qat.is_some() { "QAT" } else { "FP32" },
+                cfg.epochs,
+                cfg.batch_size,
+                cfg.lr,
+                cfg.warmup_epochs,
+                cfg.momentum,
+                cfg.weight_decay
+            );
             let summary = train::train(&cfg, &device, a.resume)?;
             if let Some(last) = summary.records.last() {
                 println!(
@@ -215,13 +282,25 @@ fn run(cli: Cli) -> qat::Result<()> {
             eprintln!("device: {}", device.backend().name());
             let ck = Checkpoint::load(&a.checkpoint)?;
             let (model, info, cfg) = train::model_from_checkpoint(&ck, &device)?;
-            let mut data = FashionMnist::load(&a.data, Split::Test)?;
-            if let Some(n) = a.limit {
-                data.truncate(n);
-            }
-            let norm = Normalize::new(&info.mean, &info.std)?;
-            let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
-            let (loss, acc) = train::evaluate(&model, &loader, &device)?;
+            let spec = DataSpec::from_path(&a.data);
+            let (loss, acc) = if spec.is_image_folder() {
+                let source = spec.open(&SourceOptions {
+                    batch_size: cfg.batch_size,
+                    seed: 0,
+                    train_limit: None,
+                    val_limit: a.limit,
+                    workers: a.workers.unwrap_or(0),
+                })?;
+                train::evaluate_batches(&model, source.val_batches(), &device)?
+            } else {
+                let mut data = FashionMnist::load(&a.data, Split::Test)?;
+                if let Some(n) = a.limit {
+                    data.truncate(n);
+                }
+                let norm = Normalize::new(&info.mean, &info.std)?;
+                let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
+                train::evaluate(&model, &loader, &device)?
+            };
             let kind = if cfg.qat.is_some() {
                 "int8 (integer-exact)"
             } else {

@@ -33,6 +33,7 @@ fn config(data: &Path, out: PathBuf, epochs: usize, qat: bool) -> TrainConfig {
         val_limit: None,
         progress: false,
         stop_after: None,
+        workers: 0,
     }
 }
 

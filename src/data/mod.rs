@@ -12,18 +12,27 @@
 //! - [`fashion_mnist`]: where Fashion-MNIST lives and its constants;
 //! - [`augment`]: random shift-crop with zero padding and horizontal flip;
 //! - [`normalize`]: `u8` pixels to normalized `f32`;
-//! - [`loader`]: resumable, shuffled, parallel batch iteration.
+//! - [`loader`]: resumable, shuffled, parallel batch iteration;
+//! - [`imagenet`]: ImageFolder trees (ImageNet): JPEG/PNG decoding,
+//!   torchvision's transforms, a parallel prefetching loader;
+//! - [`prefetch`]: a bounded queue of batches built on a background thread;
+//! - [`source`]: the [`DataSource`] trait the trainer uses, and `--data`.
 
 pub mod augment;
 pub mod dataset;
 pub mod fashion_mnist;
 pub mod idx;
+pub mod imagenet;
 pub mod loader;
 pub mod normalize;
+pub mod prefetch;
+pub mod source;
 
 pub use crate::rng::Rng;
 pub use augment::Augment;
 pub use dataset::{Dataset, ImageDims};
 pub use fashion_mnist::{FashionMnist, Split};
+pub use imagenet::{ImageFolderConfig, ImageFolderSource};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use normalize::Normalize;
+pub use source::{DataSource, DataSpec, SourceOptions};

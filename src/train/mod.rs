@@ -11,7 +11,7 @@ pub use schedule::QatSchedule;
 use crate::autograd::no_grad;
 use crate::backend::Device;
 use crate::checkpoint::{Checkpoint, Position};
-use crate::data::{Dataset, FashionMnist, Loader, LoaderConfig, Split};
+use crate::data::{Batch, DataSpec, Loader, SourceOptions};
 use crate::int8::Int8ResNet;
 use crate::models::{Arch, ResNet};
 use crate::nn::{Mode, Module};
@@ -51,6 +51,9 @@ pub struct TrainConfig {
     /// split a run; `--resume` continues it.
     #[serde(default)]
     pub stop_after: Option<usize>,
+    /// Decoding threads for image folders (0: all cores).
+    #[serde(default)]
+    pub workers: usize,
 }
 
 /// What a checkpoint says about the model, so `eval` and `export` can rebuild it.
@@ -83,14 +86,6 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-fn load_split(dir: &Path, split: Split, limit: Option<usize>) -> Result<Dataset> {
-    let mut d = FashionMnist::load(dir, split)?;
-    if let Some(n) = limit {
-        d.truncate(n);
-    }
-    Ok(d)
-}
-
 /// Builds the model a checkpoint describes and loads its weights and
 /// quantizer states.
 pub fn model_from_checkpoint(
@@ -121,6 +116,16 @@ pub fn model_from_checkpoint(
 /// Loss and accuracy over `loader`: the float model for FP32, the
 /// integer-exact model (S9) for QAT.
 pub fn evaluate(model: &ResNet, loader: &Loader, device: &Device) -> Result<(f64, Accuracy)> {
+    evaluate_batches(model, loader.epoch(0), device)
+}
+
+/// [`evaluate`] over any batches (a [`crate::data::DataSource`]'s
+/// validation batches).
+pub fn evaluate_batches(
+    model: &ResNet,
+    batches: impl Iterator<Item = Batch>,
+    device: &Device,
+) -> Result<(f64, Accuracy)> {
     no_grad(|| {
         let int8 = if model.is_quantized() {
             Some(Int8ResNet::build(model)?)
@@ -129,7 +134,7 @@ pub fn evaluate(model: &ResNet, loader: &Loader, device: &Device) -> Result<(f64
         };
         let mut acc = Accuracy::default();
         let mut loss_sum = 0.0;
-        for b in loader.epoch(0) {
+        for b in batches {
             let shape = b.shape();
             let x = Tensor::from_vec(b.images, shape, device)?;
             let logits = match &int8 {
@@ -143,7 +148,8 @@ pub fn evaluate(model: &ResNet, loader: &Loader, device: &Device) -> Result<(f64
     })
 }
 
-/// Trains on Fashion-MNIST, validating and checkpointing every epoch. With
+/// Trains on `cfg.data_dir` (Fashion-MNIST or `imagenet:ROOT`, see
+/// [`DataSpec`]), validating and checkpointing every epoch. With
 /// `resume`, continues from `OUT/checkpoint.safetensors` exactly where it
 /// stopped (same batches, same losses as an uninterrupted run).
 pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary> {
@@ -152,39 +158,33 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     }
     std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
     let ck_path = checkpoint_path(&cfg.out);
-    let train_data = load_split(&cfg.data_dir, Split::Train, cfg.train_limit)?;
-    let val_data = load_split(&cfg.data_dir, Split::Test, cfg.val_limit)?;
-    let dims = train_data.dims();
-    let norm = FashionMnist::normalize();
+    // The data source: Fashion-MNIST in memory or an ImageFolder tree.
+    let source = DataSpec::from_path(&cfg.data_dir).open(&SourceOptions {
+        batch_size: cfg.batch_size,
+        seed: cfg.seed,
+        train_limit: cfg.train_limit,
+        val_limit: cfg.val_limit,
+        workers: cfg.workers,
+    })?;
+    eprintln!("data: {}", source.describe());
+    let dims = source.input_dims();
+    let norm = source.normalize();
     let info = ModelInfo {
         arch: cfg.arch.clone(),
         in_channels: dims.channels,
-        num_classes: train_data.num_classes(),
-        class_names: crate::data::fashion_mnist::CLASS_NAMES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        num_classes: source.num_classes(),
+        class_names: source.class_names(),
         mean: norm.mean().to_vec(),
         std: norm.std().to_vec(),
         input_hw: [dims.height, dims.width],
     };
-    let train_loader = Loader::new(
-        train_data,
-        LoaderConfig::train(
-            cfg.batch_size,
-            cfg.seed,
-            norm.clone(),
-            Some(FashionMnist::augment()),
-        ),
-    )?;
-    let val_loader = Loader::new(val_data, LoaderConfig::eval(256, norm))?;
-    let steps_per_epoch = train_loader.batches_per_epoch();
+    let steps_per_epoch = source.batches_per_epoch();
     if steps_per_epoch == 0 {
         bail!(
             Usage,
             "batch size {} exceeds the {} training images",
             cfg.batch_size,
-            train_loader.dataset().len()
+            source.train_len()
         );
     }
 
@@ -259,7 +259,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         let start = Instant::now();
         let (mut loss_sum, mut acc) = (0.0f64, Accuracy::default());
         let mut lr = cfg.lr;
-        for (i, b) in train_loader.epoch(epoch as u64).enumerate() {
+        for (i, b) in source.train_batches(epoch as u64, 0).enumerate() {
             let step = (epoch * steps_per_epoch + i) as u64;
             lr = schedule.lr(step as usize);
             if let Some(q) = cfg.qat {
@@ -296,7 +296,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         }
         bar.finish_and_clear();
         let train_secs = start.elapsed().as_secs_f64();
-        let (val_loss, val_acc) = evaluate(&model, &val_loader, device)?;
+        let (val_loss, val_acc) = evaluate_batches(&model, source.val_batches(), device)?;
         let rec = EpochRecord {
             epoch: epoch + 1,
             mode: mode_name.into(),
