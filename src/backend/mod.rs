@@ -348,6 +348,15 @@ fn unsupported<B: Backend + ?Sized>(b: &B, op: &str) -> crate::Error {
     crate::Error::Device(format!("{op} is not implemented on {}", b.name()))
 }
 
+/// The message of a device error without its "device error:" prefix, for
+/// wrapping in another message.
+fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::Device(m) => m,
+        other => other.to_string(),
+    }
+}
+
 /// A handle on a backend; cheap to clone. Tensors remember their device.
 #[derive(Clone)]
 pub struct Device(Arc<dyn Backend>);
@@ -377,8 +386,9 @@ impl Device {
     pub fn parse(spec: &str) -> Result<Device> {
         match spec {
             "cpu" => Ok(Device::cpu()),
-            "cuda" | "cuda:0" => cuda::gpu_device()
-                .map_err(|e| crate::Error::Device(format!("--device cuda: no usable GPU: {e}"))),
+            "cuda" | "cuda:0" => cuda::gpu_device().map_err(|e| {
+                crate::Error::Device(format!("--device cuda: no usable GPU: {}", reason(e)))
+            }),
             "cuda-emu" => Ok(cuda::emulated_device()),
             "auto" => match cuda::gpu_device() {
                 Ok(d) => {
@@ -386,7 +396,7 @@ impl Device {
                     Ok(d)
                 }
                 Err(e) => {
-                    eprintln!("device: cpu (auto; no usable GPU: {e})");
+                    eprintln!("device: cpu (auto; no usable GPU: {})", reason(e));
                     Ok(Device::cpu())
                 }
             },
