@@ -1076,7 +1076,10 @@ pub fn gpu_device() -> Result<Device> {
     GPU.get_or_init(|| {
         CudaBackend::gpu(0)
             .map(|b| Device::new(Arc::new(b)))
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                crate::Error::Device(m) => m,
+                other => other.to_string(),
+            })
     })
     .clone()
     .map_err(crate::Error::Device)
