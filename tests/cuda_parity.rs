@@ -1132,14 +1132,7 @@ fn int8_layers_exact() {
                 s_a,
                 s_b,
                 s_c,
-                num_a: add.num_a,
-                num_b: add.num_b,
-                den: add.den,
-                z_a,
-                z_b,
-                z_c,
-                lo: add.lo,
-                hi: add.hi,
+                rq: add,
             };
             let n = 1500;
             let (xa, xb) = (

@@ -216,22 +216,15 @@ pub struct QConvArgs {
     pub hi: i32,
 }
 
-/// Integer-exact residual add (S7) in its precomputed rational form:
-/// `y_q = clamp(RNE_div(num_a * (a_q - z_a) + num_b * (b_q - z_b), den) + z_c,
-/// lo, hi)`, inputs and output as `(q - z) * s`.
+/// Integer-exact residual add (S7): inputs and output stored as `(q - z) *
+/// s` with these scales, and the precomputed rational form `rq` of the add
+/// (`quant::AddRequant`, which also carries the zero points and bounds).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QAddArgs {
     pub s_a: f32,
     pub s_b: f32,
     pub s_c: f32,
-    pub num_a: i64,
-    pub num_b: i64,
-    pub den: i64,
-    pub z_a: i32,
-    pub z_b: i32,
-    pub z_c: i32,
-    pub lo: i32,
-    pub hi: i32,
+    pub rq: crate::quant::AddRequant,
 }
 
 /// Integer-exact global average pooling (S6): `acc = sum(q - z_in)` over HW,

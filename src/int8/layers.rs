@@ -195,14 +195,7 @@ impl QBlock {
             s_a: q.scale,
             s_b: short_q.scale,
             s_c: add_q.scale,
-            num_a: r.num_a,
-            num_b: r.num_b,
-            den: r.den,
-            z_a: r.z_a,
-            z_b: r.z_b,
-            z_c: r.z_c,
-            lo: r.lo,
-            hi: r.hi,
+            rq: r,
         };
         Ok(QBlock {
             name: name.to_string(),

@@ -79,11 +79,11 @@ pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
             None => block_in,
         };
         let add = format!("{}.add", blk.name);
-        if blk.add.z_c != ACT_QMIN || blk.add.lo != ACT_QMIN {
+        if blk.add.rq.z_c != ACT_QMIN || blk.add.rq.lo != ACT_QMIN {
             bail!(
                 Onnx,
                 "{add}: output zero point {} is not -128, so its ReLU cannot be folded into QLinearAdd",
-                blk.add.z_c
+                blk.add.rq.z_c
             );
         }
         b.qparams(&add, blk.add_q)?;

@@ -8,7 +8,7 @@ use super::gemm::dgemm;
 use crate::backend::{Conv2dGeom, FqTensor, QAddArgs, QConvArgs, QGapArgs};
 use crate::quant::fake::{dequantize, fake_quant, quantize, ste_mask};
 use crate::quant::params::{weight_scale, ACT_QMAX, ACT_QMIN, W_QMAX, W_QMIN};
-use crate::quant::{AddRequant, Requant};
+use crate::quant::Requant;
 use crate::Result;
 use rayon::prelude::*;
 
@@ -154,22 +154,13 @@ pub fn qconv2d(
 }
 
 pub fn qadd(q: &QAddArgs, a: &[f32], b: &[f32], y: &mut [f32]) {
-    let add = AddRequant {
-        num_a: q.num_a,
-        num_b: q.num_b,
-        den: q.den,
-        z_a: q.z_a,
-        z_b: q.z_b,
-        z_c: q.z_c,
-        lo: q.lo,
-        hi: q.hi,
-    };
+    let add = q.rq;
     y.par_iter_mut()
         .zip(a.par_iter().zip(b.par_iter()))
         .for_each(|(o, (&va, &vb))| {
-            let qa = recover(va, q.s_a, q.z_a) as i8;
-            let qb = recover(vb, q.s_b, q.z_b) as i8;
-            *o = dequantize(add.apply(qa, qb) as i32, q.s_c, q.z_c);
+            let qa = recover(va, q.s_a, add.z_a) as i8;
+            let qb = recover(vb, q.s_b, add.z_b) as i8;
+            *o = dequantize(add.apply(qa, qb) as i32, q.s_c, add.z_c);
         });
 }
 

@@ -996,26 +996,26 @@ impl Backend for CudaBackend {
 
     fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
         let n = y.len();
-        if q.den <= 0 {
-            bail!(Numerical, "qadd: denominator {} must be positive", q.den);
+        if q.rq.den <= 0 {
+            bail!(Numerical, "qadd: denominator {} must be positive", q.rq.den);
         }
         let args = vec![
             Arg::Ptr(self.ptr(a, n, "qadd a")?),
             Arg::Ptr(self.ptr(b, n, "qadd b")?),
             Arg::Ptr(self.ptr(y, n, "qadd y")?),
             Arg::I32(i32_of(n, "qadd length")?),
-            Arg::I64(q.num_a),
-            Arg::I64(q.num_b),
-            Arg::I64(q.den),
+            Arg::I64(q.rq.num_a),
+            Arg::I64(q.rq.num_b),
+            Arg::I64(q.rq.den),
             Arg::I32s(vec![
                 q.s_a.to_bits() as i32,
                 q.s_b.to_bits() as i32,
                 q.s_c.to_bits() as i32,
-                q.z_a,
-                q.z_b,
-                q.z_c,
-                q.lo,
-                q.hi,
+                q.rq.z_a,
+                q.rq.z_b,
+                q.rq.z_c,
+                q.rq.lo,
+                q.rq.hi,
             ]),
         ];
         self.launch_1d("qadd_fwd_f32", n, args)
