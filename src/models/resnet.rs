@@ -80,16 +80,28 @@ impl Block {
             ConvBn::new(rng, dev, c_in, c_out, 3, stride, 1, true)?,
             ConvBn::new(rng, dev, c_out, c_out, 3, 1, 1, false)?,
         ];
-        let downsample = if stride != 1 || c_in != c_out {
-            Some(ConvBn::new(rng, dev, c_in, c_out, 1, stride, 0, false)?)
-        } else {
-            None
-        };
+        let downsample = Self::projection(rng, dev, c_in, c_out, stride)?;
         Ok(Block {
             convs,
             downsample,
             add_quant: None,
         })
+    }
+
+    /// The 1x1 projection shortcut, when the block changes shape.
+    fn projection(
+        rng: &mut Rng,
+        dev: &Device,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> Result<Option<ConvBn>> {
+        if stride == 1 && c_in == c_out {
+            return Ok(None);
+        }
+        Ok(Some(ConvBn::new(
+            rng, dev, c_in, c_out, 1, stride, 0, false,
+        )?))
     }
 
     /// torchvision's v1.5 bottleneck: the stride sits on the 3x3 conv.
@@ -106,11 +118,7 @@ impl Block {
             ConvBn::new(rng, dev, width, width, 3, stride, 1, true)?,
             ConvBn::new(rng, dev, width, c_out, 1, 1, 0, false)?,
         ];
-        let downsample = if stride != 1 || c_in != c_out {
-            Some(ConvBn::new(rng, dev, c_in, c_out, 1, stride, 0, false)?)
-        } else {
-            None
-        };
+        let downsample = Self::projection(rng, dev, c_in, c_out, stride)?;
         Ok(Block {
             convs,
             downsample,
