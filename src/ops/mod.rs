@@ -19,7 +19,7 @@ pub use pool::{flatten, global_avg_pool, max_pool2d, MaxPool2dParams};
 pub use quant::{fake_quant_channel, fake_quant_tensor, map_small, scale_channels};
 
 use crate::autograd::{self, Grads};
-use crate::backend::Device;
+use crate::backend::{Backend, Device, Storage};
 use crate::tensor::{Shape, Tensor};
 use crate::{bail, Result};
 
@@ -33,6 +33,33 @@ pub(crate) fn output(shape: impl Into<Shape>, device: &Device, tracked: bool) ->
 /// An untracked gradient buffer shaped like `t`.
 pub(crate) fn grad_like(t: &Tensor) -> Result<Tensor> {
     output(t.shape().clone(), t.device(), false)
+}
+
+/// A single-input op whose backward needs only `x` and the output gradient:
+/// `fwd(backend, x, y)` fills a fresh output of `shape`, and when gradients
+/// flow, `bwd(backend, x, gy, dx)` is recorded for the backward pass.
+pub(crate) fn unary_op(
+    x: &Tensor,
+    shape: impl Into<Shape>,
+    fwd: impl FnOnce(&dyn Backend, &Storage, &mut Storage) -> Result<()>,
+    bwd: impl FnOnce(&dyn Backend, &Storage, &Storage, &mut Storage) -> Result<()> + 'static,
+) -> Result<Tensor> {
+    let y = output(shape, x.device(), autograd::should_record(&[x]))?;
+    fwd(x.device().backend(), &x.storage(), &mut y.storage_mut())?;
+    if y.tracked() {
+        let x = x.clone();
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dx = grad_like(&x)?;
+            bwd(
+                x.device().backend(),
+                &x.storage(),
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
+            grads.accumulate(&x, dx)
+        });
+    }
+    Ok(y)
 }
 
 /// Checks that every tensor shares the first one's device.

@@ -1,7 +1,6 @@
 //! Max pooling, global average pooling and flatten.
 
-use super::{grad_like, output, reshape};
-use crate::autograd::{self, Grads};
+use super::{reshape, unary_op};
 use crate::backend::Pool2dGeom;
 use crate::tensor::{Shape, Tensor};
 use crate::Result;
@@ -38,52 +37,24 @@ pub fn max_pool2d(x: &Tensor, p: MaxPool2dParams) -> Result<Tensor> {
         pad: p.pad,
     }
     .validate()?;
-    let y = output(
+    unary_op(
+        x,
         [n, c, g.out_h(), g.out_w()],
-        x.device(),
-        autograd::should_record(&[x]),
-    )?;
-    x.device()
-        .backend()
-        .maxpool2d_fwd(&g, &x.storage(), &mut y.storage_mut())?;
-    if y.tracked() {
-        let x = x.clone();
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dx = grad_like(&x)?;
-            x.device().backend().maxpool2d_bwd(
-                &g,
-                &x.storage(),
-                &gy.storage(),
-                &mut dx.storage_mut(),
-            )?;
-            grads.accumulate(&x, dx)
-        });
-    }
-    Ok(y)
+        |be, x, y| be.maxpool2d_fwd(&g, x, y),
+        move |be, x, gy, dx| be.maxpool2d_bwd(&g, x, gy, dx),
+    )
 }
 
 /// Mean over H and W: `[N, C, H, W] -> [N, C]`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.shape().nchw()?;
-    let y = output([n, c], x.device(), autograd::should_record(&[x]))?;
-    x.device()
-        .backend()
-        .global_avgpool_fwd(n, c, h * w, &x.storage(), &mut y.storage_mut())?;
-    if y.tracked() {
-        let x = x.clone();
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dx = grad_like(&x)?;
-            x.device().backend().global_avgpool_bwd(
-                n,
-                c,
-                h * w,
-                &gy.storage(),
-                &mut dx.storage_mut(),
-            )?;
-            grads.accumulate(&x, dx)
-        });
-    }
-    Ok(y)
+    let hw = h * w;
+    unary_op(
+        x,
+        [n, c],
+        |be, x, y| be.global_avgpool_fwd(n, c, hw, x, y),
+        move |be, _x, gy, dx| be.global_avgpool_bwd(n, c, hw, gy, dx),
+    )
 }
 
 /// `[N, ...] -> [N, prod(...)]`.

@@ -2,7 +2,7 @@
 //! quantization with the straight-through estimator, per-channel scaling, and
 //! small per-channel maps computed on the host.
 
-use super::{grad_like, output};
+use super::{grad_like, output, unary_op};
 use crate::autograd::{self, Grads};
 use crate::backend::FqTensor;
 use crate::quant::params::{W_QMAX, W_QMIN};
@@ -21,24 +21,12 @@ pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
             q.qmax
         );
     }
-    let y = output(x.shape().clone(), x.device(), autograd::should_record(&[x]))?;
-    x.device()
-        .backend()
-        .fake_quant_tensor_fwd(&q, &x.storage(), &mut y.storage_mut())?;
-    if y.tracked() {
-        let x = x.clone();
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dx = grad_like(&x)?;
-            x.device().backend().fake_quant_tensor_bwd(
-                &q,
-                &x.storage(),
-                &gy.storage(),
-                &mut dx.storage_mut(),
-            )?;
-            grads.accumulate(&x, dx)
-        });
-    }
-    Ok(y)
+    unary_op(
+        x,
+        x.shape().clone(),
+        |be, x, y| be.fake_quant_tensor_fwd(&q, x, y),
+        move |be, x, gy, dx| be.fake_quant_tensor_bwd(&q, x, gy, dx),
+    )
 }
 
 /// Per-output-channel symmetric fake quantization of weights (dim 0 is the
