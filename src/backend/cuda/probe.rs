@@ -84,17 +84,34 @@ fn preload_nvrtc() -> bool {
                 .map(PathBuf::from),
         );
     }
+    let load = |path: &std::path::Path| -> bool {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: loading a shared library by path; the handle is kept for
+        // the life of the process on purpose.
+        !unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null()
+    };
     for dir in dirs {
         let lib = dir.join("libnvrtc.so.13");
         if !lib.exists() {
             continue;
         }
-        let Ok(c) = CString::new(lib.as_os_str().as_bytes()) else {
-            continue;
-        };
-        // SAFETY: loading a shared library by path; the handle is kept for
-        // the life of the process on purpose.
-        if !unsafe { dlopen(c.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null() {
+        // libnvrtc opens its builtins library (`libnvrtc-builtins.so.13.N`)
+        // by soname at the first compile, and the pip wheel's libnvrtc has no
+        // RUNPATH, so outside LD_LIBRARY_PATH that lookup fails. Loading the
+        // builtins from the same folder first lets the later lookup find the
+        // already-loaded library by its soname.
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("libnvrtc-builtins.so.13") {
+                    load(&e.path());
+                }
+            }
+        }
+        if load(&lib) {
             return true;
         }
     }
