@@ -12,6 +12,15 @@
 
 use crate::{bail, Result};
 
+/// Names of the random streams of a training run, for [`Rng::derive`]
+/// (ASCII "perm" and "augm"): the order of epoch `e` is drawn from
+/// `derive(seed, [PERMUTATION, e])`, the augmentation of sample `i` in epoch
+/// `e` from `derive(seed, [AUGMENT, e, i])`.
+pub mod stream {
+    pub const PERMUTATION: u64 = 0x7065_726d;
+    pub const AUGMENT: u64 = 0x6175_676d;
+}
+
 /// xoshiro256** (Blackman and Vigna, 2018): fast, 256 bits of state, passes
 /// BigCrush; more than enough for shuffling, augmentation and weight init.
 #[derive(Clone, Debug, PartialEq, Eq)]

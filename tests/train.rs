@@ -105,6 +105,42 @@ fn resume_without_a_checkpoint_says_what_to_do() {
     assert!(err.to_string().contains("start without --resume"), "{err}");
 }
 
+/// The checkpoint carries the state of the next epoch's data-order
+/// generator, and resuming with another seed (which would change the data
+/// order) is refused with the seed to use.
+#[test]
+fn resume_with_another_seed_is_refused() {
+    let data = synthetic_fmnist("reseed", 64, 16);
+    let out = temp_dir("reseed");
+    let mut first = config(&data, out.clone(), 2, false);
+    first.stop_after = Some(1);
+    train::train(&first, &Device::cpu(), false).unwrap();
+    let ck = Checkpoint::load(&checkpoint_path(&out)).unwrap();
+    assert_eq!(ck.position.epoch, 1);
+    let order = ck.rng("data_order").unwrap();
+    assert_eq!(
+        order,
+        qat::rng::Rng::derive(7, &[qat::rng::stream::PERMUTATION, 1])
+    );
+    assert_ne!(
+        order,
+        qat::rng::Rng::derive(7, &[qat::rng::stream::PERMUTATION, 0])
+    );
+
+    let mut other = config(&data, out.clone(), 2, false);
+    other.seed = 8;
+    let err = train::train(&other, &Device::cpu(), true).unwrap_err();
+    assert!(err.to_string().contains("pass --seed 7"), "{err}");
+    // The refused resume left the checkpoint as it was.
+    assert_eq!(
+        Checkpoint::load(&checkpoint_path(&out))
+            .unwrap()
+            .position
+            .epoch,
+        1
+    );
+}
+
 /// Smoke runs on the real Fashion-MNIST (installed by `.ci/run`): a few
 /// hundred steps in each mode, and the training loss falls.
 #[test]

@@ -14,12 +14,9 @@ use rayon::prelude::*;
 use super::augment::Augment;
 use super::dataset::{Dataset, ImageDims};
 use super::normalize::Normalize;
+use crate::rng::stream::{AUGMENT, PERMUTATION};
 use crate::rng::Rng;
 use crate::{bail, Result};
-
-/// Stream names for [`Rng::derive`] (ASCII "perm" and "augm").
-const PERMUTATION: u64 = 0x7065_726d;
-const AUGMENT: u64 = 0x6175_676d;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {

@@ -16,6 +16,7 @@ use crate::int8::Int8ResNet;
 use crate::models::{Arch, ResNet};
 use crate::nn::{Mode, Module};
 use crate::optim::{CosineSchedule, Sgd, SgdConfig};
+use crate::rng::{stream, Rng};
 use crate::tensor::Tensor;
 use crate::{bail, ops, Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -243,6 +244,19 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         }
         ck.restore_optimizer(&mut sgd)?;
         start_epoch = ck.position.epoch;
+        // Every random draw of the run derives from the seed; the checkpoint
+        // holds the state of the next epoch's order generator. A different
+        // seed would silently change the data order after the resume.
+        let expected = data_order_rng(cfg.seed, start_epoch).get_state();
+        let saved = ck.rng.get(DATA_ORDER_RNG);
+        if saved_cfg.seed != cfg.seed || saved.is_some_and(|s| *s != expected) {
+            bail!(
+                Usage,
+                "--resume: the checkpoint was trained with --seed {}; pass --seed {} to continue it exactly",
+                saved_cfg.seed,
+                saved_cfg.seed
+            );
+        }
         // Keep the metrics of the epochs the checkpoint covers.
         let kept: Vec<EpochRecord> = log
             .read()?
@@ -345,6 +359,16 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     Ok(Summary { records })
 }
 
+/// Checkpoint name of the RNG state that draws the data order of the epoch
+/// the checkpoint resumes at.
+const DATA_ORDER_RNG: &str = "data_order";
+
+/// The generator of epoch `epoch`'s data order (the per-sample augmentation
+/// streams derive from the same seed and epoch, see [`crate::rng::stream`]).
+fn data_order_rng(seed: u64, epoch: usize) -> Rng {
+    Rng::derive(seed, &[stream::PERMUTATION, epoch as u64])
+}
+
 fn save_checkpoint(
     path: &Path,
     model: &ResNet,
@@ -361,6 +385,7 @@ fn save_checkpoint(
         step_in_epoch: 0,
         global_step: global_step as u64,
     };
+    ck.set_rng(DATA_ORDER_RNG, &data_order_rng(cfg.seed, epoch));
     let extra = Extra {
         config: cfg.clone(),
         model: info.clone(),

@@ -20,6 +20,7 @@ use super::loader::Batch;
 use super::normalize::Normalize;
 use super::prefetch::Prefetch;
 use super::source::DataSource;
+use crate::rng::stream::{AUGMENT, PERMUTATION};
 use crate::rng::Rng;
 use crate::{bail, Error, Result};
 use decode::{decode_for, probe_size, reduction};
@@ -33,10 +34,6 @@ use transforms::{crop_axes, eval_axes, resample_normalize, RandomResizedCrop};
 /// torchvision's ImageNet normalization.
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-/// Stream names for [`Rng::derive`], as in the in-memory loader.
-const PERMUTATION: u64 = 0x7065_726d;
-const AUGMENT: u64 = 0x6175_676d;
 
 #[derive(Clone, Debug)]
 pub struct ImageFolderConfig {
