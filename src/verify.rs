@@ -9,6 +9,7 @@ use crate::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use crate::executor::{ExecTensor, Executor};
 use crate::int8::Int8ResNet;
 use crate::tensor::Tensor;
+use crate::train::metrics::Accuracy;
 use crate::{bail, Device, Result};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -114,16 +115,6 @@ pub struct Verifier<'a> {
     report: VerifyReport,
 }
 
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
 impl<'a> Verifier<'a> {
     pub fn new(model: &'a Int8ResNet, exec: &'a Executor) -> Self {
         Verifier {
@@ -199,12 +190,12 @@ impl<'a> Verifier<'a> {
             .zip(&logits_e)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        let k = logits_m.len() / n;
-        for (i, &label) in labels.iter().enumerate() {
-            let (m, e) = (&logits_m[i * k..][..k], &logits_e[i * k..][..k]);
-            r.model_correct += usize::from(argmax(m) == label as usize);
-            r.executor_correct += usize::from(argmax(e) == label as usize);
-        }
+        // Top-1 as `qat eval` and training count it (ties by class index).
+        let (mut acc_m, mut acc_e) = (Accuracy::default(), Accuracy::default());
+        acc_m.add(&logits_m, labels);
+        acc_e.add(&logits_e, labels);
+        r.model_correct += acc_m.top1;
+        r.executor_correct += acc_e.top1;
         r.images += n;
         Ok(())
     }
