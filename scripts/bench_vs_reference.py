@@ -142,6 +142,12 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--threads", type=int, default=2, help="threads for every side (default 2, the machine's cores)")
     ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.3,
+        help="seconds of idleness before each side's turn, so the other side's spinning worker threads are asleep (default 0.3)",
+    )
+    ap.add_argument(
         "--baseline",
         help="a bench_shapes binary built from another commit: also time it, interleaved, and print ours/baseline",
     )
@@ -179,6 +185,10 @@ def main():
             shift = rnd % len(sides)
             gflops = {}
             for side, timer in sides[shift:] + sides[:shift]:
+                # Let the previous side's idle worker threads go to sleep
+                # first: OpenBLAS' threads spin for a while after a call and
+                # would share the cores with the next side's turn.
+                time.sleep(args.settle)
                 gflops[side] = flops / min(timer()) / 1e9
                 r[side].append(gflops[side])
             r["ratio"].append(gflops["ours"] / gflops["ref"])
