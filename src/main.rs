@@ -157,8 +157,9 @@ struct TrainArgs {
     nesterov: bool,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f32,
-    /// Linear warm-up length, in epochs (fractions allowed) [default: 1; 0
-    /// for imagenet:ROOT, the reference's plain cosine].
+    /// Linear warm-up length, in epochs (fractions allowed) [default: 1, or
+    /// a quarter of the run when shorter, so that batch norm freezes at a low
+    /// learning rate; 0 for imagenet:ROOT, the reference's plain cosine].
     #[arg(long)]
     warmup_epochs: Option<f32>,
     /// Seeds initialization, shuffling and augmentation.
@@ -248,7 +249,9 @@ fn run(cli: Cli) -> qat::Result<()> {
                 weight_decay: a.wd.unwrap_or(recipe.wd),
                 nesterov: a.nesterov,
                 label_smoothing: a.label_smoothing,
-                warmup_epochs: a.warmup_epochs.unwrap_or(recipe.warmup_epochs),
+                warmup_epochs: a
+                    .warmup_epochs
+                    .unwrap_or(recipe.warmup_epochs.min(epochs as f32 / 4.0)),
                 seed: a.seed,
                 out: a.out.unwrap_or(recipe.out),
                 train_limit: a.train_limit,

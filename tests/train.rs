@@ -181,3 +181,47 @@ fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
         );
     }
 }
+
+/// The README's quick start is `qat train --epochs 1` with every other flag
+/// at its default. With a one-epoch run the default warm-up shrinks to a
+/// quarter of the run, so batch norm freezes (at 95%) at a small learning
+/// rate and the run does not diverge; forcing a full-epoch warm-up puts the
+/// freeze at 96% of the peak rate, which the binary warns about (and which
+/// ends near chance). Real Fashion-MNIST, first 6400 images (50 steps).
+#[test]
+fn one_epoch_quick_start_defaults_do_not_diverge() {
+    let dir = Path::new(qat::data::fashion_mnist::DEFAULT_DIR);
+    if !dir.join("train-labels-idx1-ubyte.gz").exists()
+        && !dir.join("train-labels-idx1-ubyte").exists()
+    {
+        eprintln!("SKIPPED: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+        return;
+    }
+    let run = |extra: &[&str]| {
+        let out = temp_dir("quickstart");
+        let mut args = vec!["train", "--epochs", "1", "--train-limit", "6400"];
+        args.extend_from_slice(&["--val-limit", "1000", "--quiet", "--device", "cpu"]);
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qat"))
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let records = MetricsLog::new(&out.join("metrics.jsonl")).read().unwrap();
+        (
+            records[0].val_top1,
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (top1, stderr) = run(&[]);
+    assert!(stderr.contains("0.25 warm-up epochs"), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(top1 > 50.0, "1-epoch QAT with the defaults: top-1 {top1}%");
+    let (_, stderr) = run(&["--warmup-epochs", "1"]);
+    assert!(
+        stderr.contains("warning: batch norm freezes at epoch 0.95"),
+        "{stderr}"
+    );
+}

@@ -59,7 +59,9 @@ impl QatSchedule {
         Ok(())
     }
 
-    fn step_of(epoch: f32, steps_per_epoch: usize) -> u64 {
+    /// The global step at which epoch position `epoch` (fractions allowed)
+    /// begins.
+    pub fn step_of(epoch: f32, steps_per_epoch: usize) -> u64 {
         (epoch.max(0.0) as f64 * steps_per_epoch as f64).round() as u64
     }
 
