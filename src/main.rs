@@ -128,6 +128,11 @@ struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors exactly where it stopped.
     #[arg(long)]
     resume: bool,
+    /// Start a new run even if OUT already holds a checkpoint (its
+    /// checkpoint, metrics and curves are replaced). Without it, such a
+    /// folder is an error, so a finished run is never lost by accident.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Stop after this many epochs (the schedule still spans --epochs);
     /// continue later with --resume.
     #[arg(long)]
@@ -271,6 +276,15 @@ fn run(cli: Cli) -> qat::Result<()> {
                 cfg.momentum,
                 cfg.weight_decay
             );
+            let ck = train::checkpoint_path(&cfg.out);
+            if !a.resume && !a.overwrite && ck.exists() {
+                qat::bail!(
+                    Usage,
+                    "{} already holds the checkpoint of a run: continue it with --resume, \
+                     start a new run elsewhere with --out DIR, or replace it with --overwrite",
+                    cfg.out.display()
+                );
+            }
             let summary = train::train(&cfg, &device, a.resume)?;
             if let Some(last) = summary.records.last() {
                 println!(

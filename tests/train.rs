@@ -197,29 +197,40 @@ fn one_epoch_quick_start_defaults_do_not_diverge() {
         eprintln!("SKIPPED: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
         return;
     }
-    let run = |extra: &[&str]| {
-        let out = temp_dir("quickstart");
+    let run = |extra: &[&str], out: &Path| {
         let mut args = vec!["train", "--epochs", "1", "--train-limit", "6400"];
         args.extend_from_slice(&["--val-limit", "1000", "--quiet", "--device", "cpu"]);
         args.extend_from_slice(extra);
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_qat"))
             .args(&args)
             .arg("--out")
-            .arg(&out)
+            .arg(out)
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        if !o.status.success() {
+            return Err(stderr);
+        }
         let records = MetricsLog::new(&out.join("metrics.jsonl")).read().unwrap();
-        (
-            records[0].val_top1,
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
+        Ok((records[0].val_top1, stderr))
     };
-    let (top1, stderr) = run(&[]);
+    let out = temp_dir("quickstart");
+    let (top1, stderr) = run(&[], &out).unwrap();
     assert!(stderr.contains("0.25 warm-up epochs"), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert!(top1 > 50.0, "1-epoch QAT with the defaults: top-1 {top1}%");
-    let (_, stderr) = run(&["--warmup-epochs", "1"]);
+    // The same command again would replace the finished run: refused, with
+    // what to do instead, and the checkpoint is untouched.
+    let before = std::fs::read(checkpoint_path(&out)).unwrap();
+    let err = run(&[], &out).unwrap_err();
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(checkpoint_path(&out)).unwrap(), before);
+    // --overwrite starts over in the same folder; here with a full-epoch
+    // warm-up, which puts the freeze at a high learning rate: warned.
+    let (_, stderr) = run(&["--warmup-epochs", "1", "--overwrite"], &out).unwrap();
     assert!(
         stderr.contains("warning: batch norm freezes at epoch 0.95"),
         "{stderr}"
