@@ -235,4 +235,7 @@ fn one_epoch_quick_start_defaults_do_not_diverge() {
         stderr.contains("warning: batch norm freezes at epoch 0.95"),
         "{stderr}"
     );
+    // The new run's metrics replaced the old ones instead of following them.
+    let records = MetricsLog::new(&out.join("metrics.jsonl")).read().unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
 }

@@ -282,6 +282,9 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         log.rewrite(&kept)?;
         records = kept;
         eprintln!("resumed from {} at epoch {start_epoch}", ck_path.display());
+    } else {
+        // A new run: the metrics of whatever ran in this folder before go.
+        log.rewrite(&[])?;
     }
     let mode_name = if cfg.qat.is_some() { "qat" } else { "fp32" };
     for epoch in start_epoch..cfg.epochs {
