@@ -7,7 +7,7 @@
 mod common;
 mod onnx_util;
 
-use common::{synthetic_fmnist, temp_dir};
+use common::{qat_bin, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
 use onnx_util::{images, info, trained};
 use qat::executor::Executor;
@@ -16,7 +16,6 @@ use qat::models::Arch;
 use qat::onnx::export_int8;
 use qat::verify::Verifier;
 use qat::Device;
-use std::process::Command;
 
 /// CPU, plus the emulated CUDA device and a real GPU when this build has
 /// them (`Device::parse` rejects what it does not know).
@@ -98,19 +97,6 @@ fn verify_detects_a_changed_weight() {
     assert!(row("layer2.0.conv1").mismatches > 0);
 }
 
-fn qat_bin(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qat"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The command line end to end on a small synthetic Fashion-MNIST.
 #[test]
 fn cli_train_export_verify() {
@@ -153,23 +139,7 @@ fn cli_train_export_verify() {
         "--fp32",
     ]);
     assert!(ok, "{log}");
-    let (ok, log) = qat_bin(&[
-        "verify",
-        "--checkpoint",
-        ck,
-        "--onnx",
-        onnx,
-        "--data",
-        d,
-        "--images",
-        "96",
-        "--device",
-        "cpu",
-    ]);
-    println!("{log}");
-    assert!(ok && log.contains("PASS"), "{log}");
-    // The same checkpoint on the emulated CUDA device, when this build has it.
-    if Device::parse("cuda-emu").is_ok() {
+    let verify_passes = |images: &str, device: &str| {
         let (ok, log) = qat_bin(&[
             "verify",
             "--checkpoint",
@@ -179,12 +149,17 @@ fn cli_train_export_verify() {
             "--data",
             d,
             "--images",
-            "32",
+            images,
             "--device",
-            "cuda-emu",
+            device,
         ]);
         println!("{log}");
         assert!(ok && log.contains("PASS"), "{log}");
+    };
+    verify_passes("96", "cpu");
+    // The same checkpoint on the emulated CUDA device, when this build has it.
+    if Device::parse("cuda-emu").is_ok() {
+        verify_passes("32", "cuda-emu");
     }
     // The metadata tells a user what to feed the model.
     let exec = Executor::load(std::path::Path::new(onnx)).unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{synthetic_fmnist, temp_dir};
+use common::{qat_bin, synthetic_fmnist, temp_dir};
 use qat::checkpoint::Checkpoint;
 use qat::train::{self, checkpoint_path, metrics::MetricsLog, QatSchedule, TrainConfig};
 use qat::Device;
@@ -201,23 +201,18 @@ fn one_epoch_quick_start_defaults_do_not_diverge() {
         let mut args = vec!["train", "--epochs", "1", "--train-limit", "6400"];
         args.extend_from_slice(&["--val-limit", "1000", "--quiet", "--device", "cpu"]);
         args.extend_from_slice(extra);
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_qat"))
-            .args(&args)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-        if !o.status.success() {
-            return Err(stderr);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        let (ok, log) = qat_bin(&args);
+        if !ok {
+            return Err(log);
         }
         let records = MetricsLog::new(&out.join("metrics.jsonl")).read().unwrap();
-        Ok((records[0].val_top1, stderr))
+        Ok((records[0].val_top1, log))
     };
     let out = temp_dir("quickstart");
-    let (top1, stderr) = run(&[], &out).unwrap();
-    assert!(stderr.contains("0.25 warm-up epochs"), "{stderr}");
-    assert!(!stderr.contains("warning"), "{stderr}");
+    let (top1, log) = run(&[], &out).unwrap();
+    assert!(log.contains("0.25 warm-up epochs"), "{log}");
+    assert!(!log.contains("warning"), "{log}");
     assert!(top1 > 50.0, "1-epoch QAT with the defaults: top-1 {top1}%");
     // The same command again would replace the finished run: refused, with
     // what to do instead, and the checkpoint is untouched.
@@ -230,10 +225,10 @@ fn one_epoch_quick_start_defaults_do_not_diverge() {
     assert_eq!(std::fs::read(checkpoint_path(&out)).unwrap(), before);
     // --overwrite starts over in the same folder; here with a full-epoch
     // warm-up, which puts the freeze at a high learning rate: warned.
-    let (_, stderr) = run(&["--warmup-epochs", "1", "--overwrite"], &out).unwrap();
+    let (_, log) = run(&["--warmup-epochs", "1", "--overwrite"], &out).unwrap();
     assert!(
-        stderr.contains("warning: batch norm freezes at epoch 0.95"),
-        "{stderr}"
+        log.contains("warning: batch norm freezes at epoch 0.95"),
+        "{log}"
     );
     // The new run's metrics replaced the old ones instead of following them.
     let records = MetricsLog::new(&out.join("metrics.jsonl")).read().unwrap();

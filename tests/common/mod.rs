@@ -106,6 +106,20 @@ pub fn gradcheck(
 }
 
 /// A fresh directory under the system temp dir, unique per process and call.
+/// Runs the `qat` binary: whether it succeeded, and its stdout then stderr.
+pub fn qat_bin(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
