@@ -393,17 +393,7 @@ impl PlanBuilder {
                 c.data.elem_type().name()
             );
         };
-        let ok_shape = (c.dims.len() <= 1 && v.len() == 1)
-            || per_channel.is_some_and(|k| c.dims.len() == 1 && v.len() == k);
-        if !ok_shape {
-            bail!(
-                Onnx,
-                "scale input {i} '{}' has shape {:?}, expected a scalar{}",
-                n.input[i],
-                c.dims,
-                per_channel.map_or(String::new(), |k| format!(" or [{k}]"))
-            );
-        }
+        scalar_or_per_channel(n, i, "scale", &c.dims, v.len(), per_channel)?;
         if let Some(s) = v.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             bail!(
                 Onnx,
@@ -429,16 +419,7 @@ impl PlanBuilder {
                 c.data.elem_type().name()
             );
         };
-        let ok_shape = (c.dims.len() <= 1 && v.len() == 1)
-            || per_channel.is_some_and(|k| c.dims.len() == 1 && v.len() == k);
-        if !ok_shape {
-            bail!(
-                Onnx,
-                "zero point input {i} '{}' has shape {:?}, expected a scalar",
-                n.input[i],
-                c.dims
-            );
-        }
+        scalar_or_per_channel(n, i, "zero point", &c.dims, v.len(), per_channel)?;
         Ok(v.iter().map(|&z| z as i32).collect())
     }
 
@@ -823,4 +804,28 @@ impl PlanBuilder {
         let dims = vec![d[0], op.out_h, op.out_w];
         self.push(n, label, Op::MaxPool(op), vec![x], ElemType::I8, dims)
     }
+}
+
+/// Quantization parameter input `i` of `n` (`what`: "scale" or "zero
+/// point") holds one value (a scalar or a 1-element vector), or, where
+/// `per_channel` is `Some(k)`, a vector of `k`.
+fn scalar_or_per_channel(
+    n: &NodeProto,
+    i: usize,
+    what: &str,
+    dims: &[usize],
+    len: usize,
+    per_channel: Option<usize>,
+) -> Result<()> {
+    let ok =
+        (dims.len() <= 1 && len == 1) || per_channel.is_some_and(|k| dims.len() == 1 && len == k);
+    if !ok {
+        bail!(
+            Onnx,
+            "{what} input {i} '{}' has shape {dims:?}, expected a scalar{}",
+            n.input[i],
+            per_channel.map_or(String::new(), |k| format!(" or [{k}]"))
+        );
+    }
+    Ok(())
 }
