@@ -216,14 +216,14 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         // weights: a freeze while the learning rate is still high makes QAT
         // diverge (seen with a 1-epoch run whose warm-up covered the freeze).
         let t = QatSchedule::step_of(q.freeze_bn, steps_per_epoch) as usize;
-        if t < schedule.total_steps && schedule.lr(t) > 0.1 * cfg.lr {
+        let lr = schedule.lr(t);
+        if t < schedule.total_steps && lr > 0.1 * cfg.lr {
             eprintln!(
-                "warning: batch norm freezes at epoch {} while the learning rate is still {:.3} \
+                "warning: batch norm freezes at epoch {} while the learning rate is still {lr:.3} \
                  ({:.0}% of its peak); QAT usually diverges after such a freeze. Use a later \
                  --freeze-bn or a shorter --warmup-epochs.",
                 q.freeze_bn,
-                schedule.lr(t),
-                100.0 * schedule.lr(t) / cfg.lr
+                100.0 * lr / cfg.lr
             );
         }
     }

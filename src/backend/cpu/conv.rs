@@ -436,6 +436,5 @@ mod tests {
                 }
             }
         }
-        // The shapes above cover both lowerings.
     }
 }
