@@ -139,6 +139,14 @@ fn resume_with_another_seed_is_refused() {
             .epoch,
         1
     );
+    // Same seed, but a stored generator state this build does not derive
+    // (a checkpoint from a build with other random streams): refused too.
+    let mut ck = Checkpoint::load(&checkpoint_path(&out)).unwrap();
+    ck.set_rng("data_order", &qat::rng::Rng::new(1));
+    ck.save(&checkpoint_path(&out)).unwrap();
+    let err =
+        train::train(&config(&data, out.clone(), 2, false), &Device::cpu(), true).unwrap_err();
+    assert!(err.to_string().contains("data-order generator"), "{err}");
 }
 
 /// Smoke runs on the real Fashion-MNIST (installed by `.ci/run`): a few

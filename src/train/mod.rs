@@ -263,14 +263,22 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         // Every random draw of the run derives from the seed; the checkpoint
         // holds the state of the next epoch's order generator. A different
         // seed would silently change the data order after the resume.
-        let expected = data_order_rng(cfg.seed, start_epoch).get_state();
-        let saved = ck.rng.get(DATA_ORDER_RNG);
-        if saved_cfg.seed != cfg.seed || saved.is_some_and(|s| *s != expected) {
+        if saved_cfg.seed != cfg.seed {
             bail!(
                 Usage,
                 "--resume: the checkpoint was trained with --seed {}; pass --seed {} to continue it exactly",
                 saved_cfg.seed,
                 saved_cfg.seed
+            );
+        }
+        let expected = data_order_rng(cfg.seed, start_epoch).get_state();
+        if ck.rng.get(DATA_ORDER_RNG).is_some_and(|s| *s != expected) {
+            bail!(
+                Data,
+                "--resume: the checkpoint's data-order generator state differs from the one this \
+                 build derives from --seed {} at epoch {start_epoch}, so the run cannot continue \
+                 exactly (written by a build with other random streams?)",
+                cfg.seed
             );
         }
         // Keep the metrics of the epochs the checkpoint covers.
