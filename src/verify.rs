@@ -126,7 +126,7 @@ impl<'a> Verifier<'a> {
 
     /// Runs both on `n` normalized NCHW images with their labels.
     pub fn batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
-        if labels.len() != n || n == 0 || images.len() % n != 0 {
+        if labels.len() != n || n == 0 || !images.len().is_multiple_of(n) {
             bail!(
                 Shape,
                 "{} values and {} labels are not {n} images",
@@ -237,5 +237,13 @@ pub fn verify_checkpoint(
     for b in loader.epoch(0) {
         v.batch(&b.images, &b.labels, b.n)?;
     }
-    Ok(v.finish())
+    let report = v.finish();
+    if report.images == 0 {
+        bail!(
+            Data,
+            "no images to compare: the test split in {} is empty",
+            data.display()
+        );
+    }
+    Ok(report)
 }

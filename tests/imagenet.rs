@@ -247,6 +247,7 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
         train_limit: None,
         val_limit: None,
         progress: false,
+        progress_secs: 30.0,
         stop_after: None,
         workers: 2,
     };

@@ -53,7 +53,7 @@ impl Conv2dGeom {
     /// Checks the geometry and returns it, with the reason when it is invalid.
     pub fn validate(self) -> Result<Self> {
         let g = self;
-        if g.groups == 0 || g.c_in % g.groups != 0 || g.c_out % g.groups != 0 {
+        if g.groups == 0 || !g.c_in.is_multiple_of(g.groups) || !g.c_out.is_multiple_of(g.groups) {
             bail!(
                 Shape,
                 "conv2d: groups={} must divide c_in={} and c_out={}",

@@ -382,23 +382,39 @@ impl Device {
     }
     /// Resolves a `--device` argument: `cpu`; `cuda` (GPU 0, an error when no
     /// GPU works); `cuda-emu` (the CUDA backend on the kernel emulator); or
-    /// `auto` (CUDA when a GPU works, else the CPU; prints which to stderr).
+    /// `auto` (CUDA when a GPU works, else the CPU). Prints nothing; see
+    /// [`Device::choose`] for the line that says which.
     pub fn parse(spec: &str) -> Result<Device> {
+        Ok(Device::choose(spec)?.0)
+    }
+
+    /// [`Device::parse`], with a one-line description of the choice for the
+    /// user (`cpu (auto; no usable GPU: ...)`).
+    pub fn choose(spec: &str) -> Result<(Device, String)> {
         match spec {
-            "cpu" => Ok(Device::cpu()),
-            "cuda" | "cuda:0" => cuda::gpu_device().map_err(|e| {
-                crate::Error::Device(format!("--device cuda: no usable GPU: {}", reason(e)))
-            }),
-            "cuda-emu" => Ok(cuda::emulated_device()),
+            "cpu" => Ok((Device::cpu(), "cpu".into())),
+            "cuda" | "cuda:0" => cuda::gpu_device()
+                .map(|d| {
+                    let name = d.backend().name().to_string();
+                    (d, name)
+                })
+                .map_err(|e| {
+                    crate::Error::Device(format!("--device cuda: no usable GPU: {}", reason(e)))
+                }),
+            "cuda-emu" => {
+                let d = cuda::emulated_device();
+                let name = d.backend().name().to_string();
+                Ok((d, name))
+            }
             "auto" => match cuda::gpu_device() {
                 Ok(d) => {
-                    eprintln!("device: {} (auto)", d.backend().name());
-                    Ok(d)
+                    let line = format!("{} (auto)", d.backend().name());
+                    Ok((d, line))
                 }
-                Err(e) => {
-                    eprintln!("device: cpu (auto; no usable GPU: {})", reason(e));
-                    Ok(Device::cpu())
-                }
+                Err(e) => Ok((
+                    Device::cpu(),
+                    format!("cpu (auto; no usable GPU: {})", reason(e)),
+                )),
             },
             other => bail!(
                 Device,

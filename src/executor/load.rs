@@ -164,7 +164,7 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
     } else {
         raw.len() / size
     };
-    if (!raw.is_empty() && raw.len() % size != 0) || have != n {
+    if (!raw.is_empty() && !raw.len().is_multiple_of(size)) || have != n {
         bail!(
             Onnx,
             "{what}: dimensions {:?} need {n} {} values, the file holds {}",

@@ -89,7 +89,7 @@ pub fn weight_scales(w: &[f32], out_channels: usize) -> Result<Vec<f32>> {
 /// Length of one output channel of a tensor of `len` elements split into
 /// `channels` outer slices, or a shape error.
 pub(crate) fn channel_len(len: usize, channels: usize) -> Result<usize> {
-    if channels == 0 || len % channels != 0 {
+    if channels == 0 || !len.is_multiple_of(channels) {
         bail!(
             Shape,
             "{len} elements do not split into {channels} output channels"

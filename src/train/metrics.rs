@@ -1,6 +1,6 @@
 //! Accuracy counting and the JSON-lines metrics log.
 
-use crate::{Error, Result};
+use crate::{bail, Error, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,20 +91,56 @@ impl MetricsLog {
         crate::checkpoint::write_atomic(&self.path, text.as_bytes())
     }
 
-    /// Every record in the file (for plots and resume).
+    /// Every record in the file (for plots and resume). A malformed line is
+    /// an error naming its number.
     pub fn read(&self) -> Result<Vec<EpochRecord>> {
+        let (records, torn) = self.parse()?;
+        if let Some(line) = torn {
+            bail!(
+                Data,
+                "{}: line {line} is incomplete (a write was interrupted); `qat train --resume` \
+                 repairs it",
+                self.path.display()
+            );
+        }
+        Ok(records)
+    }
+
+    /// [`read`](Self::read), dropping an incomplete last line (what a kill
+    /// during an append leaves) with a warning instead of failing.
+    pub fn read_repairing(&self) -> Result<Vec<EpochRecord>> {
+        let (records, torn) = self.parse()?;
+        if let Some(line) = torn {
+            eprintln!(
+                "warning: {}: dropped the incomplete line {line} (an interrupted write)",
+                self.path.display()
+            );
+        }
+        Ok(records)
+    }
+
+    /// The complete records, and the number of a last line that is cut
+    /// short (no newline at its end and not parseable).
+    fn parse(&self) -> Result<(Vec<EpochRecord>, Option<usize>)> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
             Err(e) => return Err(Error::io(&self.path, e)),
         };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l)
-                    .map_err(|e| Error::Data(format!("{}: {e}", self.path.display())))
-            })
-            .collect()
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut records = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str(l) {
+                Ok(r) => records.push(r),
+                // The last piece has no newline after it: an append cut short.
+                Err(_) if i + 1 == lines.len() => return Ok((records, Some(i + 1))),
+                Err(e) => bail!(Data, "{}: line {}: {e}", self.path.display(), i + 1),
+            }
+        }
+        Ok((records, None))
     }
 }
 

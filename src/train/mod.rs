@@ -4,9 +4,15 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod progress;
+pub mod run_dir;
 mod schedule;
+mod settings;
 
+pub use progress::ProgressMode;
+pub use run_dir::RunDir;
 pub use schedule::QatSchedule;
+pub use settings::SettingDiff;
 
 use crate::autograd::no_grad;
 use crate::backend::Device;
@@ -19,8 +25,8 @@ use crate::optim::{CosineSchedule, Sgd, SgdConfig};
 use crate::rng::{stream, Rng};
 use crate::tensor::Tensor;
 use crate::{bail, ops, Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use metrics::{Accuracy, EpochRecord, MetricsLog};
+use progress::Progress;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,7 +53,12 @@ pub struct TrainConfig {
     pub train_limit: Option<usize>,
     /// Use only the first N validation images.
     pub val_limit: Option<usize>,
+    /// Show progress (a bar on a terminal, else a line every
+    /// `progress_secs` seconds).
     pub progress: bool,
+    /// Seconds between progress lines when stderr is not a terminal.
+    #[serde(default = "default_progress_secs")]
+    pub progress_secs: f32,
     /// Stop (after checkpointing) once this many epochs are done, e.g. to
     /// split a run; `--resume` continues it.
     #[serde(default)]
@@ -69,11 +80,48 @@ pub struct ModelInfo {
     pub input_hw: [usize; 2],
 }
 
+/// Seconds between progress lines in logs (the default of
+/// [`TrainConfig::progress_secs`]).
+pub const DEFAULT_PROGRESS_SECS: f32 = 30.0;
+
+fn default_progress_secs() -> f32 {
+    DEFAULT_PROGRESS_SECS
+}
+
+/// A checkpoint's JSON metadata.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Extra {
     config: TrainConfig,
     model: ModelInfo,
     quantizers: std::collections::BTreeMap<String, crate::nn::ActQuantState>,
+    /// The metrics of every epoch the checkpoint covers: `metrics.jsonl` is
+    /// rebuilt from them on resume, so a kill between the checkpoint's
+    /// rename and the log's append loses nothing. `None` in checkpoints of
+    /// builds before this field (the log is then read, torn line repaired).
+    #[serde(default)]
+    metrics: Option<Vec<EpochRecord>>,
+}
+
+fn read_extra(ck: &Checkpoint) -> Result<Extra> {
+    serde_json::from_value(ck.extra.clone()).map_err(|e| {
+        Error::Data(format!(
+            "checkpoint metadata is not a qat training checkpoint: {e}"
+        ))
+    })
+}
+
+/// The training settings saved in the checkpoint in `out` (what `--resume`
+/// continues).
+pub fn saved_config(out: &Path) -> Result<TrainConfig> {
+    let path = checkpoint_path(out);
+    if !path.exists() {
+        bail!(
+            Usage,
+            "--resume: no checkpoint at {}; start without --resume",
+            path.display()
+        );
+    }
+    Ok(read_extra(&Checkpoint::load(&path)?)?.config)
 }
 
 /// Final figures of a run.
@@ -93,11 +141,8 @@ pub fn model_from_checkpoint(
     ck: &Checkpoint,
     device: &Device,
 ) -> Result<(ResNet, ModelInfo, TrainConfig)> {
-    let extra: Extra = serde_json::from_value(ck.extra.clone()).map_err(|e| {
-        Error::Data(format!(
-            "checkpoint metadata is not a qat training checkpoint: {e}"
-        ))
-    })?;
+    let extra = read_extra(ck)?;
+    check_model_info(&extra.model, ck)?;
     let arch: Arch = extra.model.arch.parse()?;
     let mut model = ResNet::new(
         arch,
@@ -145,20 +190,28 @@ pub fn evaluate_batches(
             loss_sum += ops::cross_entropy(&logits, &b.labels, 0.0)?.item()? as f64 * b.n as f64;
             acc.add(&logits.to_vec()?, &b.labels);
         }
-        Ok((loss_sum / acc.seen.max(1) as f64, acc))
+        if acc.seen == 0 {
+            bail!(
+                Data,
+                "no images to evaluate: the evaluation set is empty (a limit of 0, an empty \
+                 folder, or no image in it could be read)"
+            );
+        }
+        Ok((loss_sum / acc.seen as f64, acc))
     })
 }
 
 /// Trains on `cfg.data_dir` (Fashion-MNIST or `imagenet:ROOT`, see
 /// [`DataSpec`]), validating and checkpointing every epoch. With
 /// `resume`, continues from `OUT/checkpoint.safetensors` exactly where it
-/// stopped (same batches, same losses as an uninterrupted run).
+/// stopped (same batches, same losses as an uninterrupted run): every
+/// setting of `cfg` (see [`TrainConfig::settings`]) must equal the
+/// checkpoint's, else the error names each difference. The output folder is
+/// locked for the whole run (see [`RunDir`]).
 pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary> {
-    if cfg.batch_size == 0 || cfg.epochs == 0 {
-        bail!(Usage, "--batch-size and --epochs must be positive");
-    }
-    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
-    let ck_path = checkpoint_path(&cfg.out);
+    cfg.validate()?;
+    let run_dir = RunDir::lock(&cfg.out)?;
+    let ck_path = checkpoint_path(run_dir.path());
     // The data source: Fashion-MNIST in memory or an ImageFolder tree.
     let source = DataSpec::from_path(&cfg.data_dir).open(&SourceOptions {
         batch_size: cfg.batch_size,
@@ -227,7 +280,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
             );
         }
     }
-    let log = MetricsLog::new(&cfg.out.join("metrics.jsonl"));
+    let log = MetricsLog::new(&run_dir.path().join("metrics.jsonl"));
+    let curves = run_dir.path().join("curves.png");
     let mut records = Vec::new();
     let mut start_epoch = 0;
     if resume {
@@ -239,19 +293,9 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
             );
         }
         let ck = Checkpoint::load(&ck_path)?;
-        let (loaded, _, saved_cfg) = model_from_checkpoint(&ck, device)?;
-        if saved_cfg.arch != cfg.arch || saved_cfg.qat.is_some() != cfg.qat.is_some() {
-            bail!(
-                Usage,
-                "--resume: the checkpoint is a {} {} run; use the same --arch and --qat/--fp32",
-                saved_cfg.arch,
-                if saved_cfg.qat.is_some() {
-                    "QAT"
-                } else {
-                    "FP32"
-                }
-            );
-        }
+        let saved = read_extra(&ck)?;
+        check_resumable(cfg, &saved.config)?;
+        let (loaded, _, _) = model_from_checkpoint(&ck, device)?;
         // Copy the loaded state into the model whose parameters the
         // optimizer holds.
         Checkpoint::from_module(&loaded)?.restore_module(&model)?;
@@ -260,17 +304,17 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         }
         ck.restore_optimizer(&mut sgd)?;
         start_epoch = ck.position.epoch;
-        // Every random draw of the run derives from the seed; the checkpoint
-        // holds the state of the next epoch's order generator. A different
-        // seed would silently change the data order after the resume.
-        if saved_cfg.seed != cfg.seed {
+        if cfg.stop_after.is_some_and(|n| n <= start_epoch) {
             bail!(
                 Usage,
-                "--resume: the checkpoint was trained with --seed {}; pass --seed {} to continue it exactly",
-                saved_cfg.seed,
-                saved_cfg.seed
+                "--stop-after {}: the checkpoint is at epoch {start_epoch} already; give a later \
+                 epoch (at most --epochs {}) or leave it out",
+                cfg.stop_after.unwrap_or(0),
+                cfg.epochs
             );
         }
+        // Every random draw of the run derives from the seed; the checkpoint
+        // holds the state of the next epoch's order generator.
         let expected = data_order_rng(cfg.seed, start_epoch).get_state();
         if ck.rng.get(DATA_ORDER_RNG).is_some_and(|s| *s != expected) {
             bail!(
@@ -281,61 +325,84 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
                 cfg.seed
             );
         }
-        // Keep the metrics of the epochs the checkpoint covers.
-        let kept: Vec<EpochRecord> = log
-            .read()?
-            .into_iter()
-            .filter(|r| r.epoch <= start_epoch)
-            .collect();
-        log.rewrite(&kept)?;
-        records = kept;
+        // The metrics of the epochs the checkpoint covers: its own copy (the
+        // log may lack the last epoch's line or end in a torn one after a
+        // kill), or, for checkpoints without one, the log's readable lines.
+        records = match saved.metrics {
+            Some(m) => m,
+            None => log.read_repairing()?,
+        };
+        records.retain(|r| r.epoch <= start_epoch);
+        log.rewrite(&records)?;
+        if !records.is_empty() {
+            plot::plot_metrics(&records, &curves)?;
+        }
         eprintln!("resumed from {} at epoch {start_epoch}", ck_path.display());
     } else {
         // A new run: the metrics of whatever ran in this folder before go.
         log.rewrite(&[])?;
     }
     let mode_name = if cfg.qat.is_some() { "qat" } else { "fp32" };
+    let progress_mode = if cfg.progress {
+        ProgressMode::Auto {
+            interval: std::time::Duration::from_secs_f32(cfg.progress_secs),
+        }
+    } else {
+        ProgressMode::Off
+    };
+    // The epoch of the newest checkpoint in the folder that belongs to this
+    // run (for the divergence message).
+    let mut saved_epoch = resume.then_some(start_epoch);
+    let diverged = |epoch: usize, step: Option<usize>, what: String, saved: Option<usize>| {
+        Error::Numerical(divergence_message(
+            cfg,
+            epoch,
+            step.map(|s| (s, steps_per_epoch)),
+            &what,
+            saved.map(|e| (e, ck_path.as_path())),
+        ))
+    };
     for epoch in start_epoch..cfg.epochs {
-        let bar = progress_bar(cfg.progress, steps_per_epoch as u64, epoch, cfg.epochs);
+        let mut bar = Progress::new(
+            progress_mode,
+            steps_per_epoch as u64,
+            format!("epoch {}/{}", epoch + 1, cfg.epochs),
+        );
         let start = Instant::now();
         let (mut loss_sum, mut acc) = (0.0f64, Accuracy::default());
         let mut lr = cfg.lr;
         for (i, b) in source.train_batches(epoch as u64, 0).enumerate() {
             let step = (epoch * steps_per_epoch + i) as u64;
             lr = schedule.lr(step as usize);
-            if let Some(q) = cfg.qat {
-                model.set_qat_flags(q.flags(step, steps_per_epoch));
-                if q.freezes_observers_at(step, steps_per_epoch) {
-                    model.freeze_quantizers()?;
+            let result = train_step(&model, &mut sgd, cfg, b, step, steps_per_epoch, lr, device);
+            let (loss_v, logits, labels) = match result {
+                Ok(r) => r,
+                Err(Error::Numerical(msg)) => {
+                    crate::autograd::clear_tape();
+                    let what = match first_non_finite(&model)? {
+                        Some(t) => format!("{t} (the step failed with: {msg})"),
+                        None => msg,
+                    };
+                    return Err(diverged(epoch, Some(i), what, saved_epoch));
                 }
-            }
-            let shape = b.shape();
-            let x = Tensor::from_vec(b.images, shape, device)?;
-            let logits = model.forward(&x, Mode::Train)?;
-            let loss = ops::cross_entropy(&logits, &b.labels, cfg.label_smoothing)?;
-            let loss_v = loss.item()?;
-            if !loss_v.is_finite() {
-                crate::autograd::clear_tape();
-                bail!(
-                    Numerical,
-                    "loss became {loss_v} at epoch {}, step {step}; the last good checkpoint ({}) is kept. Lower --lr and resume or restart",
-                    epoch + 1,
-                    ck_path.display()
-                );
-            }
-            let grads = loss.backward()?;
-            sgd.step(&grads, lr)?;
-            loss_sum += loss_v as f64 * b.n as f64;
-            acc.add(&logits.to_vec()?, &b.labels);
+                Err(e) => return Err(e),
+            };
+            loss_sum += loss_v as f64 * labels.len() as f64;
+            acc.add(&logits, &labels);
             bar.set_message(format!(
                 "loss {:.4} acc {:.2}% lr {lr:.4} {:.0} img/s",
                 loss_sum / acc.seen as f64,
                 acc.top1(),
                 acc.seen as f64 / start.elapsed().as_secs_f64()
             ));
-            bar.inc(1);
+            bar.inc();
         }
-        bar.finish_and_clear();
+        bar.finish();
+        // A step can leave non-finite weights, statistics or observer ranges
+        // behind with a finite loss; such a state is never checkpointed.
+        if let Some(t) = first_non_finite(&model)? {
+            return Err(diverged(epoch, None, t, saved_epoch));
+        }
         let train_secs = start.elapsed().as_secs_f64();
         let (val_loss, val_acc) = evaluate_batches(&model, source.val_batches(), device)?;
         let rec = EpochRecord {
@@ -363,18 +430,23 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
             rec.images_per_sec,
             rec.epoch_seconds
         );
+        records.push(rec);
+        // The checkpoint carries the metrics, so the log and the plot can
+        // always be rebuilt from it: a kill after the rename and before the
+        // append is repaired by the next resume.
         save_checkpoint(
             &ck_path,
             &model,
             &sgd,
             cfg,
             &info,
+            &records,
             epoch + 1,
             (epoch + 1) * steps_per_epoch,
         )?;
-        log.append(&rec)?;
-        records.push(rec);
-        plot::plot_metrics(&records, &cfg.out.join("curves.png"))?;
+        saved_epoch = Some(epoch + 1);
+        log.append(records.last().expect("just pushed"))?;
+        plot::plot_metrics(&records, &curves)?;
         if cfg.stop_after == Some(epoch + 1) {
             eprintln!(
                 "stopping after epoch {} (--stop-after); continue with --resume",
@@ -384,6 +456,193 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         }
     }
     Ok(Summary { records })
+}
+
+/// One optimizer step on batch `b`: returns the loss, the logits and the
+/// labels (for the running accuracy). A non-finite loss is a
+/// [`Error::Numerical`].
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    model: &ResNet,
+    sgd: &mut Sgd,
+    cfg: &TrainConfig,
+    b: Batch,
+    step: u64,
+    steps_per_epoch: usize,
+    lr: f32,
+    device: &Device,
+) -> Result<(f32, Vec<f32>, Vec<u32>)> {
+    if let Some(q) = cfg.qat {
+        model.set_qat_flags(q.flags(step, steps_per_epoch));
+        if q.freezes_observers_at(step, steps_per_epoch) {
+            model.freeze_quantizers()?;
+        }
+    }
+    let shape = b.shape();
+    let x = Tensor::from_vec(b.images, shape, device)?;
+    let logits = model.forward(&x, Mode::Train)?;
+    let loss = ops::cross_entropy(&logits, &b.labels, cfg.label_smoothing)?;
+    let loss_v = loss.item()?;
+    if !loss_v.is_finite() {
+        bail!(Numerical, "the training loss became {loss_v}");
+    }
+    let grads = loss.backward()?;
+    sgd.step(&grads, lr)?;
+    Ok((loss_v, logits.to_vec()?, b.labels))
+}
+
+/// The first tensor of the model state (parameters, batch-norm statistics)
+/// or observer range that holds a NaN or an infinity, described.
+fn first_non_finite(model: &ResNet) -> Result<Option<String>> {
+    for n in model.state() {
+        if let Some(v) = n.tensor.to_vec()?.into_iter().find(|v| !v.is_finite()) {
+            return Ok(Some(format!("{} holds {v}", n.name)));
+        }
+    }
+    for (name, s) in model.save_quantizers() {
+        if !(s.min.is_finite() && s.max.is_finite()) {
+            return Ok(Some(format!(
+                "the range of activation quantizer '{name}' became [{}, {}]",
+                s.min, s.max
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// The one message of a diverged run: mode, where (epoch, step), what went
+/// non-finite, which checkpoint is kept, and what to try.
+fn divergence_message(
+    cfg: &TrainConfig,
+    epoch: usize,
+    step: Option<(usize, usize)>,
+    what: &str,
+    saved: Option<(usize, &Path)>,
+) -> String {
+    let mode = if cfg.qat.is_some() { "QAT" } else { "FP32" };
+    let at = match step {
+        Some((i, n)) => format!("epoch {}/{}, step {}/{n}", epoch + 1, cfg.epochs, i + 1),
+        None => format!("epoch {}/{}, after its last step", epoch + 1, cfg.epochs),
+    };
+    let kept = match saved {
+        Some((e, path)) => format!(
+            "The checkpoint of epoch {e} is kept ({}); resuming it would repeat the same steps \
+             with the same settings.",
+            path.display()
+        ),
+        None => "No checkpoint of this run was written yet.".to_string(),
+    };
+    let mut tries = vec![format!("a lower --lr (this run: {})", cfg.lr)];
+    if cfg.warmup_epochs < cfg.epochs as f32 {
+        tries.push(format!(
+            "a longer --warmup-epochs (this run: {})",
+            cfg.warmup_epochs
+        ));
+    }
+    if let Some(q) = &cfg.qat {
+        tries.push(format!(
+            "a later --act-quant-start (this run: {}; or train FP32 first)",
+            q.act_quant_start
+        ));
+    }
+    format!(
+        "training diverged ({mode}, {at}): {what}. {kept} Try {} in a new run (--overwrite, or \
+         another --out).",
+        tries.join(", ")
+    )
+}
+
+/// `--resume` continues the saved run: every setting must be the
+/// checkpoint's.
+fn check_resumable(cfg: &TrainConfig, saved: &TrainConfig) -> Result<()> {
+    let diffs = cfg.setting_differences(saved);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    if let Some(d) = diffs.iter().find(|d| d.flag == "--seed") {
+        // Every random draw derives from the seed: another one would
+        // silently change the data order after the resume.
+        bail!(
+            Usage,
+            "--resume: the checkpoint was trained with --seed {}; pass --seed {} to continue it \
+             exactly",
+            d.saved,
+            d.saved
+        );
+    }
+    bail!(Usage, "{}", resume_contradictions(&diffs))
+}
+
+/// The error text for settings that contradict the checkpoint being
+/// resumed.
+pub fn resume_contradictions(diffs: &[SettingDiff]) -> String {
+    let list: Vec<String> = diffs
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {} (the checkpoint's run has {})",
+                d.flag, d.ours, d.saved
+            )
+        })
+        .collect();
+    format!(
+        "--resume continues the saved run with its own settings, and these contradict it: {}. \
+         Leave them out to continue, or start a new run (--out DIR, or --overwrite)",
+        list.join("; ")
+    )
+}
+
+/// Refuses model metadata that cannot describe the checkpoint's tensors
+/// before anything is allocated from it (a CRC-valid checkpoint can still
+/// carry absurd sizes).
+fn check_model_info(info: &ModelInfo, ck: &Checkpoint) -> Result<()> {
+    let dim = |name: &str, axis: usize| -> Result<usize> {
+        match ck.model.get(name) {
+            Some(a) if a.shape.len() > axis => Ok(a.shape[axis]),
+            Some(a) => bail!(
+                Data,
+                "checkpoint tensor {name} has shape {:?}, expected at least {} axes",
+                a.shape,
+                axis + 1
+            ),
+            None => bail!(Data, "checkpoint has no tensor {name}"),
+        }
+    };
+    let (classes, channels) = (dim("fc.weight", 0)?, dim("stem.conv.weight", 1)?);
+    if info.num_classes != classes || info.in_channels != channels {
+        bail!(
+            Data,
+            "checkpoint metadata says {} classes and {} input channels, but its tensors have {classes} \
+             and {channels}: the file is corrupt or was edited",
+            info.num_classes,
+            info.in_channels
+        );
+    }
+    if info.mean.len() != channels || info.std.len() != channels {
+        bail!(
+            Data,
+            "checkpoint metadata has {} means and {} standard deviations for {channels} input \
+             channels",
+            info.mean.len(),
+            info.std.len()
+        );
+    }
+    if !info.class_names.is_empty() && info.class_names.len() != classes {
+        bail!(
+            Data,
+            "checkpoint metadata names {} classes for a {classes}-class model",
+            info.class_names.len()
+        );
+    }
+    const MAX_SIDE: usize = 1 << 14;
+    if info.input_hw.iter().any(|&s| s == 0 || s > MAX_SIDE) {
+        bail!(
+            Data,
+            "checkpoint metadata gives an input size of {:?}: each side must lie in [1, {MAX_SIDE}]",
+            info.input_hw
+        );
+    }
+    Ok(())
 }
 
 /// Checkpoint name of the RNG state that draws the data order of the epoch
@@ -396,12 +655,14 @@ fn data_order_rng(seed: u64, epoch: usize) -> Rng {
     Rng::derive(seed, &[stream::PERMUTATION, epoch as u64])
 }
 
+#[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     path: &Path,
     model: &ResNet,
     sgd: &Sgd,
     cfg: &TrainConfig,
     info: &ModelInfo,
+    records: &[EpochRecord],
     epoch: usize,
     global_step: usize,
 ) -> Result<()> {
@@ -417,22 +678,9 @@ fn save_checkpoint(
         config: cfg.clone(),
         model: info.clone(),
         quantizers: model.save_quantizers(),
+        metrics: Some(records.to_vec()),
     };
     ck.extra = serde_json::to_value(extra)
         .map_err(|e| Error::Data(format!("checkpoint metadata: {e}")))?;
     ck.save(path)
-}
-
-fn progress_bar(enabled: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
-    bar
 }

@@ -1,0 +1,206 @@
+//! The `qat` command line: `train`, `eval`, `export` and `verify`. Every
+//! flag is explained in `--help`; numeric flags are range-checked as they
+//! are parsed.
+
+mod parse;
+mod train_cmd;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use qat::checkpoint::Checkpoint;
+use qat::data::fashion_mnist::DEFAULT_DIR;
+use qat::data::{DataSpec, FashionMnist, Loader, LoaderConfig, Normalize, SourceOptions, Split};
+use qat::train;
+use qat::Device;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use train_cmd::TrainArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "qat",
+    version,
+    about = "Quantization-aware training of ResNets on a hand-written CUDA engine",
+    long_about = "Quantization-aware training of ResNets on a hand-written CUDA engine.\n\n\
+                  Train a model with `qat train`; every subcommand has its own --help."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a ResNet on Fashion-MNIST or ImageNet (`--data imagenet:ROOT`),
+    /// QAT by default (--fp32 for float), validating every epoch and writing
+    /// a checkpoint after each.
+    Train(TrainArgs),
+    /// Report top-1/top-5 of a checkpoint on the Fashion-MNIST test set or an
+    /// ImageNet val split (the integer-exact model for QAT checkpoints).
+    Eval(EvalArgs),
+    /// Export a checkpoint as an integer-only int8 ONNX graph (QAT
+    /// checkpoints), or as a float graph with --fp32.
+    Export(ExportArgs),
+    /// Compare the QAT model's integer-exact forward with the int8 executor
+    /// running the exported ONNX graph, layer by layer; fails on any
+    /// mismatch.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A checkpoint written by `qat train` (OUT/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Export the float model (Conv, BatchNormalization, Relu, Add, ...).
+    #[arg(long)]
+    fp32: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The QAT checkpoint the graph was exported from.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The int8 ONNX graph (from `qat export`).
+    #[arg(long)]
+    onnx: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files (the test split is used).
+    /// Only Fashion-MNIST for now: image folders (imagenet:ROOT) are not
+    /// supported by verify yet.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Number of test images to compare (>= 1; the first N).
+    #[arg(long, default_value_t = 1000, value_parser = parse::at_least_one)]
+    images: usize,
+    /// Images per batch (>= 1).
+    #[arg(long, default_value_t = 100, value_parser = parse::at_least_one)]
+    batch_size: usize,
+    /// Device of the QAT model's forward: auto, cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A checkpoint written by `qat train` (OUT/checkpoint.safetensors).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files, or imagenet:ROOT (evaluates
+    /// ROOT/val).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// auto, cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Evaluate the first N test images only, N >= 1 (image folders: N
+    /// evenly spaced ones).
+    #[arg(long, value_parser = parse::at_least_one)]
+    limit: Option<usize>,
+    /// Image folders: decoding threads (>= 1) [default: all cores].
+    #[arg(long, value_parser = parse::at_least_one)]
+    workers: Option<usize>,
+}
+
+fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
+    match cli.command {
+        Command::Train(a) => {
+            let m = matches
+                .subcommand_matches("train")
+                .expect("the train subcommand matched");
+            train_cmd::run(a, m)
+        }
+        Command::Eval(a) => {
+            let (device, line) = Device::choose(&a.device)?;
+            eprintln!("device: {line}");
+            let ck = Checkpoint::load(&a.checkpoint)?;
+            let (model, info, cfg) = train::model_from_checkpoint(&ck, &device)?;
+            let spec = DataSpec::from_path(&a.data);
+            let (loss, acc) = if spec.is_image_folder() {
+                let source = spec.open(&SourceOptions {
+                    batch_size: cfg.batch_size,
+                    seed: 0,
+                    train_limit: None,
+                    val_limit: a.limit,
+                    workers: a.workers.unwrap_or(0),
+                })?;
+                train::evaluate_batches(&model, source.val_batches(), &device)?
+            } else {
+                let mut data = FashionMnist::load(&a.data, Split::Test)?;
+                if let Some(n) = a.limit {
+                    data.truncate(n);
+                }
+                let norm = Normalize::new(&info.mean, &info.std)?;
+                let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
+                train::evaluate(&model, &loader, &device)?
+            };
+            let kind = if cfg.qat.is_some() {
+                "int8 (integer-exact)"
+            } else {
+                "fp32"
+            };
+            println!(
+                "{} {kind}, epoch {}: {} images, loss {loss:.4}, top-1 {:.2}%, top-5 {:.2}%",
+                info.arch,
+                ck.position.epoch,
+                acc.seen,
+                acc.top1(),
+                acc.top5()
+            );
+            Ok(())
+        }
+        Command::Export(a) => {
+            println!(
+                "{}",
+                qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
+            );
+            Ok(())
+        }
+        Command::Verify(a) => {
+            if DataSpec::from_path(&a.data).is_image_folder() {
+                qat::bail!(
+                    Usage,
+                    "verify reads the Fashion-MNIST test split only for now; --data {} is an \
+                     image folder (compare on Fashion-MNIST IDX files)",
+                    a.data.display()
+                );
+            }
+            let (device, line) = Device::choose(&a.device)?;
+            eprintln!("device: {line}");
+            let report = qat::verify::verify_checkpoint(
+                &a.checkpoint,
+                &a.onnx,
+                &a.data,
+                a.images,
+                a.batch_size,
+                &device,
+            )?;
+            println!("{}", report.table());
+            if report.passed() {
+                Ok(())
+            } else {
+                Err(qat::Error::Numerical(format!(
+                    "{} int8 values differ between the QAT model and the executor",
+                    report.total_mismatches()
+                )))
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! `qat train`: its flags, the data-dependent defaults, and `--resume`,
+//! which takes every training setting from the checkpoint.
+
+use crate::parse;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
+use qat::data::fashion_mnist::DEFAULT_DIR;
+use qat::data::DataSpec;
+use qat::models::Arch;
+use qat::train::{self, QatSchedule, TrainConfig, DEFAULT_PROGRESS_SECS};
+use qat::Device;
+use std::path::PathBuf;
+
+/// The flags that may differ from the checkpoint's run on `--resume`.
+const RESUMABLE_FLAGS: &str =
+    "--resume takes every training setting from the checkpoint; only --out, --device, \
+     --workers, --quiet, --progress-secs and --stop-after may be given with it";
+
+#[derive(Args)]
+#[command(after_help = RESUMABLE_FLAGS)]
+pub struct TrainArgs {
+    /// Model: small (for 28x28 images), resnet18, resnet34 or resnet50
+    /// [default: small; resnet18 for imagenet:ROOT].
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Quantization-aware training (the default).
+    #[arg(long, conflicts_with = "fp32")]
+    qat: bool,
+    /// Plain float training instead of QAT.
+    #[arg(long)]
+    fp32: bool,
+    /// QAT: epoch at which activations start being fake-quantized (fractions
+    /// allowed, >= 0) [default: 1, or half the run when shorter].
+    #[arg(long, value_parser = parse::non_negative)]
+    act_quant_start: Option<f32>,
+    /// QAT: epoch at which batch-norm statistics freeze and exact folding
+    /// starts (>= 0) [default: 95% of the run, once the learning rate is
+    /// small].
+    #[arg(long, value_parser = parse::non_negative)]
+    freeze_bn: Option<f32>,
+    /// QAT: epoch at which activation observers freeze (> 0, after at least
+    /// one batch) [default: 97.5% of the run].
+    #[arg(long, value_parser = parse::non_negative)]
+    freeze_observers: Option<f32>,
+    /// QAT: weight of a new batch in the observers' moving min/max, in
+    /// (0, 1].
+    #[arg(long, default_value_t = 0.1, value_parser = parse::weight)]
+    observer_momentum: f32,
+    /// Continue OUT/checkpoint.safetensors exactly where it stopped, with the
+    /// checkpoint's settings (see below).
+    #[arg(long)]
+    resume: bool,
+    /// Start a new run even if OUT already holds a checkpoint (its
+    /// checkpoint, metrics and curves are replaced). Without it, such a
+    /// folder is an error, so a finished run is never lost by accident.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Stop after this many epochs, counted from the start of the run, in
+    /// [1, --epochs] (the schedule still spans --epochs); continue later
+    /// with --resume.
+    #[arg(long, value_parser = parse::at_least_one)]
+    stop_after: Option<usize>,
+    /// Folder with the Fashion-MNIST IDX files (gzip or raw), as installed by
+    /// Debian's dataset-fashion-mnist package; or imagenet:ROOT for an
+    /// ImageFolder tree ROOT/train/<class>/*.jpg, ROOT/val/<class>/*.jpg,
+    /// which switches the defaults to the ImageNet recipe (docs/IMAGENET.md).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Length of the run in epochs (>= 1); the cosine schedule and the QAT
+    /// schedule span it [default: 15; 90 for imagenet:ROOT].
+    #[arg(long, value_parser = parse::at_least_one)]
+    epochs: Option<usize>,
+    /// Images per optimizer step (>= 1).
+    #[arg(long, default_value_t = 128, value_parser = parse::at_least_one)]
+    batch_size: usize,
+    /// Peak learning rate (> 0; reached after the warm-up, then cosine
+    /// decay to 0) [default: 0.1; for imagenet:ROOT 0.1 x batch size / 256].
+    #[arg(long, value_parser = parse::positive)]
+    lr: Option<f32>,
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = parse::fraction)]
+    momentum: f32,
+    /// Weight decay on conv and linear weights (not on biases or batch
+    /// norm), >= 0 [default: 5e-4; 1e-4 for imagenet:ROOT].
+    #[arg(long, value_parser = parse::non_negative)]
+    wd: Option<f32>,
+    /// Nesterov momentum instead of the classical (heavy-ball) form.
+    #[arg(long)]
+    nesterov: bool,
+    /// Label smoothing of the cross-entropy loss, in [0, 1) (0: none).
+    #[arg(long, default_value_t = 0.0, value_parser = parse::fraction)]
+    label_smoothing: f32,
+    /// Linear warm-up length, in epochs (fractions allowed), in [0, --epochs]
+    /// [default: 1, or a quarter of the run when shorter, so that batch norm
+    /// freezes at a low learning rate; 0 for imagenet:ROOT, the reference's
+    /// plain cosine].
+    #[arg(long, value_parser = parse::non_negative)]
+    warmup_epochs: Option<f32>,
+    /// Seeds initialization, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto (CUDA when a GPU works, else CPU), cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png; one
+    /// run at a time (train.lock) [default: runs/fmnist; runs/imagenet for
+    /// imagenet:ROOT].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Train on the first N images only (quick checks; >= 1).
+    #[arg(long, value_parser = parse::at_least_one)]
+    train_limit: Option<usize>,
+    /// Validate on the first N test images only (>= 1).
+    #[arg(long, value_parser = parse::at_least_one)]
+    val_limit: Option<usize>,
+    /// No progress output (the per-epoch summary lines stay).
+    #[arg(long)]
+    quiet: bool,
+    /// Seconds between progress lines when stderr is not a terminal (a log
+    /// file, CI, nohup); on a terminal a progress bar is drawn instead (> 0).
+    #[arg(long, default_value_t = DEFAULT_PROGRESS_SECS, value_parser = parse::positive)]
+    progress_secs: f32,
+    /// Image folders: decoding threads (>= 1) [default: all cores].
+    #[arg(long, value_parser = parse::at_least_one)]
+    workers: Option<usize>,
+}
+
+/// Defaults that depend on the data set: the Fashion-MNIST recipe, or the
+/// ImageNet reference recipe (90 epochs, SGD momentum 0.9, weight decay
+/// 1e-4, cosine, lr 0.1 per 256 images of batch, scaled linearly).
+struct Recipe {
+    arch: Arch,
+    epochs: usize,
+    lr: f32,
+    wd: f32,
+    warmup_epochs: f32,
+    out: PathBuf,
+}
+
+impl Recipe {
+    fn for_data(spec: &DataSpec, batch_size: usize) -> Recipe {
+        if spec.is_image_folder() {
+            Recipe {
+                arch: Arch::ResNet18,
+                epochs: 90,
+                lr: 0.1 * batch_size as f32 / 256.0,
+                wd: 1e-4,
+                warmup_epochs: 0.0,
+                out: "runs/imagenet".into(),
+            }
+        } else {
+            Recipe {
+                arch: Arch::Small,
+                epochs: 15,
+                lr: 0.1,
+                wd: 5e-4,
+                warmup_epochs: 1.0,
+                out: "runs/fmnist".into(),
+            }
+        }
+    }
+}
+
+impl TrainArgs {
+    /// The configuration the flags describe, defaults filled in.
+    fn config(&self) -> TrainConfig {
+        let recipe = Recipe::for_data(&DataSpec::from_path(&self.data), self.batch_size);
+        let epochs = self.epochs.unwrap_or(recipe.epochs);
+        let qat = (!self.fp32).then(|| {
+            let d = QatSchedule::default_for(epochs);
+            QatSchedule {
+                act_quant_start: self.act_quant_start.unwrap_or(d.act_quant_start),
+                freeze_bn: self.freeze_bn.unwrap_or(d.freeze_bn),
+                freeze_observers: self.freeze_observers.unwrap_or(d.freeze_observers),
+                observer_momentum: self.observer_momentum,
+            }
+        });
+        TrainConfig {
+            arch: self.arch.unwrap_or(recipe.arch).name().to_string(),
+            qat,
+            data_dir: self.data.clone(),
+            epochs,
+            batch_size: self.batch_size,
+            lr: self.lr.unwrap_or(recipe.lr),
+            momentum: self.momentum,
+            weight_decay: self.wd.unwrap_or(recipe.wd),
+            nesterov: self.nesterov,
+            label_smoothing: self.label_smoothing,
+            warmup_epochs: self
+                .warmup_epochs
+                .unwrap_or(recipe.warmup_epochs.min(epochs as f32 / 4.0)),
+            seed: self.seed,
+            out: self.out.clone().unwrap_or(recipe.out),
+            train_limit: self.train_limit,
+            val_limit: self.val_limit,
+            progress: !self.quiet,
+            progress_secs: self.progress_secs,
+            stop_after: self.stop_after,
+            workers: self.workers.unwrap_or(0),
+        }
+    }
+}
+
+/// True when `flag` (a [`qat::train::settings`] flag name such as
+/// `--batch-size`, or `--qat/--fp32`) was given on the command line.
+fn given(m: &ArgMatches, flag: &str) -> bool {
+    flag.split('/').any(|f| {
+        let id = f.trim_start_matches("--").replace('-', "_");
+        m.value_source(&id) == Some(ValueSource::CommandLine)
+    })
+}
+
+/// Runs `qat train`; `m` are its parsed arguments (to tell given flags from
+/// defaults).
+pub fn run(a: TrainArgs, m: &ArgMatches) -> qat::Result<()> {
+    let fresh = a.config();
+    let cfg = if a.resume {
+        // The run continues with its own settings: a flag that says
+        // otherwise is an error naming both values.
+        let saved = train::saved_config(&fresh.out)?;
+        let contradictions: Vec<_> = fresh
+            .setting_differences(&saved)
+            .into_iter()
+            .filter(|d| given(m, d.flag))
+            .collect();
+        if !contradictions.is_empty() {
+            qat::bail!(Usage, "{}", train::resume_contradictions(&contradictions));
+        }
+        TrainConfig {
+            out: fresh.out,
+            progress: fresh.progress,
+            progress_secs: fresh.progress_secs,
+            stop_after: fresh.stop_after,
+            workers: fresh.workers,
+            ..saved
+        }
+    } else {
+        fresh
+    };
+    cfg.validate()?;
+    let (device, line) = Device::choose(&a.device)?;
+    eprintln!("device: {line}");
+    eprintln!(
+        "recipe: {} {}, {} epochs, batch {}, lr {} (cosine, {} warm-up epochs), momentum {}, wd {}{}",
+        cfg.arch,
+        if cfg.qat.is_some() { "QAT" } else { "FP32" },
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.warmup_epochs,
+        cfg.momentum,
+        cfg.weight_decay,
+        if a.resume { " (from the checkpoint)" } else { "" }
+    );
+    let ck = train::checkpoint_path(&cfg.out);
+    if !a.resume && !a.overwrite && ck.exists() {
+        qat::bail!(
+            Usage,
+            "{} already holds the checkpoint of a run: continue it with --resume, \
+             start a new run elsewhere with --out DIR, or replace it with --overwrite",
+            cfg.out.display()
+        );
+    }
+    let summary = train::train(&cfg, &device, a.resume)?;
+    if let Some(last) = summary.records.last() {
+        println!(
+            "final: val top-1 {:.2}% top-5 {:.2}%",
+            last.val_top1, last.val_top5
+        );
+    }
+    Ok(())
+}
