@@ -537,3 +537,25 @@ fn absurd_checkpoint_metadata_is_refused_before_allocating() {
         }
     }
 }
+
+/// With stderr not a terminal (a log file, CI), progress comes as plain
+/// lines every --progress-secs seconds; --quiet silences them.
+#[test]
+fn progress_lines_when_stderr_is_not_a_terminal() {
+    let data = synthetic_fmnist("progress", 256, 32);
+    let out = temp_dir("progress");
+    let mut args = vec!["train", "--data", data.to_str().unwrap(), "--epochs", "1"];
+    args.extend_from_slice(&["--out", out.to_str().unwrap(), "--device", "cpu"]);
+    args.extend_from_slice(&["--batch-size", "16", "--progress-secs", "0.001"]);
+    let (ok, log) = qat_bin(&args);
+    assert!(ok, "{log}");
+    let lines = log
+        .lines()
+        .filter(|l| l.starts_with("epoch 1/1: step "))
+        .count();
+    assert!(lines >= 5, "{log}");
+    assert!(log.contains("s elapsed, about"), "{log}");
+    args.extend_from_slice(&["--quiet", "--overwrite"]);
+    let (ok, log) = qat_bin(&args);
+    assert!(ok && !log.contains("epoch 1/1: step "), "{log}");
+}

@@ -545,10 +545,15 @@ fn divergence_message(
             q.act_quant_start
         ));
     }
+    let last = tries.pop().expect("at least the learning rate");
+    let tries = if tries.is_empty() {
+        last
+    } else {
+        format!("{} or {last}", tries.join(", "))
+    };
     format!(
-        "training diverged ({mode}, {at}): {what}. {kept} Try {} in a new run (--overwrite, or \
-         another --out).",
-        tries.join(", ")
+        "training diverged ({mode}, {at}): {what}. {kept} Try {tries}, in a new run \
+         (--overwrite, or another --out)."
     )
 }
 

@@ -204,3 +204,33 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` explains every flag of every subcommand.
+    #[test]
+    fn every_flag_has_help_text() {
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help") {
+                    missing.push(format!("{} --{}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+
+    /// The device line is printed once, by the CLI.
+    #[test]
+    fn device_choice_is_described_once() {
+        let (d, line) = Device::choose("cpu").unwrap();
+        assert!(d.is_cpu());
+        assert_eq!(line, "cpu");
+        let (_, auto) = Device::choose("auto").unwrap();
+        assert!(auto.contains("(auto"), "{auto}");
+    }
+}
