@@ -1,6 +1,12 @@
 //! Modules: layers that own named parameters and buffers and compose into
-//! models. A module's forward takes a [`Mode`]; parameters are addressed by
-//! dotted names (`layer1.0.conv1.weight`), the names checkpoints and export use.
+//! models. A module's forward takes a [`Mode`]; parameters and buffers are
+//! addressed by dotted names built with [`join`]: a [`ConvBn`] unit keeps its
+//! convolution under `conv` and its batch norm under `bn`, so a ResNet has
+//! `stem.conv.weight`, `layer1.0.conv1.conv.weight`,
+//! `layer1.0.conv1.bn.running_var`, `layer2.0.downsample.bn.bias` and
+//! `fc.weight`. Checkpoints store these as `model/<name>` (and the momentum
+//! as `momentum/<name>`), the float ONNX export keeps them, and the int8
+//! export names a folded unit by its prefix (`layer1.0.conv1`).
 
 mod act_quant;
 mod init;
@@ -72,5 +78,28 @@ pub fn join(prefix: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{prefix}.{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Device;
+    use crate::models::{Arch, ResNet};
+    use crate::nn::Module;
+
+    /// The names the module docs give as examples are real ones.
+    #[test]
+    fn documented_names_exist() {
+        let m = ResNet::new(Arch::Small, 1, 10, &Device::cpu(), 0).unwrap();
+        let names: Vec<String> = m.state().into_iter().map(|n| n.name).collect();
+        for want in [
+            "stem.conv.weight",
+            "layer1.0.conv1.conv.weight",
+            "layer1.0.conv1.bn.running_var",
+            "layer2.0.downsample.bn.bias",
+            "fc.weight",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
     }
 }

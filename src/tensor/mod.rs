@@ -153,7 +153,9 @@ impl Tensor {
         ))
     }
 
-    /// The same storage under another shape with the same element count. The
+    /// A copy of the values under another shape with the same element count:
+    /// the result has its own storage, so writing to either tensor later
+    /// (e.g. [`Tensor::copy_from_slice`]) leaves the other as it was. The
     /// result is tracked like `self` and passes gradients through.
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         crate::ops::reshape(self, shape.into())
