@@ -11,12 +11,14 @@
 //! - [`onnx`], [`executor`], [`verify`]: int8 ONNX export, the integer-only
 //!   reference executor, and the layer-by-layer verification harness.
 
+pub mod accuracy;
 pub mod autograd;
 pub mod backend;
 pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod executor;
+pub mod graph;
 pub mod int8;
 pub mod models;
 pub mod nn;
@@ -25,6 +27,7 @@ pub mod ops;
 pub mod optim;
 pub mod quant;
 pub mod rng;
+pub mod saved_model;
 pub mod tensor;
 pub mod train;
 pub mod verify;

@@ -1,5 +1,5 @@
 //! The verification harness: the QAT model's integer-exact eval forward
-//! ([`Int8ResNet::forward_trace`], on any device) and the int8 executor run
+//! ([`Int8Net::forward_trace`], on any device) and the int8 executor run
 //! on the same images, and every layer's int8 tensor is compared element by
 //! element (spec S10.1). Layers are matched by name: the exporter names each
 //! int8 activation after the trace's layer names.
@@ -7,9 +7,9 @@
 use crate::checkpoint::Checkpoint;
 use crate::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use crate::executor::{ExecTensor, Executor};
-use crate::int8::Int8ResNet;
+use crate::int8::Int8Net;
 use crate::tensor::Tensor;
-use crate::train::metrics::Accuracy;
+use crate::accuracy::Accuracy;
 use crate::{bail, Device, Result};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -110,13 +110,13 @@ impl VerifyReport {
 
 /// Accumulates the comparison over batches.
 pub struct Verifier<'a> {
-    model: &'a Int8ResNet,
+    model: &'a Int8Net,
     exec: &'a Executor,
     report: VerifyReport,
 }
 
 impl<'a> Verifier<'a> {
-    pub fn new(model: &'a Int8ResNet, exec: &'a Executor) -> Self {
+    pub fn new(model: &'a Int8Net, exec: &'a Executor) -> Self {
         Verifier {
             model,
             exec,
@@ -219,7 +219,7 @@ pub fn verify_checkpoint(
         bail!(Usage, "--images must be at least 1");
     }
     let ck = Checkpoint::load(checkpoint)?;
-    let (model, info, _) = crate::train::model_from_checkpoint(&ck, device)?;
+    let (model, info) = crate::saved_model::load(&ck, device)?;
     if !model.is_quantized() {
         bail!(
             Usage,
@@ -227,7 +227,7 @@ pub fn verify_checkpoint(
             checkpoint.display()
         );
     }
-    let int8 = Int8ResNet::build(&model)?;
+    let int8 = Int8Net::build(&model)?;
     let exec = Executor::load(onnx)?;
     let mut ds = FashionMnist::load(data, Split::Test)?;
     ds.truncate(images);

@@ -1,14 +1,12 @@
-//! Integer-exact conv / FC layers and residual blocks.
+//! Integer-exact convolution (and FC as a 1x1 convolution).
 
-use super::qparams_of;
-use crate::backend::{Conv2dGeom, Device, QAddArgs, QConvArgs, Storage};
-use crate::models::resnet::Block;
-use crate::nn::{ConvBn, Linear};
+use crate::backend::{Conv2dGeom, Device, QConvArgs, Storage};
+use crate::nn::{Conv2d, ConvBn, Linear};
 use crate::ops::Conv2dParams;
 use crate::quant::fold::fold_conv_bn;
 use crate::quant::params::weight_scales;
 use crate::quant::requant::{output_bounds, quantize_bias_slice, requant_multiplier};
-use crate::quant::{fake::quantize_per_channel, AddRequant, QParams};
+use crate::quant::{fake::quantize_per_channel, QParams};
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -73,8 +71,13 @@ impl QConv {
     }
 
     /// Folds a ConvBn unit with its running statistics (S4) and quantizes it.
-    pub fn from_conv_bn(name: &str, u: &ConvBn, in_q: QParams, dev: &Device) -> Result<Self> {
-        let out_q = qparams_of(&u.out_quant, name)?;
+    pub fn from_conv_bn(
+        name: &str,
+        u: &ConvBn,
+        in_q: QParams,
+        out_q: QParams,
+        dev: &Device,
+    ) -> Result<Self> {
         let bn = &u.bn;
         let b_conv = u.conv.bias.as_ref().map(|b| b.to_vec()).transpose()?;
         let (w_fold, b_fold) = fold_conv_bn(
@@ -96,6 +99,33 @@ impl QConv {
             in_q,
             out_q,
             u.relu,
+            dev,
+        )
+    }
+
+    /// A convolution with its own bias and no batch norm (already folded).
+    pub fn from_conv(
+        name: &str,
+        c: &Conv2d,
+        relu: bool,
+        in_q: QParams,
+        out_q: QParams,
+        dev: &Device,
+    ) -> Result<Self> {
+        let d = c.weight.dims();
+        let bias = match &c.bias {
+            Some(b) => b.to_vec()?,
+            None => vec![0.0; d[0]],
+        };
+        QConv::new(
+            name,
+            &c.weight.to_vec()?,
+            [d[0], d[1], d[2], d[3]],
+            &bias,
+            c.params,
+            in_q,
+            out_q,
+            relu,
             dev,
         )
     }
@@ -153,86 +183,5 @@ impl QConv {
             &mut y.storage_mut(),
         )?;
         Ok(y)
-    }
-}
-
-/// A quantized residual block: convs, optional projection, exact add + ReLU.
-pub struct QBlock {
-    pub name: String,
-    pub convs: Vec<QConv>,
-    pub downsample: Option<QConv>,
-    pub in_q: QParams,
-    pub add: QAddArgs,
-    pub add_q: QParams,
-}
-
-impl QBlock {
-    pub fn build(name: &str, b: &Block, in_q: QParams, dev: &Device) -> Result<Self> {
-        let mut convs = Vec::new();
-        let mut q = in_q;
-        for (j, c) in b.convs.iter().enumerate() {
-            let qc = QConv::from_conv_bn(&format!("{name}.conv{}", j + 1), c, q, dev)?;
-            q = qc.out_q;
-            convs.push(qc);
-        }
-        let downsample = b
-            .downsample
-            .as_ref()
-            .map(|d| QConv::from_conv_bn(&format!("{name}.downsample"), d, in_q, dev))
-            .transpose()?;
-        let short_q = downsample.as_ref().map_or(in_q, |d| d.out_q);
-        let add_q = qparams_of(&b.add_quant, &format!("{name}.add"))?;
-        let r = AddRequant::new(
-            q.scale,
-            q.zero_point,
-            short_q.scale,
-            short_q.zero_point,
-            add_q.scale,
-            add_q.zero_point,
-            true,
-        )?;
-        let add = QAddArgs {
-            s_a: q.scale,
-            s_b: short_q.scale,
-            s_c: add_q.scale,
-            rq: r,
-        };
-        Ok(QBlock {
-            name: name.to_string(),
-            convs,
-            downsample,
-            in_q,
-            add,
-            add_q,
-        })
-    }
-
-    pub(super) fn forward(
-        &self,
-        x: &Tensor,
-        record: &mut dyn FnMut(&str, &Tensor, QParams) -> Result<()>,
-    ) -> Result<Tensor> {
-        let mut y = x.clone();
-        for c in &self.convs {
-            y = c.forward(&y)?;
-            record(&c.name, &y, c.out_q)?;
-        }
-        let short = match &self.downsample {
-            Some(d) => {
-                let s = d.forward(x)?;
-                record(&d.name, &s, d.out_q)?;
-                s
-            }
-            None => x.clone(),
-        };
-        let out = Tensor::zeros(y.shape().clone(), y.device())?;
-        y.device().backend().qadd(
-            &self.add,
-            &y.storage(),
-            &short.storage(),
-            &mut out.storage_mut(),
-        )?;
-        record(&format!("{}.add", self.name), &out, self.add_q)?;
-        Ok(out)
     }
 }

@@ -1,22 +1,22 @@
-//! The integer-exact form of a QAT ResNet (S5-S9): every quantized layer's
-//! int8 weights, int32 biases, requantization multipliers and activation
-//! scales, built once from the trained model by the same functions export
-//! uses, and an eval forward that computes every layer's exact integer
-//! accumulator on the model's device. Each activation it produces equals
-//! `(q - z) * s` with the very `q` the int8 executor computes.
+//! The integer-exact form of a QAT network graph (S5-S9): the graph lowered
+//! to int8 steps, each quantized layer's int8 weights, int32 biases,
+//! requantization multipliers and activation scales built once from the
+//! trained graph by the same functions export uses, and an eval forward that
+//! computes every layer's exact integer accumulator on the graph's device.
+//! Each activation it produces equals `(q - z) * s` with the very `q` the
+//! int8 executor computes.
 
 mod layers;
 
-pub use layers::{QBlock, QConv};
+pub use layers::QConv;
 
-use crate::backend::{Device, FqTensor, QGapArgs};
-use crate::models::ResNet;
-use crate::nn::ActQuant;
+use crate::backend::{Device, FqTensor, QAddArgs, QGapArgs};
+use crate::graph::{Graph, NodeId, Op};
 use crate::ops::{self, MaxPool2dParams};
 use crate::quant::fake::quantize;
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::pool::gap_multiplier;
-use crate::quant::QParams;
+use crate::quant::{AddRequant, QParams};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 
@@ -29,61 +29,144 @@ pub struct LayerOutput {
     pub values: Vec<i8>,
 }
 
-pub struct Int8ResNet {
-    pub input_q: QParams,
-    pub stem: QConv,
-    pub stem_pool: Option<MaxPool2dParams>,
-    pub blocks: Vec<QBlock>,
-    pub gap_q: QParams,
-    /// The classifier as a 1x1 convolution over `[N, C, 1, 1]`.
-    pub fc: QConv,
+/// What one lowered node computes.
+pub enum StepKind {
+    /// The float input quantized with the input quantizer.
+    Quantize,
+    /// A quantized convolution (Conv+BN folded, or a plain conv).
+    Conv(QConv),
+    /// Exact residual add (S7), ReLU folded into the clamp when set.
+    Add(QAddArgs),
+    /// Max pooling on the quantized values (same parameters in and out).
+    MaxPool(MaxPool2dParams),
+    /// Integer-exact global average pooling (S6), `[N, C, 1, 1]` out.
+    GlobalAvgPool,
+    /// The flatten after global average pooling: the pooled `[N, C, 1, 1]`
+    /// tensor is already what the classifier reads.
+    Flatten,
+    /// The classifier as a 1x1 convolution over `[N, C, 1, 1]`, reshaped to
+    /// `[N, classes]`.
+    Fc(QConv),
+}
+
+/// One graph node lowered to int8: its name (the node's), the steps it reads
+/// (indices into [`Int8Net::steps`]), its computation and the quantization
+/// of its output.
+pub struct Step {
+    pub name: String,
+    pub inputs: Vec<usize>,
+    pub kind: StepKind,
+    pub out_q: QParams,
+}
+
+impl Step {
+    /// Whether the step's output has quantization parameters of its own
+    /// (max pooling and flattening share their input's).
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self.kind, StepKind::MaxPool(_) | StepKind::Flatten)
+    }
+}
+
+/// A QAT graph lowered to integer-exact steps, one per node, in graph order.
+pub struct Int8Net {
+    pub steps: Vec<Step>,
     pub num_classes: usize,
     pub device: Device,
 }
 
-pub(crate) fn qparams_of(q: &Option<ActQuant>, what: &str) -> Result<QParams> {
-    match q {
-        Some(q) => q.qparams(),
-        None => bail!(
-            Usage,
-            "{what} has no activation quantizer: the model is not a QAT model"
-        ),
-    }
-}
-
-impl Int8ResNet {
-    /// Folds, quantizes and uploads every layer of a QAT model.
-    pub fn build(m: &ResNet) -> Result<Self> {
-        let dev = m.fc.weight.device().clone();
-        let input_q = qparams_of(&m.input_quant, "the input")?;
-        let stem = QConv::from_conv_bn("stem", &m.stem, input_q, &dev)?;
-        let mut x_q = stem.out_q;
-        let mut blocks = Vec::new();
-        for (s, stage) in m.stages.iter().enumerate() {
-            for (i, b) in stage.iter().enumerate() {
-                let qb = QBlock::build(&format!("layer{}.{i}", s + 1), b, x_q, &dev)?;
-                x_q = qb.add_q;
-                blocks.push(qb);
-            }
+impl Int8Net {
+    /// Folds, quantizes and uploads every layer of a QAT graph.
+    pub fn build(g: &Graph) -> Result<Self> {
+        let dev = g.device().clone();
+        let mut steps: Vec<Step> = Vec::new();
+        // Whether each step's output is a pooled `[N, C, 1, 1]` tensor.
+        let mut pooled: Vec<bool> = Vec::new();
+        for node in g.nodes() {
+            let inputs: Vec<NodeId> = node.inputs.clone();
+            let in_q = |k: usize| -> Result<QParams> {
+                match inputs.get(k) {
+                    Some(&i) => Ok(steps[i].out_q),
+                    None => bail!(Usage, "{} has no input {k}", node.name),
+                }
+            };
+            let own_q = || node.quantizer()?.qparams();
+            let (kind, out_q, is_pooled) = match &node.op {
+                Op::Input { .. } => (StepKind::Quantize, own_q()?, false),
+                Op::ConvBn(u) => {
+                    let out_q = own_q()?;
+                    let c = QConv::from_conv_bn(&node.name, u, in_q(0)?, out_q, &dev)?;
+                    (StepKind::Conv(c), out_q, false)
+                }
+                Op::Conv { conv, relu } => {
+                    let out_q = own_q()?;
+                    let c = QConv::from_conv(&node.name, conv, *relu, in_q(0)?, out_q, &dev)?;
+                    (StepKind::Conv(c), out_q, false)
+                }
+                Op::Add { relu } => {
+                    let (a, b, c) = (in_q(0)?, in_q(1)?, own_q()?);
+                    let rq = AddRequant::new(
+                        a.scale,
+                        a.zero_point,
+                        b.scale,
+                        b.zero_point,
+                        c.scale,
+                        c.zero_point,
+                        *relu,
+                    )?;
+                    let args = QAddArgs {
+                        s_a: a.scale,
+                        s_b: b.scale,
+                        s_c: c.scale,
+                        rq,
+                    };
+                    (StepKind::Add(args), c, false)
+                }
+                Op::MaxPool(p) => (StepKind::MaxPool(*p), in_q(0)?, false),
+                Op::GlobalAvgPool => (StepKind::GlobalAvgPool, own_q()?, true),
+                Op::Flatten => {
+                    if !pooled[inputs[0]] {
+                        bail!(
+                            Usage,
+                            "{}: int8 lowering supports flatten only after global average pooling",
+                            node.name
+                        );
+                    }
+                    (StepKind::Flatten, in_q(0)?, true)
+                }
+                Op::Linear(l) => {
+                    if !pooled[inputs[0]] {
+                        bail!(
+                            Usage,
+                            "{}: int8 lowering supports a linear layer only on pooled features",
+                            node.name
+                        );
+                    }
+                    let out_q = own_q()?;
+                    let c = QConv::from_linear(&node.name, l, in_q(0)?, out_q, &dev)?;
+                    (StepKind::Fc(c), out_q, false)
+                }
+            };
+            steps.push(Step {
+                name: node.name.clone(),
+                inputs,
+                kind,
+                out_q,
+            });
+            pooled.push(is_pooled);
         }
-        let gap_q = qparams_of(&m.gap_quant, "the global average pool")?;
-        let fc = QConv::from_linear(
-            "fc",
-            &m.fc,
-            gap_q,
-            qparams_of(&m.fc_quant, "the classifier")?,
-            &dev,
-        )?;
-        Ok(Int8ResNet {
-            input_q,
-            stem,
-            stem_pool: m.stem_pool,
-            blocks,
-            gap_q,
-            num_classes: m.fc.weight.dims()[0],
-            fc,
+        if !matches!(steps.last().map(|s| &s.kind), Some(StepKind::Fc(_))) {
+            bail!(Usage, "int8 lowering: the network must end in a linear classifier");
+        }
+        Ok(Int8Net {
+            steps,
+            num_classes: g.num_classes(),
             device: dev,
         })
+    }
+
+    /// The quantization of the network input.
+    pub fn input_q(&self) -> QParams {
+        self.steps[0].out_q
     }
 
     /// Float logits `(q - z) * s` of the int8 logits.
@@ -108,49 +191,81 @@ impl Int8ResNet {
                 self.device.backend().name()
             );
         }
-        let mut record = |name: &str, t: &Tensor, q: QParams| -> Result<()> {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push(to_int8(name, t, q)?);
+        let n_steps = self.steps.len();
+        let mut last_use: Vec<usize> = (0..n_steps).collect();
+        for (i, s) in self.steps.iter().enumerate() {
+            for &j in &s.inputs {
+                last_use[j] = i;
             }
-            Ok(())
-        };
+        }
         crate::autograd::no_grad(|| {
             let be = self.device.backend();
-            let xq = Tensor::zeros(x.shape().clone(), &self.device)?;
-            let fq = FqTensor {
-                scale: self.input_q.scale,
-                zero_point: self.input_q.zero_point,
-                qmin: ACT_QMIN,
-                qmax: ACT_QMAX,
-            };
-            be.fake_quant_tensor_fwd(&fq, &x.storage(), &mut xq.storage_mut())?;
-            record("input", &xq, self.input_q)?;
-            let mut y = self.stem.forward(&xq)?;
-            record(&self.stem.name, &y, self.stem.out_q)?;
-            if let Some(p) = self.stem_pool {
-                y = ops::max_pool2d(&y, p)?;
+            let mut values: Vec<Option<Tensor>> = vec![None; n_steps];
+            for (i, step) in self.steps.iter().enumerate() {
+                let arg = |k: usize| -> Result<&Tensor> {
+                    match step.inputs.get(k).and_then(|&j| values[j].as_ref()) {
+                        Some(t) => Ok(t),
+                        None => bail!(Usage, "{}: input {k} is missing", step.name),
+                    }
+                };
+                let y = match &step.kind {
+                    StepKind::Quantize => {
+                        let xq = Tensor::zeros(x.shape().clone(), &self.device)?;
+                        let fq = FqTensor {
+                            scale: step.out_q.scale,
+                            zero_point: step.out_q.zero_point,
+                            qmin: ACT_QMIN,
+                            qmax: ACT_QMAX,
+                        };
+                        be.fake_quant_tensor_fwd(&fq, &x.storage(), &mut xq.storage_mut())?;
+                        xq
+                    }
+                    StepKind::Conv(c) => c.forward(arg(0)?)?,
+                    StepKind::Add(args) => {
+                        let (a, b) = (arg(0)?, arg(1)?);
+                        let out = Tensor::zeros(a.shape().clone(), a.device())?;
+                        be.qadd(args, &a.storage(), &b.storage(), &mut out.storage_mut())?;
+                        out
+                    }
+                    StepKind::MaxPool(p) => ops::max_pool2d(arg(0)?, *p)?,
+                    StepKind::GlobalAvgPool => {
+                        let y = arg(0)?;
+                        let (n, c, h, w) = y.shape().nchw()?;
+                        let q_in = self.steps[step.inputs[0]].out_q;
+                        let args = QGapArgs {
+                            n,
+                            c,
+                            hw: h * w,
+                            s_in: q_in.scale,
+                            z_in: q_in.zero_point,
+                            m: gap_multiplier(q_in.scale, step.out_q.scale, h * w),
+                            s_out: step.out_q.scale,
+                            z_out: step.out_q.zero_point,
+                        };
+                        let pooled = Tensor::zeros([n, c, 1, 1], &self.device)?;
+                        be.qgap(&args, &y.storage(), &mut pooled.storage_mut())?;
+                        pooled
+                    }
+                    StepKind::Flatten => arg(0)?.clone(),
+                    StepKind::Fc(c) => {
+                        let y = arg(0)?;
+                        let n = y.dims()[0];
+                        c.forward(y)?.reshape([n, self.num_classes])?
+                    }
+                };
+                if step.is_quantized() {
+                    if let Some(tr) = trace.as_deref_mut() {
+                        tr.push(to_int8(&step.name, &y, step.out_q)?);
+                    }
+                }
+                for &j in &step.inputs {
+                    if last_use[j] == i {
+                        values[j] = None;
+                    }
+                }
+                values[i] = Some(y);
             }
-            for b in &self.blocks {
-                y = b.forward(&y, &mut record)?;
-            }
-            let (n, c, h, w) = y.shape().nchw()?;
-            let q_in = self.blocks.last().map_or(self.stem.out_q, |b| b.add_q);
-            let args = QGapArgs {
-                n,
-                c,
-                hw: h * w,
-                s_in: q_in.scale,
-                z_in: q_in.zero_point,
-                m: gap_multiplier(q_in.scale, self.gap_q.scale, h * w),
-                s_out: self.gap_q.scale,
-                z_out: self.gap_q.zero_point,
-            };
-            let pooled = Tensor::zeros([n, c, 1, 1], &self.device)?;
-            be.qgap(&args, &y.storage(), &mut pooled.storage_mut())?;
-            record("gap", &pooled, self.gap_q)?;
-            let logits = self.fc.forward(&pooled)?.reshape([n, self.num_classes])?;
-            record(&self.fc.name, &logits, self.fc.out_q)?;
-            Ok(logits)
+            Ok(values[n_steps - 1].take().expect("the output was computed"))
         })
     }
 }

@@ -179,16 +179,15 @@ impl Module for Linear {
     }
 }
 
-/// Convolution, batch norm and an optional ReLU: the unit every ResNet layer
-/// is built from, and the unit quantization-aware training folds (S4). With
-/// `out_quant` set the unit is quantized: weights are folded and
-/// fake-quantized per channel, and the output goes through its activation
+/// Convolution, batch norm and an optional ReLU: the unit convolutional
+/// networks are built from, and the unit quantization-aware training folds
+/// (S4): in [`ConvBn::forward_qat`] weights are folded and fake-quantized
+/// per channel, and the output goes through the node's activation
 /// quantizer.
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm2d,
     pub relu: bool,
-    pub out_quant: Option<ActQuant>,
 }
 
 impl ConvBn {
@@ -215,7 +214,6 @@ impl ConvBn {
             )?,
             bn: BatchNorm2d::new(device, c_out)?,
             relu,
-            out_quant: None,
         })
     }
 
@@ -225,11 +223,15 @@ impl ConvBn {
     /// batch statistics (so `y = conv(x, fq(w_fold)) * sigma_run / sigma_B +
     /// beta - gamma * mu_B / sigma_B`), running statistics keep updating.
     /// After the freeze: `conv(x, fq(w_fold)) + b_fold` with the running
-    /// statistics. Gradients reach W, gamma and beta through the fold.
-    pub fn forward_qat(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
-        let Some(quant) = &self.out_quant else {
-            return self.forward(x, mode);
-        };
+    /// statistics. Gradients reach W, gamma and beta through the fold. The
+    /// result goes through `quant`, the unit's activation quantizer.
+    pub fn forward_qat(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        flags: QatFlags,
+        quant: &ActQuant,
+    ) -> Result<Tensor> {
         let bn = &self.bn;
         let var = bn.running_var.to_vec()?;
         let sigma: Vec<f32> = var.iter().map(|&v| (v + bn.eps).sqrt()).collect();

@@ -1,13 +1,14 @@
 //! Building the ONNX graphs (see the module documentation for names).
 
 use super::{INPUT_NAME, IR_VERSION, MS_DOMAIN, MS_OPSET, OPSET, OUTPUT_NAME};
-use crate::int8::{Int8ResNet, QConv};
-use crate::models::ResNet;
-use crate::nn::ConvBn;
+use crate::graph::{Graph, Op};
+use crate::int8::{Int8Net, QConv, StepKind};
+use crate::models::Arch;
+use crate::nn::{Conv2d, ConvBn};
 use crate::ops::{Conv2dParams, MaxPool2dParams};
 use crate::quant::params::ACT_QMIN;
 use crate::quant::QParams;
-use crate::train::ModelInfo;
+use crate::saved_model::ModelInfo;
 use crate::{bail, Error, Result};
 use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
@@ -30,107 +31,127 @@ pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
-/// The integer-only graph of `m` (spec S5-S8): QuantizeLinear, a QLinearConv
-/// per Conv+BN(+ReLU) unit (per-channel int8 weights, int32 bias, ReLU
-/// folded into the output zero point -128), QLinearAdd per residual add
-/// (its ReLU likewise), MaxPool on int8, QLinearGlobalAveragePool, the
-/// classifier as a 1x1 QLinearConv, Flatten and DequantizeLinear.
-pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
+/// The integer-only graph of `m` (spec S5-S8), one group of ONNX nodes per
+/// lowered step: QuantizeLinear for the input, a QLinearConv per
+/// convolution (per-channel int8 weights, int32 bias, ReLU folded into the
+/// output zero point -128), QLinearAdd per residual add (its ReLU likewise),
+/// MaxPool on int8, QLinearGlobalAveragePool, the classifier as a 1x1
+/// QLinearConv then Flatten, and DequantizeLinear of the logits. Every
+/// output is named after its node.
+pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
     let mut b = Builder::default();
-    let c_in = m.stem.w_shape[1] * m.stem.params.groups;
     b.graph.input.push(value_info(
         INPUT_NAME,
         DataType::FLOAT,
         &[
             Dim::Param("batch"),
-            Dim::Value(c_in),
+            Dim::Value(meta.in_channels),
             Dim::Value(meta.input_hw[0]),
             Dim::Value(meta.input_hw[1]),
         ],
     ));
-    b.qparams("input", m.input_q)?;
-    b.node(
-        "QuantizeLinear",
-        "input.quantize",
-        "",
-        &[INPUT_NAME, "input.scale", "input.zero_point"],
-        &["input"],
-        vec![],
-    );
-    b.qconv(&m.stem, "input", &m.stem.name)?;
-    let mut x = m.stem.name.clone();
-    if let Some(p) = m.stem_pool {
-        let out = format!("{}.maxpool", m.stem.name);
-        b.node("MaxPool", &out, "", &[&x], &[&out], pool_attrs(p));
-        b.alias(&out, &x);
-        x = out;
-    }
-    for blk in &m.blocks {
-        let block_in = x.clone();
-        for c in &blk.convs {
-            b.qconv(c, &x, &c.name)?;
-            x = c.name.clone();
-        }
-        let short = match &blk.downsample {
-            Some(d) => {
-                b.qconv(d, &block_in, &d.name)?;
-                d.name.clone()
+    // The ONNX value holding each step's output.
+    let mut values: Vec<String> = Vec::new();
+    for step in &m.steps {
+        let input = |k: usize| -> Result<String> {
+            match step.inputs.get(k) {
+                Some(&i) => Ok(values[i].clone()),
+                None => bail!(Onnx, "{}: input {k} is missing", step.name),
             }
-            None => block_in,
         };
-        let add = format!("{}.add", blk.name);
-        if blk.add.rq.z_c != ACT_QMIN || blk.add.rq.lo != ACT_QMIN {
-            bail!(
-                Onnx,
-                "{add}: output zero point {} is not -128, so its ReLU cannot be folded into QLinearAdd",
-                blk.add.rq.z_c
-            );
-        }
-        b.qparams(&add, blk.add_q)?;
-        b.node(
-            "QLinearAdd",
-            &add,
-            MS_DOMAIN,
-            &[
-                &x,
-                &b.scale(&x),
-                &b.zp(&x),
-                &short,
-                &b.scale(&short),
-                &b.zp(&short),
-                &b.scale(&add),
-                &b.zp(&add),
-            ],
-            &[&add],
-            vec![],
-        );
-        x = add;
+        let name = step.name.as_str();
+        let out = match &step.kind {
+            StepKind::Quantize => {
+                b.qparams(name, step.out_q)?;
+                b.node(
+                    "QuantizeLinear",
+                    &format!("{name}.quantize"),
+                    "",
+                    &[INPUT_NAME, &format!("{name}.scale"), &format!("{name}.zero_point")],
+                    &[name],
+                    vec![],
+                );
+                name.to_string()
+            }
+            StepKind::Conv(c) => {
+                b.qconv(c, &input(0)?, name)?;
+                name.to_string()
+            }
+            StepKind::MaxPool(p) => {
+                let x = input(0)?;
+                b.node("MaxPool", name, "", &[&x], &[name], pool_attrs(*p));
+                b.alias(name, &x);
+                name.to_string()
+            }
+            StepKind::Add(args) => {
+                let (x, short) = (input(0)?, input(1)?);
+                // A ReLU clamps at the zero point: only at -128 is it the
+                // int8 range QLinearAdd saturates to anyway.
+                if args.rq.lo != ACT_QMIN {
+                    bail!(
+                        Onnx,
+                        "{name}: output zero point {} is not -128, so its ReLU cannot be folded into QLinearAdd",
+                        args.rq.z_c
+                    );
+                }
+                b.qparams(name, step.out_q)?;
+                b.node(
+                    "QLinearAdd",
+                    name,
+                    MS_DOMAIN,
+                    &[
+                        &x,
+                        &b.scale(&x),
+                        &b.zp(&x),
+                        &short,
+                        &b.scale(&short),
+                        &b.zp(&short),
+                        &b.scale(name),
+                        &b.zp(name),
+                    ],
+                    &[name],
+                    vec![],
+                );
+                name.to_string()
+            }
+            StepKind::GlobalAvgPool => {
+                let x = input(0)?;
+                b.qparams(name, step.out_q)?;
+                b.node(
+                    "QLinearGlobalAveragePool",
+                    name,
+                    MS_DOMAIN,
+                    &[&x, &b.scale(&x), &b.zp(&x), &format!("{name}.scale"), &format!("{name}.zero_point")],
+                    &[name],
+                    vec![attr_int("channels_last", 0)],
+                );
+                name.to_string()
+            }
+            // The pooled [N, C, 1, 1] tensor is what the classifier reads.
+            StepKind::Flatten => input(0)?,
+            StepKind::Fc(c) => {
+                let nchw = format!("{name}.nchw");
+                b.qconv(c, &input(0)?, &nchw)?;
+                b.alias(name, &nchw);
+                b.node(
+                    "Flatten",
+                    &format!("{name}.flatten"),
+                    "",
+                    &[&nchw],
+                    &[name],
+                    vec![attr_int("axis", 1)],
+                );
+                name.to_string()
+            }
+        };
+        values.push(out);
     }
-    b.qparams("gap", m.gap_q)?;
-    b.node(
-        "QLinearGlobalAveragePool",
-        "gap",
-        MS_DOMAIN,
-        &[&x, &b.scale(&x), &b.zp(&x), "gap.scale", "gap.zero_point"],
-        &["gap"],
-        vec![attr_int("channels_last", 0)],
-    );
-    let fc_nchw = format!("{}.nchw", m.fc.name);
-    b.qconv(&m.fc, "gap", &fc_nchw)?;
-    b.alias(&m.fc.name, &fc_nchw);
-    b.node(
-        "Flatten",
-        &format!("{}.flatten", m.fc.name),
-        "",
-        &[&fc_nchw],
-        &[&m.fc.name],
-        vec![attr_int("axis", 1)],
-    );
+    let last = values.last().cloned().unwrap_or_default();
     b.node(
         "DequantizeLinear",
-        &format!("{}.dequantize", m.fc.name),
+        &format!("{last}.dequantize"),
         "",
-        &[&m.fc.name, &b.scale(&m.fc.name), &b.zp(&m.fc.name)],
+        &[&last, &b.scale(&last), &b.zp(&last)],
         &[OUTPUT_NAME],
         vec![],
     );
@@ -143,75 +164,85 @@ pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
     Ok(model(b.graph, meta, "int8", true))
 }
 
-/// The float graph of `m` (its float weights; quantizers, if any, are
+/// The float graph of `g` (its float weights; quantizers, if any, are
 /// ignored): Conv, BatchNormalization (running statistics, not folded), Relu,
-/// Add, MaxPool, GlobalAveragePool, Flatten, Gemm. Parameter tensors keep
-/// the model's names (`stem.conv.weight`, `stem.bn.running_mean`, ...).
-pub fn export_fp32(m: &ResNet, meta: &ExportMeta) -> Result<ModelProto> {
+/// Add, MaxPool, GlobalAveragePool and Flatten, Gemm. Parameter tensors keep
+/// the model's names (`stem.conv.weight`, `stem.bn.running_mean`, ...); the
+/// ReLU after an add named `X.add` is `X.relu`.
+pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
     let mut b = Builder::default();
-    let c_in = m.stem.conv.weight.dims()[1] * m.stem.conv.params.groups;
     b.graph.input.push(value_info(
         INPUT_NAME,
         DataType::FLOAT,
         &[
             Dim::Param("batch"),
-            Dim::Value(c_in),
+            Dim::Value(g.in_channels()),
             Dim::Value(meta.input_hw[0]),
             Dim::Value(meta.input_hw[1]),
         ],
     ));
-    let mut x = b.conv_bn_fp32(&m.stem, "stem", INPUT_NAME)?;
-    if let Some(p) = m.stem_pool {
-        let out = "stem.maxpool".to_string();
-        b.node("MaxPool", &out, "", &[&x], &[&out], pool_attrs(p));
-        x = out;
-    }
-    for (s, stage) in m.stages.iter().enumerate() {
-        for (i, blk) in stage.iter().enumerate() {
-            let p = format!("layer{}.{i}", s + 1);
-            let block_in = x.clone();
-            for (j, c) in blk.convs.iter().enumerate() {
-                x = b.conv_bn_fp32(c, &format!("{p}.conv{}", j + 1), &x)?;
+    let last = g.nodes().len() - 1;
+    let mut values: Vec<String> = Vec::new();
+    for (i, node) in g.nodes().iter().enumerate() {
+        let input = |k: usize| -> Result<String> {
+            match node.inputs.get(k) {
+                Some(&j) => Ok(values[j].clone()),
+                None => bail!(Onnx, "{}: input {k} is missing", node.name),
             }
-            let short = match &blk.downsample {
-                Some(d) => b.conv_bn_fp32(d, &format!("{p}.downsample"), &block_in)?,
-                None => block_in,
-            };
-            let add = format!("{p}.add");
-            b.node("Add", &add, "", &[&x, &short], &[&add], vec![]);
-            let relu = format!("{p}.relu");
-            b.node("Relu", &relu, "", &[&add], &[&relu], vec![]);
-            x = relu;
-        }
+        };
+        let name = node.name.as_str();
+        let out = match &node.op {
+            Op::Input { .. } => INPUT_NAME.to_string(),
+            Op::ConvBn(u) => b.conv_bn_fp32(u, name, &input(0)?)?,
+            Op::Conv { conv, relu } => {
+                let c = b.conv_fp32(conv, name, &format!("{name}.weight"), &format!("{name}.bias"), &input(0)?)?;
+                b.relu_fp32(*relu, name, c)
+            }
+            Op::Add { relu } => {
+                b.node("Add", name, "", &[&input(0)?, &input(1)?], &[name], vec![]);
+                let scope = name.strip_suffix(".add").unwrap_or(name);
+                b.relu_fp32(*relu, scope, name.to_string())
+            }
+            Op::MaxPool(p) => {
+                b.node("MaxPool", name, "", &[&input(0)?], &[name], pool_attrs(*p));
+                name.to_string()
+            }
+            Op::GlobalAvgPool => {
+                // ONNX keeps the 1x1 plane; our pooled features are [N, C].
+                b.node("GlobalAveragePool", name, "", &[&input(0)?], &[name], vec![]);
+                let flat = format!("{name}.flatten");
+                b.node("Flatten", &flat, "", &[name], &[&flat], vec![attr_int("axis", 1)]);
+                flat
+            }
+            Op::Flatten => {
+                b.node("Flatten", name, "", &[&input(0)?], &[name], vec![attr_int("axis", 1)]);
+                name.to_string()
+            }
+            Op::Linear(l) => {
+                let w = &l.weight;
+                let wname = format!("{name}.weight");
+                b.init(tensor_f32(&wname, w.dims(), &w.to_vec()?))?;
+                let x = input(0)?;
+                let mut inputs = vec![x.as_str(), wname.as_str()];
+                let bname = format!("{name}.bias");
+                if let Some(bias) = &l.bias {
+                    b.init(tensor_f32(&bname, bias.dims(), &bias.to_vec()?))?;
+                    inputs.push(&bname);
+                }
+                let out = if i == last { OUTPUT_NAME } else { name };
+                b.node("Gemm", name, "", &inputs, &[out], vec![attr_int("transB", 1)]);
+                out.to_string()
+            }
+        };
+        values.push(out);
     }
-    b.node("GlobalAveragePool", "gap", "", &[&x], &["gap"], vec![]);
-    b.node(
-        "Flatten",
-        "gap.flatten",
-        "",
-        &["gap"],
-        &["gap.flatten"],
-        vec![attr_int("axis", 1)],
-    );
-    let w = &m.fc.weight;
-    b.init(tensor_f32("fc.weight", w.dims(), &w.to_vec()?))?;
-    let mut inputs = vec!["gap.flatten", "fc.weight"];
-    if let Some(bias) = &m.fc.bias {
-        b.init(tensor_f32("fc.bias", bias.dims(), &bias.to_vec()?))?;
-        inputs.push("fc.bias");
+    if values.last().map(String::as_str) != Some(OUTPUT_NAME) {
+        bail!(Onnx, "the float export needs a network that ends in a linear classifier");
     }
-    b.node(
-        "Gemm",
-        "fc",
-        "",
-        &inputs,
-        &[OUTPUT_NAME],
-        vec![attr_int("transB", 1)],
-    );
     b.graph.output.push(value_info(
         OUTPUT_NAME,
         DataType::FLOAT,
-        &[Dim::Param("batch"), Dim::Value(w.dims()[0])],
+        &[Dim::Param("batch"), Dim::Value(g.num_classes())],
     ));
     b.graph.name = format!("{}_fp32", meta.arch);
     Ok(model(b.graph, meta, "fp32", false))
@@ -222,8 +253,9 @@ fn model(graph: GraphProto, meta: &ExportMeta, kind: &str, ms_domain: bool) -> M
     m.ir_version = IR_VERSION;
     m.producer_name = "qat".into();
     m.producer_version = env!("CARGO_PKG_VERSION").into();
+    let family = meta.arch.parse::<Arch>().map_or("network", Arch::family);
     m.doc_string = format!(
-        "{} {kind} ResNet exported by qat {}",
+        "{} {kind} {family} exported by qat {}",
         meta.arch,
         env!("CARGO_PKG_VERSION")
     );
@@ -409,31 +441,44 @@ impl Builder {
         Ok(())
     }
 
+    /// A float Conv whose weight and bias initializers are `wname` and
+    /// `bname`, output `{unit}.conv`... named `out`; returns `out`.
+    fn conv_fp32(&mut self, c: &Conv2d, out: &str, wname: &str, bname: &str, x: &str) -> Result<String> {
+        let w = &c.weight;
+        let d = w.dims();
+        self.init(tensor_f32(wname, d, &w.to_vec()?))?;
+        let mut inputs = vec![x.to_string(), wname.to_string()];
+        if let Some(b) = &c.bias {
+            self.init(tensor_f32(bname, b.dims(), &b.to_vec()?))?;
+            inputs.push(bname.to_string());
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.node("Conv", out, "", &refs, &[out], conv_attrs(c.params, [d[2], d[3]]));
+        Ok(out.to_string())
+    }
+
+    /// `x`, or a Relu of it named `{scope}.relu`.
+    fn relu_fp32(&mut self, relu: bool, scope: &str, x: String) -> String {
+        if !relu {
+            return x;
+        }
+        let out = format!("{scope}.relu");
+        self.node("Relu", &out, "", &[&x], &[&out], vec![]);
+        out
+    }
+
     /// Conv (+ BatchNormalization, + Relu) of a float unit; returns the name
     /// of its output.
     fn conv_bn_fp32(&mut self, u: &ConvBn, unit: &str, x: &str) -> Result<String> {
-        let w = &u.conv.weight;
-        let d = w.dims();
-        let wname = format!("{unit}.conv.weight");
-        self.init(tensor_f32(&wname, d, &w.to_vec()?))?;
-        let mut inputs = vec![x.to_string(), wname];
-        if let Some(b) = &u.conv.bias {
-            let bname = format!("{unit}.conv.bias");
-            self.init(tensor_f32(&bname, b.dims(), &b.to_vec()?))?;
-            inputs.push(bname);
-        }
-        let conv = format!("{unit}.conv");
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        self.node(
-            "Conv",
-            &conv,
-            "",
-            &refs,
-            &[&conv],
-            conv_attrs(u.conv.params, [d[2], d[3]]),
-        );
+        let conv = self.conv_fp32(
+            &u.conv,
+            &format!("{unit}.conv"),
+            &format!("{unit}.conv.weight"),
+            &format!("{unit}.conv.bias"),
+            x,
+        )?;
         let bn = &u.bn;
-        let mut bn_inputs = vec![conv.clone()];
+        let mut bn_inputs = vec![conv];
         for (suffix, t) in [
             ("weight", &bn.weight),
             ("bias", &bn.bias),
@@ -454,12 +499,7 @@ impl Builder {
             &[&bn_out],
             vec![attr_float("epsilon", bn.eps)],
         );
-        if !u.relu {
-            return Ok(bn_out);
-        }
-        let relu = format!("{unit}.relu");
-        self.node("Relu", &relu, "", &[&bn_out], &[&relu], vec![]);
-        Ok(relu)
+        Ok(self.relu_fp32(u.relu, unit, bn_out))
     }
 }
 

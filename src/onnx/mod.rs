@@ -1,18 +1,18 @@
-//! ONNX export of trained ResNets (built with `onnx-protobuf`):
-//! - [`export_int8`]: the integer-only graph of an [`Int8ResNet`]
+//! ONNX export of trained network graphs (built with `onnx-protobuf`):
+//! - [`export_int8`]: the integer-only graph of an [`Int8Net`]
 //!   (QuantizeLinear, QLinearConv, QLinearAdd, MaxPool on int8,
 //!   QLinearGlobalAveragePool, the classifier as a 1x1 QLinearConv, Flatten,
 //!   DequantizeLinear), opset 13 plus `com.microsoft` version 1;
-//! - [`export_fp32`]: the float graph of a [`crate::models::ResNet`] (Conv,
+//! - [`export_fp32`]: the float graph of a [`crate::graph::Graph`] (Conv,
 //!   BatchNormalization, Relu, Add, MaxPool, GlobalAveragePool, Flatten, Gemm).
 //!
 //! Scales, zero points, int8 weights and int32 biases are the
-//! [`Int8ResNet`]'s buffers copied verbatim: nothing is recomputed here. The
+//! [`Int8Net`]'s buffers copied verbatim: nothing is recomputed here. The
 //! int8 executor that runs these graphs is [`crate::executor`].
 //!
 //! Tensor names: the float input is `image`, the float output `logits`; every
 //! int8 activation is named after the layer that produces it, exactly as in
-//! [`Int8ResNet::forward_trace`] (`input`, `stem`, `layer1.0.conv1`,
+//! [`Int8Net::forward_trace`] (`input`, `stem`, `layer1.0.conv1`,
 //! `layer1.0.add`, `gap`, `fc`), so a graph can be compared with the model
 //! layer by layer. Initializers are `<tensor>.scale` / `<tensor>.zero_point`
 //! for activations and `<unit>.weight_q`, `<unit>.weight_scale`,
@@ -20,8 +20,8 @@
 //! (`<unit>` is the parameter prefix, e.g. `layer1.0.conv1` for
 //! `layer1.0.conv1.conv.weight` and `layer1.0.conv1.bn.*`).
 //!
-//! [`Int8ResNet`]: crate::int8::Int8ResNet
-//! [`Int8ResNet::forward_trace`]: crate::int8::Int8ResNet::forward_trace
+//! [`Int8Net`]: crate::int8::Int8Net
+//! [`Int8Net::forward_trace`]: crate::int8::Int8Net::forward_trace
 
 mod export;
 
@@ -41,7 +41,7 @@ pub const INPUT_NAME: &str = "image";
 pub const OUTPUT_NAME: &str = "logits";
 
 use crate::checkpoint::Checkpoint;
-use crate::int8::Int8ResNet;
+use crate::int8::Int8Net;
 use crate::{bail, Device, Result};
 use std::path::Path;
 
@@ -50,7 +50,7 @@ use std::path::Path;
 pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<String> {
     let ck = Checkpoint::load(checkpoint)?;
     let dev = Device::cpu();
-    let (model, info, _) = crate::train::model_from_checkpoint(&ck, &dev)?;
+    let (model, info) = crate::saved_model::load(&ck, &dev)?;
     let proto = if fp32 {
         export_fp32(&model, &info)?
     } else {
@@ -61,7 +61,7 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
                 checkpoint.display()
             );
         }
-        export_int8(&Int8ResNet::build(&model)?, &info)?
+        export_int8(&Int8Net::build(&model)?, &info)?
     };
     save_model(&proto, out)?;
     let g = proto.graph.as_ref();

@@ -18,8 +18,10 @@ use crate::autograd::no_grad;
 use crate::backend::Device;
 use crate::checkpoint::{Checkpoint, Position};
 use crate::data::{Batch, DataSpec, Loader, SourceOptions};
-use crate::int8::Int8ResNet;
-use crate::models::{Arch, ResNet};
+use crate::graph::Graph;
+use crate::int8::Int8Net;
+use crate::models::{self, Arch};
+use crate::saved_model::{self, ModelInfo};
 use crate::nn::{Mode, Module};
 use crate::optim::{CosineSchedule, Sgd, SgdConfig};
 use crate::rng::{stream, Rng};
@@ -68,17 +70,6 @@ pub struct TrainConfig {
     pub workers: usize,
 }
 
-/// What a checkpoint says about the model, so `eval` and `export` can rebuild it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ModelInfo {
-    pub arch: String,
-    pub in_channels: usize,
-    pub num_classes: usize,
-    pub class_names: Vec<String>,
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-    pub input_hw: [usize; 2],
-}
 
 /// Seconds between progress lines in logs (the default of
 /// [`TrainConfig::progress_secs`]).
@@ -135,46 +126,33 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
 }
 
-/// Builds the model a checkpoint describes and loads its weights and
-/// quantizer states.
+/// Builds the model a checkpoint describes (see [`crate::saved_model`]) and
+/// returns it with the run's training settings.
 pub fn model_from_checkpoint(
     ck: &Checkpoint,
     device: &Device,
-) -> Result<(ResNet, ModelInfo, TrainConfig)> {
+) -> Result<(Graph, ModelInfo, TrainConfig)> {
     let extra = read_extra(ck)?;
-    check_model_info(&extra.model, ck)?;
-    let arch: Arch = extra.model.arch.parse()?;
-    let mut model = ResNet::new(
-        arch,
-        extra.model.in_channels,
-        extra.model.num_classes,
-        device,
-        0,
-    )?;
-    if extra.config.qat.is_some() {
-        model.quantize(extra.config.qat.map_or(0.01, |q| q.observer_momentum));
-        model.load_quantizers(&extra.quantizers)?;
-    }
-    ck.restore_module(&model)?;
-    Ok((model, extra.model, extra.config))
+    let (model, info) = saved_model::load(ck, device)?;
+    Ok((model, info, extra.config))
 }
 
 /// Loss and accuracy over `loader`: the float model for FP32, the
 /// integer-exact model (S9) for QAT.
-pub fn evaluate(model: &ResNet, loader: &Loader, device: &Device) -> Result<(f64, Accuracy)> {
+pub fn evaluate(model: &Graph, loader: &Loader, device: &Device) -> Result<(f64, Accuracy)> {
     evaluate_batches(model, loader.epoch(0), device)
 }
 
 /// [`evaluate`] over any batches (a [`crate::data::DataSource`]'s
 /// validation batches).
 pub fn evaluate_batches(
-    model: &ResNet,
+    model: &Graph,
     batches: impl Iterator<Item = Batch>,
     device: &Device,
 ) -> Result<(f64, Accuracy)> {
     no_grad(|| {
         let int8 = if model.is_quantized() {
-            Some(Int8ResNet::build(model)?)
+            Some(Int8Net::build(model)?)
         } else {
             None
         };
@@ -246,7 +224,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         q.validate(steps_per_epoch)?;
     }
     let arch: Arch = cfg.arch.parse()?;
-    let mut model = ResNet::new(arch, info.in_channels, info.num_classes, device, cfg.seed)?;
+    let mut model = models::build(arch, info.in_channels, info.num_classes, device, cfg.seed)?;
     if let Some(q) = cfg.qat {
         model.quantize(q.observer_momentum);
     }
@@ -463,7 +441,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
 /// [`Error::Numerical`].
 #[allow(clippy::too_many_arguments)]
 fn train_step(
-    model: &ResNet,
+    model: &Graph,
     sgd: &mut Sgd,
     cfg: &TrainConfig,
     b: Batch,
@@ -493,7 +471,7 @@ fn train_step(
 
 /// The first tensor of the model state (parameters, batch-norm statistics)
 /// or observer range that holds a NaN or an infinity, described.
-fn first_non_finite(model: &ResNet) -> Result<Option<String>> {
+fn first_non_finite(model: &Graph) -> Result<Option<String>> {
     for n in model.state() {
         if let Some(v) = n.tensor.to_vec()?.into_iter().find(|v| !v.is_finite()) {
             return Ok(Some(format!("{} holds {v}", n.name)));
@@ -597,58 +575,6 @@ pub fn resume_contradictions(diffs: &[SettingDiff]) -> String {
     )
 }
 
-/// Refuses model metadata that cannot describe the checkpoint's tensors
-/// before anything is allocated from it (a CRC-valid checkpoint can still
-/// carry absurd sizes).
-fn check_model_info(info: &ModelInfo, ck: &Checkpoint) -> Result<()> {
-    let dim = |name: &str, axis: usize| -> Result<usize> {
-        match ck.model.get(name) {
-            Some(a) if a.shape.len() > axis => Ok(a.shape[axis]),
-            Some(a) => bail!(
-                Data,
-                "checkpoint tensor {name} has shape {:?}, expected at least {} axes",
-                a.shape,
-                axis + 1
-            ),
-            None => bail!(Data, "checkpoint has no tensor {name}"),
-        }
-    };
-    let (classes, channels) = (dim("fc.weight", 0)?, dim("stem.conv.weight", 1)?);
-    if info.num_classes != classes || info.in_channels != channels {
-        bail!(
-            Data,
-            "checkpoint metadata says {} classes and {} input channels, but its tensors have {classes} \
-             and {channels}: the file is corrupt or was edited",
-            info.num_classes,
-            info.in_channels
-        );
-    }
-    if info.mean.len() != channels || info.std.len() != channels {
-        bail!(
-            Data,
-            "checkpoint metadata has {} means and {} standard deviations for {channels} input \
-             channels",
-            info.mean.len(),
-            info.std.len()
-        );
-    }
-    if !info.class_names.is_empty() && info.class_names.len() != classes {
-        bail!(
-            Data,
-            "checkpoint metadata names {} classes for a {classes}-class model",
-            info.class_names.len()
-        );
-    }
-    const MAX_SIDE: usize = 1 << 14;
-    if info.input_hw.iter().any(|&s| s == 0 || s > MAX_SIDE) {
-        bail!(
-            Data,
-            "checkpoint metadata gives an input size of {:?}: each side must lie in [1, {MAX_SIDE}]",
-            info.input_hw
-        );
-    }
-    Ok(())
-}
 
 /// Checkpoint name of the RNG state that draws the data order of the epoch
 /// the checkpoint resumes at.
@@ -663,7 +589,7 @@ fn data_order_rng(seed: u64, epoch: usize) -> Rng {
 #[allow(clippy::too_many_arguments)]
 fn save_checkpoint(
     path: &Path,
-    model: &ResNet,
+    model: &Graph,
     sgd: &Sgd,
     cfg: &TrainConfig,
     info: &ModelInfo,

@@ -1,0 +1,117 @@
+//! Building a [`Graph`] node by node. The builder tracks each node's channel
+//! count (so layers size themselves from their input), draws the
+//! initialization from one generator in node order, and refuses a name used
+//! twice: every parameter, quantizer and output name is assigned exactly
+//! once, here.
+
+use super::{Graph, Node, NodeId, Op};
+use crate::backend::Device;
+use crate::nn::{ConvBn, Linear};
+use crate::ops::MaxPool2dParams;
+use crate::rng::Rng;
+use crate::{bail, Result};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+pub struct GraphBuilder {
+    rng: Rng,
+    device: Device,
+    nodes: Vec<Node>,
+    /// Output channels of each node.
+    channels: Vec<usize>,
+    names: HashSet<String>,
+}
+
+impl GraphBuilder {
+    /// A graph whose input has `channels` channels; initialization draws
+    /// from `Rng::new(seed)` in the order nodes are added.
+    pub fn new(channels: usize, device: &Device, seed: u64) -> Result<(GraphBuilder, NodeId)> {
+        if channels == 0 {
+            bail!(Usage, "a network needs at least one input channel");
+        }
+        let mut b = GraphBuilder {
+            rng: Rng::new(seed),
+            device: device.clone(),
+            nodes: Vec::new(),
+            channels: Vec::new(),
+            names: HashSet::new(),
+        };
+        let x = b.push("input", Op::Input { channels }, vec![], channels)?;
+        Ok((b, x))
+    }
+
+    pub fn channels(&self, x: NodeId) -> usize {
+        self.channels[x]
+    }
+
+    fn push(&mut self, name: &str, op: Op, inputs: Vec<NodeId>, channels: usize) -> Result<NodeId> {
+        if !self.names.insert(name.to_string()) {
+            bail!(Usage, "the graph has two nodes named '{name}'");
+        }
+        if let Some(&bad) = inputs.iter().find(|&&i| i >= self.nodes.len()) {
+            bail!(Usage, "node '{name}' reads node {bad}, which does not exist yet");
+        }
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs,
+            quant: None,
+        });
+        self.channels.push(channels);
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Conv (no bias) + batch norm (+ ReLU), Kaiming-initialized.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_bn(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        relu: bool,
+    ) -> Result<NodeId> {
+        let c_in = self.channels[x];
+        let unit = ConvBn::new(&mut self.rng, &self.device, c_in, c_out, kernel, stride, pad, relu)?;
+        self.push(name, Op::ConvBn(unit), vec![x], c_out)
+    }
+
+    /// `a + b` (then ReLU when `relu`); both must have the same channels.
+    pub fn add(&mut self, name: &str, a: NodeId, b: NodeId, relu: bool) -> Result<NodeId> {
+        let (ca, cb) = (self.channels[a], self.channels[b]);
+        if ca != cb {
+            bail!(Shape, "add '{name}': {ca} channels + {cb} channels");
+        }
+        self.push(name, Op::Add { relu }, vec![a, b], ca)
+    }
+
+    pub fn max_pool(&mut self, name: &str, x: NodeId, p: MaxPool2dParams) -> Result<NodeId> {
+        let c = self.channels[x];
+        self.push(name, Op::MaxPool(p), vec![x], c)
+    }
+
+    pub fn global_avg_pool(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        let c = self.channels[x];
+        self.push(name, Op::GlobalAvgPool, vec![x], c)
+    }
+
+    /// Fully connected layer on a `[N, C]` input (PyTorch's default init).
+    pub fn linear(&mut self, name: &str, x: NodeId, c_out: usize, bias: bool) -> Result<NodeId> {
+        if c_out == 0 {
+            bail!(Usage, "linear '{name}' needs at least one output");
+        }
+        let l = Linear::new(&mut self.rng, &self.device, self.channels[x], c_out, bias)?;
+        self.push(name, Op::Linear(l), vec![x], c_out)
+    }
+
+    /// The graph, whose output is the last node added.
+    pub fn finish(self) -> Graph {
+        Graph {
+            nodes: self.nodes,
+            device: self.device,
+            flags: Mutex::new(Default::default()),
+        }
+    }
+}
