@@ -11,6 +11,8 @@
 //! rounding edge of the fake quantizer and move by one grid step, and SGD
 //! with momentum amplifies that from step to step.
 
+mod common;
+
 use qat::backend::cuda::{self, probe};
 use qat::models::{Arch, ResNet};
 use qat::nn::{Mode, Module};
@@ -65,7 +67,13 @@ fn devices() -> Vec<Device> {
             if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
             }
-            println!("SKIPPED on a real GPU (none usable: {e})");
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                common::skip_gpu(
+                    "cuda_training on a real GPU",
+                    &format!("no usable GPU ({e}); ran on the emulator only"),
+                )
+            });
         }
     }
     out
