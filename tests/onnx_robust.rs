@@ -581,6 +581,184 @@ fn fuzz_loader_random_mutations() {
     assert!(cases > 20, "only {cases} cases ran");
 }
 
+/// A QAT checkpoint of `model` as `qat train` writes one (weights, and the
+/// configuration, model description and quantizer states in its metadata),
+/// with `states` as its quantizer states.
+fn save_checkpoint(
+    model: &qat::models::ResNet,
+    states: &std::collections::BTreeMap<String, qat::nn::ActQuantState>,
+    path: &std::path::Path,
+) {
+    let mut ck = qat::checkpoint::Checkpoint::from_module(model).unwrap();
+    ck.extra = serde_json::json!({
+        "config": {
+            "arch": "small", "data_dir": "unused", "epochs": 1, "batch_size": 16,
+            "lr": 0.02, "momentum": 0.9, "weight_decay": 0.0, "nesterov": false,
+            "label_smoothing": 0.0, "warmup_epochs": 0.0, "seed": 31, "out": "unused",
+            "qat": {"act_quant_start": 0.0, "freeze_bn": 0.5, "freeze_observers": 1.0,
+                    "observer_momentum": 0.01},
+            "train_limit": null, "val_limit": null, "progress": false
+        },
+        "model": info(Arch::Small),
+        "quantizers": states,
+    });
+    ck.save(path).unwrap();
+}
+
+/// `qat export` refuses a checkpoint whose quantizer state no int8 graph can
+/// be built from (a frozen scale of 0, negative or below 2^-23, a zero point
+/// outside int8), naming the quantizer and what to do, and writes nothing;
+/// the same checkpoint with sound states exports a file the executor loads.
+/// (A NaN or infinite scale cannot be stored: the checkpoint's JSON metadata
+/// writes it as null, which loading refuses. The model-level check that
+/// export runs refuses those too, see `check_quantizers_refuses_nan_and_inf`.)
+#[test]
+fn export_refuses_invalid_quantizer_states() {
+    let model = trained(Arch::Small, true, 4, 31, &Device::cpu());
+    let good = model.save_quantizers();
+    let dir = std::env::temp_dir().join(format!("qat-robust-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ck, out) = (dir.join("checkpoint.safetensors"), dir.join("model.onnx"));
+    save_checkpoint(&model, &good, &ck);
+    qat::onnx::export_checkpoint(&ck, &out, false).unwrap();
+    let exec = Executor::load(&out).unwrap();
+    assert_eq!(exec.metadata()["class_names"], "[\"class0\",\"class1\",\"class2\",\"class3\",\"class4\",\"class5\",\"class6\",\"class7\",\"class8\",\"class9\"]");
+    std::fs::remove_file(&out).unwrap();
+    for (quantizer, scale, zero_point, what) in [
+        (
+            "layer1.0.add",
+            Some(0.0),
+            None,
+            "scale 0 is not a positive finite number",
+        ),
+        (
+            "fc",
+            Some(-0.05),
+            None,
+            "scale -0.05 is not a positive finite number",
+        ),
+        (
+            "input",
+            Some(-1.0),
+            None,
+            "scale -1 is not a positive finite number",
+        ),
+        (
+            "layer2.0.conv1",
+            Some(1e-45),
+            None,
+            "below the smallest scale",
+        ),
+        (
+            "stem",
+            None,
+            Some(200),
+            "zero point 200 is outside the int8 range",
+        ),
+        ("layer3.1.add", None, Some(-129), "zero point -129"),
+    ] {
+        let mut states = good.clone();
+        let st = states.get_mut(quantizer).unwrap();
+        let (s, z) = st.frozen.unwrap();
+        st.frozen = Some((scale.unwrap_or(s), zero_point.unwrap_or(z)));
+        save_checkpoint(&model, &states, &ck);
+        let e = qat::onnx::export_checkpoint(&ck, &out, false)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            &format!("quantizer '{quantizer}': frozen "),
+            what,
+            "export an earlier checkpoint",
+            "nothing was written",
+        ] {
+            assert!(
+                e.contains(part),
+                "{quantizer}: '{e}' does not mention '{part}'"
+            );
+        }
+        assert!(!out.exists(), "{quantizer}: a file was written");
+    }
+    // The command line: a non-zero exit and the same message (the
+    // checkpoint still holds the last bad state).
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_qat"))
+        .args(["export", "--checkpoint"])
+        .arg(&ck)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        log.contains("quantizer 'layer3.1.add': frozen zero point -129"),
+        "{log}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["checkpoint.safetensors"],
+        "temporary files left behind"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The last gate: `export_int8` runs the executor's validation on what it
+/// built, so an Int8ResNet that passes the early checks but yields a graph
+/// the executor refuses (here a weight scale of 0) is an export error.
+#[test]
+fn export_int8_refuses_what_the_executor_refuses() {
+    let model = trained(Arch::Small, true, 4, 31, &Device::cpu());
+    let mut int8 = Int8ResNet::build(&model).unwrap();
+    let unit = int8
+        .blocks
+        .iter_mut()
+        .flat_map(|b| b.convs.iter_mut())
+        .find(|c| c.name == "layer2.0.conv1")
+        .unwrap();
+    unit.s_w[3] = 0.0;
+    let e = match export_int8(&int8, &info(Arch::Small)) {
+        Ok(_) => panic!("the graph was exported"),
+        Err(e) => e.to_string(),
+    };
+    for part in [
+        "int8 executor's validation",
+        "layer2.0.conv1",
+        "weight_scale",
+    ] {
+        assert!(e.contains(part), "'{e}' does not mention '{part}'");
+    }
+}
+
+#[test]
+fn check_quantizers_refuses_nan_and_inf() {
+    let model = trained(Arch::Small, true, 4, 31, &Device::cpu());
+    let good = model.save_quantizers();
+    qat::onnx::check_quantizers(&model).unwrap();
+    for (quantizer, scale) in [("gap", f32::NAN), ("input", f32::INFINITY), ("fc", 0.0)] {
+        let mut states = good.clone();
+        let st = states.get_mut(quantizer).unwrap();
+        st.frozen = Some((scale, st.frozen.unwrap().1));
+        model.load_quantizers(&states).unwrap();
+        let e = qat::onnx::check_quantizers(&model).unwrap_err().to_string();
+        let want =
+            format!("quantizer '{quantizer}': frozen scale {scale} is not a positive finite");
+        assert!(e.contains(&want), "'{e}' does not mention '{want}'");
+        // The library path refuses it as well, naming the same quantizer.
+        if let Ok(int8) = Int8ResNet::build(&model) {
+            let e = match export_int8(&int8, &info(Arch::Small)) {
+                Ok(_) => panic!("{quantizer}: exported"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(&format!("quantizer '{quantizer}'")), "{e}");
+        }
+    }
+    model.load_quantizers(&good).unwrap();
+}
+
 /// The metadata entries the executor requires of a qat model are exactly
 /// those export writes, in its order, for both graphs.
 #[test]
