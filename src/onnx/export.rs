@@ -22,12 +22,22 @@ use std::path::Path;
 /// What the exported model records for its users (`metadata_props`).
 pub type ExportMeta = ModelInfo;
 
-/// Writes a model to `path` (serialized protobuf).
+/// Writes a model to `path` (serialized protobuf), atomically: `path` is
+/// either left as it was or holds the whole model, never a part of it.
 pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
-    let bytes = model
+    write_bytes(&serialize(model)?, path)
+}
+
+/// The serialized model.
+pub(crate) fn serialize(model: &ModelProto) -> Result<Vec<u8>> {
+    model
         .write_to_bytes()
-        .map_err(|e| Error::Onnx(format!("serializing the model: {e}")))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::Onnx(format!("serializing the model: {e}")))
+}
+
+/// Writes serialized bytes atomically (temporary file, fsync, rename).
+pub(crate) fn write_bytes(bytes: &[u8], path: &Path) -> Result<()> {
+    crate::checkpoint::write_atomic(path, bytes)
 }
 
 /// The integer-only graph of `m` (spec S5-S8): QuantizeLinear, a QLinearConv
@@ -35,6 +45,11 @@ pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
 /// folded into the output zero point -128), QLinearAdd per residual add
 /// (its ReLU likewise), MaxPool on int8, QLinearGlobalAveragePool, the
 /// classifier as a 1x1 QLinearConv, Flatten and DequantizeLinear.
+///
+/// Every activation's scale and zero point is checked first (an error names
+/// the quantizer), and the finished graph must pass the int8 executor's own
+/// validation ([`crate::executor::validate::build_plan`]): export never
+/// returns a graph that the executor refuses.
 pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
     let mut b = Builder::default();
     let c_in = m.stem.w_shape[1] * m.stem.params.groups;
@@ -140,7 +155,31 @@ pub fn export_int8(m: &Int8ResNet, meta: &ExportMeta) -> Result<ModelProto> {
         &[Dim::Param("batch"), Dim::Value(m.num_classes)],
     ));
     b.graph.name = format!("{}_int8", meta.arch);
-    Ok(model(b.graph, meta, "int8", true))
+    let proto = model(b.graph, meta, "int8", true);
+    crate::executor::validate::build_plan(&proto).map_err(|e| {
+        let e = match e {
+            Error::Onnx(msg) => msg,
+            other => other.to_string(),
+        };
+        Error::Onnx(format!(
+            "the exported graph does not pass the int8 executor's validation, so export refuses it: {e}"
+        ))
+    })?;
+    Ok(proto)
+}
+
+/// The activation parameters `q` of `quantizer` (`kind`: "frozen ",
+/// "observed " or empty), or an error saying what is wrong and what to do.
+pub(crate) fn check_qparams(quantizer: &str, kind: &str, q: QParams) -> Result<()> {
+    match q.problem() {
+        None => Ok(()),
+        Some(p) => bail!(
+            Onnx,
+            "quantizer '{quantizer}': {kind}{p}, so no valid int8 graph can be built from it \
+(the int8 executor would refuse it). The model's quantizer state is damaged or its \
+training diverged: export an earlier checkpoint, or retrain or resume from one"
+        ),
+    }
 }
 
 /// The float graph of `m` (its float weights; quantizers, if any, are
@@ -322,9 +361,7 @@ impl Builder {
     /// `<tensor>.scale` (float scalar) and `<tensor>.zero_point` (int8
     /// scalar), verbatim.
     fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
-        if !(-128..=127).contains(&q.zero_point) {
-            bail!(Onnx, "{tensor}: zero point {} is not int8", q.zero_point);
-        }
+        check_qparams(tensor, "", q)?;
         self.qp.insert(tensor.to_string(), tensor.to_string());
         self.init(tensor_f32(&format!("{tensor}.scale"), &[], &[q.scale]))?;
         self.init(tensor_i8(
@@ -361,6 +398,7 @@ impl Builder {
     /// the unit's name.
     fn qconv(&mut self, c: &QConv, x: &str, out: &str) -> Result<()> {
         let n = &c.name;
+        check_qparams(n, "", c.out_q)?;
         if c.relu && c.out_q.zero_point != ACT_QMIN {
             bail!(
                 Onnx,
