@@ -39,7 +39,6 @@ impl Accuracy {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

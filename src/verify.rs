@@ -4,12 +4,12 @@
 //! element (spec S10.1). Layers are matched by name: the exporter names each
 //! int8 activation after the trace's layer names.
 
+use crate::accuracy::Accuracy;
 use crate::checkpoint::Checkpoint;
 use crate::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use crate::executor::{ExecTensor, Executor};
 use crate::int8::Int8Net;
 use crate::tensor::Tensor;
-use crate::accuracy::Accuracy;
 use crate::{bail, Device, Result};
 use std::collections::HashMap;
 use std::fmt::Write;

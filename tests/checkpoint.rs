@@ -2,7 +2,8 @@
 //! a panic) for every kind of damaged file.
 
 use qat::checkpoint::{Array, Checkpoint, Position, FORMAT_VERSION};
-use qat::models::{Arch, ResNet};
+use qat::graph::Graph;
+use qat::models::{self, Arch};
 use qat::nn::{Mode, Module, Named, Role};
 use qat::optim::{Sgd, SgdConfig};
 use qat::rng::Rng;
@@ -403,7 +404,7 @@ fn resnet_and_sgd_round_trip_through_a_file() {
     let dir = temp_dir("resnet");
     let path = dir.join("model.ckpt");
 
-    let model = ResNet::new(Arch::Small, 1, 10, &dev, 7).unwrap();
+    let model = models::build(Arch::Small, 1, 10, &dev, 7).unwrap();
     let cfg = SgdConfig::default();
     let mut sgd = Sgd::new(&model.parameters(), cfg).unwrap();
     // One step so that the momentum is not all zeros.
@@ -418,13 +419,13 @@ fn resnet_and_sgd_round_trip_through_a_file() {
     ckpt.capture_optimizer(&sgd).unwrap();
     ckpt.save(&path).unwrap();
 
-    let fresh = ResNet::new(Arch::Small, 1, 10, &dev, 8).unwrap();
+    let fresh = models::build(Arch::Small, 1, 10, &dev, 8).unwrap();
     let mut fresh_sgd = Sgd::new(&fresh.parameters(), cfg).unwrap();
     let loaded = Checkpoint::load(&path).unwrap();
     loaded.restore_module(&fresh).unwrap();
     loaded.restore_optimizer(&mut fresh_sgd).unwrap();
 
-    let values = |m: &ResNet| -> Vec<(String, Vec<u32>)> {
+    let values = |m: &Graph| -> Vec<(String, Vec<u32>)> {
         m.state()
             .iter()
             .map(|n| {

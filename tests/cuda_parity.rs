@@ -2,7 +2,7 @@
 //! reference), on random shapes that include sizes not divisible by any tile
 //! (128 for the GEMM/convolution tiles, 256 threads, 32 lanes), on
 //! - the emulated CUDA device (always: the kernels compiled for the host), and
-//! - the real GPU, when one works (otherwise a printed skip message).
+//! - the real GPU, when one works (otherwise a recorded skip: tests/common/skip.rs).
 //!
 //! Outputs are poisoned with NaN before each launch, so an element a kernel
 //! forgets to write fails the comparison. Tolerances are `atol + rtol * |ref|`
@@ -10,6 +10,8 @@
 //!
 //! Environment: `QAT_REQUIRE_GPU=1` turns a missing GPU into a failure (the
 //! GPU check sets it); `QAT_PARITY_DEVICES=gpu` skips the emulator.
+
+mod common;
 
 use qat::backend::cuda::{self, probe};
 use qat::backend::{
@@ -34,7 +36,14 @@ fn devices() -> Vec<Device> {
             if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
             }
-            println!("SKIPPED on a real GPU (none usable: {e}); ran on the emulator only");
+            // Once per test binary: every test here asks for the devices.
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                common::skip_gpu(
+                    "cuda_parity on a real GPU",
+                    &format!("no usable GPU ({e}); ran on the emulator only"),
+                )
+            });
         }
     }
     out

@@ -11,8 +11,10 @@
 //! rounding edge of the fake quantizer and move by one grid step, and SGD
 //! with momentum amplifies that from step to step.
 
+mod common;
+
 use qat::backend::cuda::{self, probe};
-use qat::models::{Arch, ResNet};
+use qat::models::{self, Arch};
 use qat::nn::{Mode, Module};
 use qat::optim::{Sgd, SgdConfig};
 use qat::rng::Rng;
@@ -24,7 +26,7 @@ fn losses(dev: &Device, quantize: bool, steps: usize) -> Vec<f32> {
     let images: Vec<f32> = (0..n * hw * hw).map(|_| rng.normal()).collect();
     let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u64) as u32).collect();
     let x = Tensor::from_vec(images, [n, 1, hw, hw], dev).unwrap();
-    let mut model = ResNet::new(Arch::Small, 1, classes, dev, 7).unwrap();
+    let mut model = models::build(Arch::Small, 1, classes, dev, 7).unwrap();
     if quantize {
         model.quantize(0.1);
     }
@@ -65,7 +67,13 @@ fn devices() -> Vec<Device> {
             if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
             }
-            println!("SKIPPED on a real GPU (none usable: {e})");
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                common::skip_gpu(
+                    "cuda_training on a real GPU",
+                    &format!("no usable GPU ({e}); ran on the emulator only"),
+                )
+            });
         }
     }
     out

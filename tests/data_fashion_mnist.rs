@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use qat::data::fashion_mnist::{self, DEFAULT_DIR};
+use qat::data::fashion_mnist;
 use qat::data::idx::{self, IMAGES_MAGIC, LABELS_MAGIC};
 use qat::data::{
     Augment, Batch, Dataset, FashionMnist, ImageDims, Loader, LoaderConfig, Normalize, Rng, Split,
@@ -207,29 +207,17 @@ fn missing_files_say_how_to_get_the_data() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// The real dataset, or `None` (with a message) when the package is absent.
-fn real(split: Split) -> Option<Dataset> {
-    let dir = Path::new(DEFAULT_DIR);
-    if !dir.join("train-images-idx3-ubyte.gz").exists()
-        && !dir.join("train-images-idx3-ubyte").exists()
-    {
-        eprintln!(
-            "skipped: Fashion-MNIST not in {DEFAULT_DIR} (apt-get install dataset-fashion-mnist)"
-        );
-        return None;
-    }
-    Some(FashionMnist::load(dir, split).unwrap())
-}
-
 /// Loads both real splits; checks sizes, the balanced classes (6000 and 1000
 /// per class, as published) and the normalization constants, which must be
 /// the statistics of the training pixels to 1e-3.
 #[test]
 fn real_fashion_mnist_loads_and_matches_constants() {
-    let Some(train) = real(Split::Train) else {
+    let check = "data_fashion_mnist::real_fashion_mnist_loads_and_matches_constants";
+    let Some(dir) = common::fashion_mnist(check) else {
         return;
     };
-    let test = real(Split::Test).unwrap();
+    let train = FashionMnist::load(dir, Split::Train).unwrap();
+    let test = FashionMnist::load(dir, Split::Test).unwrap();
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     for (data, per_class) in [(&train, 6000), (&test, 1000)] {
         assert_eq!(data.dims(), ImageDims::new(1, 28, 28));

@@ -169,7 +169,7 @@ fn cross_entropy_with_and_without_smoothing() {
 #[test]
 fn small_resnet_input_gradient() {
     let dev = Device::cpu();
-    let model = qat::models::ResNet::new(qat::models::Arch::Small, 1, 3, &dev, 15).unwrap();
+    let model = qat::models::build(qat::models::Arch::Small, 1, 3, &dev, 15).unwrap();
     let mut rng = Rng::new(15);
     let inputs = vec![(randn(&mut rng, 2 * 8 * 8), vec![2, 1, 8, 8])];
     // Batch-norm in training mode couples the batch; ReLU kinks make a few

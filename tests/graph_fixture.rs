@@ -31,7 +31,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// The logits of the three forwards of the fixture checkpoint's model on the
 /// fixture's test images: the float forward of its weights, the QAT training
 /// forward (one step's worth, BN and observers frozen as saved) and the
-/// integer-exact eval forward.
+/// integer-exact forward.
 fn forwards(ck_path: &Path, data: &Path) -> [Vec<f32>; 3] {
     let dev = Device::cpu();
     let ck = Checkpoint::load(ck_path).unwrap();
@@ -43,7 +43,7 @@ fn forwards(ck_path: &Path, data: &Path) -> [Vec<f32>; 3] {
     let b = loader.epoch(0).next().unwrap();
     let x = Tensor::from_vec(b.images.clone(), b.shape(), &dev).unwrap();
     // The float forward of the same weights: an FP32 model loaded with them.
-    let fp32 = qat::models::ResNet::new(
+    let fp32 = qat::models::build(
         info.arch.parse().unwrap(),
         info.in_channels,
         info.num_classes,
@@ -67,7 +67,9 @@ fn forwards(ck_path: &Path, data: &Path) -> [Vec<f32>; 3] {
         .unwrap()
         .to_vec()
         .unwrap();
-    let int8 = no_grad(|| model.forward(&x, Mode::Eval))
+    let int8 = qat::int8::Int8Net::build(&model)
+        .unwrap()
+        .forward(&x)
         .unwrap()
         .to_vec()
         .unwrap();

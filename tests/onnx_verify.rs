@@ -11,7 +11,7 @@ use common::{qat_bin, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
 use onnx_util::{images, info, trained};
 use qat::executor::Executor;
-use qat::int8::Int8ResNet;
+use qat::int8::Int8Net;
 use qat::models::Arch;
 use qat::onnx::export_int8;
 use qat::verify::Verifier;
@@ -29,7 +29,7 @@ fn devices() -> Vec<(String, Device)> {
 fn verify_arch(arch: Arch, steps: usize, n: usize) {
     let cpu = Device::cpu();
     let model = trained(arch, true, steps, 11, &cpu);
-    let bytes = export_int8(&Int8ResNet::build(&model).unwrap(), &info(arch))
+    let bytes = export_int8(&Int8Net::build(&model).unwrap(), &info(arch))
         .unwrap()
         .write_to_bytes()
         .unwrap();
@@ -38,12 +38,12 @@ fn verify_arch(arch: Arch, steps: usize, n: usize) {
     let states = model.save_quantizers();
     for (name, dev) in devices() {
         // The same trained model, moved to `dev`.
-        let m = qat::models::ResNet::new(arch, 1, 10, &dev, 0).unwrap();
+        let m = qat::models::build(arch, 1, 10, &dev, 0).unwrap();
         let mut m = m;
         m.quantize(0.1);
         m.load_quantizers(&states).unwrap();
         ck.restore_module(&m).unwrap();
-        let int8 = Int8ResNet::build(&m).unwrap();
+        let int8 = Int8Net::build(&m).unwrap();
         let mut v = Verifier::new(&int8, &exec);
         let (x, labels) = images(21, n);
         let half = n / 2;
@@ -77,7 +77,7 @@ fn resnet18_verifies_with_zero_mismatches() {
 fn verify_detects_a_changed_weight() {
     let cpu = Device::cpu();
     let model = trained(Arch::Small, true, 6, 12, &cpu);
-    let int8 = Int8ResNet::build(&model).unwrap();
+    let int8 = Int8Net::build(&model).unwrap();
     let mut proto = export_int8(&int8, &info(Arch::Small)).unwrap();
     let g = proto.graph.as_mut().unwrap();
     let w = g
@@ -173,7 +173,7 @@ fn cli_train_export_verify() {
     let other = trained(Arch::Small, true, 4, 5, &Device::cpu());
     let wrong = out.join("other.onnx");
     qat::onnx::save_model(
-        &export_int8(&Int8ResNet::build(&other).unwrap(), &info(Arch::Small)).unwrap(),
+        &export_int8(&Int8Net::build(&other).unwrap(), &info(Arch::Small)).unwrap(),
         &wrong,
     )
     .unwrap();

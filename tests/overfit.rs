@@ -3,7 +3,7 @@
 //! steps, judged in eval mode (running statistics).
 
 use qat::autograd::no_grad;
-use qat::models::{Arch, ResNet};
+use qat::models::{self, Arch};
 use qat::nn::{Mode, Module};
 use qat::optim::{Sgd, SgdConfig};
 use qat::rng::Rng;
@@ -19,7 +19,7 @@ fn small_resnet_memorizes_64_images() {
     let labels: Vec<u32> = (0..n).map(|_| rng.below(classes as u64) as u32).collect();
     let x = Tensor::from_vec(images, [n, 1, hw, hw], &dev).unwrap();
 
-    let model = ResNet::new(Arch::Small, 1, classes, &dev, 7).unwrap();
+    let model = models::build(Arch::Small, 1, classes, &dev, 7).unwrap();
     let cfg = SgdConfig {
         lr: 0.05,
         momentum: 0.9,

@@ -5,8 +5,8 @@ mod common;
 
 use common::{gradcheck, randn};
 use qat::autograd::no_grad;
-use qat::int8::Int8ResNet;
-use qat::models::{Arch, ResNet};
+use qat::int8::Int8Net;
+use qat::models::{self, Arch};
 use qat::nn::{Mode, Module, QatFlags};
 use qat::ops::{self, BatchNormArgs, Conv2dParams};
 use qat::optim::{Sgd, SgdConfig};
@@ -101,7 +101,7 @@ fn tiny_batch(rng: &mut Rng, n: usize, hw: usize) -> (Tensor, Vec<u32>) {
 #[test]
 fn qat_small_resnet_trains_and_evaluates_integer_exact() {
     let dev = Device::cpu();
-    let mut model = ResNet::new(Arch::Small, 1, 4, &dev, 3).unwrap();
+    let mut model = models::build(Arch::Small, 1, 4, &dev, 3).unwrap();
     model.quantize(0.1);
     let mut rng = Rng::new(5);
     let (x, labels) = tiny_batch(&mut rng, 32, 10);
@@ -137,13 +137,13 @@ fn qat_small_resnet_trains_and_evaluates_integer_exact() {
     // Frozen model: fake-quantized forward (no observation, BN frozen) vs the
     // integer-exact forward. They differ only by float rounding in the
     // fake-quant path, so logits agree to a couple of output steps.
-    let int8 = Int8ResNet::build(&model).unwrap();
+    let int8 = Int8Net::build(&model).unwrap();
     let exact = int8.forward(&x).unwrap().to_vec().unwrap();
     let fq = no_grad(|| model.forward(&x, Mode::Train))
         .unwrap()
         .to_vec()
         .unwrap();
-    let s = int8.fc.out_q.scale;
+    let s = int8.steps.last().unwrap().out_q.scale;
     let max_steps = exact
         .iter()
         .zip(&fq)
@@ -155,7 +155,7 @@ fn qat_small_resnet_trains_and_evaluates_integer_exact() {
         "integer-exact and fake-quant logits differ by {max_steps} steps"
     );
     // Every value of the integer-exact output sits on the output grid.
-    let z = int8.fc.out_q.zero_point;
+    let z = int8.steps.last().unwrap().out_q.zero_point;
     for v in &exact {
         let q = (v / s).round() + z as f32;
         assert!((-128.0..=127.0).contains(&q) && ((q - z as f32) * s - v).abs() == 0.0);

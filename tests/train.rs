@@ -131,17 +131,14 @@ fn resume_with_another_seed_is_refused() {
     assert!(err.to_string().contains("data-order generator"), "{err}");
 }
 
-/// Smoke runs on the real Fashion-MNIST (installed by `.ci/run`): a few
+/// Smoke runs on the real Fashion-MNIST (installed by `scripts/test.sh`): a few
 /// hundred steps in each mode, and the training loss falls.
 #[test]
 fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
-    let dir = Path::new(qat::data::fashion_mnist::DEFAULT_DIR);
-    if !dir.join("train-labels-idx1-ubyte.gz").exists()
-        && !dir.join("train-labels-idx1-ubyte").exists()
-    {
-        eprintln!("SKIPPED: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+    let Some(dir) = common::fashion_mnist("train::loss_falls_on_fashion_mnist_in_fp32_and_qat")
+    else {
         return;
-    }
+    };
     for qat in [false, true] {
         let mut cfg = config(dir, temp_dir("smoke"), 2, qat);
         cfg.train_limit = Some(4800);
@@ -180,11 +177,9 @@ fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
 /// ends near chance). Real Fashion-MNIST, first 6400 images (50 steps).
 #[test]
 fn one_epoch_quick_start_defaults_do_not_diverge() {
-    let dir = Path::new(qat::data::fashion_mnist::DEFAULT_DIR);
-    if !dir.join("train-labels-idx1-ubyte.gz").exists()
-        && !dir.join("train-labels-idx1-ubyte").exists()
-    {
-        eprintln!("SKIPPED: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)");
+    // The binary reads the dataset from its default folder.
+    let check = "train::one_epoch_quick_start_defaults_do_not_diverge";
+    if common::fashion_mnist(check).is_none() {
         return;
     }
     let run = |extra: &[&str], out: &Path| {

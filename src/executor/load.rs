@@ -5,7 +5,7 @@
 use crate::{bail, Error, Result};
 use onnx_protobuf::tensor_proto::{DataLocation, DataType};
 use onnx_protobuf::{Message, ModelProto, TensorProto};
-use protobuf::Enum;
+use protobuf::{CodedInputStream, Enum};
 use std::path::Path;
 
 /// Largest model file accepted (protobuf's own limit is 2 GiB).
@@ -90,9 +90,20 @@ pub fn read_model(path: &Path) -> Result<ModelProto> {
     })
 }
 
-/// Parses a serialized model. The protobuf reader allocates at most in
+/// Parses a serialized model. [`super::wire::check_and_merge`] first checks
+/// that every field lies within its message and the file (a truncated file is
+/// an error saying where it ends) and merges repeated occurrences of
+/// singular message fields as protobuf does; the generated parse then runs
+/// with a limit at the end of the input, so that no nested message can end
+/// early at the end of the file. The protobuf reader allocates at most in
 /// proportion to `bytes` (lengths are checked against the remaining input).
 pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
+    if bytes.is_empty() {
+        bail!(
+            Onnx,
+            "empty file (0 bytes): not an ONNX model; export the model again with `qat export`"
+        );
+    }
     if bytes.len() as u64 > MAX_FILE_BYTES {
         bail!(
             Onnx,
@@ -100,8 +111,14 @@ pub fn parse_model(bytes: &[u8]) -> Result<ModelProto> {
             bytes.len()
         );
     }
-    ModelProto::parse_from_bytes(bytes)
-        .map_err(|e| Error::Onnx(format!("not a valid ONNX protobuf: {e}")))
+    let bytes = super::wire::check_and_merge(bytes)?;
+    let invalid = |e: protobuf::Error| Error::Onnx(format!("not a valid ONNX protobuf: {e}"));
+    let mut is = CodedInputStream::from_bytes(&bytes);
+    is.push_limit(bytes.len() as u64).map_err(invalid)?;
+    let mut m = ModelProto::new();
+    m.merge_from(&mut is).map_err(invalid)?;
+    is.check_eof().map_err(invalid)?;
+    Ok(m)
 }
 
 /// Checked dimensions: non-negative, and a product of at most

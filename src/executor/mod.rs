@@ -8,6 +8,8 @@
 //! graph's float boundary.
 //!
 //! - [`load`]: file reading, protobuf parsing, initializer decoding;
+//! - [`wire`]: the wire-format check before the parse (truncation,
+//!   protobuf's merging of repeated message fields);
 //! - [`validate`]: opsets, ops, attributes, types, shapes, constants, and the
 //!   execution plan with every multiplier precomputed;
 //! - [`ops`]: the integer kernels (rayon over images and channels).
@@ -23,6 +25,7 @@
 pub mod load;
 pub mod ops;
 pub mod validate;
+pub mod wire;
 
 use crate::{bail, Result};
 use std::collections::BTreeMap;

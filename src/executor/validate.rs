@@ -81,7 +81,58 @@ fn node_label(n: &NodeProto, i: usize) -> String {
     }
 }
 
+/// `producer_name` of the models `qat export` writes.
+pub const QAT_PRODUCER: &str = "qat";
+
+/// The `metadata_props` keys of every model `qat export` writes (it has
+/// written all of them since its first version), in the order it writes
+/// them.
+pub const QAT_METADATA_KEYS: [&str; 14] = [
+    "producer",
+    "arch",
+    "precision",
+    "input_name",
+    "input_dtype",
+    "input_layout",
+    "input_size",
+    "pixel_range",
+    "normalization",
+    "mean",
+    "std",
+    "class_names",
+    "output_name",
+    "output",
+];
+
+/// A model written by `qat export` (`producer_name` "qat") is complete: it
+/// has its graph, its opsets and every metadata entry. Protobuf cannot tell
+/// a file cut exactly between two top-level fields from a whole one (the
+/// `onnx` package and ONNX Runtime load such a prefix), and `metadata_props`
+/// come last in the file, so this is what catches such a cut in qat's own
+/// files, which would otherwise lose the `mean`, `std` or `class_names` that
+/// users need to prepare inputs.
+fn check_complete(m: &ModelProto) -> Result<()> {
+    if m.producer_name != QAT_PRODUCER {
+        return Ok(());
+    }
+    const WHY: &str = "every model qat export writes has it, so this file is truncated \
+(cut between two fields) or was edited: copy it again, or export it again with `qat export`";
+    if m.graph.is_none() {
+        bail!(Onnx, "the model has no graph: {WHY}");
+    }
+    if m.opset_import.is_empty() {
+        bail!(Onnx, "the model has no opset_import: {WHY}");
+    }
+    for key in QAT_METADATA_KEYS {
+        if !m.metadata_props.iter().any(|e| e.key == key) {
+            bail!(Onnx, "metadata_props has no '{key}' entry: {WHY}");
+        }
+    }
+    Ok(())
+}
+
 pub fn build_plan(m: &ModelProto) -> Result<Plan> {
+    check_complete(m)?;
     if !IR_RANGE.contains(&m.ir_version) {
         bail!(
             Onnx,

@@ -49,7 +49,10 @@ impl GraphBuilder {
             bail!(Usage, "the graph has two nodes named '{name}'");
         }
         if let Some(&bad) = inputs.iter().find(|&&i| i >= self.nodes.len()) {
-            bail!(Usage, "node '{name}' reads node {bad}, which does not exist yet");
+            bail!(
+                Usage,
+                "node '{name}' reads node {bad}, which does not exist yet"
+            );
         }
         self.nodes.push(Node {
             name: name.to_string(),
@@ -74,7 +77,16 @@ impl GraphBuilder {
         relu: bool,
     ) -> Result<NodeId> {
         let c_in = self.channels[x];
-        let unit = ConvBn::new(&mut self.rng, &self.device, c_in, c_out, kernel, stride, pad, relu)?;
+        let unit = ConvBn::new(
+            &mut self.rng,
+            &self.device,
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            pad,
+            relu,
+        )?;
         self.push(name, Op::ConvBn(unit), vec![x], c_out)
     }
 

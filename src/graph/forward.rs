@@ -24,7 +24,11 @@ impl Graph {
             let inputs: Vec<&Tensor> = node
                 .inputs
                 .iter()
-                .map(|&j| values[j].as_ref().expect("inputs come before their readers"))
+                .map(|&j| {
+                    values[j]
+                        .as_ref()
+                        .expect("inputs come before their readers")
+                })
                 .collect();
             let y = match flags {
                 None => fp32_node(node, x, &inputs, mode)?,
@@ -66,7 +70,13 @@ fn fp32_node(node: &Node, x: &Tensor, inputs: &[&Tensor], mode: Mode) -> Result<
 /// A node of the QAT forward: weights fake-quantized per channel (folded
 /// with batch norm for ConvBn), outputs through the node's activation
 /// quantizer.
-fn qat_node(node: &Node, x: &Tensor, inputs: &[&Tensor], mode: Mode, flags: QatFlags) -> Result<Tensor> {
+fn qat_node(
+    node: &Node,
+    x: &Tensor,
+    inputs: &[&Tensor],
+    mode: Mode,
+    flags: QatFlags,
+) -> Result<Tensor> {
     let a = || input(node, inputs, 0);
     let y = match &node.op {
         Op::Input { .. } => x.clone(),
@@ -74,7 +84,10 @@ fn qat_node(node: &Node, x: &Tensor, inputs: &[&Tensor], mode: Mode, flags: QatF
         Op::ConvBn(u) => return u.forward_qat(a()?, mode, flags, node.quantizer()?),
         Op::Conv { conv, relu } => {
             let (w_q, _) = ops::fake_quant_channel(&conv.weight)?;
-            relu_if(*relu, ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?)?
+            relu_if(
+                *relu,
+                ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?,
+            )?
         }
         Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,

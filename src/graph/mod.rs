@@ -22,7 +22,9 @@ mod forward;
 pub use builder::GraphBuilder;
 
 use crate::backend::Device;
-use crate::nn::{join, ActQuant, ActQuantState, Conv2d, ConvBn, Linear, Mode, Module, Named, QatFlags};
+use crate::nn::{
+    join, ActQuant, ActQuantState, Conv2d, ConvBn, Linear, Mode, Module, Named, QatFlags,
+};
 use crate::ops::MaxPool2dParams;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -35,15 +37,22 @@ pub type NodeId = usize;
 /// What a node computes.
 pub enum Op {
     /// The network input, `[N, channels, H, W]` floats.
-    Input { channels: usize },
+    Input {
+        channels: usize,
+    },
     /// Convolution, batch norm and an optional ReLU: folded into one
     /// quantized convolution (S4) in QAT and int8.
     ConvBn(ConvBn),
     /// A convolution with bias and no batch norm (an already-folded
     /// network), with an optional ReLU.
-    Conv { conv: Conv2d, relu: bool },
+    Conv {
+        conv: Conv2d,
+        relu: bool,
+    },
     /// `a + b` of two tensors of one shape, then an optional ReLU (S7).
-    Add { relu: bool },
+    Add {
+        relu: bool,
+    },
     MaxPool(MaxPool2dParams),
     /// `[N, C, H, W] -> [N, C]` mean over the plane (S6).
     GlobalAvgPool,
@@ -122,7 +131,9 @@ impl Graph {
 
     /// The output node.
     pub fn output(&self) -> &Node {
-        self.nodes.last().expect("a graph has at least its input node")
+        self.nodes
+            .last()
+            .expect("a graph has at least its input node")
     }
 
     /// Channels of the input node.
@@ -219,7 +230,11 @@ impl Module for Graph {
                 Op::ConvBn(u) => u.collect(&p, out),
                 Op::Conv { conv, .. } => conv.collect(&p, out),
                 Op::Linear(l) => l.collect(&p, out),
-                Op::Input { .. } | Op::Add { .. } | Op::MaxPool(_) | Op::GlobalAvgPool | Op::Flatten => {}
+                Op::Input { .. }
+                | Op::Add { .. }
+                | Op::MaxPool(_)
+                | Op::GlobalAvgPool
+                | Op::Flatten => {}
             }
         }
     }

@@ -155,7 +155,10 @@ impl Int8Net {
             pooled.push(is_pooled);
         }
         if !matches!(steps.last().map(|s| &s.kind), Some(StepKind::Fc(_))) {
-            bail!(Usage, "int8 lowering: the network must end in a linear classifier");
+            bail!(
+                Usage,
+                "int8 lowering: the network must end in a linear classifier"
+            );
         }
         Ok(Int8Net {
             steps,

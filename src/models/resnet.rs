@@ -148,3 +148,26 @@ fn shortcut(
     }
     g.conv_bn(&format!("{name}.downsample"), x, c_out, 1, stride, 0, false)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::Device;
+    use crate::models::{build, Arch};
+    use crate::nn::Module;
+
+    /// The names the `nn` module docs give as examples are real ones.
+    #[test]
+    fn documented_names_exist() {
+        let m = build(Arch::Small, 1, 10, &Device::cpu(), 0).unwrap();
+        let names: Vec<String> = m.state().into_iter().map(|n| n.name).collect();
+        for want in [
+            "stem.conv.weight",
+            "layer1.0.conv1.conv.weight",
+            "layer1.0.conv1.bn.running_var",
+            "layer2.0.downsample.bn.bias",
+            "fc.weight",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+    }
+}

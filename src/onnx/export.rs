@@ -23,12 +23,22 @@ use std::path::Path;
 /// What the exported model records for its users (`metadata_props`).
 pub type ExportMeta = ModelInfo;
 
-/// Writes a model to `path` (serialized protobuf).
+/// Writes a model to `path` (serialized protobuf), atomically: `path` is
+/// either left as it was or holds the whole model, never a part of it.
 pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
-    let bytes = model
+    write_bytes(&serialize(model)?, path)
+}
+
+/// The serialized model.
+pub(crate) fn serialize(model: &ModelProto) -> Result<Vec<u8>> {
+    model
         .write_to_bytes()
-        .map_err(|e| Error::Onnx(format!("serializing the model: {e}")))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        .map_err(|e| Error::Onnx(format!("serializing the model: {e}")))
+}
+
+/// Writes serialized bytes atomically (temporary file, fsync, rename).
+pub(crate) fn write_bytes(bytes: &[u8], path: &Path) -> Result<()> {
+    crate::checkpoint::write_atomic(path, bytes)
 }
 
 /// The integer-only graph of `m` (spec S5-S8), one group of ONNX nodes per
@@ -38,6 +48,11 @@ pub fn save_model(model: &ModelProto, path: &Path) -> Result<()> {
 /// MaxPool on int8, QLinearGlobalAveragePool, the classifier as a 1x1
 /// QLinearConv then Flatten, and DequantizeLinear of the logits. Every
 /// output is named after its node.
+///
+/// Every activation's scale and zero point is checked first (an error names
+/// the quantizer), and the finished graph must pass the int8 executor's own
+/// validation ([`crate::executor::validate::build_plan`]): export never
+/// returns a graph that the executor refuses.
 pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
     let mut b = Builder::default();
     b.graph.input.push(value_info(
@@ -67,7 +82,11 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
                     "QuantizeLinear",
                     &format!("{name}.quantize"),
                     "",
-                    &[INPUT_NAME, &format!("{name}.scale"), &format!("{name}.zero_point")],
+                    &[
+                        INPUT_NAME,
+                        &format!("{name}.scale"),
+                        &format!("{name}.zero_point"),
+                    ],
                     &[name],
                     vec![],
                 );
@@ -121,7 +140,13 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
                     "QLinearGlobalAveragePool",
                     name,
                     MS_DOMAIN,
-                    &[&x, &b.scale(&x), &b.zp(&x), &format!("{name}.scale"), &format!("{name}.zero_point")],
+                    &[
+                        &x,
+                        &b.scale(&x),
+                        &b.zp(&x),
+                        &format!("{name}.scale"),
+                        &format!("{name}.zero_point"),
+                    ],
                     &[name],
                     vec![attr_int("channels_last", 0)],
                 );
@@ -161,7 +186,31 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
         &[Dim::Param("batch"), Dim::Value(m.num_classes)],
     ));
     b.graph.name = format!("{}_int8", meta.arch);
-    Ok(model(b.graph, meta, "int8", true))
+    let proto = model(b.graph, meta, "int8", true);
+    crate::executor::validate::build_plan(&proto).map_err(|e| {
+        let e = match e {
+            Error::Onnx(msg) => msg,
+            other => other.to_string(),
+        };
+        Error::Onnx(format!(
+            "the exported graph does not pass the int8 executor's validation, so export refuses it: {e}"
+        ))
+    })?;
+    Ok(proto)
+}
+
+/// The activation parameters `q` of `quantizer` (`kind`: "frozen ",
+/// "observed " or empty), or an error saying what is wrong and what to do.
+pub(crate) fn check_qparams(quantizer: &str, kind: &str, q: QParams) -> Result<()> {
+    match q.problem() {
+        None => Ok(()),
+        Some(p) => bail!(
+            Onnx,
+            "quantizer '{quantizer}': {kind}{p}, so no valid int8 graph can be built from it \
+(the int8 executor would refuse it). The model's quantizer state is damaged or its \
+training diverged: export an earlier checkpoint, or retrain or resume from one"
+        ),
+    }
 }
 
 /// The float graph of `g` (its float weights; quantizers, if any, are
@@ -195,7 +244,13 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
             Op::Input { .. } => INPUT_NAME.to_string(),
             Op::ConvBn(u) => b.conv_bn_fp32(u, name, &input(0)?)?,
             Op::Conv { conv, relu } => {
-                let c = b.conv_fp32(conv, name, &format!("{name}.weight"), &format!("{name}.bias"), &input(0)?)?;
+                let c = b.conv_fp32(
+                    conv,
+                    name,
+                    &format!("{name}.weight"),
+                    &format!("{name}.bias"),
+                    &input(0)?,
+                )?;
                 b.relu_fp32(*relu, name, c)
             }
             Op::Add { relu } => {
@@ -209,13 +264,34 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
             }
             Op::GlobalAvgPool => {
                 // ONNX keeps the 1x1 plane; our pooled features are [N, C].
-                b.node("GlobalAveragePool", name, "", &[&input(0)?], &[name], vec![]);
+                b.node(
+                    "GlobalAveragePool",
+                    name,
+                    "",
+                    &[&input(0)?],
+                    &[name],
+                    vec![],
+                );
                 let flat = format!("{name}.flatten");
-                b.node("Flatten", &flat, "", &[name], &[&flat], vec![attr_int("axis", 1)]);
+                b.node(
+                    "Flatten",
+                    &flat,
+                    "",
+                    &[name],
+                    &[&flat],
+                    vec![attr_int("axis", 1)],
+                );
                 flat
             }
             Op::Flatten => {
-                b.node("Flatten", name, "", &[&input(0)?], &[name], vec![attr_int("axis", 1)]);
+                b.node(
+                    "Flatten",
+                    name,
+                    "",
+                    &[&input(0)?],
+                    &[name],
+                    vec![attr_int("axis", 1)],
+                );
                 name.to_string()
             }
             Op::Linear(l) => {
@@ -230,14 +306,24 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
                     inputs.push(&bname);
                 }
                 let out = if i == last { OUTPUT_NAME } else { name };
-                b.node("Gemm", name, "", &inputs, &[out], vec![attr_int("transB", 1)]);
+                b.node(
+                    "Gemm",
+                    name,
+                    "",
+                    &inputs,
+                    &[out],
+                    vec![attr_int("transB", 1)],
+                );
                 out.to_string()
             }
         };
         values.push(out);
     }
     if values.last().map(String::as_str) != Some(OUTPUT_NAME) {
-        bail!(Onnx, "the float export needs a network that ends in a linear classifier");
+        bail!(
+            Onnx,
+            "the float export needs a network that ends in a linear classifier"
+        );
     }
     b.graph.output.push(value_info(
         OUTPUT_NAME,
@@ -354,9 +440,7 @@ impl Builder {
     /// `<tensor>.scale` (float scalar) and `<tensor>.zero_point` (int8
     /// scalar), verbatim.
     fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
-        if !(-128..=127).contains(&q.zero_point) {
-            bail!(Onnx, "{tensor}: zero point {} is not int8", q.zero_point);
-        }
+        check_qparams(tensor, "", q)?;
         self.qp.insert(tensor.to_string(), tensor.to_string());
         self.init(tensor_f32(&format!("{tensor}.scale"), &[], &[q.scale]))?;
         self.init(tensor_i8(
@@ -393,6 +477,7 @@ impl Builder {
     /// the unit's name.
     fn qconv(&mut self, c: &QConv, x: &str, out: &str) -> Result<()> {
         let n = &c.name;
+        check_qparams(n, "", c.out_q)?;
         if c.relu && c.out_q.zero_point != ACT_QMIN {
             bail!(
                 Onnx,
@@ -443,7 +528,14 @@ impl Builder {
 
     /// A float Conv whose weight and bias initializers are `wname` and
     /// `bname`, output `{unit}.conv`... named `out`; returns `out`.
-    fn conv_fp32(&mut self, c: &Conv2d, out: &str, wname: &str, bname: &str, x: &str) -> Result<String> {
+    fn conv_fp32(
+        &mut self,
+        c: &Conv2d,
+        out: &str,
+        wname: &str,
+        bname: &str,
+        x: &str,
+    ) -> Result<String> {
         let w = &c.weight;
         let d = w.dims();
         self.init(tensor_f32(wname, d, &w.to_vec()?))?;
@@ -453,7 +545,14 @@ impl Builder {
             inputs.push(bname.to_string());
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        self.node("Conv", out, "", &refs, &[out], conv_attrs(c.params, [d[2], d[3]]));
+        self.node(
+            "Conv",
+            out,
+            "",
+            &refs,
+            &[out],
+            conv_attrs(c.params, [d[2], d[3]]),
+        );
         Ok(out.to_string())
     }
 

@@ -41,16 +41,35 @@ pub const INPUT_NAME: &str = "image";
 pub const OUTPUT_NAME: &str = "logits";
 
 use crate::checkpoint::Checkpoint;
+use crate::graph::Graph;
 use crate::int8::Int8Net;
-use crate::{bail, Device, Result};
+use crate::{bail, Device, Error, Result};
 use std::path::Path;
 
 /// `qat export`: the model of a training checkpoint as an int8 graph (QAT
 /// checkpoints) or, with `fp32`, as a float graph. Returns a one-line summary.
+///
+/// An int8 export checks every activation quantizer first
+/// ([`check_quantizers`]), then loads the serialized bytes with the int8
+/// executor ([`crate::executor::Executor::from_bytes`], the loader and
+/// validator `qat verify` and users run) before writing them: what the
+/// executor would refuse is an error here and nothing is written. The file
+/// is written atomically (temporary file, fsync, rename).
 pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<String> {
     let ck = Checkpoint::load(checkpoint)?;
     let dev = Device::cpu();
     let (model, info) = crate::saved_model::load(&ck, &dev)?;
+    let refused = |e: Error| {
+        let e = match e {
+            Error::Onnx(m) | Error::Numerical(m) | Error::Usage(m) | Error::Data(m) => m,
+            other => other.to_string(),
+        };
+        Error::Data(format!(
+            "{}: {e}; nothing was written to {}",
+            checkpoint.display(),
+            out.display()
+        ))
+    };
     let proto = if fp32 {
         export_fp32(&model, &info)?
     } else {
@@ -61,9 +80,19 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
                 checkpoint.display()
             );
         }
-        export_int8(&Int8Net::build(&model)?, &info)?
+        check_quantizers(&model).map_err(refused)?;
+        let int8 = Int8Net::build(&model).map_err(refused)?;
+        export_int8(&int8, &info).map_err(refused)?
     };
-    save_model(&proto, out)?;
+    let bytes = export::serialize(&proto)?;
+    if !fp32 {
+        crate::executor::Executor::from_bytes(&bytes).map_err(|e| {
+            refused(Error::Onnx(format!(
+                "the int8 executor refuses the exported bytes: {e}"
+            )))
+        })?;
+    }
+    export::write_bytes(&bytes, out)?;
     let g = proto.graph.as_ref();
     Ok(format!(
         "{} {} graph: {} nodes, {} initializers -> {}",
@@ -73,4 +102,30 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
         g.map_or(0, |g| g.initializer.len()),
         out.display()
     ))
+}
+
+/// Every activation quantizer of a QAT model has parameters an int8 graph
+/// can be built from (a positive finite scale of at least 2^-23 and an int8
+/// zero point, [`crate::quant::QParams::problem`]): an error names the first
+/// quantizer that does not, and says what to do.
+pub fn check_quantizers(model: &Graph) -> Result<()> {
+    for (name, q) in model.quantizers() {
+        let qp = q.qparams().map_err(|e| {
+            let e = match e {
+                Error::Numerical(m) | Error::Usage(m) => m,
+                other => other.to_string(),
+            };
+            Error::Onnx(format!(
+                "quantizer '{name}': {e}; the model's quantizer state is damaged or its training \
+diverged: export an earlier checkpoint, or retrain or resume from one"
+            ))
+        })?;
+        let kind = if q.is_frozen() {
+            "frozen "
+        } else {
+            "observed "
+        };
+        export::check_qparams(name, kind, qp)?;
+    }
+    Ok(())
 }

@@ -31,6 +31,29 @@ pub struct QParams {
     pub zero_point: i32,
 }
 
+impl QParams {
+    /// What is wrong with these parameters, if anything: every scale the
+    /// contract produces is finite and at least [`MIN_SCALE`] (S1, S2), and
+    /// every zero point an int8 (S1). Parameters outside that cannot come
+    /// from an observer; the int8 graph could not be built from them.
+    pub fn problem(&self) -> Option<String> {
+        let (s, z) = (self.scale, self.zero_point);
+        if !(s.is_finite() && s > 0.0) {
+            Some(format!("scale {s} is not a positive finite number"))
+        } else if s < MIN_SCALE {
+            Some(format!(
+                "scale {s:e} is below the smallest scale 2^-23 that an observer produces"
+            ))
+        } else if !(ACT_QMIN..=ACT_QMAX).contains(&z) {
+            Some(format!(
+                "zero point {z} is outside the int8 range [{ACT_QMIN}, {ACT_QMAX}]"
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 /// Activation scale and zero point from an observed range (S2), computed in
 /// float32 exactly as the spec writes it:
 /// the range is widened to contain 0 (so that 0 is exactly representable,
@@ -179,6 +202,25 @@ impl EmaObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qparams_problems() {
+        let ok = act_qparams(-1.0, 2.0).unwrap();
+        assert_eq!(ok.problem(), None);
+        assert_eq!(act_qparams(0.0, 0.0).unwrap().problem(), None);
+        for (scale, zero_point, what) in [
+            (0.0, 0, "not a positive finite"),
+            (-0.5, 0, "not a positive finite"),
+            (f32::NAN, 0, "not a positive finite"),
+            (f32::INFINITY, 0, "not a positive finite"),
+            (1e-30, 0, "below the smallest scale"),
+            (0.1, 128, "outside the int8 range"),
+            (0.1, -129, "outside the int8 range"),
+        ] {
+            let p = QParams { scale, zero_point }.problem().unwrap();
+            assert!(p.contains(what), "{scale} {zero_point}: {p}");
+        }
+    }
 
     #[test]
     fn qparams_edge_cases() {

@@ -21,10 +21,10 @@ use crate::data::{Batch, DataSpec, Loader, SourceOptions};
 use crate::graph::Graph;
 use crate::int8::Int8Net;
 use crate::models::{self, Arch};
-use crate::saved_model::{self, ModelInfo};
 use crate::nn::{Mode, Module};
 use crate::optim::{CosineSchedule, Sgd, SgdConfig};
 use crate::rng::{stream, Rng};
+use crate::saved_model::{self, ModelInfo};
 use crate::tensor::Tensor;
 use crate::{bail, ops, Error, Result};
 use metrics::{Accuracy, EpochRecord, MetricsLog};
@@ -69,7 +69,6 @@ pub struct TrainConfig {
     #[serde(default)]
     pub workers: usize,
 }
-
 
 /// Seconds between progress lines in logs (the default of
 /// [`TrainConfig::progress_secs`]).
@@ -574,7 +573,6 @@ pub fn resume_contradictions(diffs: &[SettingDiff]) -> String {
         list.join("; ")
     )
 }
-
 
 /// Checkpoint name of the RNG state that draws the data order of the epoch
 /// the checkpoint resumes at.

@@ -494,6 +494,12 @@ fn draw_panel(
     Ok(())
 }
 
+// The integration tests' skip log, so that a check left out for lack of a
+// font is counted like the others.
+#[cfg(test)]
+#[path = "../../tests/common/skip.rs"]
+mod test_skip;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,6 +781,12 @@ mod tests {
         assert_eq!(plain.len(), (WIDTH * HEIGHT * 3) as usize);
         if text_font_registered() {
             assert_ne!(render(&records(5), true).unwrap(), plain);
+        } else {
+            super::test_skip::skip(
+                "plot text (train::plot unit test)",
+                "no TrueType font found (apt-get install fonts-dejavu-core, or set \
+                 QAT_PLOT_FONT to a .ttf file; scripts/test.sh installs it)",
+            );
         }
         let text = text_font_registered();
         for n in [1, 2, 8, 90] {

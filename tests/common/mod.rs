@@ -4,6 +4,46 @@
 use qat::autograd::no_grad;
 use qat::rng::Rng;
 use qat::{ops, Device, Result, Tensor};
+use std::path::Path;
+
+pub mod skip;
+#[allow(unused_imports)]
+pub use skip::{skip, skip_gpu};
+
+/// The Python interpreter for the outside references: `$QAT_PYTHON`
+/// (`scripts/test.sh` points it at its virtual environment), else `python3`.
+pub fn python() -> String {
+    qat::backend::cuda::probe::python()
+}
+
+/// The real Fashion-MNIST (Debian's `dataset-fashion-mnist`), or `None` after
+/// recording `check` as skipped when any of its four files is missing.
+pub fn fashion_mnist(check: &str) -> Option<&'static Path> {
+    let dir = Path::new(qat::data::fashion_mnist::DEFAULT_DIR);
+    let names = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ];
+    let missing: Vec<&str> = names
+        .into_iter()
+        .filter(|n| !dir.join(format!("{n}.gz")).exists() && !dir.join(n).exists())
+        .collect();
+    if missing.is_empty() {
+        return Some(dir);
+    }
+    skip(
+        check,
+        &format!(
+            "Fashion-MNIST is not in {} (missing {}): apt-get install dataset-fashion-mnist \
+             (scripts/test.sh installs it)",
+            dir.display(),
+            missing.join(", ")
+        ),
+    );
+    None
+}
 
 pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()

@@ -2,12 +2,13 @@
 //! frozen quantization parameters, image batches and `.npy` files.
 #![allow(dead_code)]
 
-use qat::models::{Arch, ResNet};
+use qat::graph::Graph;
+use qat::models::{self, Arch};
 use qat::nn::{Mode, Module, QatFlags};
 use qat::ops;
 use qat::optim::{Sgd, SgdConfig};
 use qat::rng::Rng;
-use qat::train::ModelInfo;
+use qat::saved_model::ModelInfo;
 use qat::{Device, Tensor};
 use std::path::Path;
 
@@ -38,8 +39,19 @@ pub fn images(seed: u64, n: usize) -> (Vec<f32>, Vec<u32>) {
 /// A ResNet trained for `steps` SGD steps on [`images`]. With `qat`, the
 /// schedule goes through every phase and ends with frozen observers and
 /// batch norm, as `qat train` does.
-pub fn trained(arch: Arch, qat: bool, steps: usize, seed: u64, dev: &Device) -> ResNet {
-    let mut model = ResNet::new(arch, 1, 10, dev, seed).unwrap();
+pub fn trained(arch: Arch, qat: bool, steps: usize, seed: u64, dev: &Device) -> Graph {
+    train_steps(
+        models::build(arch, 1, 10, dev, seed).unwrap(),
+        qat,
+        steps,
+        seed,
+        dev,
+    )
+}
+
+/// [`trained`] for any graph (one class per output of its classifier, 1x28x28
+/// inputs).
+pub fn train_steps(mut model: Graph, qat: bool, steps: usize, seed: u64, dev: &Device) -> Graph {
     if qat {
         model.quantize(0.1);
     }

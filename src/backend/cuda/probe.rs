@@ -27,7 +27,7 @@ pub fn cuda_driver() -> Result<(), String> {
 /// Ok when libnvrtc loads. It is looked up by name (LD_LIBRARY_PATH and the
 /// system paths), then in `$QAT_NVRTC_DIR`, `$CUDA_HOME/lib64`,
 /// `/usr/local/cuda/lib64` and the `nvidia-cuda-nvrtc` pip wheel
-/// (`site-packages/nvidia/cu13/lib` of `python3`).
+/// (`site-packages/nvidia/cu13/lib` of [`python`]).
 pub fn nvrtc() -> Result<(), String> {
     static R: OnceLock<Result<(), String>> = OnceLock::new();
     R.get_or_init(|| {
@@ -38,13 +38,21 @@ pub fn nvrtc() -> Result<(), String> {
         if preload_nvrtc() && unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Ok(());
         }
-        Err(
-            "libnvrtc.so.13 was not found (pip install \"nvidia-cuda-nvrtc==13.0.*\", \
-             or put a CUDA 13 lib directory on LD_LIBRARY_PATH)"
-                .into(),
-        )
+        Err(format!(
+            "libnvrtc.so.13 was not found (looked by name, in $QAT_NVRTC_DIR, \
+             $CUDA_HOME/lib64, $CUDA_PATH/lib64, /usr/local/cuda/lib64 and the nvidia-cuda-nvrtc wheel \
+             of `{}`): pip install \"nvidia-cuda-nvrtc==13.0.*\", \
+             or put a CUDA 13 lib directory on LD_LIBRARY_PATH",
+            python()
+        ))
     })
     .clone()
+}
+
+/// The Python whose `nvidia-cuda-nvrtc` wheel is searched: `$QAT_PYTHON`,
+/// else `python3`.
+pub fn python() -> String {
+    std::env::var("QAT_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// Loads libnvrtc by absolute path from the usual install places. Once loaded,
@@ -72,9 +80,9 @@ fn preload_nvrtc() -> bool {
         }
     }
     dirs.push("/usr/local/cuda/lib64".into());
-    // The pip wheel: ask python3 where its `nvidia` namespace package lives.
+    // The pip wheel: ask Python where its `nvidia` namespace package lives.
     let py = "import nvidia, os; print('\\n'.join(os.path.join(p, 'cu13', 'lib') for p in nvidia.__path__))";
-    if let Ok(out) = std::process::Command::new("python3")
+    if let Ok(out) = std::process::Command::new(python())
         .args(["-c", py])
         .output()
     {
