@@ -6,8 +6,8 @@
 
 use super::{Graph, Node, NodeId, Op};
 use crate::backend::Device;
-use crate::nn::{ConvBn, Linear};
-use crate::ops::MaxPool2dParams;
+use crate::nn::{Activation, ConvBn, Linear};
+use crate::ops::{Conv2dParams, MaxPool2dParams};
 use crate::rng::Rng;
 use crate::{bail, Result};
 use std::collections::HashSet;
@@ -76,17 +76,30 @@ impl GraphBuilder {
         pad: usize,
         relu: bool,
     ) -> Result<NodeId> {
+        let act = if relu { Activation::Relu } else { Activation::None };
+        self.conv_bn_with(name, x, c_out, kernel, Conv2dParams::new(stride, pad), act)
+    }
+
+    /// Conv (no bias, any geometry: groups for depthwise) + batch norm +
+    /// `act`, Kaiming-initialized.
+    pub fn conv_bn_with(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        c_out: usize,
+        kernel: usize,
+        params: Conv2dParams,
+        act: Activation,
+    ) -> Result<NodeId> {
         let c_in = self.channels[x];
-        let unit = ConvBn::new(
-            &mut self.rng,
-            &self.device,
-            c_in,
-            c_out,
-            kernel,
-            stride,
-            pad,
-            relu,
-        )?;
+        let g = params.groups.max(1);
+        if c_in % g != 0 || c_out % g != 0 {
+            bail!(
+                Shape,
+                "conv '{name}': {c_in} -> {c_out} channels cannot be split into {g} groups"
+            );
+        }
+        let unit = ConvBn::new(&mut self.rng, &self.device, c_in, c_out, kernel, params, act)?;
         self.push(name, Op::ConvBn(unit), vec![x], c_out)
     }
 

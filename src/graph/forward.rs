@@ -58,7 +58,7 @@ fn fp32_node(node: &Node, x: &Tensor, inputs: &[&Tensor], mode: Mode) -> Result<
     Ok(match &node.op {
         Op::Input { .. } => x.clone(),
         Op::ConvBn(u) => u.forward(a()?, mode)?,
-        Op::Conv { conv, relu } => relu_if(*relu, conv.forward(a()?, mode)?)?,
+        Op::Conv { conv, act } => act.apply(conv.forward(a()?, mode)?)?,
         Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,
         Op::GlobalAvgPool => ops::global_avg_pool(a()?)?,

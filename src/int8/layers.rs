@@ -1,11 +1,13 @@
 //! Integer-exact convolution (and FC as a 1x1 convolution).
 
 use crate::backend::{Conv2dGeom, Device, QConvArgs, Storage};
-use crate::nn::{Conv2d, ConvBn, Linear};
+use crate::nn::{Activation, Conv2d, ConvBn, Linear};
 use crate::ops::Conv2dParams;
 use crate::quant::fold::fold_conv_bn;
 use crate::quant::params::weight_scales;
-use crate::quant::requant::{output_bounds, quantize_bias_slice, requant_multiplier};
+use crate::quant::requant::{
+    output_bounds, quantize_bias_slice, relu6_bounds, requant_multiplier,
+};
 use crate::quant::{fake::quantize_per_channel, QParams};
 use crate::tensor::Tensor;
 use crate::Result;
@@ -23,7 +25,7 @@ pub struct QConv {
     pub multipliers: Vec<f32>,
     pub in_q: QParams,
     pub out_q: QParams,
-    pub relu: bool,
+    pub act: Activation,
     w_dev: Tensor,
     bias_dev: Tensor,
     mult_dev: Tensor,
@@ -40,7 +42,7 @@ impl QConv {
         params: Conv2dParams,
         in_q: QParams,
         out_q: QParams,
-        relu: bool,
+        act: Activation,
         dev: &Device,
     ) -> Result<Self> {
         let c_out = w_shape[0];
@@ -66,7 +68,7 @@ impl QConv {
             multipliers,
             in_q,
             out_q,
-            relu,
+            act,
         })
     }
 
@@ -98,7 +100,7 @@ impl QConv {
             u.conv.params,
             in_q,
             out_q,
-            u.relu,
+            u.act,
             dev,
         )
     }
@@ -107,7 +109,7 @@ impl QConv {
     pub fn from_conv(
         name: &str,
         c: &Conv2d,
-        relu: bool,
+        act: Activation,
         in_q: QParams,
         out_q: QParams,
         dev: &Device,
@@ -125,7 +127,7 @@ impl QConv {
             c.params,
             in_q,
             out_q,
-            relu,
+            act,
             dev,
         )
     }
@@ -151,9 +153,20 @@ impl QConv {
             Conv2dParams::default(),
             in_q,
             out_q,
-            false,
+            Activation::None,
             dev,
         )
+    }
+
+    /// The requantization clamp: the int8 range, from the zero point for
+    /// ReLU (S5), ReLU6's bounds (S11).
+    pub fn output_bounds(&self) -> (i32, i32) {
+        let (s, z) = (self.out_q.scale, self.out_q.zero_point);
+        match self.act {
+            Activation::None => output_bounds(z, false),
+            Activation::Relu => output_bounds(z, true),
+            Activation::Relu6 => relu6_bounds(s, z),
+        }
     }
 
     pub fn geom(&self, x: &Tensor) -> Result<Conv2dGeom> {
@@ -163,7 +176,7 @@ impl QConv {
     /// `x` holds `(q_x - z_x) * s_x`; returns `(q_y - z_y) * s_y`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.geom(x)?;
-        let (lo, hi) = output_bounds(self.out_q.zero_point, self.relu);
+        let (lo, hi) = self.output_bounds();
         let args = QConvArgs {
             s_x: self.in_q.scale,
             z_x: self.in_q.zero_point,

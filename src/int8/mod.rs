@@ -97,9 +97,9 @@ impl Int8Net {
                     let c = QConv::from_conv_bn(&node.name, u, in_q(0)?, out_q, &dev)?;
                     (StepKind::Conv(c), out_q, false)
                 }
-                Op::Conv { conv, relu } => {
+                Op::Conv { conv, act } => {
                     let out_q = own_q()?;
-                    let c = QConv::from_conv(&node.name, conv, *relu, in_q(0)?, out_q, &dev)?;
+                    let c = QConv::from_conv(&node.name, conv, *act, in_q(0)?, out_q, &dev)?;
                     (StepKind::Conv(c), out_q, false)
                 }
                 Op::Add { relu } => {

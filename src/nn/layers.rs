@@ -187,10 +187,32 @@ impl Module for Linear {
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm2d,
-    pub relu: bool,
+    pub act: Activation,
+}
+
+/// The activation after a convolution (or a residual add).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    /// `min(max(x, 0), 6)` (MobileNet); in int8 the requantization clamp
+    /// (spec S11).
+    Relu6,
+}
+
+impl Activation {
+    pub fn apply(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::None => Ok(y),
+            Activation::Relu => ops::relu(&y),
+            Activation::Relu6 => ops::relu6(&y),
+        }
+    }
 }
 
 impl ConvBn {
+    /// A `kernel` x `kernel` convolution (no bias) with geometry `params`
+    /// (stride, padding, groups), batch norm and `act`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         rng: &mut Rng,
@@ -198,22 +220,13 @@ impl ConvBn {
         c_in: usize,
         c_out: usize,
         kernel: usize,
-        stride: usize,
-        pad: usize,
-        relu: bool,
+        params: Conv2dParams,
+        act: Activation,
     ) -> Result<Self> {
         Ok(ConvBn {
-            conv: Conv2d::new(
-                rng,
-                device,
-                c_in,
-                c_out,
-                kernel,
-                Conv2dParams::new(stride, pad),
-                false,
-            )?,
+            conv: Conv2d::new(rng, device, c_in, c_out, kernel, params, false)?,
             bn: BatchNorm2d::new(device, c_out)?,
-            relu,
+            act,
         })
     }
 
@@ -255,19 +268,13 @@ impl ConvBn {
             let t = ops::scale_channels(&y, &inv, 1)?;
             bn.forward(&t, Mode::Train)?
         };
-        let y = if self.relu { ops::relu(&y)? } else { y };
-        quant.forward(&y, mode, flags)
+        quant.forward(&self.act.apply(y)?, mode, flags)
     }
 }
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let y = self.bn.forward(&self.conv.forward(x, mode)?, mode)?;
-        if self.relu {
-            ops::relu(&y)
-        } else {
-            Ok(y)
-        }
+        self.act.apply(self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
         self.conv.collect(&join(prefix, "conv"), out);

@@ -14,7 +14,7 @@ mod layers;
 
 pub use act_quant::{ActQuant, ActQuantState, QatFlags};
 pub use init::{kaiming_normal_fan_out, uniform_fan_in};
-pub use layers::{BatchNorm2d, Conv2d, ConvBn, Linear};
+pub use layers::{Activation, BatchNorm2d, Conv2d, ConvBn, Linear};
 
 use crate::tensor::Tensor;
 use crate::Result;

@@ -4,9 +4,9 @@ use super::{INPUT_NAME, IR_VERSION, MS_DOMAIN, MS_OPSET, OPSET, OUTPUT_NAME};
 use crate::graph::{Graph, Op};
 use crate::int8::{Int8Net, QConv, StepKind};
 use crate::models::Arch;
-use crate::nn::{Conv2d, ConvBn};
+use crate::nn::{Activation, Conv2d, ConvBn};
 use crate::ops::{Conv2dParams, MaxPool2dParams};
-use crate::quant::params::ACT_QMIN;
+use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::QParams;
 use crate::saved_model::ModelInfo;
 use crate::{bail, Error, Result};
@@ -243,7 +243,7 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
         let out = match &node.op {
             Op::Input { .. } => INPUT_NAME.to_string(),
             Op::ConvBn(u) => b.conv_bn_fp32(u, name, &input(0)?)?,
-            Op::Conv { conv, relu } => {
+            Op::Conv { conv, act } => {
                 let c = b.conv_fp32(
                     conv,
                     name,
@@ -251,12 +251,13 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
                     &format!("{name}.bias"),
                     &input(0)?,
                 )?;
-                b.relu_fp32(*relu, name, c)
+                b.act_fp32(*act, name, c)?
             }
             Op::Add { relu } => {
                 b.node("Add", name, "", &[&input(0)?, &input(1)?], &[name], vec![]);
                 let scope = name.strip_suffix(".add").unwrap_or(name);
-                b.relu_fp32(*relu, scope, name.to_string())
+                let act = if *relu { Activation::Relu } else { Activation::None };
+                b.act_fp32(act, scope, name.to_string())?
             }
             Op::MaxPool(p) => {
                 b.node("MaxPool", name, "", &[&input(0)?], &[name], pool_attrs(*p));
@@ -478,11 +479,18 @@ impl Builder {
     fn qconv(&mut self, c: &QConv, x: &str, out: &str) -> Result<()> {
         let n = &c.name;
         check_qparams(n, "", c.out_q)?;
-        if c.relu && c.out_q.zero_point != ACT_QMIN {
+        // QLinearConv saturates to [-128, 127]: an activation folds into
+        // it only when its clamp is that range (ReLU at zero point -128,
+        // ReLU6 whose 6 maps to 127 or beyond, spec S11).
+        if c.output_bounds() != (ACT_QMIN, ACT_QMAX) {
             bail!(
                 Onnx,
-                "{n}: ReLU with output zero point {} (not -128) cannot be folded into QLinearConv",
-                c.out_q.zero_point
+                "{n}: {:?} clamps to {:?} with output zero point {} and scale {}, which cannot be \
+                 folded into QLinearConv (it needs the int8 range [-128, 127])",
+                c.act,
+                c.output_bounds(),
+                c.out_q.zero_point,
+                c.out_q.scale
             );
         }
         let c_out = c.w_shape[0];
@@ -556,14 +564,25 @@ impl Builder {
         Ok(out.to_string())
     }
 
-    /// `x`, or a Relu of it named `{scope}.relu`.
-    fn relu_fp32(&mut self, relu: bool, scope: &str, x: String) -> String {
-        if !relu {
-            return x;
-        }
-        let out = format!("{scope}.relu");
-        self.node("Relu", &out, "", &[&x], &[&out], vec![]);
-        out
+    /// `x`, a Relu of it named `{scope}.relu`, or a Clip to [0, 6] named
+    /// `{scope}.relu6` (bounds `{scope}.relu6.min` / `.max`).
+    fn act_fp32(&mut self, act: Activation, scope: &str, x: String) -> Result<String> {
+        Ok(match act {
+            Activation::None => x,
+            Activation::Relu => {
+                let out = format!("{scope}.relu");
+                self.node("Relu", &out, "", &[&x], &[&out], vec![]);
+                out
+            }
+            Activation::Relu6 => {
+                let out = format!("{scope}.relu6");
+                let (lo, hi) = (format!("{out}.min"), format!("{out}.max"));
+                self.init(tensor_f32(&lo, &[], &[0.0]))?;
+                self.init(tensor_f32(&hi, &[], &[6.0]))?;
+                self.node("Clip", &out, "", &[&x, &lo, &hi], &[&out], vec![]);
+                out
+            }
+        })
     }
 
     /// Conv (+ BatchNormalization, + Relu) of a float unit; returns the name
@@ -598,7 +617,7 @@ impl Builder {
             &[&bn_out],
             vec![attr_float("epsilon", bn.eps)],
         );
-        Ok(self.relu_fp32(u.relu, unit, bn_out))
+        self.act_fp32(u.act, unit, bn_out)
     }
 }
 
