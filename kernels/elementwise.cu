@@ -1,4 +1,5 @@
-// Elementwise kernels, the bias of a linear layer, and the SGD update.
+// Elementwise kernels (clamp for ReLU6 among them), concatenation, the bias
+// of a linear layer, and the SGD update.
 // All 1-d, grid-stride loops over QAT_BLOCK-thread blocks.
 #include "common.cuh"
 
@@ -30,6 +31,46 @@ extern "C" __global__ void relu_fwd_f32(const float *__restrict__ x, float *__re
 extern "C" __global__ void relu_bwd_f32(const float *__restrict__ y, const float *__restrict__ dy,
                                         float *__restrict__ dx, int n) {
     QAT_FOR(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// y = clamp(x, lo, hi); NaN stays NaN (both comparisons are false), as in
+// torch.clamp.
+extern "C" __global__ void clamp_fwd_f32(const float *__restrict__ x, float *__restrict__ y, float lo, float hi,
+                                         int n) {
+    QAT_FOR(i, n) {
+        const float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+}
+
+// dx = dy where lo < x < hi, 0 at and beyond the bounds and for NaN
+// (PyTorch's hardtanh backward; see ops::hardtanh).
+extern "C" __global__ void clamp_bwd_f32(const float *__restrict__ x, const float *__restrict__ dy,
+                                         float *__restrict__ dx, float lo, float hi, int n) {
+    QAT_FOR(i, n) {
+        const float v = x[i];
+        dx[i] = (lo < v && v < hi) ? dy[i] : 0.0f;
+    }
+}
+
+// Concatenation seen as matrices: x is outer x inner, y is outer x row, and x
+// fills columns [offset, offset + inner) of y. One thread per x element;
+// consecutive threads touch consecutive addresses on both sides.
+extern "C" __global__ void concat_fwd_f32(const float *__restrict__ x, float *__restrict__ y, int outer, int inner,
+                                          int row, int offset) {
+    QAT_FOR(i, outer * inner) {
+        const int o = i / inner, j = i - o * inner;
+        y[(long long)o * row + offset + j] = x[i];
+    }
+}
+
+// The split: dx = columns [offset, offset + inner) of dy.
+extern "C" __global__ void concat_bwd_f32(const float *__restrict__ dy, float *__restrict__ dx, int outer,
+                                          int inner, int row, int offset) {
+    QAT_FOR(i, outer * inner) {
+        const int o = i / inner, j = i - o * inner;
+        dx[i] = dy[(long long)o * row + offset + j];
+    }
 }
 
 // y[r, j] += bias[j] for a rows x cols matrix

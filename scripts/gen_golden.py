@@ -4,9 +4,12 @@
 Script: scripts/gen_golden.py
 Made with: PyTorch 2.15.0 (build 2.15.0+cu132, run on the CPU only), NumPy 2.4.6,
 on 2026-11-26.
-Run:    python3 scripts/gen_golden.py   (from the repository root)
+Run:    python3 scripts/gen_golden.py [FILE ...]   (from the repository root;
+        FILE names which files to write, e.g. relu6 concat; default all)
 Writes: tests/data/golden/{conv2d,batch_norm,cross_entropy,max_pool2d,
-        global_avg_pool,linear}.json
+        global_avg_pool,linear,relu6,avg_pool2d,concat}.json
+        (relu6, avg_pool2d and concat added on 2026-12-01 with the same
+        PyTorch 2.15.0; the older files were left as they were)
 
 Precision: every input is drawn in float32 (torch.manual_seed fixed per file)
 and written as the shortest decimal that round-trips to that float32, so the
@@ -331,15 +334,146 @@ def gen_linear():
                      linear_case("bias_17x33_to_9", 17, 33, 9, True)])
 
 
+# ---------------------------------------------------------------------------
+# relu6 / hardtanh at and around the kinks, avg_pool2d, concat.
+
+
+def f32_neighbours(v):
+    """v and the float32 values just below and above it."""
+    v = np.float32(v)
+    return [float(np.nextafter(v, np.float32(-np.inf))), float(v), float(np.nextafter(v, np.float32(np.inf)))]
+
+
+def kink_gradients(fn):
+    """The gradient fn passes at each of 0, 6, -0 and NaN, on a 1-element and
+    a 64-element tensor (PyTorch's scalar and vectorized CPU paths)."""
+    out = {}
+    for n in (1, 64):
+        for name, v in (("0", 0.0), ("6", 6.0), ("-0", -0.0), ("nan", float("nan"))):
+            x = torch.full((n,), v, dtype=torch.float32, requires_grad=True)
+            fn(x).sum().backward()
+            out[f"n{n}_x{name}"] = x.grad[0].item()
+    return out
+
+
+def relu6_case(name, x, lo=0.0, hi=6.0):
+    x = leaf(x)
+    y = F.relu6(x) if (lo, hi) == (0.0, 6.0) else F.hardtanh(x, lo, hi)
+    r = randn(*y.shape)
+    (y * r).sum().backward()
+    return {"name": name, "min": lo, "max": hi, "x": arr(x), "y": arr(y), "r": arr(r), "dx": arr(x.grad)}
+
+
+def gen_relu6():
+    torch.manual_seed(66)
+    # Every kink and its float32 neighbours, then O(1) values on both sides.
+    kinks = f32_neighbours(0.0) + f32_neighbours(6.0) + [-0.0, -3.0, 3.0, 7.5, 1e-30, 6.0 - 1e-5]
+    kinks = torch.tensor(kinks + [0.0, 6.0] * 26, dtype=torch.float32).double()  # 64 values: vectorized path
+    small = torch.tensor(f32_neighbours(0.0) + f32_neighbours(6.0) + [0.0, 6.0, -0.0], dtype=torch.float32).double()
+    cases = [
+        relu6_case("kinks_64", kinks.view(2, 1, 4, 8)),
+        relu6_case("kinks_9", small.view(1, 1, 3, 3)),
+        relu6_case("random_both_sides", randn(3, 4, 5, 3, scale=4.0, shift=3.0)),
+        relu6_case("hardtanh_m0.5_2", randn(2, 3, 7, scale=2.0), lo=-0.5, hi=2.0),
+    ]
+    # The conventions, measured on this PyTorch (the values the tests rely on).
+    relu6_kinks = kink_gradients(F.relu6)
+    clamp_kinks = kink_gradients(lambda t: torch.clamp(t, 0.0, 6.0))
+    for k in ("n1_x0", "n1_x6", "n64_x0", "n64_x6", "n1_x-0", "n64_x-0"):
+        assert relu6_kinks[k] == 0.0, f"relu6 gradient at the kink {k} is {relu6_kinks[k]}, not 0"
+    print(f"  relu6 kink gradients: {relu6_kinks}")
+    print(f"  clamp(0, 6) kink gradients: {clamp_kinks}")
+    write("relu6", cases, {
+        "kink_rule": "relu6 = hardtanh(0, 6); gradient 1 for 0 < x < 6, 0 elsewhere, 0 at x = 0, -0 and 6 exactly",
+        "relu6_kink_gradients": {k: (v if v == v else "nan") for k, v in relu6_kinks.items()},
+        "clamp_kink_gradients": {k: (v if v == v else "nan") for k, v in clamp_kinks.items()},
+    })
+
+
+def avg_case(name, shape, k, s, p, incl, ceil):
+    x = leaf(randn(*shape))
+    y = F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=incl)
+    r = randn(*y.shape)
+    (y * r).sum().backward()
+    return {
+        "name": name,
+        "kernel": list(k),
+        "stride": list(s),
+        "pad": list(p),
+        "count_include_pad": incl,
+        "ceil_mode": ceil,
+        "x": arr(x),
+        "y": arr(y),
+        "r": arr(r),
+        "dx": arr(x.grad),
+    }
+
+
+def gen_avg_pool():
+    torch.manual_seed(77)
+    cases = [
+        avg_case("k3s2p1_incl_9x7", (2, 3, 9, 7), (3, 3), (2, 2), (1, 1), True, False),
+        avg_case("k3s2p1_excl_9x7", (2, 3, 9, 7), (3, 3), (2, 2), (1, 1), False, False),
+        avg_case("k3s1p1_excl_6x5", (1, 2, 6, 5), (3, 3), (1, 1), (1, 1), False, False),
+        avg_case("k2s2_ceil_excl_7x9", (2, 2, 7, 9), (2, 2), (2, 2), (0, 0), False, True),
+        avg_case("k2s2_ceil_incl_7x9", (2, 2, 7, 9), (2, 2), (2, 2), (0, 0), True, True),
+        # ceil_mode windows hang past the padding: divisor below 9 there.
+        avg_case("k3s2p1_ceil_incl_8x6", (1, 3, 8, 6), (3, 3), (2, 2), (1, 1), True, True),
+        avg_case("k3s2p1_ceil_excl_8x6", (1, 3, 8, 6), (3, 3), (2, 2), (1, 1), False, True),
+        # Every parameter differs between h and w: catches swapped axes.
+        avg_case("k3x2_s2x1_p1x0_incl_7x6", (2, 2, 7, 6), (3, 2), (2, 1), (1, 0), True, False),
+        avg_case("k5x3_s3x2_p2x1_ceil_excl_10x7", (1, 2, 10, 7), (5, 3), (3, 2), (2, 1), False, True),
+        avg_case("k7_global_7x7", (2, 3, 7, 7), (7, 7), (1, 1), (0, 0), False, False),
+    ]
+    write("avg_pool2d", cases, {
+        "divisor_rule": "count_include_pad: window clipped to [-pad, size + pad) (kh*kw except ceil_mode windows past the padding); else the input positions in the window",
+    })
+
+
+def concat_case(name, shapes, axis):
+    xs = [leaf(randn(*sh)) for sh in shapes]
+    y = torch.cat(xs, dim=axis)
+    r = randn(*y.shape)
+    (y * r).sum().backward()
+    return {
+        "name": name,
+        "axis": axis,
+        "xs": [arr(x) for x in xs],
+        "y": arr(y),
+        "r": arr(r),
+        "dxs": [arr(x.grad) for x in xs],
+    }
+
+
+def gen_concat():
+    torch.manual_seed(88)
+    cases = [
+        concat_case("channels_2_3_5", [(2, 2, 5, 3), (2, 3, 5, 3), (2, 5, 5, 3)], 1),
+        concat_case("channels_1x1_1_4", [(3, 1, 1, 1), (3, 4, 1, 1)], 1),
+        concat_case("height_axis2", [(2, 3, 4, 5), (2, 3, 1, 5)], 2),
+    ]
+    write("concat", cases)
+
+
 def main():
     if not torch.__version__.startswith("2.15.0"):
         print(f"warning: the committed data was made with torch 2.15.0, this is {torch.__version__}", file=sys.stderr)
-    gen_conv()
-    gen_bn()
-    gen_ce()
-    gen_pool()
-    gen_gap()
-    gen_linear()
+    gens = {
+        "conv2d": gen_conv,
+        "batch_norm": gen_bn,
+        "cross_entropy": gen_ce,
+        "max_pool2d": gen_pool,
+        "global_avg_pool": gen_gap,
+        "linear": gen_linear,
+        "relu6": gen_relu6,
+        "avg_pool2d": gen_avg_pool,
+        "concat": gen_concat,
+    }
+    wanted = sys.argv[1:] or list(gens)
+    for name in wanted:
+        if name not in gens:
+            sys.exit(f"unknown file {name!r}: choose from {', '.join(gens)}")
+        gens[name]()
 
 
 if __name__ == "__main__":

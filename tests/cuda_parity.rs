@@ -15,8 +15,8 @@ mod common;
 
 use qat::backend::cuda::{self, probe};
 use qat::backend::{
-    BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep,
-    Storage,
+    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs,
+    QConvArgs, QGapArgs, SgdStep, Storage,
 };
 use qat::rng::Rng;
 use qat::Device;
@@ -186,6 +186,121 @@ fn elementwise_ops() {
             b.relu_bwd(&up(&dev, &yv), &up(&dev, &z), &mut got).unwrap();
             close("relu_bwd", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
         }
+    }
+}
+
+/// Clamp (ReLU6, hardtanh) forward and backward: exact, including inputs at
+/// the bounds, their float32 neighbours and NaN.
+#[test]
+fn clamp_fwd_bwd() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(20);
+        for &n in LENS {
+            for (lo, hi) in [(0.0f32, 6.0f32), (-0.5, 2.0), (1.0, 1.0)] {
+                let mut x: Vec<f32> = randn(&mut rng, n).iter().map(|v| v * 4.0 + 2.0).collect();
+                // Every seventh value on a bound or just beside it, one NaN.
+                let special = [
+                    lo,
+                    hi,
+                    f32::from_bits(lo.to_bits() + 1),
+                    f32::from_bits(hi.to_bits() - 1),
+                    -0.0,
+                    f32::NAN,
+                ];
+                for (i, v) in x.iter_mut().enumerate().step_by(7) {
+                    *v = special[(i / 7) % special.len()];
+                }
+                let dy = randn(&mut rng, n);
+                let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+                r.clamp_fwd(lo, hi, &host(&x), &mut want).unwrap();
+                b.clamp_fwd(lo, hi, &up(&dev, &x), &mut got).unwrap();
+                let (g, w) = (down(&dev, &got), hv(&want));
+                for (i, (gv, wv)) in g.iter().zip(&w).enumerate() {
+                    assert!(
+                        gv.to_bits() == wv.to_bits() || (gv.is_nan() && wv.is_nan()),
+                        "clamp_fwd [{lo}, {hi}] on {}: element {i} of {n}: got {gv}, want {wv}",
+                        dev.backend().name()
+                    );
+                    assert_eq!(wv.is_nan(), x[i].is_nan(), "NaN must stay NaN");
+                }
+                let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+                r.clamp_bwd(lo, hi, &host(&x), &host(&dy), &mut want)
+                    .unwrap();
+                b.clamp_bwd(lo, hi, &up(&dev, &x), &up(&dev, &dy), &mut got)
+                    .unwrap();
+                close("clamp_bwd", &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+            }
+        }
+    }
+}
+
+/// Concatenation of pieces of different widths into a NaN-poisoned output
+/// (every element must be written by some piece), and the split back: exact.
+#[test]
+fn concat_fwd_bwd() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(21);
+        // (outer, widths of the pieces)
+        let cases: Vec<(usize, Vec<usize>)> = vec![
+            (1, vec![1]),
+            (2, vec![10, 15, 25]),   // 3 NCHW inputs, 2/3/5 channels of 5x1
+            (3, vec![1, 4]),         // 1x1 maps
+            (7, vec![257, 31, 300]), // > one block per row
+            (300, vec![3, 0, 5]),    // an empty piece, many rows
+        ];
+        for (outer, widths) in cases {
+            let row: usize = widths.iter().sum();
+            let mut geoms = Vec::new();
+            let mut offset = 0;
+            for &inner in &widths {
+                geoms.push(ConcatGeom {
+                    outer,
+                    inner,
+                    row,
+                    offset,
+                });
+                offset += inner;
+            }
+            let xs: Vec<Vec<f32>> = widths.iter().map(|&w| randn(&mut rng, outer * w)).collect();
+            let (mut want, mut got) = (host(&vec![0.0; outer * row]), poison(&dev, outer * row));
+            for (g, x) in geoms.iter().zip(&xs) {
+                c.backend().concat_fwd(g, &host(x), &mut want).unwrap();
+                dev.backend().concat_fwd(g, &up(&dev, x), &mut got).unwrap();
+            }
+            let what = format!("concat_fwd {outer} x {widths:?}");
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 0.0, 0.0);
+            let dy = randn(&mut rng, outer * row);
+            for g in &geoms {
+                let (mut want, mut got) = (host(&vec![0.0; g.x_len()]), poison(&dev, g.x_len()));
+                c.backend().concat_bwd(g, &host(&dy), &mut want).unwrap();
+                dev.backend()
+                    .concat_bwd(g, &up(&dev, &dy), &mut got)
+                    .unwrap();
+                close(
+                    &format!("concat_bwd {g:?}"),
+                    &dev,
+                    &down(&dev, &got),
+                    &hv(&want),
+                    0.0,
+                    0.0,
+                );
+            }
+        }
+        // A piece that does not fit its rows is an error, not a stray write.
+        let bad = ConcatGeom {
+            outer: 2,
+            inner: 3,
+            row: 4,
+            offset: 2,
+        };
+        let mut y = poison(&dev, 8);
+        assert!(dev
+            .backend()
+            .concat_fwd(&bad, &up(&dev, &[0.0; 6]), &mut y)
+            .is_err());
     }
 }
 
@@ -806,6 +921,71 @@ fn maxpool_and_global_avgpool() {
                 1e-6,
                 1e-5,
             );
+        }
+    }
+}
+
+/// Average pooling, both divisor rules, with and without ceil_mode: the CPU
+/// sums in f64, the kernels in f32, so `1e-6 + 1e-5 relative`.
+#[test]
+fn avgpool2d_fwd_bwd() {
+    let c = cpu();
+    let pool =
+        |n, ch, h, w, k: (usize, usize), s: (usize, usize), p: (usize, usize), incl, ceil| {
+            AvgPool2dGeom {
+                n,
+                c: ch,
+                h,
+                w,
+                kh: k.0,
+                kw: k.1,
+                stride: s,
+                pad: p,
+                count_include_pad: incl,
+                ceil_mode: ceil,
+            }
+        };
+    let mut cases = Vec::new();
+    for incl in [false, true] {
+        cases.extend([
+            pool(2, 3, 9, 7, (3, 3), (2, 2), (1, 1), incl, false),
+            pool(1, 2, 8, 6, (3, 3), (2, 2), (1, 1), incl, true), // windows past the padding
+            pool(2, 2, 7, 9, (2, 2), (2, 2), (0, 0), incl, true),
+            pool(1, 3, 6, 11, (2, 3), (1, 2), (1, 1), incl, false),
+            pool(1, 2, 10, 7, (5, 3), (3, 2), (2, 1), incl, true),
+            pool(3, 5, 17, 13, (3, 3), (1, 1), (1, 1), incl, false),
+            pool(2, 3, 7, 7, (7, 7), (1, 1), (0, 0), incl, false),
+            pool(1, 1, 1, 1, (1, 1), (1, 1), (0, 0), incl, true),
+        ]);
+    }
+    for dev in devices() {
+        let mut rng = Rng::new(22);
+        let mut cases = cases.clone();
+        if is_gpu(&dev) {
+            cases.push(pool(16, 96, 56, 56, (3, 3), (2, 2), (1, 1), false, true));
+        }
+        for g in cases {
+            let g = g.validate().unwrap();
+            let (x, dy) = (randn(&mut rng, g.x_len()), randn(&mut rng, g.y_len()));
+            let mut want = host(&vec![0.0; g.y_len()]);
+            c.backend().avgpool2d_fwd(&g, &host(&x), &mut want).unwrap();
+            let mut got = poison(&dev, g.y_len());
+            dev.backend()
+                .avgpool2d_fwd(&g, &up(&dev, &x), &mut got)
+                .unwrap();
+            let what = format!("avgpool2d fwd {g:?}");
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-5);
+
+            let mut want = host(&vec![0.0; g.x_len()]);
+            c.backend()
+                .avgpool2d_bwd(&g, &host(&dy), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, g.x_len());
+            dev.backend()
+                .avgpool2d_bwd(&g, &up(&dev, &dy), &mut got)
+                .unwrap();
+            let what = format!("avgpool2d bwd {g:?}");
+            close(&what, &dev, &down(&dev, &got), &hv(&want), 1e-6, 1e-5);
         }
     }
 }

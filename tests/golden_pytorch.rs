@@ -2,7 +2,8 @@
 //! on the CPU device, compared with values PyTorch computed.
 //!
 //! Provenance: every file under `tests/data/golden/` is written by
-//! `scripts/gen_golden.py` with PyTorch 2.15.0 (CPU); each file's `meta` records
+//! `scripts/gen_golden.py` with PyTorch 2.15.0 (CPU; relu6, avg_pool2d and
+//! concat added later with the same version); each file's `meta` records
 //! the torch version, the script and the date, and the test checks them. The
 //! script draws f32 inputs, computes in f64 on exactly those values and rounds
 //! the results to f32, so the tolerances below measure our f32 error only.
@@ -13,7 +14,7 @@
 //! `atol`/`rtol` given per op next to each check.
 
 use qat::autograd::Grads;
-use qat::ops::{self, BatchNormArgs, Conv2dParams, MaxPool2dParams};
+use qat::ops::{self, AvgPool2dParams, BatchNormArgs, Conv2dParams, MaxPool2dParams};
 use qat::{Device, Tensor};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -565,6 +566,141 @@ golden_cases! {
 }
 
 // ---------------------------------------------------------------------------
+// relu6 / hardtanh
+
+/// ReLU6 (or hardtanh with the case's bounds): the output is a selection and
+/// must match exactly; so must the gradient, `r` or 0 per element, also at
+/// the kinks x = 0, -0 and 6 and their float32 neighbours.
+fn run_relu6(name: &str) {
+    let c = case("relu6", name);
+    let (lo, hi) = (f64_of(&c, "min") as f32, f64_of(&c, "max") as f32);
+    let x = arr(&c, "x").param();
+    let y = if (lo, hi) == (0.0, 6.0) {
+        ops::relu6(&x).unwrap()
+    } else {
+        ops::hardtanh(&x, lo, hi).unwrap()
+    };
+    let exact = Tol {
+        atol: 0.0,
+        rtol: 0.0,
+    };
+    check(&format!("relu6 {name}: y"), &y, &arr(&c, "y"), exact);
+    let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
+    check(
+        &format!("relu6 {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        exact,
+    );
+}
+
+golden_cases! {
+    "relu6", RELU6_CASES, run_relu6,
+    "y = F.relu6(x) (or F.hardtanh(x, min, max)); (y * r).sum().backward()":
+    relu6_kinks_64 => "kinks_64",
+    relu6_kinks_9 => "kinks_9",
+    relu6_random_both_sides => "random_both_sides",
+    hardtanh_m05_2 => "hardtanh_m0.5_2",
+}
+
+/// The file records PyTorch's gradient at the kinks, measured on its scalar
+/// and vectorized paths: 0 at 0, -0 and 6 (what `ops::relu6` does).
+#[test]
+fn relu6_kink_rule_recorded() {
+    let v = load("relu6");
+    let kinks = &v["meta"]["relu6_kink_gradients"];
+    for k in ["n1_x0", "n1_x6", "n1_x-0", "n64_x0", "n64_x6", "n64_x-0"] {
+        assert_eq!(kinks[k].as_f64(), Some(0.0), "relu6 gradient at {k}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// avg_pool2d
+
+/// Average pooling, both divisor rules, with and without ceil_mode: sums of
+/// at most 49 values and `r / divisor` sums of at most a few terms.
+fn run_avg_pool(name: &str) {
+    let c = case("avg_pool2d", name);
+    let p = AvgPool2dParams {
+        kernel: pair(&c, "kernel"),
+        stride: pair(&c, "stride"),
+        pad: pair(&c, "pad"),
+        count_include_pad: c["count_include_pad"].as_bool().unwrap(),
+        ceil_mode: c["ceil_mode"].as_bool().unwrap(),
+    };
+    let x = arr(&c, "x").param();
+    let y = ops::avg_pool2d(&x, p).unwrap();
+    let tol = Tol {
+        atol: 1e-6,
+        rtol: 1e-5,
+    };
+    check(&format!("avg_pool2d {name}: y"), &y, &arr(&c, "y"), tol);
+    let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
+    check(
+        &format!("avg_pool2d {name}: dx"),
+        grad(&grads, &x, "x"),
+        &arr(&c, "dx"),
+        tol,
+    );
+}
+
+golden_cases! {
+    "avg_pool2d", AVG_POOL2D_CASES, run_avg_pool,
+    "y = F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad); (y * r).sum().backward()":
+    avg_pool2d_k3s2p1_incl => "k3s2p1_incl_9x7",
+    avg_pool2d_k3s2p1_excl => "k3s2p1_excl_9x7",
+    avg_pool2d_k3s1p1_excl => "k3s1p1_excl_6x5",
+    avg_pool2d_k2s2_ceil_excl => "k2s2_ceil_excl_7x9",
+    avg_pool2d_k2s2_ceil_incl => "k2s2_ceil_incl_7x9",
+    avg_pool2d_k3s2p1_ceil_incl => "k3s2p1_ceil_incl_8x6",
+    avg_pool2d_k3s2p1_ceil_excl => "k3s2p1_ceil_excl_8x6",
+    avg_pool2d_rect_asym => "k3x2_s2x1_p1x0_incl_7x6",
+    avg_pool2d_k5x3_ceil_excl => "k5x3_s3x2_p2x1_ceil_excl_10x7",
+    avg_pool2d_k7_global => "k7_global_7x7",
+}
+
+// ---------------------------------------------------------------------------
+// concat
+
+/// Concatenation and its split gradient: copies, so exact.
+fn run_concat(name: &str) {
+    let c = case("concat", name);
+    let axis = c["axis"].as_u64().unwrap() as usize;
+    let arrs = |key: &str| -> Vec<Arr> {
+        let n = c[key].as_array().unwrap().len();
+        let wrapped: Vec<Value> = (0..n)
+            .map(|i| serde_json::json!({"name": c["name"], "a": c[key][i]}))
+            .collect();
+        wrapped.iter().map(|w| arr(w, "a")).collect()
+    };
+    let xs: Vec<Tensor> = arrs("xs").iter().map(|a| a.param()).collect();
+    let refs: Vec<&Tensor> = xs.iter().collect();
+    let y = ops::concat(&refs, axis).unwrap();
+    let exact = Tol {
+        atol: 0.0,
+        rtol: 0.0,
+    };
+    check(&format!("concat {name}: y"), &y, &arr(&c, "y"), exact);
+    let grads = weighted_sum(&y, &arr(&c, "r")).backward().unwrap();
+    for (i, (x, dx)) in xs.iter().zip(arrs("dxs")).enumerate() {
+        check(
+            &format!("concat {name}: dx[{i}]"),
+            grad(&grads, x, "x"),
+            &dx,
+            exact,
+        );
+    }
+}
+
+golden_cases! {
+    "concat", CONCAT_CASES, run_concat,
+    "y = torch.cat(xs, dim=axis); (y * r).sum().backward()":
+    concat_channels_2_3_5 => "channels_2_3_5",
+    concat_channels_1x1_1_4 => "channels_1x1_1_4",
+    concat_height_axis2 => "height_axis2",
+}
+
+// ---------------------------------------------------------------------------
 
 /// Every case in every file written by `scripts/gen_golden.py` has a test
 /// above, and every test's case is in its file.
@@ -577,6 +713,9 @@ fn every_golden_case_is_tested() {
         ("max_pool2d", MAX_POOL2D_CASES),
         ("global_avg_pool", GLOBAL_AVG_POOL_CASES),
         ("linear", LINEAR_CASES),
+        ("relu6", RELU6_CASES),
+        ("avg_pool2d", AVG_POOL2D_CASES),
+        ("concat", CONCAT_CASES),
     ] {
         let tested: BTreeSet<String> = tested.iter().map(|s| s.to_string()).collect();
         assert_eq!(

@@ -5,7 +5,7 @@ mod common;
 
 use common::{away_from_zero, distinct, gradcheck, randn};
 use qat::nn::{Mode, Module};
-use qat::ops::{self, BatchNormArgs, Conv2dParams, MaxPool2dParams};
+use qat::ops::{self, AvgPool2dParams, BatchNormArgs, Conv2dParams, MaxPool2dParams};
 use qat::rng::Rng;
 use qat::{Device, Tensor};
 
@@ -150,6 +150,77 @@ fn global_avg_pool_and_flatten() {
     let inputs = vec![(randn(&mut rng, 2 * 3 * 5 * 3), vec![2, 3, 5, 3])];
     gradcheck(13, &inputs, 30, H, 1e-3, 1e-2, |t| {
         ops::flatten(&ops::global_avg_pool(&t[0])?)
+    });
+}
+
+/// Values on both sides of the kinks `lo` and `hi`, each at least `gap` away
+/// from them (beyond the finite-difference step).
+fn away_from_kinks(rng: &mut Rng, n: usize, lo: f32, hi: f32, gap: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let mut v = rng.normal() * (hi - lo) + (lo + hi) / 2.0;
+            for k in [lo, hi] {
+                if (v - k).abs() < gap {
+                    v = k + gap.copysign(v - k);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn relu6_and_hardtanh_away_from_kinks() {
+    let mut rng = Rng::new(16);
+    let inputs = vec![(
+        away_from_kinks(&mut rng, 2 * 3 * 5 * 3, 0.0, 6.0, 0.05),
+        vec![2, 3, 5, 3],
+    )];
+    gradcheck(16, &inputs, 45, H, 1e-3, 1e-2, |t| ops::relu6(&t[0]));
+    let inputs = vec![(
+        away_from_kinks(&mut rng, 3 * 7, -0.5, 2.0, 0.05),
+        vec![3, 7],
+    )];
+    gradcheck(17, &inputs, 21, H, 1e-3, 1e-2, |t| {
+        ops::hardtanh(&t[0], -0.5, 2.0)
+    });
+}
+
+#[test]
+fn avg_pool_both_divisors_and_ceil_mode() {
+    let mut rng = Rng::new(18);
+    for incl in [false, true] {
+        for ceil in [false, true] {
+            let inputs = vec![(randn(&mut rng, 2 * 2 * 8 * 7), vec![2, 2, 8, 7])];
+            let p = AvgPool2dParams {
+                kernel: (3, 2),
+                stride: (2, 2),
+                pad: (1, 1),
+                count_include_pad: incl,
+                ceil_mode: ceil,
+            };
+            gradcheck(18, &inputs, 60, H, 1e-3, 1e-2, |t| {
+                ops::avg_pool2d(&t[0], p)
+            });
+        }
+    }
+}
+
+#[test]
+fn concat_three_inputs_of_different_channels() {
+    let mut rng = Rng::new(19);
+    let inputs = vec![
+        (randn(&mut rng, 2 * 2 * 3 * 5), vec![2, 2, 3, 5]),
+        (randn(&mut rng, 2 * 3 * 3 * 5), vec![2, 3, 3, 5]),
+        (randn(&mut rng, 2 * 5 * 3 * 5), vec![2, 5, 3, 5]),
+    ];
+    gradcheck(19, &inputs, 30, H, 1e-3, 1e-2, |t| {
+        ops::concat(&[&t[0], &t[1], &t[2]], 1)
+    });
+    // The same tensor twice: its gradient is the sum of both slices.
+    let inputs = vec![(randn(&mut rng, 3 * 4), vec![3, 4])];
+    gradcheck(20, &inputs, 12, H, 1e-3, 1e-2, |t| {
+        ops::concat(&[&t[0], &t[0]], 0)
     });
 }
 

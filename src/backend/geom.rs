@@ -180,6 +180,164 @@ impl Pool2dGeom {
     }
 }
 
+/// Average pooling over NCHW input, PyTorch's `avg_pool2d` (and ONNX
+/// AveragePool with symmetric pads). Window `o` on an axis of size `size`
+/// starts at `o * stride - pad` and holds `k` positions; the sum runs over the
+/// positions inside the input, and the divisor is
+/// - `count_include_pad`: the window clipped to the padded extent
+///   `[-pad, size + pad)` (so a `k x k` window has divisor `k*k` except where
+///   `ceil_mode` lets it hang over the far padding);
+/// - otherwise: the number of input positions in the window.
+///
+/// With `ceil_mode` the output size rounds up, but a window that would start
+/// in the far padding is dropped (PyTorch's rule), so every window holds at
+/// least one input position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvgPool2dGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub count_include_pad: bool,
+    pub ceil_mode: bool,
+}
+
+/// One window on one axis: input positions `[lo, hi)` and the window's
+/// extent for the divisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpan {
+    pub lo: usize,
+    pub hi: usize,
+    pub extent: usize,
+}
+
+impl AvgPool2dGeom {
+    pub fn validate(self) -> Result<Self> {
+        let g = self;
+        if g.kh == 0 || g.kw == 0 || g.stride.0 == 0 || g.stride.1 == 0 {
+            bail!(
+                Shape,
+                "avg_pool2d: kernel {}x{} and stride {:?} must be positive",
+                g.kh,
+                g.kw,
+                g.stride
+            );
+        }
+        if g.h == 0 || g.w == 0 {
+            bail!(Shape, "avg_pool2d: empty input plane {}x{}", g.h, g.w);
+        }
+        if g.pad.0 * 2 > g.kh || g.pad.1 * 2 > g.kw {
+            bail!(
+                Shape,
+                "avg_pool2d: padding {:?} must be at most half the kernel {}x{}",
+                g.pad,
+                g.kh,
+                g.kw
+            );
+        }
+        if g.h + 2 * g.pad.0 < g.kh || g.w + 2 * g.pad.1 < g.kw {
+            bail!(
+                Shape,
+                "avg_pool2d: kernel {}x{} larger than input {}x{} with padding {:?}",
+                g.kh,
+                g.kw,
+                g.h,
+                g.w,
+                g.pad
+            );
+        }
+        Ok(g)
+    }
+
+    fn out_len(&self, size: usize, k: usize, s: usize, p: usize) -> usize {
+        let span = size + 2 * p - k;
+        let mut o = if self.ceil_mode {
+            span.div_ceil(s)
+        } else {
+            span / s
+        } + 1;
+        // ceil_mode: the last window must start inside the input or the near
+        // padding.
+        if self.ceil_mode && (o - 1) * s >= size + p {
+            o -= 1;
+        }
+        o
+    }
+    pub fn out_h(&self) -> usize {
+        self.out_len(self.h, self.kh, self.stride.0, self.pad.0)
+    }
+    pub fn out_w(&self) -> usize {
+        self.out_len(self.w, self.kw, self.stride.1, self.pad.1)
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c * self.out_h() * self.out_w()
+    }
+
+    fn span(&self, o: usize, size: usize, k: usize, s: usize, p: usize) -> PoolSpan {
+        let start = (o * s) as isize - p as isize;
+        let end = (start + k as isize).min((size + p) as isize);
+        let lo = start.max(0) as usize;
+        let hi = (end.min(size as isize)).max(lo as isize) as usize;
+        let extent = if self.count_include_pad {
+            (end - start) as usize
+        } else {
+            hi - lo
+        };
+        PoolSpan { lo, hi, extent }
+    }
+    /// Rows of output row `oy`.
+    pub fn rows(&self, oy: usize) -> PoolSpan {
+        self.span(oy, self.h, self.kh, self.stride.0, self.pad.0)
+    }
+    /// Columns of output column `ox`.
+    pub fn cols(&self, ox: usize) -> PoolSpan {
+        self.span(ox, self.w, self.kw, self.stride.1, self.pad.1)
+    }
+    /// The divisor of output `(oy, ox)`.
+    pub fn divisor(&self, oy: usize, ox: usize) -> usize {
+        self.rows(oy).extent * self.cols(ox).extent
+    }
+}
+
+/// Concatenation along one axis, seen as matrices: the input is `outer x
+/// inner`, the output `outer x row`, and the input fills columns `[offset,
+/// offset + inner)` of every output row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcatGeom {
+    pub outer: usize,
+    pub inner: usize,
+    pub row: usize,
+    pub offset: usize,
+}
+
+impl ConcatGeom {
+    pub fn validate(&self) -> Result<()> {
+        if self.offset + self.inner > self.row {
+            bail!(
+                Shape,
+                "concat: columns {}..{} outside rows of {}",
+                self.offset,
+                self.offset + self.inner,
+                self.row
+            );
+        }
+        Ok(())
+    }
+    pub fn x_len(&self) -> usize {
+        self.outer * self.inner
+    }
+    pub fn y_len(&self) -> usize {
+        self.outer * self.row
+    }
+}
+
 /// One SGD step's hyper-parameters (PyTorch's `torch.optim.SGD` semantics,
 /// dampening 0): `g = grad + wd * p; buf = momentum * buf + g;
 /// p -= lr * (nesterov ? g + momentum * buf : buf)`.

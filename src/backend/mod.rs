@@ -10,7 +10,8 @@ pub mod cuda;
 pub mod geom;
 
 pub use geom::{
-    BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep,
+    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, PoolSpan,
+    QAddArgs, QConvArgs, QGapArgs, SgdStep,
 };
 
 use crate::{bail, Result};
@@ -91,6 +92,23 @@ pub trait Backend: Send + Sync {
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()>;
     /// `dx = dy * [y > 0]`, with `y` the forward output.
     fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+    /// `y = min(max(x, lo), hi)`; NaN stays NaN (as `torch.clamp`).
+    fn clamp_fwd(&self, lo: f32, hi: f32, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// `dx = dy` where `lo < x < hi`, else 0 (also for NaN): PyTorch's
+    /// `hardtanh` gradient, which is 0 at the bounds themselves.
+    fn clamp_bwd(
+        &self,
+        lo: f32,
+        hi: f32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()>;
+    /// Concatenation: writes `x` into its columns of `y` (see [`ConcatGeom`]);
+    /// the other columns of `y` are left as they are.
+    fn concat_fwd(&self, g: &ConcatGeom, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// The split: `dx` = the columns of `dy` that `x` filled.
+    fn concat_bwd(&self, g: &ConcatGeom, dy: &Storage, dx: &mut Storage) -> Result<()>;
 
     // ---- matrix products ----------------------------------------------------
     /// `c = alpha * op(a) op(b) + beta * c`.
@@ -180,6 +198,10 @@ pub trait Backend: Send + Sync {
         dy: &Storage,
         dx: &mut Storage,
     ) -> Result<()>;
+    /// Average pooling (divisor rule in [`AvgPool2dGeom`]).
+    fn avgpool2d_fwd(&self, g: &AvgPool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// `dx[i] = sum over the windows holding i of dy / divisor`.
+    fn avgpool2d_bwd(&self, g: &AvgPool2dGeom, dy: &Storage, dx: &mut Storage) -> Result<()>;
     /// `y[n, c] = mean over hw of x[n, c, :]`.
     fn global_avgpool_fwd(
         &self,

@@ -1,6 +1,6 @@
-//! Elementwise ops: residual add and ReLU.
+//! Elementwise ops: residual add, ReLU, and hardtanh / ReLU6 (a clamp).
 
-use super::{grad_like, output, same_device};
+use super::{grad_like, output, same_device, unary_op};
 use crate::autograd::{self, Grads};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -50,4 +50,32 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         });
     }
     Ok(y)
+}
+
+/// `clamp(x, min, max)` with PyTorch's `hardtanh` gradient: `dy` passes
+/// where `min < x < max` and is 0 outside **and at the bounds** (checked
+/// against PyTorch 2.15.0, where `torch.clamp` agrees; see
+/// `scripts/gen_golden.py`). A NaN input stays NaN and gets gradient 0
+/// (PyTorch's own NaN gradient depends on the tensor's length: 1 on its
+/// scalar path, 0 on its vectorized one).
+pub fn hardtanh(x: &Tensor, min: f32, max: f32) -> Result<Tensor> {
+    if min.is_nan() || max.is_nan() || min > max {
+        bail!(
+            Usage,
+            "hardtanh: bounds [{min}, {max}] must be numbers with min <= max"
+        );
+    }
+    unary_op(
+        x,
+        x.shape().clone(),
+        |be, x, y| be.clamp_fwd(min, max, x, y),
+        move |be, x, gy, dx| be.clamp_bwd(min, max, x, gy, dx),
+    )
+}
+
+/// `min(max(x, 0), 6)` (`torch.nn.functional.relu6`, which is
+/// `hardtanh(x, 0, 6)`): the gradient is 1 for `0 < x < 6` and 0 elsewhere,
+/// including `x = 0` and `x = 6` exactly.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    hardtanh(x, 0.0, 6.0)
 }

@@ -2,6 +2,7 @@
 //! them), runs the backend forward, and records its backward closure on the
 //! tape when an input is tracked.
 
+mod concat;
 mod conv;
 mod elementwise;
 mod linear;
@@ -10,12 +11,15 @@ mod norm;
 mod pool;
 mod quant;
 
+pub use concat::concat;
 pub use conv::{conv2d, Conv2dParams};
-pub use elementwise::{add, relu};
+pub use elementwise::{add, hardtanh, relu, relu6};
 pub use linear::{linear, matmul};
 pub use loss::cross_entropy;
 pub use norm::{batch_norm, BatchNormArgs};
-pub use pool::{flatten, global_avg_pool, max_pool2d, MaxPool2dParams};
+pub use pool::{
+    avg_pool2d, flatten, global_avg_pool, max_pool2d, AvgPool2dParams, MaxPool2dParams,
+};
 pub use quant::{fake_quant_channel, fake_quant_tensor, map_small, scale_channels};
 
 use crate::autograd::{self, Grads};

@@ -1,7 +1,7 @@
-//! Max pooling, global average pooling and flatten.
+//! Max pooling, average pooling, global average pooling and flatten.
 
 use super::{reshape, unary_op};
-use crate::backend::Pool2dGeom;
+use crate::backend::{AvgPool2dGeom, Pool2dGeom};
 use crate::tensor::{Shape, Tensor};
 use crate::Result;
 
@@ -42,6 +42,64 @@ pub fn max_pool2d(x: &Tensor, p: MaxPool2dParams) -> Result<Tensor> {
         [n, c, g.out_h(), g.out_w()],
         |be, x, y| be.maxpool2d_fwd(&g, x, y),
         move |be, x, gy, dx| be.maxpool2d_bwd(&g, x, gy, dx),
+    )
+}
+
+/// Average pooling parameters, as PyTorch's `avg_pool2d` and ONNX
+/// AveragePool (symmetric pads, no dilation, no divisor override).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvgPool2dParams {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    /// Whether padding positions count in the divisor. PyTorch's default is
+    /// `true`, ONNX AveragePool's is `false` (`count_include_pad = 0`).
+    pub count_include_pad: bool,
+    /// Round the output size up (a last, partial window), as PyTorch and ONNX.
+    pub ceil_mode: bool,
+}
+
+impl AvgPool2dParams {
+    /// A square window; `count_include_pad` has no common default (see the
+    /// field), so it is always chosen; `ceil_mode` off.
+    pub fn new(kernel: usize, stride: usize, pad: usize, count_include_pad: bool) -> Self {
+        AvgPool2dParams {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            pad: (pad, pad),
+            count_include_pad,
+            ceil_mode: false,
+        }
+    }
+}
+
+/// Average pooling. Each output is the sum of the inputs under its window
+/// divided by: with `count_include_pad`, the window's size clipped to the
+/// padded input (`kh*kw` except for `ceil_mode` windows that hang past the
+/// far padding); without, the number of input positions in the window.
+/// These are PyTorch's rules, and ONNX Runtime's for AveragePool with
+/// symmetric pads. Each input receives `dy / divisor` from every window
+/// that holds it.
+pub fn avg_pool2d(x: &Tensor, p: AvgPool2dParams) -> Result<Tensor> {
+    let (n, c, h, w) = x.shape().nchw()?;
+    let g = AvgPool2dGeom {
+        n,
+        c,
+        h,
+        w,
+        kh: p.kernel.0,
+        kw: p.kernel.1,
+        stride: p.stride,
+        pad: p.pad,
+        count_include_pad: p.count_include_pad,
+        ceil_mode: p.ceil_mode,
+    }
+    .validate()?;
+    unary_op(
+        x,
+        [n, c, g.out_h(), g.out_w()],
+        |be, x, y| be.avgpool2d_fwd(&g, x, y),
+        move |be, _x, gy, dx| be.avgpool2d_bwd(&g, gy, dx),
     )
 }
 

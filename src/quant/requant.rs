@@ -9,6 +9,7 @@
 //! float32 rounding of the formula is an RNE to 24 significant bits, which
 //! integer shifts can do exactly.
 
+use super::fake::quantize;
 use super::params::{ACT_QMAX, ACT_QMIN};
 use crate::{bail, Result};
 
@@ -58,6 +59,22 @@ pub fn requant_multiplier(s_x: f32, s_w: f32, s_y: f32) -> f32 {
 #[inline]
 pub fn output_bounds(z_y: i32, relu: bool) -> (i32, i32) {
     (if relu { z_y.max(ACT_QMIN) } else { ACT_QMIN }, ACT_QMAX)
+}
+
+/// Output clamp bounds of a fused ReLU6 (S11): the S3 quantization of 0 and
+/// of 6 on the output grid, `lo = clamp(z_y + RNE(0 / s_y))` = `max(-128,
+/// z_y)` and `hi = clamp(z_y + RNE(fl32(6 / s_y)))` = `min(127, z_y +
+/// RNE(6 / s_y))`. When the output range was observed after the ReLU6 (so
+/// within [0, 6]), `z_y = -128` and `6 / s_y >= 255`: the bounds are the whole
+/// int8 range and the clamp costs nothing. `s_y` must be a valid scale (finite,
+/// > 0, as [`super::params::act_qparams`] makes).
+#[inline]
+pub fn relu6_bounds(s_y: f32, z_y: i32) -> (i32, i32) {
+    debug_assert!(s_y.is_finite() && s_y > 0.0, "invalid scale {s_y}");
+    (
+        quantize(0.0, s_y, z_y, ACT_QMIN, ACT_QMAX),
+        quantize(6.0, s_y, z_y, ACT_QMIN, ACT_QMAX),
+    )
 }
 
 /// R1 in float32, exactly as the spec writes it: the reference that the
@@ -213,6 +230,39 @@ impl Requant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::params::act_qparams;
+
+    /// S11: with the observer range [0, 6], z = -128 and 6 lands exactly on
+    /// 127, so ReLU6's clamp is the int8 range; other ranges follow the rule.
+    #[test]
+    fn relu6_bounds_rule() {
+        let qp = act_qparams(0.0, 6.0).unwrap();
+        assert_eq!(qp.zero_point, -128);
+        assert_eq!(qp.scale, 6.0f32 / 255.0);
+        assert_eq!(6.0f32 / qp.scale, 255.0, "6 / s is exactly 255");
+        assert_eq!(relu6_bounds(qp.scale, qp.zero_point), (-128, 127));
+        // Observed after the ReLU6, the range is within [0, 6]: still free.
+        for max in [0.5f32, 3.0, 5.999, 6.0] {
+            let qp = act_qparams(0.0, max).unwrap();
+            assert_eq!(relu6_bounds(qp.scale, qp.zero_point), (-128, 127), "{max}");
+        }
+        // Observed before it ([-1, 7]): s = 8/255, z = -96, 6 / s = 191.25.
+        let qp = act_qparams(-1.0, 7.0).unwrap();
+        assert_eq!(qp.zero_point, -96);
+        assert_eq!(relu6_bounds(qp.scale, qp.zero_point), (-96, 95));
+        // The direct formula [max(-128, z), min(127, z + RNE(fl32(6 / s)))]
+        // on random scales and zero points.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let s = 10f32.powf(((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 3.5);
+            let z = ((state >> 8) % 256) as i32 - 128;
+            let hi = (z as f64 + (6.0f32 / s).round_ties_even() as f64).min(127.0) as i32;
+            assert_eq!(relu6_bounds(s, z), (z.max(-128), hi), "s {s} z {z}");
+        }
+    }
 
     #[test]
     fn decomposition_is_exact() {

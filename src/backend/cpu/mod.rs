@@ -11,8 +11,8 @@ mod pool;
 mod quant;
 
 use super::{
-    Backend, BnGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs, QGapArgs,
-    SgdStep, Storage,
+    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom,
+    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
 use crate::Result;
 use rayon::prelude::*;
@@ -31,6 +31,19 @@ fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sy
     y.par_iter_mut()
         .zip(a.par_iter().zip(b.par_iter()))
         .for_each(|(o, (&x, &z))| *o = f(x, z));
+}
+
+/// `x` clamped to `[lo, hi]`, NaN kept (`f32::clamp` would too, but panics
+/// when `lo > hi`; the op layer checks that).
+#[inline]
+fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
+    if x < lo {
+        lo
+    } else if x > hi {
+        hi
+    } else {
+        x
+    }
 }
 
 impl Backend for CpuBackend {
@@ -85,6 +98,48 @@ impl Backend for CpuBackend {
                 0.0
             }
         });
+        Ok(())
+    }
+    fn clamp_fwd(&self, lo: f32, hi: f32, x: &Storage, y: &mut Storage) -> Result<()> {
+        y.host_mut()?
+            .par_iter_mut()
+            .zip(x.host()?.par_iter())
+            .for_each(|(o, &v)| *o = clamp(v, lo, hi));
+        Ok(())
+    }
+    fn clamp_bwd(
+        &self,
+        lo: f32,
+        hi: f32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        zip_map(x.host()?, dy.host()?, dx.host_mut()?, |v, d| {
+            if lo < v && v < hi {
+                d
+            } else {
+                0.0
+            }
+        });
+        Ok(())
+    }
+    fn concat_fwd(&self, g: &ConcatGeom, x: &Storage, y: &mut Storage) -> Result<()> {
+        g.validate()?;
+        let x = &x.host()?[..g.x_len()];
+        let y = &mut y.host_mut()?[..g.y_len()];
+        y.par_chunks_mut(g.row.max(1))
+            .zip(x.par_chunks(g.inner.max(1)))
+            .for_each(|(yr, xr)| yr[g.offset..g.offset + g.inner].copy_from_slice(xr));
+        Ok(())
+    }
+    fn concat_bwd(&self, g: &ConcatGeom, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        g.validate()?;
+        let dy = &dy.host()?[..g.y_len()];
+        let dx = &mut dx.host_mut()?[..g.x_len()];
+        dx.par_chunks_mut(g.inner.max(1))
+            .zip(dy.par_chunks(g.row.max(1)))
+            .for_each(|(xr, yr)| xr.copy_from_slice(&yr[g.offset..g.offset + g.inner]));
         Ok(())
     }
 
@@ -235,6 +290,14 @@ impl Backend for CpuBackend {
         dx: &mut Storage,
     ) -> Result<()> {
         pool::max_backward(g, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn avgpool2d_fwd(&self, g: &AvgPool2dGeom, x: &Storage, y: &mut Storage) -> Result<()> {
+        pool::avg_forward(g, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn avgpool2d_bwd(&self, g: &AvgPool2dGeom, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        pool::avg_backward(g, dy.host()?, dx.host_mut()?);
         Ok(())
     }
     fn global_avgpool_fwd(

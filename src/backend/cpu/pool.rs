@@ -1,6 +1,6 @@
-//! Max pooling and global average pooling over NCHW planes.
+//! Max pooling, average pooling and global average pooling over NCHW planes.
 
-use crate::backend::Pool2dGeom;
+use crate::backend::{AvgPool2dGeom, Pool2dGeom};
 use rayon::prelude::*;
 
 /// Index (within the plane) of the first maximum of output window (oy, ox),
@@ -53,6 +53,57 @@ pub fn max_backward(g: &Pool2dGeom, x: &[f32], dy: &[f32], dx: &mut [f32]) {
                         dxp[i] += dyp[oy * ow + ox];
                     }
                 }
+            }
+        });
+}
+
+/// Each output: the f64 sum of its window's inputs over its divisor.
+pub fn avg_forward(g: &AvgPool2dGeom, x: &[f32], y: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    y[..g.y_len()]
+        .par_chunks_mut(oh * ow)
+        .enumerate()
+        .for_each(|(p, yp)| {
+            let plane = &x[p * g.h * g.w..][..g.h * g.w];
+            for oy in 0..oh {
+                let r = g.rows(oy);
+                for ox in 0..ow {
+                    let c = g.cols(ox);
+                    let mut s = 0.0f64;
+                    for iy in r.lo..r.hi {
+                        for ix in c.lo..c.hi {
+                            s += plane[iy * g.w + ix] as f64;
+                        }
+                    }
+                    yp[oy * ow + ox] = (s / (r.extent * c.extent) as f64) as f32;
+                }
+            }
+        });
+}
+
+/// Scatters `dy / divisor` over each window, summing in f64 per plane.
+pub fn avg_backward(g: &AvgPool2dGeom, dy: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    dx[..g.x_len()]
+        .par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(p, dxp)| {
+            let dyp = &dy[p * oh * ow..][..oh * ow];
+            let mut acc = vec![0.0f64; g.h * g.w];
+            for oy in 0..oh {
+                let r = g.rows(oy);
+                for ox in 0..ow {
+                    let c = g.cols(ox);
+                    let d = dyp[oy * ow + ox] as f64 / (r.extent * c.extent) as f64;
+                    for iy in r.lo..r.hi {
+                        for ix in c.lo..c.hi {
+                            acc[iy * g.w + ix] += d;
+                        }
+                    }
+                }
+            }
+            for (o, a) in dxp.iter_mut().zip(acc) {
+                *o = a as f32;
             }
         });
 }

@@ -20,8 +20,8 @@ pub mod kernels {
 pub use runtime::{Arg, DeviceBuffer, KernelRuntime};
 
 use super::{
-    Backend, BnGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom, QAddArgs, QConvArgs,
-    QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom,
+    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
 use crate::quant::Requant;
 use crate::{bail, Result};
@@ -221,6 +221,38 @@ fn pool_geom(g: &Pool2dGeom) -> Result<Arg> {
     Ok(Arg::I32s(f.iter().map(|&v| v as i32).collect()))
 }
 
+/// `AvgPoolGeom` of kernels/pool.cu, field for field.
+fn avgpool_geom(g: &AvgPool2dGeom) -> Result<Arg> {
+    let f = [
+        g.n,
+        g.c,
+        g.h,
+        g.w,
+        g.kh,
+        g.kw,
+        g.stride.0,
+        g.stride.1,
+        g.pad.0,
+        g.pad.1,
+        g.out_h(),
+        g.out_w(),
+        g.count_include_pad as usize,
+    ];
+    i32_of(g.x_len().max(g.y_len()), "avg_pool2d tensor size")?;
+    Ok(Arg::I32s(f.iter().map(|&v| v as i32).collect()))
+}
+
+/// The arguments `outer, inner, row, offset` of the concat kernels.
+fn concat_args(g: &ConcatGeom) -> Result<Vec<Arg>> {
+    i32_of(g.y_len(), "concat output size")?;
+    Ok(vec![
+        Arg::I32(g.outer as i32),
+        Arg::I32(g.inner as i32),
+        Arg::I32(g.row as i32),
+        Arg::I32(g.offset as i32),
+    ])
+}
+
 impl Backend for CudaBackend {
     fn name(&self) -> String {
         self.rt.name()
@@ -321,6 +353,54 @@ impl Backend for CudaBackend {
             Arg::I32(i32_of(n, "relu length")?),
         ];
         self.launch_1d("relu_bwd_f32", n, args)
+    }
+    fn clamp_fwd(&self, lo: f32, hi: f32, x: &Storage, y: &mut Storage) -> Result<()> {
+        let n = y.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "clamp x")?),
+            Arg::Ptr(self.ptr(y, n, "clamp y")?),
+            Arg::F32(lo),
+            Arg::F32(hi),
+            Arg::I32(i32_of(n, "clamp length")?),
+        ];
+        self.launch_1d("clamp_fwd_f32", n, args)
+    }
+    fn clamp_bwd(
+        &self,
+        lo: f32,
+        hi: f32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let n = dx.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "clamp_bwd x")?),
+            Arg::Ptr(self.ptr(dy, n, "clamp_bwd dy")?),
+            Arg::Ptr(self.ptr(dx, n, "clamp_bwd dx")?),
+            Arg::F32(lo),
+            Arg::F32(hi),
+            Arg::I32(i32_of(n, "clamp length")?),
+        ];
+        self.launch_1d("clamp_bwd_f32", n, args)
+    }
+    fn concat_fwd(&self, g: &ConcatGeom, x: &Storage, y: &mut Storage) -> Result<()> {
+        g.validate()?;
+        let mut args = vec![
+            Arg::Ptr(self.ptr(x, g.x_len(), "concat x")?),
+            Arg::Ptr(self.ptr(y, g.y_len(), "concat y")?),
+        ];
+        args.extend(concat_args(g)?);
+        self.launch_1d("concat_fwd_f32", g.x_len(), args)
+    }
+    fn concat_bwd(&self, g: &ConcatGeom, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        g.validate()?;
+        let mut args = vec![
+            Arg::Ptr(self.ptr(dy, g.y_len(), "concat dy")?),
+            Arg::Ptr(self.ptr(dx, g.x_len(), "concat dx")?),
+        ];
+        args.extend(concat_args(g)?);
+        self.launch_1d("concat_bwd_f32", g.x_len(), args)
     }
 
     // ---- matrix products ----------------------------------------------------
@@ -651,6 +731,22 @@ impl Backend for CudaBackend {
             pool_geom(g)?,
         ];
         self.launch_1d("maxpool2d_bwd_f32", xl, args)
+    }
+    fn avgpool2d_fwd(&self, g: &AvgPool2dGeom, x: &Storage, y: &mut Storage) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(self.ptr(x, g.x_len(), "avgpool2d x")?),
+            Arg::Ptr(self.ptr(y, g.y_len(), "avgpool2d y")?),
+            avgpool_geom(g)?,
+        ];
+        self.launch_1d("avgpool2d_fwd_f32", g.y_len(), args)
+    }
+    fn avgpool2d_bwd(&self, g: &AvgPool2dGeom, dy: &Storage, dx: &mut Storage) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(self.ptr(dy, g.y_len(), "avgpool2d dy")?),
+            Arg::Ptr(self.ptr(dx, g.x_len(), "avgpool2d dx")?),
+            avgpool_geom(g)?,
+        ];
+        self.launch_1d("avgpool2d_bwd_f32", g.x_len(), args)
     }
     fn global_avgpool_fwd(
         &self,
