@@ -170,6 +170,20 @@ fn onnx_runtime_agrees_with_the_executor() {
     let r18_fp = trained(Arch::ResNet18, false, 3, 4, &dev);
     cases.push(fp32_case(&dir, "small_fp32", &small_fp, Arch::Small));
     cases.push(fp32_case(&dir, "resnet18_fp32", &r18_fp, Arch::ResNet18));
+    // MobileNetV2 (28x28 variant, width 0.35): depthwise QLinearConv, ReLU6
+    // folded into the clamp, adds without ReLU; Clip for ReLU6 in FP32.
+    let mnv2: Arch = "mobilenet_v2_small_x0.35".parse().unwrap();
+    let mnv2_int8 = Int8Net::build(&trained(mnv2, true, 6, 5, &dev)).unwrap();
+    cases.push(int8_case(
+        &dir,
+        "mobilenet_v2_int8",
+        &mnv2_int8,
+        &info(mnv2),
+        "add",
+        &x,
+    ));
+    let mnv2_fp = trained(mnv2, false, 3, 6, &dev);
+    cases.push(fp32_case(&dir, "mobilenet_v2_fp32", &mnv2_fp, mnv2));
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&json!({ "cases": cases })).unwrap(),

@@ -72,6 +72,15 @@ fn resnet18_verifies_with_zero_mismatches() {
     verify_arch(Arch::ResNet18, 6, 16);
 }
 
+/// MobileNetV2 (28x28 variant, width 0.35): depthwise convolutions, ReLU6
+/// folded into the requantization clamp, linear bottlenecks and residual
+/// adds without ReLU, all bit-exact between the integer-exact model and the
+/// executor on every device.
+#[test]
+fn mobilenet_v2_verifies_with_zero_mismatches() {
+    verify_arch("mobilenet_v2_small_x0.35".parse().unwrap(), 6, 8);
+}
+
 /// The harness is not vacuous: one changed weight shows up as mismatches.
 #[test]
 fn verify_detects_a_changed_weight() {

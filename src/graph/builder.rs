@@ -76,7 +76,11 @@ impl GraphBuilder {
         pad: usize,
         relu: bool,
     ) -> Result<NodeId> {
-        let act = if relu { Activation::Relu } else { Activation::None };
+        let act = if relu {
+            Activation::Relu
+        } else {
+            Activation::None
+        };
         self.conv_bn_with(name, x, c_out, kernel, Conv2dParams::new(stride, pad), act)
     }
 
@@ -99,7 +103,15 @@ impl GraphBuilder {
                 "conv '{name}': {c_in} -> {c_out} channels cannot be split into {g} groups"
             );
         }
-        let unit = ConvBn::new(&mut self.rng, &self.device, c_in, c_out, kernel, params, act)?;
+        let unit = ConvBn::new(
+            &mut self.rng,
+            &self.device,
+            c_in,
+            c_out,
+            kernel,
+            params,
+            act,
+        )?;
         self.push(name, Op::ConvBn(unit), vec![x], c_out)
     }
 

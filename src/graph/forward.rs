@@ -80,14 +80,11 @@ fn qat_node(
     let a = || input(node, inputs, 0);
     let y = match &node.op {
         Op::Input { .. } => x.clone(),
-        // The unit applies its quantizer itself (after the fold's ReLU).
+        // The unit applies its quantizer itself (after its activation).
         Op::ConvBn(u) => return u.forward_qat(a()?, mode, flags, node.quantizer()?),
-        Op::Conv { conv, relu } => {
+        Op::Conv { conv, act } => {
             let (w_q, _) = ops::fake_quant_channel(&conv.weight)?;
-            relu_if(
-                *relu,
-                ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?,
-            )?
+            act.apply(ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?)?
         }
         Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,

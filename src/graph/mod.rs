@@ -23,7 +23,8 @@ pub use builder::GraphBuilder;
 
 use crate::backend::Device;
 use crate::nn::{
-    join, ActQuant, ActQuantState, Conv2d, ConvBn, Linear, Mode, Module, Named, QatFlags,
+    join, ActQuant, ActQuantState, Activation, Conv2d, ConvBn, Linear, Mode, Module, Named,
+    QatFlags,
 };
 use crate::ops::MaxPool2dParams;
 use crate::tensor::Tensor;
@@ -40,14 +41,14 @@ pub enum Op {
     Input {
         channels: usize,
     },
-    /// Convolution, batch norm and an optional ReLU: folded into one
+    /// Convolution, batch norm and an activation: folded into one
     /// quantized convolution (S4) in QAT and int8.
     ConvBn(ConvBn),
     /// A convolution with bias and no batch norm (an already-folded
-    /// network), with an optional ReLU.
+    /// network), with its activation.
     Conv {
         conv: Conv2d,
-        relu: bool,
+        act: Activation,
     },
     /// `a + b` of two tensors of one shape, then an optional ReLU (S7).
     Add {

@@ -5,9 +5,7 @@ use crate::nn::{Activation, Conv2d, ConvBn, Linear};
 use crate::ops::Conv2dParams;
 use crate::quant::fold::fold_conv_bn;
 use crate::quant::params::weight_scales;
-use crate::quant::requant::{
-    output_bounds, quantize_bias_slice, relu6_bounds, requant_multiplier,
-};
+use crate::quant::requant::{output_bounds, quantize_bias_slice, relu6_bounds, requant_multiplier};
 use crate::quant::{fake::quantize_per_channel, QParams};
 use crate::tensor::Tensor;
 use crate::Result;

@@ -7,10 +7,10 @@ use crate::backend::Device;
 use crate::graph::{Graph, GraphBuilder, NodeId};
 use crate::ops::MaxPool2dParams;
 use crate::{bail, Result};
-use std::str::FromStr;
 
+/// The ResNet variants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
+pub enum ResNetKind {
     /// 3x3 stem, three stages of two basic blocks (16, 32, 64 channels): for
     /// 28x28 images such as Fashion-MNIST.
     Small,
@@ -19,43 +19,14 @@ pub enum Arch {
     ResNet50,
 }
 
-impl FromStr for Arch {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "small" | "resnet-small" => Arch::Small,
-            "resnet18" => Arch::ResNet18,
-            "resnet34" => Arch::ResNet34,
-            "resnet50" => Arch::ResNet50,
-            _ => bail!(
-                Usage,
-                "unknown architecture '{s}': use small, resnet18, resnet34 or resnet50"
-            ),
-        })
-    }
-}
-
-impl Arch {
-    /// The family, for descriptions ("ResNet").
-    pub fn family(self) -> &'static str {
-        "ResNet"
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Small => "small",
-            Arch::ResNet18 => "resnet18",
-            Arch::ResNet34 => "resnet34",
-            Arch::ResNet50 => "resnet50",
-        }
-    }
-    /// (bottleneck?, blocks per stage, stage widths, stem).
+impl ResNetKind {
+    /// (bottleneck?, blocks per stage, stage widths).
     fn layout(self) -> (bool, &'static [usize], &'static [usize]) {
         match self {
-            Arch::Small => (false, &[2, 2, 2], &[16, 32, 64]),
-            Arch::ResNet18 => (false, &[2, 2, 2, 2], &[64, 128, 256, 512]),
-            Arch::ResNet34 => (false, &[3, 4, 6, 3], &[64, 128, 256, 512]),
-            Arch::ResNet50 => (true, &[3, 4, 6, 3], &[64, 128, 256, 512]),
+            ResNetKind::Small => (false, &[2, 2, 2], &[16, 32, 64]),
+            ResNetKind::ResNet18 => (false, &[2, 2, 2, 2], &[64, 128, 256, 512]),
+            ResNetKind::ResNet34 => (false, &[3, 4, 6, 3], &[64, 128, 256, 512]),
+            ResNetKind::ResNet50 => (true, &[3, 4, 6, 3], &[64, 128, 256, 512]),
         }
     }
 }
@@ -66,7 +37,7 @@ impl Arch {
 /// `layer{s}.{b}.conv{k}`, `layer{s}.{b}.downsample`, `layer{s}.{b}.add`,
 /// `gap`, `fc`.
 pub fn resnet(
-    arch: Arch,
+    kind: ResNetKind,
     in_channels: usize,
     num_classes: usize,
     device: &Device,
@@ -80,8 +51,8 @@ pub fn resnet(
     }
     let (g, x) = GraphBuilder::new(in_channels, device, seed)?;
     let mut g = g;
-    let (bottleneck, blocks, widths) = arch.layout();
-    let mut y = if arch == Arch::Small {
+    let (bottleneck, blocks, widths) = kind.layout();
+    let mut y = if kind == ResNetKind::Small {
         g.conv_bn("stem", x, widths[0], 3, 1, 1, true)?
     } else {
         let stem = g.conv_bn("stem", x, 64, 7, 2, 3, true)?;

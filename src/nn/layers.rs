@@ -274,7 +274,8 @@ impl ConvBn {
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.act.apply(self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
+        self.act
+            .apply(self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
         self.conv.collect(&join(prefix, "conv"), out);

@@ -256,7 +256,11 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
             Op::Add { relu } => {
                 b.node("Add", name, "", &[&input(0)?, &input(1)?], &[name], vec![]);
                 let scope = name.strip_suffix(".add").unwrap_or(name);
-                let act = if *relu { Activation::Relu } else { Activation::None };
+                let act = if *relu {
+                    Activation::Relu
+                } else {
+                    Activation::None
+                };
                 b.act_fp32(act, scope, name.to_string())?
             }
             Op::MaxPool(p) => {
