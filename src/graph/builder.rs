@@ -97,7 +97,7 @@ impl GraphBuilder {
     ) -> Result<NodeId> {
         let c_in = self.channels[x];
         let g = params.groups.max(1);
-        if c_in % g != 0 || c_out % g != 0 {
+        if !c_in.is_multiple_of(g) || !c_out.is_multiple_of(g) {
             bail!(
                 Shape,
                 "conv '{name}': {c_in} -> {c_out} channels cannot be split into {g} groups"
