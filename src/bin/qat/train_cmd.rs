@@ -19,8 +19,11 @@ const RESUMABLE_FLAGS: &str =
 #[derive(Args)]
 #[command(after_help = RESUMABLE_FLAGS)]
 pub struct TrainArgs {
-    /// Model: small (for 28x28 images), resnet18, resnet34 or resnet50
-    /// [default: small; resnet18 for imagenet:ROOT].
+    /// Model: small (a ResNet for 28x28 images), resnet18, resnet34,
+    /// resnet50, mobilenet_v2 (ImageNet sizes) or mobilenet_v2_small (the
+    /// 28x28 variant); MobileNetV2 widths 0.75, 0.5 and 0.35 as
+    /// mobilenet_v2_x0.5, mobilenet_v2_small_x0.35, ... [default: small;
+    /// resnet18 for imagenet:ROOT].
     #[arg(long)]
     arch: Option<Arch>,
     /// Quantization-aware training (the default).
