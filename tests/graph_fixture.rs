@@ -11,12 +11,12 @@
 
 mod common;
 
-use common::{qat_bin, synthetic_fmnist, temp_dir};
+use common::{qat_bin, small_train_config, synthetic_fmnist, temp_dir};
 use qat::autograd::no_grad;
 use qat::checkpoint::Checkpoint;
 use qat::data::{FashionMnist, Split};
 use qat::nn::{Mode, Module, QatFlags};
-use qat::train::{self, QatSchedule, TrainConfig};
+use qat::train::{self, QatSchedule};
 use qat::{Device, Tensor};
 use std::path::{Path, PathBuf};
 
@@ -82,32 +82,15 @@ fn write_fixture(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let data = synthetic_fmnist("fixture", 1024, 64);
     let out = temp_dir("fixture-run");
-    let cfg = TrainConfig {
-        arch: "small".into(),
-        data_dir: data.clone(),
-        epochs: 1,
-        batch_size: 32,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-        label_smoothing: 0.0,
-        warmup_epochs: 0.25,
-        seed: 11,
-        out: out.clone(),
-        qat: Some(QatSchedule {
-            act_quant_start: 0.25,
-            freeze_bn: 0.5,
-            freeze_observers: 0.75,
-            observer_momentum: 0.1,
-        }),
-        train_limit: None,
-        val_limit: None,
-        progress: false,
-        progress_secs: 30.0,
-        stop_after: None,
-        workers: 0,
-    };
+    let mut cfg = small_train_config(&data, out.clone(), 1, true);
+    cfg.warmup_epochs = 0.25;
+    cfg.seed = 11;
+    cfg.qat = Some(QatSchedule {
+        act_quant_start: 0.25,
+        freeze_bn: 0.5,
+        freeze_observers: 0.75,
+        observer_momentum: 0.1,
+    });
     train::train(&cfg, &Device::cpu(), false).unwrap();
     let ck = dir.join("checkpoint.safetensors");
     std::fs::copy(train::checkpoint_path(&out), &ck).unwrap();

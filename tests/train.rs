@@ -4,39 +4,14 @@
 
 mod common;
 
-use common::{qat_bin, synthetic_fmnist, temp_dir};
+use common::{qat_bin, small_train_config, synthetic_fmnist, temp_dir};
 use qat::checkpoint::Checkpoint;
 use qat::train::{self, checkpoint_path, metrics::MetricsLog, QatSchedule, TrainConfig};
 use qat::Device;
 use std::path::{Path, PathBuf};
 
 fn config(data: &Path, out: PathBuf, epochs: usize, qat: bool) -> TrainConfig {
-    TrainConfig {
-        arch: "small".into(),
-        data_dir: data.to_path_buf(),
-        epochs,
-        batch_size: 32,
-        lr: 0.05,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-        label_smoothing: 0.0,
-        warmup_epochs: 0.5,
-        seed: 7,
-        out,
-        qat: qat.then_some(QatSchedule {
-            act_quant_start: 0.5,
-            freeze_bn: 1.5,
-            freeze_observers: 2.5,
-            observer_momentum: 0.1,
-        }),
-        train_limit: None,
-        val_limit: None,
-        progress: false,
-        progress_secs: 30.0,
-        stop_after: None,
-        workers: 0,
-    }
+    small_train_config(data, out, epochs, qat)
 }
 
 /// Three QAT epochs in one go equal one epoch, a stop, and a resume for two

@@ -213,3 +213,39 @@ pub fn synthetic_fmnist(name: &str, train: u32, test: u32) -> std::path::PathBuf
     }
     dir
 }
+
+/// The training configuration of the tests' short runs: the small ResNet,
+/// batch 32, a QAT schedule that crosses every phase within three epochs.
+pub fn small_train_config(
+    data: &std::path::Path,
+    out: std::path::PathBuf,
+    epochs: usize,
+    qat: bool,
+) -> qat::train::TrainConfig {
+    qat::train::TrainConfig {
+        arch: "small".into(),
+        data_dir: data.to_path_buf(),
+        epochs,
+        batch_size: 32,
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        nesterov: false,
+        label_smoothing: 0.0,
+        warmup_epochs: 0.5,
+        seed: 7,
+        out,
+        qat: qat.then_some(qat::train::QatSchedule {
+            act_quant_start: 0.5,
+            freeze_bn: 1.5,
+            freeze_observers: 2.5,
+            observer_momentum: 0.1,
+        }),
+        train_limit: None,
+        val_limit: None,
+        progress: false,
+        progress_secs: 30.0,
+        stop_after: None,
+        workers: 0,
+    }
+}
