@@ -1,5 +1,6 @@
 //! Kernel benchmarks on a real GPU: GEMM, convolution forward / backward-data
-//! / backward-weight at ResNet-18 (ImageNet, batch 32) shapes, and batch norm.
+//! / backward-weight at ResNet-18 (ImageNet, batch 32) shapes and at
+//! MobileNetV2 depthwise and pointwise shapes (batch 32), and batch norm.
 //! Each case is warmed up, then timed with CUDA events over several runs
 //! (median reported). GEMM-like kernels report TFLOP/s and the ratio to cuBLAS
 //! SGEMM (FP32, no TF32) on the same M x N x K, which for a convolution is the
@@ -232,6 +233,94 @@ fn main() {
             name: format!("{name} bwd-weight"),
             ms,
             rate: tf(ms),
+            vs_cublas: vs(ms),
+        });
+    }
+
+    // ---- depthwise and pointwise convolution at MobileNetV2 shapes, batch 32 ----------
+    // Depthwise layers are memory-bound: the rate column is the effective
+    // bandwidth of the tensors each pass must read and write once (x, dy,
+    // y or dx; weights are negligible). Pointwise layers report TFLOP/s.
+    let mobile = |name: &str, c_in, hw, c_out, k, s, groups| {
+        let g = Conv2dGeom {
+            n: 32,
+            c_in,
+            h: hw,
+            w: hw,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: (s, s),
+            pad: (k / 2, k / 2),
+            dilation: (1, 1),
+            groups,
+        };
+        (name.to_string(), g.validate().unwrap())
+    };
+    let mobiles = [
+        mobile("dw 3x3 32 @112", 32, 112, 32, 3, 1, 32),
+        mobile("dw 3x3/2 96 @112", 96, 112, 96, 3, 2, 96),
+        mobile("dw 3x3 144 @56", 144, 56, 144, 3, 1, 144),
+        mobile("dw 3x3/2 144 @56", 144, 56, 144, 3, 2, 144),
+        mobile("dw 3x3 192 @28", 192, 28, 192, 3, 1, 192),
+        mobile("dw 3x3 384 @14", 384, 14, 384, 3, 1, 384),
+        mobile("dw 3x3/2 576 @14", 576, 14, 576, 3, 2, 576),
+        mobile("dw 3x3 960 @7", 960, 7, 960, 3, 1, 960),
+        mobile("pw 1x1 32->16 @112", 32, 112, 16, 1, 1, 1),
+        mobile("pw 1x1 144->24 @56", 144, 56, 24, 1, 1, 1),
+        mobile("pw 1x1 384->64 @14", 384, 14, 64, 1, 1, 1),
+        mobile("pw 1x1 960->320 @7", 960, 7, 320, 1, 1, 1),
+    ];
+    for (name, g) in &mobiles {
+        let x = be.upload(&rand(g.x_len())).unwrap();
+        let w = be.upload(&rand(g.w_len())).unwrap();
+        let dy = be.upload(&rand(g.y_len())).unwrap();
+        let (mut y, mut dx, mut dw) = (
+            be.zeros(g.y_len()).unwrap(),
+            be.zeros(g.x_len()).unwrap(),
+            be.zeros(g.w_len()).unwrap(),
+        );
+        let bytes = 4.0 * (g.x_len() + g.y_len()) as f64;
+        let rate = |ms: f64| {
+            if g.is_depthwise() {
+                format!("{:.0} GB/s", bytes / ms / 1e6)
+            } else {
+                format!("{:.2} TFLOP/s", g.flops() / ms / 1e9)
+            }
+        };
+        let reference = (!g.is_depthwise())
+            .then(|| cublas_ms(g.n * g.h * g.w, g.c_out, g.c_in))
+            .flatten();
+        let vs = |ms: f64| {
+            reference
+                .map(|r| format!("{:.2}", r / ms))
+                .unwrap_or("-".into())
+        };
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} fwd"),
+            ms,
+            rate: rate(ms),
+            vs_cublas: vs(ms),
+        });
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} bwd-data"),
+            ms,
+            rate: rate(ms),
+            vs_cublas: vs(ms),
+        });
+        let ms = timer.median_ms(warm, reps, || {
+            be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
+        });
+        rows.push(Row {
+            name: format!("{name} bwd-weight"),
+            ms,
+            rate: rate(ms),
             vs_cublas: vs(ms),
         });
     }

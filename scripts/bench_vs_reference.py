@@ -4,9 +4,12 @@
 Times, on the shapes of benches/cpu_kernels.rs (listed by the Rust example
 `bench_shapes --list`, so both sides agree):
   * square GEMM: ours vs numpy `a @ b` (float32);
-  * conv2d forward, backward-data and backward-weight at ResNet-18 shapes:
-    ours vs PyTorch `F.conv2d` (forward under no_grad; backward through
-    autograd, `torch.autograd.grad` on the input or on the weight).
+  * conv2d forward, backward-data and backward-weight at ResNet-18 shapes
+    and at MobileNetV2 shapes (batch 32: the depthwise 3x3 layers, `dw_*`,
+    `groups == channels`, and four pointwise 1x1 projections, `pw_*-*`):
+    ours vs PyTorch `F.conv2d` with the same `groups` (forward under
+    no_grad; backward through autograd, `torch.autograd.grad` on the input
+    or on the weight). `--only dw_,pw_` times just the MobileNetV2 shapes.
 
 Our side runs in a `bench_shapes --serve` subprocess that sits idle while the
 reference runs, and the two alternate request by request (rotating who goes
@@ -201,21 +204,23 @@ def main():
     env["loadavg_end"] = os.getloadavg()
     print(f"load average (1, 5, 15 min) at start {env['loadavg_start']}, at end {env['loadavg_end']}")
 
-    header = ["op", "shape", "ours GFLOP/s", "ref GFLOP/s", "ref", "ours/ref", "ours/ref range"]
+    header = ["op", "shape", "ours ms", "ref ms", "ours GFLOP/s", "ref GFLOP/s", "ref", "ours/ref", "ours/ref range"]
     if base:
         header += ["base GFLOP/s", "ours/base"]
     rows = []
     for kind, name, flops, label, _ in jobs:
         r = results[(kind, name)]
         med = {k: statistics.median(v) for k, v in r.items() if v}
-        row = [kind, name, f"{med['ours']:.0f}", f"{med['ref']:.0f}", label, f"{med['ratio']:.2f}"]
+        ms = lambda gf: f"{flops / (gf * 1e9) * 1e3:.2f}"
+        row = [kind, name, ms(med["ours"]), ms(med["ref"]), f"{med['ours']:.0f}", f"{med['ref']:.0f}", label]
+        row.append(f"{med['ratio']:.2f}")
         row.append(f"{min(r['ratio']):.2f}-{max(r['ratio']):.2f}")
         if base:
             row += [f"{med['base']:.0f}", f"{med['vs_base']:.2f}"]
         rows.append(row)
     if args.markdown:
         print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" if i < 2 or i == 4 else "--:" for i in range(len(header))) + "|")
+        print("|" + "|".join("---" if i < 2 or i == 6 else "--:" for i in range(len(header))) + "|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
     else:

@@ -5,11 +5,11 @@ Script: scripts/gen_golden.py
 Made with: PyTorch 2.15.0 (build 2.15.0+cu132, run on the CPU only), NumPy 2.4.6,
 on 2026-11-26.
 Run:    python3 scripts/gen_golden.py [FILE ...]   (from the repository root;
-        FILE names which files to write, e.g. relu6 concat; default all)
+        FILE names which files to write, e.g. relu6 depthwise; default all)
 Writes: tests/data/golden/{conv2d,batch_norm,cross_entropy,max_pool2d,
-        global_avg_pool,linear,relu6,avg_pool2d,concat}.json
-        (relu6, avg_pool2d and concat added on 2026-12-01 with the same
-        PyTorch 2.15.0; the older files were left as they were)
+        global_avg_pool,linear,relu6,avg_pool2d,concat,depthwise}.json
+        (relu6, avg_pool2d, concat and depthwise added on 2026-12-01 with the
+        same PyTorch 2.15.0; the older files were left as they were)
 
 Precision: every input is drawn in float32 (torch.manual_seed fixed per file)
 and written as the shortest decimal that round-trips to that float32, so the
@@ -453,6 +453,30 @@ def gen_concat():
         concat_case("height_axis2", [(2, 3, 4, 5), (2, 3, 1, 5)], 2),
     ]
     write("concat", cases)
+# depthwise conv2d (groups == C_in, C_out = multiplier * C_in): forward and
+# input/weight/bias gradients on odd shapes, for tests/depthwise.rs.
+
+
+def gen_depthwise():
+    torch.manual_seed(20261201)
+    dw = conv_case
+    cases = [
+        # The odd shape: every size odd, stride 2, pad 1, dilation 2.
+        dw("n3_c5_9x7_k3_s2_p1_d2", 3, 5, (9, 7), 5, (3, 3), stride=(2, 2), pad=(1, 1), dilation=(2, 2), groups=5),
+        # MobileNetV2 blocks: 3x3 pad 1, stride 1 and 2 (even and odd sizes).
+        dw("n2_c6_11x11_k3_s1_p1", 2, 6, (11, 11), 6, (3, 3), pad=(1, 1), groups=6, bias=False),
+        dw("n2_c7_12x9_k3_s2_p1", 2, 7, (12, 9), 7, (3, 3), stride=(2, 2), pad=(1, 1), groups=7),
+        # 5x5 and 7x7, channel multiplier 2 and 3.
+        dw("n1_c3_13x10_k5_s1_p2_mult2", 1, 3, (13, 10), 6, (5, 5), pad=(2, 2), groups=3),
+        dw("n2_c2_15x14_k7_s2_p3_mult3", 2, 2, (15, 14), 6, (7, 7), stride=(2, 2), pad=(3, 3), groups=2, bias=False),
+        # Every parameter differs between h and w.
+        dw("n2_c4_10x13_k5x3_s1x2_p2x0_d1x3", 2, 4, (10, 13), 4, (5, 3), stride=(1, 2), pad=(2, 0), dilation=(1, 3), groups=4),
+        # Stride 3 with padding 2: some taps of the border outputs see only padding.
+        dw("n3_c3_8x7_k3_s3_p2", 3, 3, (8, 7), 3, (3, 3), stride=(3, 3), pad=(2, 2), groups=3),
+        # A 1x1 depthwise conv of stride 2 (backward-data: input pixels no tap reads).
+        dw("n2_c5_7x6_k1_s2_p0", 2, 5, (7, 6), 5, (1, 1), stride=(2, 2), groups=5),
+    ]
+    write("depthwise", cases)
 
 
 def main():
@@ -468,6 +492,7 @@ def main():
         "relu6": gen_relu6,
         "avg_pool2d": gen_avg_pool,
         "concat": gen_concat,
+        "depthwise": gen_depthwise,
     }
     wanted = sys.argv[1:] or list(gens)
     for name in wanted:

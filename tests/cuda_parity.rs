@@ -626,6 +626,155 @@ fn conv2d_fwd_bwd_data_bwd_weight() {
     }
 }
 
+/// The depthwise kernels (kernels/depthwise.cu: forward, backward-data,
+/// backward-weight with and without split-K, and the bias gradient) against
+/// the CPU backend's direct kernels, on depthwise shapes: multipliers 1-3,
+/// 1x1 to 7x7, strides 1-3, dilation, one-row images, and (GPU only)
+/// MobileNetV2 sizes. Both sides accumulate each forward and backward-data
+/// element with fused multiply-adds in the same tap order, so those agree to
+/// rounding of the last bit at most; backward-weight sums in another order:
+/// `1e-5 * N*OH*OW + 1e-4 relative`.
+#[test]
+fn depthwise_conv2d_kernels() {
+    let c = cpu();
+    for dev in devices() {
+        let mut rng = Rng::new(16);
+        let dw = |n, ch, h, w, m, k: (usize, usize), s: (usize, usize), p: (usize, usize), d| {
+            Conv2dGeom {
+                n,
+                c_in: ch,
+                h,
+                w,
+                c_out: ch * m,
+                kh: k.0,
+                kw: k.1,
+                stride: s,
+                pad: p,
+                dilation: d,
+                groups: ch,
+            }
+        };
+        let mut cases = vec![
+            dw(3, 5, 9, 7, 1, (3, 3), (2, 2), (1, 1), (2, 2)),
+            dw(2, 6, 12, 11, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+            dw(2, 4, 13, 9, 2, (5, 5), (2, 1), (2, 2), (1, 1)),
+            dw(1, 3, 17, 15, 3, (7, 7), (2, 2), (3, 3), (1, 1)),
+            dw(3, 2, 1, 9, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+            dw(2, 3, 8, 7, 1, (3, 3), (3, 3), (2, 2), (1, 1)),
+            dw(2, 5, 6, 6, 1, (1, 1), (2, 2), (0, 0), (1, 1)),
+            dw(1, 2, 9, 20, 1, (3, 9), (1, 1), (1, 4), (1, 1)), // 9 taps a row: two column chunks
+        ];
+        if is_gpu(&dev) {
+            cases.extend([
+                dw(32, 32, 112, 112, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+                dw(32, 144, 56, 56, 1, (3, 3), (2, 2), (1, 1), (1, 1)),
+                dw(32, 960, 7, 7, 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+            ]);
+        }
+        for (k, g) in cases.into_iter().enumerate() {
+            let g = g.validate().unwrap();
+            assert!(g.is_depthwise());
+            let with_bias = k % 2 == 0;
+            let (x, w, bias, dy) = (
+                randn(&mut rng, g.x_len()),
+                randn(&mut rng, g.w_len()),
+                randn(&mut rng, g.c_out),
+                randn(&mut rng, g.y_len()),
+            );
+            let taps = (g.kh * g.kw * g.depthwise_multiplier()) as f32;
+            let r = (g.n * g.out_h() * g.out_w()) as f32;
+            let what = |op: &str| format!("depthwise {op} {g:?}");
+
+            let mut want = host(&vec![0.0; g.y_len()]);
+            let hb = host(&bias);
+            c.backend()
+                .conv2d_fwd(
+                    &g,
+                    &host(&x),
+                    &host(&w),
+                    with_bias.then_some(&hb),
+                    &mut want,
+                )
+                .unwrap();
+            let mut got = poison(&dev, g.y_len());
+            let db = up(&dev, &bias);
+            dev.backend()
+                .conv2d_fwd(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &w),
+                    with_bias.then_some(&db),
+                    &mut got,
+                )
+                .unwrap();
+            close(
+                &what("fwd"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6 * taps,
+                1e-6,
+            );
+
+            let mut want = host(&vec![0.0; g.x_len()]);
+            c.backend()
+                .conv2d_bwd_data(&g, &host(&dy), &host(&w), &mut want)
+                .unwrap();
+            let mut got = poison(&dev, g.x_len());
+            dev.backend()
+                .conv2d_bwd_data(&g, &up(&dev, &dy), &up(&dev, &w), &mut got)
+                .unwrap();
+            close(
+                &what("bwd_data"),
+                &dev,
+                &down(&dev, &got),
+                &hv(&want),
+                1e-6 * taps,
+                1e-6,
+            );
+
+            let (mut want_w, mut want_b) = (host(&vec![0.0; g.w_len()]), host(&vec![0.0; g.c_out]));
+            c.backend()
+                .conv2d_bwd_weight(
+                    &g,
+                    &host(&x),
+                    &host(&dy),
+                    &mut want_w,
+                    with_bias.then_some(&mut want_b),
+                )
+                .unwrap();
+            let (mut got_w, mut got_b) = (poison(&dev, g.w_len()), poison(&dev, g.c_out));
+            dev.backend()
+                .conv2d_bwd_weight(
+                    &g,
+                    &up(&dev, &x),
+                    &up(&dev, &dy),
+                    &mut got_w,
+                    with_bias.then_some(&mut got_b),
+                )
+                .unwrap();
+            close(
+                &what("bwd_weight"),
+                &dev,
+                &down(&dev, &got_w),
+                &hv(&want_w),
+                1e-5 * r,
+                1e-4,
+            );
+            if with_bias {
+                close(
+                    &what("bwd_bias"),
+                    &dev,
+                    &down(&dev, &got_b),
+                    &hv(&want_b),
+                    1e-5 * r,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
 // ---- batch norm -------------------------------------------------------------------
 
 /// Train/eval forward and backward: `1e-4 + 1e-4 relative` (batch statistics

@@ -63,10 +63,45 @@ pub fn conv(
     }
 }
 
+/// A depthwise 3x3 convolution, padding 1 (MobileNetV2's).
+pub fn depthwise(n: usize, c: usize, hw: usize, stride: usize) -> Conv2dGeom {
+    Conv2dGeom {
+        groups: c,
+        ..conv(n, c, hw, c, 3, stride, 1)
+    }
+}
+
+/// Every timed convolution: ResNet-18's, then MobileNetV2's.
+pub fn conv_shapes() -> Vec<(&'static str, Conv2dGeom)> {
+    let mut v = resnet_shapes();
+    v.extend(mobilenet_shapes());
+    v
+}
+
+/// MobileNetV2 on 224x224, batch 32: the depthwise 3x3 layers (input size
+/// and stride as named; `dw_` shapes), and four of its pointwise 1x1
+/// projections (`pw_`).
+pub fn mobilenet_shapes() -> Vec<(&'static str, Conv2dGeom)> {
+    vec![
+        ("dw_32_112_s1_n32", depthwise(32, 32, 112, 1)),
+        ("dw_96_112_s2_n32", depthwise(32, 96, 112, 2)),
+        ("dw_144_56_s1_n32", depthwise(32, 144, 56, 1)),
+        ("dw_144_56_s2_n32", depthwise(32, 144, 56, 2)),
+        ("dw_192_28_s1_n32", depthwise(32, 192, 28, 1)),
+        ("dw_384_14_s1_n32", depthwise(32, 384, 14, 1)),
+        ("dw_576_14_s2_n32", depthwise(32, 576, 14, 2)),
+        ("dw_960_7_s1_n32", depthwise(32, 960, 7, 1)),
+        ("pw_32-16_112_n32", conv(32, 32, 112, 16, 1, 1, 0)),
+        ("pw_144-24_56_n32", conv(32, 144, 56, 24, 1, 1, 0)),
+        ("pw_384-64_14_n32", conv(32, 384, 14, 64, 1, 1, 0)),
+        ("pw_960-320_7_n32", conv(32, 960, 7, 320, 1, 1, 0)),
+    ]
+}
+
 /// ResNet-18 convolutions (ImageNet sizes), and one pointwise convolution.
 /// The batch grows as the maps shrink, so each 3x3 layer costs 1.8-7.4
 /// GFLOP per pass.
-pub fn conv_shapes() -> Vec<(&'static str, Conv2dGeom)> {
+pub fn resnet_shapes() -> Vec<(&'static str, Conv2dGeom)> {
     vec![
         ("stem_3-64_224_k7s2_n8", conv(8, 3, 224, 64, 7, 2, 3)),
         ("l1_64-64_56_k3_n8", conv(8, 64, 56, 64, 3, 1, 1)),
@@ -349,6 +384,19 @@ pub fn check_kernels(be: &CpuBackend) {
     grouped_pointwise.groups = 2;
     let mut banded_strided = conv(2, 16, 128, 4, 3, 2, 1);
     banded_strided.w = 72;
+    // Depthwise (the direct kernels): odd sizes, stride 2, dilation,
+    // channel multiplier 2, 5x5.
+    let mut dw_odd = depthwise(3, 5, 9, 2);
+    dw_odd.w = 7;
+    dw_odd.dilation = (2, 2);
+    let dw_mult2 = Conv2dGeom {
+        c_out: 8,
+        ..depthwise(2, 4, 11, 1)
+    };
+    let dw_5x5 = Conv2dGeom {
+        groups: 6,
+        ..conv(2, 6, 13, 6, 5, 1, 2)
+    };
     for g in [
         wide_pad,
         // The last kernel column only ever sees right padding.
@@ -364,6 +412,11 @@ pub fn check_kernels(be: &CpuBackend) {
         // output rows), with the band boundary inside the image.
         conv(1, 16, 64, 8, 3, 1, 1),
         banded_strided,
+        dw_odd,
+        dw_mult2,
+        dw_5x5,
+        depthwise(4, 7, 14, 1),
+        depthwise(1, 3, 30, 2),
     ] {
         ConvCase::new(g).check(be);
     }

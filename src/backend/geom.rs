@@ -107,6 +107,20 @@ impl Conv2dGeom {
     pub fn y_len(&self) -> usize {
         self.n * self.c_out * self.out_h() * self.out_w()
     }
+    /// A depthwise convolution: every group holds one input channel
+    /// (`groups == c_in > 1`), with `c_out = multiplier * c_in`. These run on
+    /// dedicated direct kernels instead of the grouped GEMM lowering, which
+    /// would spend a whole GEMM tile on each one-channel group. A plain
+    /// convolution of a one-channel input (`groups == c_in == 1`) is not
+    /// counted: it keeps the GEMM path and its summation order.
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.c_in == self.groups
+    }
+    /// Output channels per input channel of a depthwise convolution
+    /// (`c_out / c_in`; output channel `o` reads input channel `o / m`).
+    pub fn depthwise_multiplier(&self) -> usize {
+        self.c_out / self.groups
+    }
     /// Multiply-adds times two, for the forward pass.
     pub fn flops(&self) -> f64 {
         2.0 * (self.n * self.c_out * self.out_h() * self.out_w()) as f64

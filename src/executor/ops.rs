@@ -5,7 +5,9 @@
 //! [`AddRequant`] for S7, [`pool::global_avg_pool`] for S6). Float appears
 //! only at the two graph boundaries, where the data is float by definition.
 //! Each kernel is rayon-parallel over the images of the batch and, inside an
-//! image, over channels.
+//! image, over channels. A depthwise QLinearConv (`group == C_in`, one input
+//! channel per group) runs a direct loop per (image, channel) plane instead
+//! of im2col and one tiny product per group.
 
 use crate::quant::fake::{dequantize, quantize};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
@@ -79,6 +81,95 @@ impl ConvOp {
         }
     }
 
+    /// Adds the bias to the int32 accumulators of output channel `o`,
+    /// checks the int32 range (S10.2) and requantizes into `y`.
+    fn finish(&self, node: &str, o: usize, acc: &[i32], y: &mut [i8]) -> Result<()> {
+        let (b, rq) = (self.bias[o] as i64, &self.requant[o]);
+        for (out, &a) in y.iter_mut().zip(acc) {
+            let total = a as i64 + b;
+            // S10.2: the accumulator must be an int32.
+            let Ok(total) = i32::try_from(total) else {
+                bail!(
+                    Onnx,
+                    "node '{node}': accumulator {total} of output channel {o} overflows int32"
+                );
+            };
+            *out = rq.apply(total);
+        }
+        Ok(())
+    }
+
+    /// Whether every group holds one input channel (`group == c_in > 1`).
+    fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c_in
+    }
+
+    /// Output plane `o` of a depthwise convolution from its input plane `x`
+    /// (`h x w`): for each kernel tap, `acc += w * (x - z_x)` over the run of
+    /// output columns whose input lies inside the image (the padding adds
+    /// 0), row by row.
+    fn depthwise_plane(
+        &self,
+        node: &str,
+        o: usize,
+        x: &[i8],
+        y: &mut [i8],
+        acc: &mut Vec<i32>,
+    ) -> Result<()> {
+        acc.clear();
+        acc.resize(self.out_h * self.out_w, 0);
+        let kk = self.kh * self.kw;
+        for ky in 0..self.kh {
+            let row_off = (ky * self.dilation.0) as isize - self.pad_begin.0 as isize;
+            let rows = valid(row_off, self.stride.0, self.h, self.out_h);
+            for kx in 0..self.kw {
+                let wv = self.weight[o * kk + ky * self.kw + kx] as i32;
+                let col_off = (kx * self.dilation.1) as isize - self.pad_begin.1 as isize;
+                let cols = valid(col_off, self.stride.1, self.w, self.out_w);
+                if wv == 0 || cols.is_empty() {
+                    continue;
+                }
+                // Input column of output column `cols.start`.
+                let x0 = (cols.start * self.stride.1) as isize + col_off;
+                for oy in rows.clone() {
+                    let iy = ((oy * self.stride.0) as isize + row_off) as usize;
+                    let src = &x[iy * self.w..][..self.w][x0 as usize..];
+                    let arow = &mut acc[oy * self.out_w..][cols.clone()];
+                    if self.stride.1 == 1 {
+                        for (a, &v) in arow.iter_mut().zip(src) {
+                            *a += wv * (v as i32 - self.z_x);
+                        }
+                    } else {
+                        for (a, &v) in arow.iter_mut().zip(src.iter().step_by(self.stride.1)) {
+                            *a += wv * (v as i32 - self.z_x);
+                        }
+                    }
+                }
+            }
+        }
+        self.finish(node, o, acc, y)
+    }
+
+    /// All images of a depthwise convolution, parallel over (image,
+    /// channel) planes.
+    fn run_depthwise(&self, node: &str, x: &[i8], y: &mut [i8]) -> Result<()> {
+        let (hw, ohw) = (self.h * self.w, self.out_h * self.out_w);
+        if ohw == 0 {
+            return Ok(());
+        }
+        let m = self.c_out / self.c_in;
+        // About 16K multiply-adds per task: small planes are batched.
+        let min_len = (16384 / (ohw * self.kh * self.kw).max(1)).max(1);
+        y.par_chunks_mut(ohw)
+            .enumerate()
+            .with_min_len(min_len)
+            .try_for_each_init(Vec::new, |acc, (p, yp)| {
+                let (img, o) = (p / self.c_out, p % self.c_out);
+                let xp = &x[(img * self.c_in + o / m) * hw..][..hw];
+                self.depthwise_plane(node, o, xp, yp, acc)
+            })
+    }
+
     /// One image: `x` is `[c_in, h, w]`, `y` is `[c_out, out_h, out_w]`.
     fn image(&self, node: &str, x: &[i8], y: &mut [i8]) -> Result<()> {
         let k = self.k();
@@ -105,34 +196,44 @@ impl ConvOp {
                             *a += wv * c as i32;
                         }
                     }
-                    let (b, rq) = (self.bias[o] as i64, &self.requant[o]);
-                    for (out, &a) in yrow.iter_mut().zip(&acc) {
-                        let total = a as i64 + b;
-                        // S10.2: the accumulator must be an int32.
-                        let Ok(total) = i32::try_from(total) else {
-                            bail!(
-                                Onnx,
-                                "node '{node}': accumulator {total} of output channel {o} overflows int32"
-                            );
-                        };
-                        *out = rq.apply(total);
-                    }
-                    Ok(())
+                    self.finish(node, o, &acc, yrow)
                 })?;
         }
         Ok(())
     }
 
     pub fn run(&self, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
+        debug_assert!(
+            x.len() == n * self.c_in * self.h * self.w
+                && y.len() == n * self.c_out * self.out_h * self.out_w
+        );
+        if self.is_depthwise() {
+            self.run_depthwise(node, x, y)
+        } else {
+            self.run_grouped(node, x, y)
+        }
+    }
+
+    /// The general path: per image, im2col and a product per group.
+    fn run_grouped(&self, node: &str, x: &[i8], y: &mut [i8]) -> Result<()> {
         let (xi, yi) = (
             self.c_in * self.h * self.w,
             self.c_out * self.out_h * self.out_w,
         );
-        debug_assert!(x.len() == n * xi && y.len() == n * yi);
         y.par_chunks_mut(yi)
             .zip(x.par_chunks(xi))
             .try_for_each(|(y, x)| self.image(node, x, y))
     }
+}
+
+/// The output positions `o < out` whose input `o * stride + offset` lies in
+/// `0..len` (a contiguous range).
+fn valid(offset: isize, stride: usize, len: usize, out: usize) -> std::ops::Range<usize> {
+    let s = stride as isize;
+    let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
+    let hi = (len as isize - offset + s - 1).div_euclid(s);
+    let lo = (lo as usize).min(out);
+    lo..(hi.max(0) as usize).clamp(lo, out)
 }
 
 /// Max pooling on int8 (S6): padding never wins (ONNX semantics).
@@ -309,6 +410,96 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The direct depthwise path (group == C_in) gives the same bytes as the
+    /// im2col path, on random shapes: multipliers 1-3, kernels 1x1 to 7x7,
+    /// strides 1-3, dilations, asymmetric padding (some taps only ever see
+    /// padding), zero weights, and a case whose accumulator overflows int32
+    /// (both paths must report it).
+    #[test]
+    fn depthwise_matches_the_grouped_path() {
+        let mut rng = Rng::new(9);
+        let mut case = 0;
+        while case < 60 {
+            let c_in = 2 + rng.below(5) as usize;
+            let m = 1 + rng.below(3) as usize;
+            let k = [1, 3, 5, 7][rng.below(4) as usize];
+            let (kh, kw) = (k, [k, 1, 3][rng.below(3) as usize]);
+            let (h, w) = (1 + rng.below(15) as usize, 1 + rng.below(15) as usize);
+            let stride = (1 + rng.below(3) as usize, 1 + rng.below(3) as usize);
+            let dilation = (1 + rng.below(2) as usize, 1 + rng.below(2) as usize);
+            // The last case has no padding, so output (0, 0) reads the input.
+            let last = case == 59;
+            let pad = [0; 4].map(|_| if last { 0 } else { rng.below(4) as usize });
+            let eff = (dilation.0 * (kh - 1) + 1, dilation.1 * (kw - 1) + 1);
+            if h + pad[0] + pad[2] < eff.0 || w + pad[1] + pad[3] < eff.1 {
+                continue;
+            }
+            case += 1;
+            let out_h = (h + pad[0] + pad[2] - eff.0) / stride.0 + 1;
+            let out_w = (w + pad[1] + pad[3] - eff.1) / stride.1 + 1;
+            let c_out = c_in * m;
+            let n = 1 + rng.below(3) as usize;
+            let big = last;
+            let mut op = ConvOp {
+                c_in,
+                h,
+                w,
+                c_out,
+                kh,
+                kw,
+                stride,
+                pad_begin: (pad[0], pad[1]),
+                dilation,
+                groups: c_in,
+                out_h,
+                out_w,
+                z_x: rng.below(256) as i32 - 128,
+                weight: (0..c_out * kh * kw)
+                    .map(|_| {
+                        if rng.below(8) == 0 {
+                            0
+                        } else {
+                            (rng.below(255) as i32 - 127) as i8
+                        }
+                    })
+                    .collect(),
+                bias: (0..c_out)
+                    .map(|_| {
+                        if big {
+                            i32::MAX - 10
+                        } else {
+                            rng.below(2001) as i32 - 1000
+                        }
+                    })
+                    .collect(),
+                requant: (0..c_out)
+                    .map(|_| Requant::new(0.001 + 0.01 * rng.uniform(), 3, -128, 127).unwrap())
+                    .collect(),
+            };
+            assert!(op.is_depthwise());
+            let mut x: Vec<i8> = (0..n * c_in * h * w)
+                .map(|_| rng.below(256) as u8 as i8)
+                .collect();
+            if big {
+                // Every product positive: bias + acc leaves the int32 range.
+                op.z_x = -128;
+                op.weight.iter_mut().for_each(|v| *v = 100);
+                x.iter_mut().for_each(|v| *v = 127);
+            }
+            let (mut got, mut want) = (
+                vec![0i8; n * c_out * out_h * out_w],
+                vec![0i8; n * c_out * out_h * out_w],
+            );
+            let a = op.run("t", &x, n, &mut got);
+            let b = op.run_grouped("t", &x, &mut want);
+            assert_eq!(a.is_ok(), b.is_ok(), "case {case}: {a:?} vs {b:?}");
+            assert_eq!(a.is_err(), big, "case {case}: {a:?}");
+            if a.is_ok() {
+                assert_eq!(got, want, "case {case}: {op:?}");
             }
         }
     }

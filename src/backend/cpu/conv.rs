@@ -10,7 +10,7 @@ use std::ops::Range;
 /// The output positions `o` in `0..out` whose input position
 /// `o * stride + offset` falls inside `0..len`: a contiguous range, so the
 /// padding is handled once per kernel tap instead of once per element.
-fn inside(offset: isize, stride: usize, len: usize, out: usize) -> std::ops::Range<usize> {
+pub(super) fn inside(offset: isize, stride: usize, len: usize, out: usize) -> Range<usize> {
     let s = stride as isize;
     let lo = if offset < 0 { (-offset + s - 1) / s } else { 0 };
     let hi = (len as isize - offset + s - 1).div_euclid(s);
@@ -328,17 +328,24 @@ pub fn backward_weight(
         }
     }
     if let Some(db) = dbias {
-        db.par_iter_mut().enumerate().for_each(|(o, d)| {
-            let mut s = 0.0f64;
-            for i in 0..g.n {
-                s += dy[(i * g.c_out + o) * ohw..][..ohw]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>();
-            }
-            *d = s as f32;
-        });
+        bias_grad(g, dy, db);
     }
+}
+
+/// `db[o] = sum over images and pixels of dy[n][o]`, in f64, one channel per
+/// task (deterministic).
+pub(super) fn bias_grad(g: &Conv2dGeom, dy: &[f32], db: &mut [f32]) {
+    let ohw = g.out_h() * g.out_w();
+    db.par_iter_mut().enumerate().for_each(|(o, d)| {
+        let mut s = 0.0f64;
+        for i in 0..g.n {
+            s += dy[(i * g.c_out + o) * ohw..][..ohw]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
+        }
+        *d = s as f32;
+    });
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! The CPU backend: the readable reference implementation of every primitive,
 //! parallel over all cores with rayon. GEMM uses the packed micro-kernels of
 //! the `gemm` crate; the convolution lowering, normalization, pooling and loss
-//! are ours.
+//! are ours. Depthwise convolutions (`Conv2dGeom::is_depthwise`) run on the
+//! direct kernels of `depthwise`, every other convolution on the GEMM
+//! lowering of `conv`.
 
 mod conv;
+pub mod depthwise;
 pub mod gemm;
 mod loss;
 mod norm;
@@ -180,7 +183,11 @@ impl Backend for CpuBackend {
         y: &mut Storage,
     ) -> Result<()> {
         let bias = bias.map(|b| b.host()).transpose()?;
-        conv::forward(g, x.host()?, w.host()?, bias, y.host_mut()?);
+        if g.is_depthwise() {
+            depthwise::forward(g, x.host()?, w.host()?, bias, y.host_mut()?);
+        } else {
+            conv::forward(g, x.host()?, w.host()?, bias, y.host_mut()?);
+        }
         Ok(())
     }
     fn conv2d_bwd_data(
@@ -190,7 +197,11 @@ impl Backend for CpuBackend {
         w: &Storage,
         dx: &mut Storage,
     ) -> Result<()> {
-        conv::backward_data(g, dy.host()?, w.host()?, dx.host_mut()?);
+        if g.is_depthwise() {
+            depthwise::backward_data(g, dy.host()?, w.host()?, dx.host_mut()?);
+        } else {
+            conv::backward_data(g, dy.host()?, w.host()?, dx.host_mut()?);
+        }
         Ok(())
     }
     fn conv2d_bwd_weight(
@@ -202,7 +213,11 @@ impl Backend for CpuBackend {
         dbias: Option<&mut Storage>,
     ) -> Result<()> {
         let dbias = dbias.map(|b| b.host_mut()).transpose()?;
-        conv::backward_weight(g, x.host()?, dy.host()?, dw.host_mut()?, dbias);
+        if g.is_depthwise() {
+            depthwise::backward_weight(g, x.host()?, dy.host()?, dw.host_mut()?, dbias);
+        } else {
+            conv::backward_weight(g, x.host()?, dy.host()?, dw.host_mut()?, dbias);
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //! tensors.
 
 use super::conv::{col_len, im2col};
+use super::depthwise;
 use super::gemm::dgemm;
 use crate::backend::{Conv2dGeom, FqTensor, QAddArgs, QConvArgs, QGapArgs};
 use crate::quant::fake::{dequantize, fake_quant, quantize, ste_mask};
@@ -93,6 +94,8 @@ fn recover(x: f32, s: f32, z: i32) -> i32 {
 /// Integer-exact convolution: `(x_q - z_x)` and `w_q` are small integers, so
 /// float64 GEMM accumulates them exactly (every partial sum stays far below
 /// 2^53); the accumulator then goes through the integer R1 of `quant`.
+/// Depthwise convolutions take the direct f32 kernels instead, exact too
+/// (see [`depthwise::exact_for_int8`]): the same integers, so the same bits.
 pub fn qconv2d(
     g: &Conv2dGeom,
     q: &QConvArgs,
@@ -102,10 +105,44 @@ pub fn qconv2d(
     multipliers: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    let requant: Vec<Requant> = multipliers
+    if g.is_depthwise() && depthwise::exact_for_int8(g) {
+        qconv2d_depthwise(g, q, x, w_q, bias_q, multipliers, y)
+    } else {
+        qconv2d_gemm(g, q, x, w_q, bias_q, multipliers, y)
+    }
+}
+
+fn requants(q: &QConvArgs, multipliers: &[f32]) -> Result<Vec<Requant>> {
+    multipliers
         .iter()
         .map(|&m| Requant::new(m, q.z_y, q.lo, q.hi))
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// `acc + bias` through R1, stored as `(q_y - z_y) * s_y`.
+#[inline]
+fn requant_store(acc: i64, bias: i32, rq: &Requant, q: &QConvArgs) -> f32 {
+    let total = acc + bias as i64;
+    debug_assert!(
+        total.unsigned_abs() < 1 << 31,
+        "accumulator {total} overflows int32 (S10.2)"
+    );
+    let qy = rq.apply(total.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+    dequantize(qy as i32, q.s_y, q.z_y)
+}
+
+/// The general path: per image and group, im2col of the recovered
+/// `(q_x - z_x)` and a float64 GEMM.
+fn qconv2d_gemm(
+    g: &Conv2dGeom,
+    q: &QConvArgs,
+    x: &[f32],
+    w_q: &[f32],
+    bias_q: &[i32],
+    multipliers: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let requant = requants(q, multipliers)?;
     let w: Vec<f64> = w_q.iter().map(|&v| v as f64).collect();
     let ohw = g.out_h() * g.out_w();
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
@@ -129,13 +166,7 @@ pub fn qconv2d(
             {
                 let o = grp * og + o_local;
                 for (out, &a) in yrow.iter_mut().zip(arow) {
-                    let total = a as i64 + bias_q[o] as i64;
-                    debug_assert!(
-                        total.unsigned_abs() < 1 << 31,
-                        "accumulator {total} overflows int32 (S10.2)"
-                    );
-                    let qy = requant[o].apply(total.clamp(i32::MIN as i64, i32::MAX as i64) as i32);
-                    *out = dequantize(qy as i32, q.s_y, q.z_y);
+                    *out = requant_store(a as i64, bias_q[o], &requant[o], q);
                 }
             }
         }
@@ -150,6 +181,36 @@ pub fn qconv2d(
             .enumerate()
             .for_each(|(i, c)| run(i, c, true));
     }
+    Ok(())
+}
+
+/// Depthwise: the recovered `(q_x - z_x)` go through the direct f32 forward
+/// kernel, whose every partial sum is an integer below 2^24 and therefore
+/// exact; then R1 per element.
+fn qconv2d_depthwise(
+    g: &Conv2dGeom,
+    q: &QConvArgs,
+    x: &[f32],
+    w_q: &[f32],
+    bias_q: &[i32],
+    multipliers: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let requant = requants(q, multipliers)?;
+    let xr: Vec<f32> = x
+        .par_iter()
+        .map(|&v| (recover(v, q.s_x, q.z_x) - q.z_x) as f32)
+        .collect();
+    depthwise::forward(g, &xr, &w_q[..g.w_len()], None, y);
+    let ohw = g.out_h() * g.out_w();
+    y.par_chunks_mut(ohw.max(1))
+        .enumerate()
+        .for_each(|(p, plane)| {
+            let o = p % g.c_out;
+            for v in plane {
+                *v = requant_store(*v as i64, bias_q[o], &requant[o], q);
+            }
+        });
     Ok(())
 }
 
@@ -174,4 +235,74 @@ pub fn qgap(q: &QGapArgs, x: &[f32], y: &mut [f32]) -> Result<()> {
         *o = dequantize(rq.apply(acc) as i32, q.s_out, q.z_out);
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// The depthwise int8 path gives the same bits as the general im2col +
+    /// float64 GEMM path, on random int8 data with groups == C (multipliers
+    /// 1 to 3, strides, padding, dilation, 3x3 to 7x7, fused ReLU or not).
+    #[test]
+    fn depthwise_qconv2d_matches_the_gemm_path() {
+        let mut rng = Rng::new(31);
+        let mut cases = 0;
+        while cases < 40 {
+            let c = 2 + rng.below(6) as usize;
+            let m = 1 + rng.below(3) as usize;
+            let k = [1, 3, 5, 7][rng.below(4) as usize];
+            let g = Conv2dGeom {
+                n: 1 + rng.below(3) as usize,
+                c_in: c,
+                h: 1 + rng.below(14) as usize,
+                w: 1 + rng.below(14) as usize,
+                c_out: c * m,
+                kh: k,
+                kw: [k, 3][rng.below(2) as usize],
+                stride: (1 + rng.below(2) as usize, 1 + rng.below(2) as usize),
+                pad: (rng.below(4) as usize, rng.below(4) as usize),
+                dilation: (1 + rng.below(2) as usize, 1 + rng.below(2) as usize),
+                groups: c,
+            };
+            let Ok(g) = g.validate() else { continue };
+            cases += 1;
+            let relu = rng.below(2) == 0;
+            let (s_x, z_x, s_y) = (0.03, rng.below(256) as i32 - 128, 0.02);
+            let z_y = if relu {
+                -128
+            } else {
+                rng.below(21) as i32 - 10
+            };
+            let q = QConvArgs {
+                s_x,
+                z_x,
+                s_y,
+                z_y,
+                lo: if relu { z_y } else { -128 },
+                hi: 127,
+            };
+            let x: Vec<f32> = (0..g.x_len())
+                .map(|_| (rng.below(256) as i32 - 128 - z_x) as f32 * s_x)
+                .collect();
+            let w: Vec<f32> = (0..g.w_len())
+                .map(|_| rng.below(255) as f32 - 127.0)
+                .collect();
+            let bias: Vec<i32> = (0..g.c_out)
+                .map(|_| rng.below(40001) as i32 - 20000)
+                .collect();
+            let mult: Vec<f32> = (0..g.c_out).map(|_| 1e-4 + rng.uniform() * 3e-3).collect();
+            let mut want = vec![f32::NAN; g.y_len()];
+            qconv2d_gemm(&g, &q, &x, &w, &bias, &mult, &mut want).unwrap();
+            let mut got = vec![f32::NAN; g.y_len()];
+            qconv2d(&g, &q, &x, &w, &bias, &mult, &mut got).unwrap();
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{g:?} {q:?}: depthwise and GEMM paths differ"
+            );
+        }
+    }
 }

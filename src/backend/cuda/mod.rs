@@ -153,6 +153,96 @@ impl CudaBackend {
     }
 }
 
+/// The depthwise kernels of kernels/depthwise.cu (`Conv2dGeom::is_depthwise`).
+impl CudaBackend {
+    fn depthwise_fwd(
+        &self,
+        g: &Conv2dGeom,
+        x: &Storage,
+        w: &Storage,
+        bias: Option<&Storage>,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let bias = match bias {
+            Some(b) => self.ptr(b, g.c_out, "depthwise conv2d bias")?,
+            None => 0,
+        };
+        let args = vec![
+            Arg::Ptr(self.ptr(x, g.x_len(), "depthwise conv2d x")?),
+            Arg::Ptr(self.ptr(w, g.w_len(), "depthwise conv2d w")?),
+            Arg::Ptr(bias),
+            Arg::Ptr(self.ptr(y, g.y_len(), "depthwise conv2d y")?),
+            conv_geom(g)?,
+        ];
+        self.launch_1d("depthwise_conv2d_fwd_f32", g.y_len(), args)
+    }
+
+    fn depthwise_bwd_data(
+        &self,
+        g: &Conv2dGeom,
+        dy: &Storage,
+        w: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(self.ptr(dy, g.y_len(), "depthwise conv2d dy")?),
+            Arg::Ptr(self.ptr(w, g.w_len(), "depthwise conv2d w")?),
+            Arg::Ptr(self.ptr(dx, g.x_len(), "depthwise conv2d dx")?),
+            conv_geom(g)?,
+        ];
+        self.launch_1d("depthwise_conv2d_bwd_data_f32", g.x_len(), args)
+    }
+
+    /// One block per (output channel, kernel row, chunk of 8 kernel columns),
+    /// split over the N*OH*OW positions when that leaves the device
+    /// underfilled (split-K, slices summed in order: deterministic).
+    fn depthwise_bwd_weight(&self, g: &Conv2dGeom, xp: u64, dyp: u64, dwp: u64) -> Result<()> {
+        const TAPS: usize = 8; // DW_TAPS in kernels/depthwise.cu
+        if g.w_len() == 0 {
+            return Ok(());
+        }
+        let rows = g.kh * g.kw.div_ceil(TAPS);
+        let r = g.n * g.out_h() * g.out_w();
+        let blocks = g.c_out * rows;
+        let want = (self.target_blocks / blocks).max(1);
+        let splits = want.min((r / self.min_chunk).max(1));
+        let chunk = r.div_ceil(splits).max(1);
+        let splits = r.div_ceil(chunk).max(1);
+        if g.c_out > i32::MAX as usize || rows > 65535 || splits > 65535 {
+            bail!(Shape, "depthwise conv2d {g:?} exceeds the CUDA grid limits");
+        }
+        i32_of(splits * g.w_len(), "depthwise conv2d split-K workspace")?;
+        let run = |out: u64| {
+            let args = vec![
+                Arg::Ptr(xp),
+                Arg::Ptr(dyp),
+                Arg::Ptr(out),
+                conv_geom(g)?,
+                Arg::I32(i32_of(chunk, "split-K chunk")?),
+            ];
+            self.launch(
+                "depthwise_conv2d_bwd_weight_f32",
+                (g.c_out as u32, rows as u32, splits as u32),
+                self.reduce_block,
+                args,
+            )
+        };
+        if splits == 1 {
+            return run(dwp);
+        }
+        self.with_workspace(splits * g.w_len(), |ws| {
+            run(ws)?;
+            let args = vec![
+                Arg::Ptr(ws),
+                Arg::Ptr(dwp),
+                Arg::I32(g.w_len() as i32),
+                Arg::I32(splits as i32),
+            ];
+            self.launch_1d("conv2d_bwd_weight_reduce_f32", g.w_len(), args)
+        })
+    }
+}
+
 /// Sizes go to kernels as `int`.
 fn i32_of(v: usize, what: &str) -> Result<i32> {
     match i32::try_from(v) {
@@ -459,6 +549,9 @@ impl Backend for CudaBackend {
         bias: Option<&Storage>,
         y: &mut Storage,
     ) -> Result<()> {
+        if g.is_depthwise() {
+            return self.depthwise_fwd(g, x, w, bias, y);
+        }
         let m = g.n * g.out_h() * g.out_w();
         if m == 0 || g.c_out == 0 {
             return Ok(());
@@ -489,6 +582,9 @@ impl Backend for CudaBackend {
         w: &Storage,
         dx: &mut Storage,
     ) -> Result<()> {
+        if g.is_depthwise() {
+            return self.depthwise_bwd_data(g, dy, w, dx);
+        }
         let m = g.n * g.h * g.w;
         if m == 0 || g.c_in == 0 {
             return Ok(());
@@ -523,7 +619,9 @@ impl Backend for CudaBackend {
             self.ptr(dy, g.y_len(), "conv2d dy")?,
         );
         let dwp = self.ptr(dw, g.w_len(), "conv2d dw")?;
-        if g.w_len() > 0 {
+        if g.is_depthwise() {
+            self.depthwise_bwd_weight(g, xp, dyp, dwp)?;
+        } else if g.w_len() > 0 {
             // Split the long reduction over N*OH*OW when the output has too
             // few tiles to fill the device (split-K, summed in order below).
             let tiles = kc.div_ceil(TILE) * og.div_ceil(TILE) * g.groups;
