@@ -311,6 +311,9 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
     match n {
         0 => {}
+        // Element by element on purpose: a 1-3 float copy_from_slice
+        // becomes a memcpy call in this hot loop.
+        #[allow(clippy::manual_memcpy)]
         1..=3 => {
             for i in 0..n {
                 dst[i] = src[i];
@@ -775,10 +778,10 @@ fn cb_load_x<const SIMD: bool>(
 /// block's channels `c0..c0 + nc`, lane-major (lanes past `nc` stay 0).
 #[inline(always)]
 fn cb_load_w(p: &Plan, c0: usize, nc: usize, w: &[f32], out: &mut [[f32; L]]) {
-    for jt in 0..p.m * p.kk {
+    for (jt, lanes) in out.iter_mut().enumerate().take(p.m * p.kk) {
         let (j, t) = (jt / p.kk, jt % p.kk);
-        for c in 0..nc {
-            out[jt][c] = w[((c0 + c) * p.m + j) * p.kk + t];
+        for (c, lane) in lanes.iter_mut().enumerate().take(nc) {
+            *lane = w[((c0 + c) * p.m + j) * p.kk + t];
         }
     }
 }
