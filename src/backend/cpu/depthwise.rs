@@ -320,9 +320,10 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     match n {
         0 => {}
         1..=3 => {
-            for i in 0..n {
-                dst[i] = src[i];
-            }
+            // Element by element: a loop would become a memcpy call.
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
         }
         4..=7 => overlapped!(4),
         8..=15 => overlapped!(8),
@@ -821,10 +822,10 @@ fn cb_load_x<const SIMD: bool>(
 /// whatever they held: no output reads them).
 #[inline(always)]
 fn cb_load_w(p: &Plan, c0: usize, nc: usize, w: &[f32], out: &mut [[f32; L]]) {
-    for jt in 0..p.m * p.kk {
+    for (jt, o) in out[..p.m * p.kk].iter_mut().enumerate() {
         let (j, t) = (jt / p.kk, jt % p.kk);
-        for c in 0..nc {
-            out[jt][c] = w[((c0 + c) * p.m + j) * p.kk + t];
+        for (c, v) in o[..nc].iter_mut().enumerate() {
+            *v = w[((c0 + c) * p.m + j) * p.kk + t];
         }
     }
 }
