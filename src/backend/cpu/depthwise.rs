@@ -3,8 +3,13 @@
 //! backward-weight, parallel over (image, channel) planes.
 //!
 //! The grouped GEMM lowering would run one GEMM of `m x (KH*KW) x pixels`
-//! per channel; here every plane is convolved directly, as a set of shifted
-//! multiply-adds over contiguous memory:
+//! per channel; here every plane is convolved directly. Two layouts:
+//! planes of more than 400 pixels go one at a time through the *flat-grid*
+//! loops below; smaller ones (MobileNet's 14x14 and 7x7 layers), where
+//! per-plane bookkeeping would dominate, go 16 channels at a time through
+//! the *channel-block* loops (channels in the vector lanes; see that
+//! section). The flat-grid loops are a set of shifted multiply-adds over
+//! contiguous memory:
 //!
 //! - The zero-padded input plane is split into `sh * sw` *phase planes*
 //!   (`P[rr][rc][i][j] = padded[i*sh + rr][j*sw + rc]`), each `hq x wq`.
@@ -24,12 +29,15 @@
 //!
 //! Summation order (bit reproducibility): every output element accumulates
 //! its taps in `(ki, kj)` order (backward-data: `(j, ki, kj)`, `j` the
-//! multiplier index) with fused multiply-adds; backward-weight keeps 16
-//! lane accumulators per tap (lane `l` takes the flat positions `p` with
-//! `p % 16 == l`, image after image) and adds the lanes in a fixed tree, one
-//! task per input channel. Nothing depends on the thread count, and the
-//! AVX-512, AVX2+FMA and portable builds of the loops (chosen at run time)
-//! perform the same operations lane by lane, so they agree bit for bit.
+//! multiplier index) with fused multiply-adds, in both layouts (which
+//! therefore give the same bits), as do the CUDA kernels. Backward-weight
+//! on the flat grid keeps 16 lane accumulators per tap (lane `l` takes the
+//! flat positions `p` with `p % 16 == l`, image after image) and adds the
+//! lanes in a fixed tree, one task per input channel; in channel blocks it
+//! sums each channel sequentially, image by image. Nothing depends on the
+//! thread count, and the AVX-512, AVX2+FMA and portable builds of the loops
+//! (chosen at run time) perform the same operations lane by lane, so they
+//! agree bit for bit.
 
 use super::conv::{bias_grad, inside};
 use crate::backend::Conv2dGeom;
@@ -145,7 +153,7 @@ struct Plan {
     bwd_w: Vec<Vec<usize>>,
     /// Channel-block path: each tap's offset in the padded input
     /// (`ki*dh * wp + kj*dw`), and for each input pixel the `(dy pixel,
-    /// weight)` indices of its backward-data taps, `(j, ki, kj)` order
+    /// weight)` indices of its backward-data taps in `(j, ki, kj)` order
     /// (`cb_gather[cb_gather_at[p]..cb_gather_at[p + 1]]`).
     cb_off: Vec<usize>,
     cb_gather: Vec<(u32, u32)>,
@@ -311,13 +319,11 @@ fn copy_row(dst: &mut [f32], src: &[f32]) {
     }
     match n {
         0 => {}
-        // Element by element on purpose: a 1-3 float copy_from_slice
-        // becomes a memcpy call in this hot loop.
-        #[allow(clippy::manual_memcpy)]
         1..=3 => {
-            for i in 0..n {
-                dst[i] = src[i];
-            }
+            // Element by element: a loop would become a memcpy call.
+            dst[0] = src[0];
+            dst[n / 2] = src[n / 2];
+            dst[n - 1] = src[n - 1];
         }
         4..=7 => overlapped!(4),
         8..=15 => overlapped!(8),
@@ -599,17 +605,54 @@ fn channel_blocks(g: &Conv2dGeom) -> bool {
     g.h * g.w <= CB_MAX_HW && g.out_h() * g.out_w() <= CB_MAX_HW
 }
 
+/// One lane vector on a 64-byte boundary: a zmm load of a `[f32; L]` that
+/// straddles two cache lines costs about twice an aligned one (measured:
+/// up to 2x on whole passes, depending on where the allocator put the
+/// buffers).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Lanes([f32; L]);
+
+/// A zeroed buffer of `len` 64-byte-aligned lane vectors, used as a slice
+/// of `[f32; L]`.
+struct LaneBuf(Vec<Lanes>);
+
+impl LaneBuf {
+    fn new(len: usize) -> LaneBuf {
+        LaneBuf(vec![Lanes([0.0; L]); len])
+    }
+}
+
+impl std::ops::Deref for LaneBuf {
+    type Target = [[f32; L]];
+    fn deref(&self) -> &[[f32; L]] {
+        // SAFETY: `Lanes` is `repr(C)` around one `[f32; L]` with no
+        // padding (64 bytes either way); only the alignment is stricter.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len()) }
+    }
+}
+
+impl std::ops::DerefMut for LaneBuf {
+    fn deref_mut(&mut self) -> &mut [[f32; L]] {
+        // SAFETY: as in `deref`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len()) }
+    }
+}
+
 /// Per-task buffers of the channel-block path (zeroed at creation; only
-/// data positions are written, so the padding stays zero).
+/// data positions are written, so the padding stays zero). Lanes past a
+/// partial block's channels may hold an earlier block's values: lanes are
+/// independent and those are never stored.
 struct CbScratch {
     /// Padded input, `(h + 2 ph) x (w + 2 pw)` pixels of `L` lanes.
-    xin: Vec<[f32; L]>,
+    xin: LaneBuf,
     /// Output gradients (`m` planes of `oh x ow` pixels) or outputs.
-    ys: Vec<[f32; L]>,
-    /// Input gradients, `h x w` pixels.
-    dx: Vec<[f32; L]>,
-    /// Weights of one multiplier index: `kk` taps of `L` lanes.
-    w: Vec<[f32; L]>,
+    ys: LaneBuf,
+    /// Input gradients, `h x w` pixels; also the unpadded transpose of the
+    /// input on its way into `xin`.
+    dx: LaneBuf,
+    /// Weights, `m * kk` taps of `L` lanes.
+    w: LaneBuf,
 }
 
 impl CbScratch {
@@ -617,10 +660,10 @@ impl CbScratch {
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
         let m = g.depthwise_multiplier();
         CbScratch {
-            xin: vec![[0.0; L]; hp * wp],
-            ys: vec![[0.0; L]; m * g.out_h() * g.out_w()],
-            dx: vec![[0.0; L]; g.h * g.w],
-            w: vec![[0.0; L]; m * g.kh * g.kw],
+            xin: LaneBuf::new(hp * wp),
+            ys: LaneBuf::new(m * g.out_h() * g.out_w()),
+            dx: LaneBuf::new(g.h * g.w),
+            w: LaneBuf::new(m * g.kh * g.kw),
         }
     }
 }
@@ -774,14 +817,15 @@ fn cb_load_x<const SIMD: bool>(
     }
 }
 
-/// Weights of multiplier index `j` (all `j` when `j` is None) of the
-/// block's channels `c0..c0 + nc`, lane-major (lanes past `nc` stay 0).
+/// Weights of the block's channels `c0..c0 + nc`, lane-major:
+/// `out[j * kk + t][c] = w[(c0 + c) * m + j][t]` (lanes past `nc` keep
+/// whatever they held: no output reads them).
 #[inline(always)]
 fn cb_load_w(p: &Plan, c0: usize, nc: usize, w: &[f32], out: &mut [[f32; L]]) {
-    for (jt, lanes) in out.iter_mut().enumerate().take(p.m * p.kk) {
+    for (jt, o) in out[..p.m * p.kk].iter_mut().enumerate() {
         let (j, t) = (jt / p.kk, jt % p.kk);
-        for (c, lane) in lanes.iter_mut().enumerate().take(nc) {
-            *lane = w[((c0 + c) * p.m + j) * p.kk + t];
+        for (c, v) in o[..nc].iter_mut().enumerate() {
+            *v = w[((c0 + c) * p.m + j) * p.kk + t];
         }
     }
 }
@@ -836,11 +880,19 @@ fn cb_fwd<const OX: usize, const SIMD: bool>(
                 out[ox..ox + OX].copy_from_slice(&acc);
                 ox += OX;
             }
-            while ox < p.ow {
-                let acc = cb_block::<1>(&s.xin, &p.cb_off, wj, row + ox * g.stride.1, 0);
-                out[ox] = acc[0];
-                ox += 1;
+            // The rest of the row as one block (independent accumulators,
+            // not a chain of single outputs).
+            let (base, st, rest) = (row + ox * g.stride.1, g.stride.1, &mut out[ox..]);
+            macro_rules! tail {
+                ($($n:literal)*) => {
+                    match rest.len() {
+                        0 => {}
+                        $($n => rest.copy_from_slice(&cb_block::<$n>(&s.xin, &p.cb_off, wj, base, st)),)*
+                        n => unreachable!("tail of {n} outputs"),
+                    }
+                };
             }
+            tail!(1 2 3 4 5 6 7);
         }
     }
     // Transpose back: y[c * m + j][pixel] = ys[j][pixel][c], then the bias.
@@ -874,9 +926,12 @@ fn cb_bwd_data<const SIMD: bool>(
         to_lanes::<SIMD>(&dy[j * p.ohw..], p.m * p.ohw, nc, p.ohw, dst);
     }
     for (pix, acc) in s.dx.iter_mut().enumerate() {
-        let taps = &p.cb_gather[p.cb_gather_at[pix] as usize..p.cb_gather_at[pix + 1] as usize];
+        let (t0, t1) = (
+            p.cb_gather_at[pix] as usize,
+            p.cb_gather_at[pix + 1] as usize,
+        );
         let mut a = [0.0f32; L];
-        for &(yi, wi) in taps {
+        for &(yi, wi) in &p.cb_gather[t0..t1] {
             let (dv, wt) = (&s.ys[yi as usize], &s.w[wi as usize]);
             for l in 0..L {
                 a[l] = dv[l].mul_add(wt[l], a[l]);
@@ -999,10 +1054,10 @@ macro_rules! wrappers {
 }
 
 #[cfg(target_arch = "x86_64")]
-wrappers!(avx512, 128, 9, 4, true, "avx512f,fma");
+wrappers!(avx512, 128, 9, 8, true, "avx512f,fma");
 #[cfg(target_arch = "x86_64")]
-wrappers!(avx2, 64, 5, 2, true, "avx2,fma");
-wrappers!(portable, 64, 4, 2, false);
+wrappers!(avx2, 64, 5, 4, true, "avx2,fma");
+wrappers!(portable, 64, 4, 4, false);
 
 /// Calls `$f` of the module for `$isa` (a `#[target_feature]` function: the
 /// caller has checked that the processor supports it).
