@@ -13,7 +13,9 @@ mod common;
 mod onnx_util;
 
 use common::temp_dir;
-use onnx_util::{images, info, train_steps, trained, write_npy_f32, write_npy_i8};
+use onnx_util::{
+    images, info, pool_concat_graph, train_steps, trained, write_npy_f32, write_npy_i8,
+};
 use qat::executor::Executor;
 use qat::graph::{Graph, GraphBuilder};
 use qat::int8::Int8Net;
@@ -166,6 +168,20 @@ fn onnx_runtime_agrees_with_the_executor() {
     if let Ok(ck) = std::env::var("QAT_ORT_CHECKPOINT") {
         cases.push(checkpoint_case(&dir, Path::new(&ck)));
     }
+    // Channel concat (QLinearConcat: ORT's requantization table) and average
+    // pooling (QLinearAveragePool: within 1 LSB, S6).
+    let pc = train_steps(pool_concat_graph(&dev, 5), true, 8, 13, &dev);
+    let pc_int8 = Int8Net::build(&pc).unwrap();
+    cases.push(int8_case(
+        &dir,
+        "pool_concat_int8",
+        &pc_int8,
+        &small_info,
+        "avgpool",
+        &x,
+    ));
+    let pc_fp = train_steps(pool_concat_graph(&dev, 6), false, 4, 14, &dev);
+    cases.push(fp32_case(&dir, "pool_concat_fp32", &pc_fp, Arch::Small));
     let small_fp = trained(Arch::Small, false, 5, 3, &dev);
     let r18_fp = trained(Arch::ResNet18, false, 3, 4, &dev);
     cases.push(fp32_case(&dir, "small_fp32", &small_fp, Arch::Small));

@@ -777,3 +777,60 @@ fn exported_metadata_is_what_the_executor_requires() {
     let m = with(|m| m.metadata_props.retain(|e| e.key != "mean"));
     assert_err(&m, &["metadata_props has no 'mean' entry", "truncated"]);
 }
+
+/// Malformed QLinearConcat and QLinearAveragePool nodes are errors naming
+/// the node and the problem.
+#[test]
+fn malformed_concat_and_avg_pool_nodes_are_errors() {
+    let m = onnx_util::train_steps(
+        onnx_util::pool_concat_graph(&Device::cpu(), 3),
+        true,
+        4,
+        3,
+        &Device::cpu(),
+    );
+    let valid = export_int8(&Int8Net::build(&m).unwrap(), &info(Arch::Small)).unwrap();
+    Executor::from_model(&valid).unwrap();
+    let ops: Vec<(&str, &str)> = valid
+        .graph
+        .node
+        .iter()
+        .map(|n| (n.name.as_str(), n.op_type.as_str()))
+        .collect();
+    assert!(ops.contains(&("cat", "QLinearConcat")));
+    assert!(ops.contains(&("pool1", "QLinearAveragePool")));
+    let set = |name: &str, f: &dyn Fn(&mut onnx_protobuf::NodeProto)| {
+        let mut m = valid.clone();
+        f(node(&mut m, name));
+        m
+    };
+    // A missing zero point leaves an incomplete triple.
+    let short = set("cat", &|n| {
+        n.input.pop();
+    });
+    assert_err(&short, &["cat", "triple"]);
+    let axis = set("cat", &|n| {
+        n.attribute.iter_mut().find(|a| a.name == "axis").unwrap().i = 2;
+    });
+    assert_err(&axis, &["cat", "axis 2", "channel axis"]);
+    // An input computed only after the concat.
+    let later = set("cat", &|n| {
+        n.input[2] = "pool1".into();
+        n.input[3] = "pool1.scale".into();
+        n.input[4] = "pool1.zero_point".into();
+    });
+    assert_err(&later, &["cat", "pool1", "not produced by any earlier node"]);
+    let asym = set("pool1", &|n| {
+        let a = n.attribute.iter_mut().find(|a| a.name == "pads").unwrap();
+        a.ints = vec![1, 1, 0, 0];
+    });
+    assert_err(&asym, &["pool1", "symmetric"]);
+    let both = set("pool1", &|n| {
+        for a in n.attribute.iter_mut() {
+            if a.name == "ceil_mode" || a.name == "count_include_pad" {
+                a.i = 1;
+            }
+        }
+    });
+    assert_err(&both, &["pool1", "ceil_mode with count_include_pad"]);
+}

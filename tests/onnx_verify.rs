@@ -9,7 +9,8 @@ mod onnx_util;
 
 use common::{qat_bin, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
-use onnx_util::{images, info, trained};
+use onnx_util::{images, info, pool_concat_graph, train_steps, trained};
+use qat::graph::Graph;
 use qat::executor::Executor;
 use qat::int8::Int8Net;
 use qat::models::Arch;
@@ -27,8 +28,13 @@ fn devices() -> Vec<(String, Device)> {
 }
 
 fn verify_arch(arch: Arch, steps: usize, n: usize) {
-    let cpu = Device::cpu();
-    let model = trained(arch, true, steps, 11, &cpu);
+    let build = |dev: &Device| qat::models::build(arch, 1, 10, dev, 0).unwrap();
+    verify_graph(arch.name(), build, trained(arch, true, steps, 11, &Device::cpu()), arch, n);
+}
+
+/// Exports the QAT graph `model` and verifies it against the executor on
+/// every device, with `build` making an untrained copy of its topology there.
+fn verify_graph(label: &str, build: impl Fn(&Device) -> Graph, model: Graph, arch: Arch, n: usize) {
     let bytes = export_int8(&Int8Net::build(&model).unwrap(), &info(arch))
         .unwrap()
         .write_to_bytes()
@@ -38,8 +44,7 @@ fn verify_arch(arch: Arch, steps: usize, n: usize) {
     let states = model.save_quantizers();
     for (name, dev) in devices() {
         // The same trained model, moved to `dev`.
-        let m = qat::models::build(arch, 1, 10, &dev, 0).unwrap();
-        let mut m = m;
+        let mut m = build(&dev);
         m.quantize(0.1);
         m.load_quantizers(&states).unwrap();
         ck.restore_module(&m).unwrap();
@@ -51,11 +56,10 @@ fn verify_arch(arch: Arch, steps: usize, n: usize) {
         v.batch(&x[half * 784..], &labels[half..], n - half)
             .unwrap();
         let r = v.finish();
-        println!("{} on {name}:\n{}", arch.name(), r.table());
+        println!("{label} on {name}:\n{}", r.table());
         assert!(
             r.passed(),
-            "{} on {name}: {} mismatches",
-            arch.name(),
+            "{label} on {name}: {} mismatches",
             r.total_mismatches()
         );
         assert_eq!(r.images, n);
@@ -79,6 +83,30 @@ fn resnet18_verifies_with_zero_mismatches() {
 #[test]
 fn mobilenet_v2_verifies_with_zero_mismatches() {
     verify_arch("mobilenet_v2_small_x0.35".parse().unwrap(), 6, 8);
+}
+
+/// Channel concat (QLinearConcat, each input requantized) and average
+/// pooling (QLinearAveragePool with and without count_include_pad, a
+/// ceil_mode window), bit-exact on every device.
+#[test]
+fn concat_and_avg_pool_verify_with_zero_mismatches() {
+    let model = train_steps(pool_concat_graph(&Device::cpu(), 5), true, 8, 13, &Device::cpu());
+    let int8 = Int8Net::build(&model).unwrap();
+    let kinds: Vec<&str> = model.nodes().iter().map(|n| n.op.kind()).collect();
+    assert!(kinds.contains(&"concat") && kinds.contains(&"average pool"));
+    // The concat's inputs really are requantized (their own scales).
+    let cat = model.node("cat").unwrap();
+    let q = |i: usize| model.nodes()[i].quantizer().unwrap().qparams().unwrap();
+    let out = cat.quantizer().unwrap().qparams().unwrap();
+    assert!(cat.inputs.iter().all(|&i| q(i) != out));
+    drop(int8);
+    verify_graph(
+        "pool/concat graph",
+        |dev: &Device| pool_concat_graph(dev, 5),
+        model,
+        Arch::Small,
+        12,
+    );
 }
 
 /// The harness is not vacuous: one changed weight shows up as mismatches.

@@ -17,8 +17,8 @@
 //! Supported: QuantizeLinear (int8), QLinearConv (int8 x int8, per-tensor or
 //! per-channel weight scales, zero weight zero points, int32 bias), MaxPool
 //! on int8, Flatten, DequantizeLinear from the standard domain (opsets
-//! 13-21), and QLinearAdd and QLinearGlobalAveragePool from `com.microsoft`
-//! version 1. A malformed or unsupported file is an error naming the node and
+//! 13-21), and QLinearAdd, QLinearAveragePool, QLinearConcat (channel axis)
+//! and QLinearGlobalAveragePool from `com.microsoft` version 1. A malformed or unsupported file is an error naming the node and
 //! the problem, never a panic; sizes in the file are checked before they
 //! decide any allocation.
 
@@ -103,6 +103,8 @@ impl Executor {
                     Op::Add(_) => "QLinearAdd",
                     Op::MaxPool(_) => "MaxPool",
                     Op::Gap { .. } => "QLinearGlobalAveragePool",
+                    Op::AvgPool { .. } => "QLinearAveragePool",
+                    Op::Concat(_) => "QLinearConcat",
                     Op::Flatten => "Flatten",
                     Op::Dequantize { .. } => "DequantizeLinear",
                 };
@@ -196,6 +198,23 @@ impl Executor {
                         let mut y = vec![0i8; len];
                         let planes = p.slots[st.output].numel();
                         ops::gap(get_i8(0)?, *hw, *z_in, rq, &mut y, planes)?;
+                        Value::I8(y)
+                    }
+                    Op::AvgPool {
+                        geom,
+                        scales,
+                        z_in,
+                        z_out,
+                    } => {
+                        let mut y = vec![0i8; len];
+                        ops::avg_pool(geom, scales, *z_in, *z_out, get_i8(0)?, &mut y)?;
+                        Value::I8(y)
+                    }
+                    Op::Concat(parts) => {
+                        let xs = (0..parts.len()).map(get_i8).collect::<Result<Vec<_>>>()?;
+                        let args: Vec<_> = parts.iter().zip(xs).collect();
+                        let mut y = vec![0i8; len];
+                        ops::concat(&args, &mut y, n);
                         Value::I8(y)
                     }
                     Op::Flatten => Value::I8(get_i8(0)?.to_vec()),

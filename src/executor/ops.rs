@@ -299,6 +299,69 @@ pub fn gap(
         .try_for_each(|(y, x)| pool::global_avg_pool(x, hw, z_in, rq, y))
 }
 
+/// QLinearAveragePool (S6) over `n` images; `g` describes one image
+/// (`g.n == 1`).
+pub fn avg_pool(
+    g: &pool::AvgPool2dGeom,
+    q: &[f32; 2],
+    z_in: i32,
+    z_out: i32,
+    x: &[i8],
+    y: &mut [i8],
+) -> Result<()> {
+    y.par_chunks_mut(g.y_len())
+        .zip(x.par_chunks(g.x_len()))
+        .try_for_each(|(y, x)| pool::avg_pool2d(g, x, q[0], z_in, q[1], z_out, y))
+}
+
+/// One input of a QLinearConcat: its values per image and, unless its
+/// quantization equals the output's, the 256-entry requantization table.
+#[derive(Clone, Debug)]
+pub struct ConcatInput {
+    pub per_image: usize,
+    pub table: Option<Vec<i8>>,
+}
+
+impl ConcatInput {
+    /// The table of ONNX Runtime's QLinearConcat (S12): entry `q` is
+    /// `clamp(RNE(fl32(s_x * (q - z_x)) / s_y) + z_y)`, QuantizeLinear of
+    /// the dequantized input; `None` (a copy) when `(s_x, z_x) == (s_y,
+    /// z_y)`.
+    pub fn new(per_image: usize, s_x: f32, z_x: i32, s_y: f32, z_y: i32) -> Self {
+        let table = (s_x != s_y || z_x != z_y).then(|| {
+            (-128..=127)
+                .map(|q| quantize(dequantize(q, s_x, z_x), s_y, z_y, ACT_QMIN, ACT_QMAX) as i8)
+                .collect()
+        });
+        ConcatInput { per_image, table }
+    }
+}
+
+/// QLinearConcat along the channel axis of `n` images: each image's output
+/// is its slices of the inputs in order, each through its table.
+pub fn concat(parts: &[(&ConcatInput, &[i8])], y: &mut [i8], n: usize) {
+    let per_image: usize = parts.iter().map(|(p, _)| p.per_image).sum();
+    y.par_chunks_mut(per_image)
+        .take(n)
+        .enumerate()
+        .for_each(|(i, out)| {
+            let mut at = 0;
+            for (p, x) in parts {
+                let src = &x[i * p.per_image..(i + 1) * p.per_image];
+                let dst = &mut out[at..at + p.per_image];
+                match &p.table {
+                    None => dst.copy_from_slice(src),
+                    Some(t) => {
+                        for (d, &q) in dst.iter_mut().zip(src) {
+                            *d = t[(q as i32 + 128) as usize];
+                        }
+                    }
+                }
+                at += p.per_image;
+            }
+        });
+}
+
 /// QLinearAdd (S7), element-wise.
 pub fn add(rq: &AddRequant, a: &[i8], b: &[i8], y: &mut [i8]) -> Result<()> {
     const CHUNK: usize = 1 << 14;
@@ -520,5 +583,29 @@ mod tests {
         let mut y = [0i8; 1];
         op.run(&[-100, -90, -128, -120], 1, &mut y);
         assert_eq!(y, [-90]);
+    }
+
+    /// QLinearConcat: equal parameters copy; otherwise every table entry
+    /// is the nearest output value of the dequantized input, computed here
+    /// in f64 (exact halves do not occur with these scales); images keep
+    /// their slices in input order.
+    #[test]
+    fn concat_requantizes_by_table_and_copies_equal_parameters() {
+        assert!(ConcatInput::new(4, 0.05, 3, 0.05, 3).table.is_none());
+        let (s_x, z_x, s_y, z_y) = (0.0371f32, -7, 0.0513f32, 11);
+        let p = ConcatInput::new(2, s_x, z_x, s_y, z_y);
+        let t = p.table.as_ref().unwrap();
+        for q in -128i32..=127 {
+            let want = ((q - z_x) as f64 * s_x as f64 / s_y as f64).round() + z_y as f64;
+            let want = want.clamp(-128.0, 127.0) as i8;
+            assert_eq!(t[(q + 128) as usize], want, "q = {q}");
+        }
+        let copy = ConcatInput::new(1, 0.1, 0, 0.1, 0);
+        // Two images: [a0 a1 | b0], [a2 a3 | b1].
+        let (a, b) = ([-128i8, 0, 5, 127], [9i8, -9]);
+        let mut y = [0i8; 6];
+        concat(&[(&p, &a), (&copy, &b)], &mut y, 2);
+        let tq = |q: i8| t[(q as i32 + 128) as usize];
+        assert_eq!(y, [tq(-128), tq(0), 9, tq(5), tq(127), -9]);
     }
 }

@@ -7,7 +7,7 @@
 use super::load::{
     checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS,
 };
-use super::ops::{ConvOp, PoolOp};
+use super::ops::{ConcatInput, ConvOp, PoolOp};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::{pool, AddRequant, Requant};
 use crate::{bail, Error, Result};
@@ -48,6 +48,15 @@ pub enum Op {
     Add(AddRequant),
     MaxPool(PoolOp),
     Gap { hw: usize, z_in: i32, rq: Requant },
+    /// Integer average pooling of one image (`geom.n == 1`), input and
+    /// output scales, zero points.
+    AvgPool {
+        geom: pool::AvgPool2dGeom,
+        scales: [f32; 2],
+        z_in: i32,
+        z_out: i32,
+    },
+    Concat(Vec<ConcatInput>),
     Flatten,
     Dequantize { scale: f32, zero_point: i32 },
 }
@@ -618,6 +627,8 @@ impl PlanBuilder {
                     vec![d[0], 1, 1],
                 )
             }
+            ("com.microsoft", "QLinearAveragePool") => self.qlinear_avg_pool(n, label),
+            ("com.microsoft", "QLinearConcat") => self.qlinear_concat(n, label),
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
                 let attrs = Attrs::new(n, &["axis"])?;
@@ -790,6 +801,127 @@ impl PlanBuilder {
             ElemType::I8,
             vec![c_out, out_h, out_w],
         )
+    }
+
+    fn qlinear_avg_pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 5, 5)?;
+        let attrs = Attrs::new(
+            n,
+            &[
+                "auto_pad",
+                "ceil_mode",
+                "channels_last",
+                "count_include_pad",
+                "kernel_shape",
+                "pads",
+                "strides",
+            ],
+        )?;
+        attrs.check_auto_pad()?;
+        if attrs.int("channels_last", 0)? != 0 {
+            bail!(Onnx, "channels_last = 1 is not supported");
+        }
+        let ceil_mode = attrs.int("ceil_mode", 0)? != 0;
+        let count_include_pad = attrs.int("count_include_pad", 0)? != 0;
+        if ceil_mode && count_include_pad {
+            bail!(
+                Onnx,
+                "ceil_mode with count_include_pad is not supported (ONNX Runtime's divisor for \
+the last windows differs from the integer rule, S6)"
+            );
+        }
+        let x = self.act(n, 0, ElemType::I8)?;
+        let d = self.slots[x].dims.clone();
+        if d.len() != 3 {
+            bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
+        }
+        let Some(k) = attrs.ints("kernel_shape", 2, 1)? else {
+            bail!(Onnx, "kernel_shape is required");
+        };
+        let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
+        let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
+        if pads[0] != pads[2] || pads[1] != pads[3] {
+            bail!(Onnx, "pads {pads:?} are not symmetric, which is not supported");
+        }
+        let geom = pool::AvgPool2dGeom {
+            n: 1,
+            c: d[0],
+            h: d[1],
+            w: d[2],
+            kh: k[0],
+            kw: k[1],
+            stride: (stride[0], stride[1]),
+            pad: (pads[0], pads[1]),
+            count_include_pad,
+            ceil_mode,
+        }
+        .validate()
+        .map_err(|e| Error::Onnx(e.to_string()))?;
+        if geom.kh * geom.kw > (i32::MAX / 255) as usize {
+            bail!(Onnx, "pooling window of {k:?} is not supported");
+        }
+        let scales = [self.scale(n, 1)?, self.scale(n, 3)?];
+        let (z_in, z_out) = (self.zero_point(n, 2)?, self.zero_point(n, 4)?);
+        // Every divisor's R1 must exist (scales checked above).
+        for dv in 1..=geom.kh * geom.kw {
+            pool::gap_requant(scales[0], scales[1], dv, z_out)?;
+        }
+        let dims = vec![d[0], geom.out_h(), geom.out_w()];
+        let op = Op::AvgPool {
+            geom,
+            scales,
+            z_in,
+            z_out,
+        };
+        self.push(n, label, op, vec![x], ElemType::I8, dims)
+    }
+
+    fn qlinear_concat(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        let k = n.input.len();
+        if k < 5 || (k - 2) % 3 != 0 {
+            bail!(
+                Onnx,
+                "has {k} inputs: expected Y_scale, Y_zero_point, then a (tensor, scale, zero point) \
+triple per input"
+            );
+        }
+        Self::arity(n, k, k)?;
+        let attrs = Attrs::new(n, &["axis"])?;
+        let (s_y, z_y) = (self.scale(n, 0)?, self.zero_point(n, 1)?);
+        let mut inputs = Vec::new();
+        let mut parts = Vec::new();
+        let mut dims: Option<Vec<usize>> = None;
+        for t in (2..k).step_by(3) {
+            let x = self.act(n, t, ElemType::I8)?;
+            let d = self.slots[x].dims.clone();
+            if d.len() != 3 {
+                bail!(Onnx, "input {t} has rank {}, expected 4 (NCHW)", d.len() + 1);
+            }
+            match &mut dims {
+                None => dims = Some(d.clone()),
+                Some(acc) if acc[1..] == d[1..] => acc[0] += d[0],
+                Some(acc) => bail!(
+                    Onnx,
+                    "input {t} has planes {}x{}, the first input {}x{}: only channels may differ",
+                    d[1],
+                    d[2],
+                    acc[1],
+                    acc[2]
+                ),
+            }
+            let (s_x, z_x) = (self.scale(n, t + 1)?, self.zero_point(n, t + 2)?);
+            parts.push(ConcatInput::new(self.slots[x].numel(), s_x, z_x, s_y, z_y));
+            inputs.push(x);
+        }
+        let axis = attrs.int("axis", i64::MIN)?;
+        if axis != 1 && axis != -3 {
+            bail!(
+                Onnx,
+                "axis {axis}: only the channel axis (1) of NCHW tensors is supported"
+            );
+        }
+        let dims = dims.unwrap_or_default();
+        self.push(n, label, Op::Concat(parts), inputs, ElemType::I8, dims)
     }
 
     fn max_pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {

@@ -7,7 +7,7 @@
 use super::{Graph, Node, NodeId, Op};
 use crate::backend::Device;
 use crate::nn::{Activation, ConvBn, Linear};
-use crate::ops::{Conv2dParams, MaxPool2dParams};
+use crate::ops::{AvgPool2dParams, Conv2dParams, MaxPool2dParams};
 use crate::rng::Rng;
 use crate::{bail, Result};
 use std::collections::HashSet;
@@ -127,6 +127,21 @@ impl GraphBuilder {
     pub fn max_pool(&mut self, name: &str, x: NodeId, p: MaxPool2dParams) -> Result<NodeId> {
         let c = self.channels[x];
         self.push(name, Op::MaxPool(p), vec![x], c)
+    }
+
+    pub fn avg_pool(&mut self, name: &str, x: NodeId, p: AvgPool2dParams) -> Result<NodeId> {
+        let c = self.channels[x];
+        self.push(name, Op::AvgPool(p), vec![x], c)
+    }
+
+    /// The inputs joined along the channel axis (their planes must agree,
+    /// which the forward checks).
+    pub fn concat(&mut self, name: &str, xs: &[NodeId]) -> Result<NodeId> {
+        if xs.len() < 2 {
+            bail!(Usage, "concat '{name}' needs at least two inputs");
+        }
+        let c = xs.iter().map(|&x| self.channels.get(x).copied().unwrap_or(0)).sum();
+        self.push(name, Op::Concat, xs.to_vec(), c)
     }
 
     pub fn global_avg_pool(&mut self, name: &str, x: NodeId) -> Result<NodeId> {

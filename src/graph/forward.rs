@@ -61,9 +61,11 @@ fn fp32_node(node: &Node, x: &Tensor, inputs: &[&Tensor], mode: Mode) -> Result<
         Op::Conv { conv, act } => act.apply(conv.forward(a()?, mode)?)?,
         Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,
+        Op::AvgPool(p) => ops::avg_pool2d(a()?, *p)?,
         Op::GlobalAvgPool => ops::global_avg_pool(a()?)?,
         Op::Flatten => ops::flatten(a()?)?,
         Op::Linear(l) => l.forward(a()?, mode)?,
+        Op::Concat => ops::concat(inputs, 1)?,
     })
 }
 
@@ -88,12 +90,16 @@ fn qat_node(
         }
         Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,
+        Op::AvgPool(p) => ops::avg_pool2d(a()?, *p)?,
         Op::GlobalAvgPool => ops::global_avg_pool(a()?)?,
         Op::Flatten => ops::flatten(a()?)?,
         Op::Linear(l) => {
             let (w_q, _) = ops::fake_quant_channel(&l.weight)?;
             ops::linear(a()?, &w_q, l.bias.as_ref())?
         }
+        // The inputs are fake-quantized already; the node's quantizer below
+        // requantizes the joined tensor, as the int8 concat does per input.
+        Op::Concat => ops::concat(inputs, 1)?,
     };
     match &node.quant {
         Some(q) => q.forward(&y, mode, flags),

@@ -12,7 +12,8 @@
 //!
 //! Where activations are quantized is derived from the node kinds (see
 //! [`Op::is_quantized`]): the input, every convolution, residual add,
-//! global average pool and linear layer carries an activation quantizer;
+//! average pool, global average pool, concat and linear layer carries an
+//! activation quantizer;
 //! max pooling and flattening keep the quantization of their input (int8
 //! max pooling is exact on the quantized values).
 
@@ -26,7 +27,7 @@ use crate::nn::{
     join, ActQuant, ActQuantState, Activation, Conv2d, ConvBn, Linear, Mode, Module, Named,
     QatFlags,
 };
-use crate::ops::MaxPool2dParams;
+use crate::ops::{AvgPool2dParams, MaxPool2dParams};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 use std::collections::BTreeMap;
@@ -55,12 +56,17 @@ pub enum Op {
         relu: bool,
     },
     MaxPool(MaxPool2dParams),
+    /// Average pooling over windows (S6, one divisor per window).
+    AvgPool(AvgPool2dParams),
     /// `[N, C, H, W] -> [N, C]` mean over the plane (S6).
     GlobalAvgPool,
     /// `[N, prod(...)]` of the input.
     Flatten,
     /// Fully connected layer on `[N, C]`.
     Linear(Linear),
+    /// The inputs joined along the channel axis (S12): each input is
+    /// requantized to the node's own activation quantization.
+    Concat,
 }
 
 impl Op {
@@ -78,9 +84,11 @@ impl Op {
             Op::Conv { .. } => "conv",
             Op::Add { .. } => "add",
             Op::MaxPool(_) => "max pool",
+            Op::AvgPool(_) => "average pool",
             Op::GlobalAvgPool => "global average pool",
             Op::Flatten => "flatten",
             Op::Linear(_) => "linear",
+            Op::Concat => "concat",
         }
     }
 }
@@ -234,8 +242,10 @@ impl Module for Graph {
                 Op::Input { .. }
                 | Op::Add { .. }
                 | Op::MaxPool(_)
+                | Op::AvgPool(_)
                 | Op::GlobalAvgPool
-                | Op::Flatten => {}
+                | Op::Flatten
+                | Op::Concat => {}
             }
         }
     }

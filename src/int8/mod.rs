@@ -12,10 +12,10 @@ pub use layers::QConv;
 
 use crate::backend::{Device, FqTensor, QAddArgs, QGapArgs};
 use crate::graph::{Graph, NodeId, Op};
-use crate::ops::{self, MaxPool2dParams};
-use crate::quant::fake::quantize;
+use crate::ops::{self, AvgPool2dParams, MaxPool2dParams};
+use crate::quant::fake::{dequantize, quantize};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
-use crate::quant::pool::gap_multiplier;
+use crate::quant::pool::{self, gap_multiplier};
 use crate::quant::{AddRequant, QParams};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -39,6 +39,11 @@ pub enum StepKind {
     Add(QAddArgs),
     /// Max pooling on the quantized values (same parameters in and out).
     MaxPool(MaxPool2dParams),
+    /// Integer average pooling (S6): exact window sums, one R1 per divisor.
+    AvgPool(AvgPool2dParams),
+    /// Channel concatenation (S12): each input requantized to the output's
+    /// parameters (kept as is when they are equal), then joined.
+    Concat,
     /// Integer-exact global average pooling (S6), `[N, C, 1, 1]` out.
     GlobalAvgPool,
     /// The flatten after global average pooling: the pooled `[N, C, 1, 1]`
@@ -122,6 +127,8 @@ impl Int8Net {
                     (StepKind::Add(args), c, false)
                 }
                 Op::MaxPool(p) => (StepKind::MaxPool(*p), in_q(0)?, false),
+                Op::AvgPool(p) => (StepKind::AvgPool(*p), own_q()?, false),
+                Op::Concat => (StepKind::Concat, own_q()?, false),
                 Op::GlobalAvgPool => (StepKind::GlobalAvgPool, own_q()?, true),
                 Op::Flatten => {
                     if !pooled[inputs[0]] {
@@ -212,17 +219,7 @@ impl Int8Net {
                     }
                 };
                 let y = match &step.kind {
-                    StepKind::Quantize => {
-                        let xq = Tensor::zeros(x.shape().clone(), &self.device)?;
-                        let fq = FqTensor {
-                            scale: step.out_q.scale,
-                            zero_point: step.out_q.zero_point,
-                            qmin: ACT_QMIN,
-                            qmax: ACT_QMAX,
-                        };
-                        be.fake_quant_tensor_fwd(&fq, &x.storage(), &mut xq.storage_mut())?;
-                        xq
-                    }
+                    StepKind::Quantize => self.requantize(x, step.out_q)?,
                     StepKind::Conv(c) => c.forward(arg(0)?)?,
                     StepKind::Add(args) => {
                         let (a, b) = (arg(0)?, arg(1)?);
@@ -231,6 +228,23 @@ impl Int8Net {
                         out
                     }
                     StepKind::MaxPool(p) => ops::max_pool2d(arg(0)?, *p)?,
+                    StepKind::AvgPool(p) => {
+                        let q_in = self.steps[step.inputs[0]].out_q;
+                        self.avg_pool(arg(0)?, *p, q_in, step.out_q)?
+                    }
+                    StepKind::Concat => {
+                        let mut parts = Vec::with_capacity(step.inputs.len());
+                        for (k, &j) in step.inputs.iter().enumerate() {
+                            let x = arg(k)?;
+                            parts.push(if self.steps[j].out_q == step.out_q {
+                                x.clone()
+                            } else {
+                                self.requantize(x, step.out_q)?
+                            });
+                        }
+                        let refs: Vec<&Tensor> = parts.iter().collect();
+                        ops::concat(&refs, 1)?
+                    }
                     StepKind::GlobalAvgPool => {
                         let y = arg(0)?;
                         let (n, c, h, w) = y.shape().nchw()?;
@@ -270,6 +284,50 @@ impl Int8Net {
             }
             Ok(values[n_steps - 1].take().expect("the output was computed"))
         })
+    }
+}
+
+impl Int8Net {
+    /// `(q - z) * s` of `q = clamp(RNE(x / s) + z)` for float `x` with the
+    /// parameters `q`: the input's QuantizeLinear (S8), and on a stored
+    /// activation `(q_in - z_in) * s_in` exactly ONNX Runtime's QLinearConcat
+    /// table entry (S12).
+    fn requantize(&self, x: &Tensor, q: QParams) -> Result<Tensor> {
+        let y = Tensor::zeros(x.shape().clone(), &self.device)?;
+        let fq = FqTensor {
+            scale: q.scale,
+            zero_point: q.zero_point,
+            qmin: ACT_QMIN,
+            qmax: ACT_QMAX,
+        };
+        self.device
+            .backend()
+            .fake_quant_tensor_fwd(&fq, &x.storage(), &mut y.storage_mut())?;
+        Ok(y)
+    }
+
+    /// Integer average pooling (S6) of an activation with parameters `q_in`.
+    /// It runs on the host, with one download and one upload (no built-in
+    /// architecture pools this way; imported networks may).
+    fn avg_pool(&self, x: &Tensor, p: AvgPool2dParams, q_in: QParams, q_out: QParams) -> Result<Tensor> {
+        let (n, c, h, w) = x.shape().nchw()?;
+        let g = p.geom(n, c, h, w)?;
+        let xq = to_int8("", x, q_in)?.values;
+        let mut yq = vec![0i8; g.y_len()];
+        pool::avg_pool2d(
+            &g,
+            &xq,
+            q_in.scale,
+            q_in.zero_point,
+            q_out.scale,
+            q_out.zero_point,
+            &mut yq,
+        )?;
+        let y: Vec<f32> = yq
+            .iter()
+            .map(|&v| dequantize(v as i32, q_out.scale, q_out.zero_point))
+            .collect();
+        Tensor::from_vec(y, [n, c, g.out_h(), g.out_w()], &self.device)
     }
 }
 

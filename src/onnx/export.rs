@@ -5,7 +5,7 @@ use crate::graph::{Graph, Op};
 use crate::int8::{Int8Net, QConv, StepKind};
 use crate::models::Arch;
 use crate::nn::{Activation, Conv2d, ConvBn};
-use crate::ops::{Conv2dParams, MaxPool2dParams};
+use crate::ops::{AvgPool2dParams, Conv2dParams, MaxPool2dParams};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::QParams;
 use crate::saved_model::ModelInfo;
@@ -45,7 +45,9 @@ pub(crate) fn write_bytes(bytes: &[u8], path: &Path) -> Result<()> {
 /// lowered step: QuantizeLinear for the input, a QLinearConv per
 /// convolution (per-channel int8 weights, int32 bias, ReLU folded into the
 /// output zero point -128), QLinearAdd per residual add (its ReLU likewise),
-/// MaxPool on int8, QLinearGlobalAveragePool, the classifier as a 1x1
+/// MaxPool on int8, QLinearAveragePool, QLinearConcat (each input
+/// requantized by ONNX Runtime's table, S12), QLinearGlobalAveragePool, the
+/// classifier as a 1x1
 /// QLinearConv then Flatten, and DequantizeLinear of the logits. Every
 /// output is named after its node.
 ///
@@ -133,6 +135,45 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
                 );
                 name.to_string()
             }
+            StepKind::AvgPool(p) => {
+                let x = input(0)?;
+                b.qparams(name, step.out_q)?;
+                b.node(
+                    "QLinearAveragePool",
+                    name,
+                    MS_DOMAIN,
+                    &[
+                        &x,
+                        &b.scale(&x),
+                        &b.zp(&x),
+                        &format!("{name}.scale"),
+                        &format!("{name}.zero_point"),
+                    ],
+                    &[name],
+                    avg_pool_attrs(name, *p)?,
+                );
+                name.to_string()
+            }
+            StepKind::Concat => {
+                b.qparams(name, step.out_q)?;
+                let xs = (0..step.inputs.len())
+                    .map(input)
+                    .collect::<Result<Vec<String>>>()?;
+                let mut args = vec![format!("{name}.scale"), format!("{name}.zero_point")];
+                for x in &xs {
+                    args.extend([x.clone(), b.scale(x), b.zp(x)]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                b.node(
+                    "QLinearConcat",
+                    name,
+                    MS_DOMAIN,
+                    &args,
+                    &[name],
+                    vec![attr_int("axis", 1)],
+                );
+                name.to_string()
+            }
             StepKind::GlobalAvgPool => {
                 let x = input(0)?;
                 b.qparams(name, step.out_q)?;
@@ -215,7 +256,7 @@ training diverged: export an earlier checkpoint, or retrain or resume from one"
 
 /// The float graph of `g` (its float weights; quantizers, if any, are
 /// ignored): Conv, BatchNormalization (running statistics, not folded), Relu,
-/// Add, MaxPool, GlobalAveragePool and Flatten, Gemm. Parameter tensors keep
+/// Add, MaxPool, AveragePool, Concat, GlobalAveragePool and Flatten, Gemm. Parameter tensors keep
 /// the model's names (`stem.conv.weight`, `stem.bn.running_mean`, ...); the
 /// ReLU after an add named `X.add` is `X.relu`.
 pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
@@ -265,6 +306,19 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
             }
             Op::MaxPool(p) => {
                 b.node("MaxPool", name, "", &[&input(0)?], &[name], pool_attrs(*p));
+                name.to_string()
+            }
+            Op::AvgPool(p) => {
+                let attrs = avg_pool_attrs(name, *p)?;
+                b.node("AveragePool", name, "", &[&input(0)?], &[name], attrs);
+                name.to_string()
+            }
+            Op::Concat => {
+                let xs = (0..node.inputs.len())
+                    .map(input)
+                    .collect::<Result<Vec<String>>>()?;
+                let xs: Vec<&str> = xs.iter().map(String::as_str).collect();
+                b.node("Concat", name, "", &xs, &[name], vec![attr_int("axis", 1)]);
                 name.to_string()
             }
             Op::GlobalAvgPool => {
@@ -642,6 +696,26 @@ fn pool_attrs(p: MaxPool2dParams) -> Vec<AttributeProto> {
         attr_ints("strides", &[p.stride.0, p.stride.1]),
         attr_ints("pads", &[p.pad.0, p.pad.1, p.pad.0, p.pad.1]),
     ]
+}
+
+/// AveragePool / QLinearAveragePool attributes. ONNX Runtime divides every
+/// window by kh*kw under `count_include_pad` even where a `ceil_mode` window
+/// hangs past the padding (S6), so that combination is refused.
+fn avg_pool_attrs(name: &str, p: AvgPool2dParams) -> Result<Vec<AttributeProto>> {
+    if p.count_include_pad && p.ceil_mode {
+        bail!(
+            Onnx,
+            "{name}: average pooling with both count_include_pad and ceil_mode cannot be exported \
+(ONNX Runtime divides the last windows by a different count); use one of them"
+        );
+    }
+    Ok(vec![
+        attr_ints("kernel_shape", &[p.kernel.0, p.kernel.1]),
+        attr_ints("strides", &[p.stride.0, p.stride.1]),
+        attr_ints("pads", &[p.pad.0, p.pad.1, p.pad.0, p.pad.1]),
+        attr_int("count_include_pad", p.count_include_pad as i64),
+        attr_int("ceil_mode", p.ceil_mode as i64),
+    ])
 }
 
 fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {

@@ -1,10 +1,12 @@
 //! ONNX export of trained network graphs (built with `onnx-protobuf`):
 //! - [`export_int8`]: the integer-only graph of an [`Int8Net`]
 //!   (QuantizeLinear, QLinearConv, QLinearAdd, MaxPool on int8,
-//!   QLinearGlobalAveragePool, the classifier as a 1x1 QLinearConv, Flatten,
-//!   DequantizeLinear), opset 13 plus `com.microsoft` version 1;
+//!   QLinearAveragePool, QLinearConcat, QLinearGlobalAveragePool, the
+//!   classifier as a 1x1 QLinearConv, Flatten, DequantizeLinear), opset 13
+//!   plus `com.microsoft` version 1;
 //! - [`export_fp32`]: the float graph of a [`crate::graph::Graph`] (Conv,
-//!   BatchNormalization, Relu, Add, MaxPool, GlobalAveragePool, Flatten, Gemm).
+//!   BatchNormalization, Relu, Clip, Add, MaxPool, AveragePool, Concat,
+//!   GlobalAveragePool, Flatten, Gemm).
 //!
 //! Scales, zero points, int8 weights and int32 biases are the
 //! [`Int8Net`]'s buffers copied verbatim: nothing is recomputed here. The

@@ -60,6 +60,23 @@ pub struct AvgPool2dParams {
 }
 
 impl AvgPool2dParams {
+    /// The validated geometry of this pooling over `[n, c, h, w]`.
+    pub fn geom(&self, n: usize, c: usize, h: usize, w: usize) -> Result<AvgPool2dGeom> {
+        AvgPool2dGeom {
+            n,
+            c,
+            h,
+            w,
+            kh: self.kernel.0,
+            kw: self.kernel.1,
+            stride: self.stride,
+            pad: self.pad,
+            count_include_pad: self.count_include_pad,
+            ceil_mode: self.ceil_mode,
+        }
+        .validate()
+    }
+
     /// A square window; `count_include_pad` has no common default (see the
     /// field), so it is always chosen; `ceil_mode` off.
     pub fn new(kernel: usize, stride: usize, pad: usize, count_include_pad: bool) -> Self {
@@ -82,19 +99,7 @@ impl AvgPool2dParams {
 /// that holds it.
 pub fn avg_pool2d(x: &Tensor, p: AvgPool2dParams) -> Result<Tensor> {
     let (n, c, h, w) = x.shape().nchw()?;
-    let g = AvgPool2dGeom {
-        n,
-        c,
-        h,
-        w,
-        kh: p.kernel.0,
-        kw: p.kernel.1,
-        stride: p.stride,
-        pad: p.pad,
-        count_include_pad: p.count_include_pad,
-        ceil_mode: p.ceil_mode,
-    }
-    .validate()?;
+    let g = p.geom(n, c, h, w)?;
     unary_op(
         x,
         [n, c, g.out_h(), g.out_w()],

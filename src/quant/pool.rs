@@ -7,7 +7,7 @@
 
 use super::params::{ACT_QMAX, ACT_QMIN};
 use super::requant::Requant;
-use crate::backend::AvgPool2dGeom;
+pub use crate::backend::AvgPool2dGeom;
 use crate::{bail, Result};
 
 /// `M = fl32(s_in / fl32(s_out * fl32(H*W)))` (S6), in this order.

@@ -2,10 +2,10 @@
 //! frozen quantization parameters, image batches and `.npy` files.
 #![allow(dead_code)]
 
-use qat::graph::Graph;
+use qat::graph::{Graph, GraphBuilder};
 use qat::models::{self, Arch};
-use qat::nn::{Mode, Module, QatFlags};
-use qat::ops;
+use qat::nn::{Activation, Mode, Module, QatFlags};
+use qat::ops::{self, AvgPool2dParams, Conv2dParams};
 use qat::optim::{Sgd, SgdConfig};
 use qat::rng::Rng;
 use qat::saved_model::ModelInfo;
@@ -47,6 +47,42 @@ pub fn trained(arch: Arch, qat: bool, steps: usize, seed: u64, dev: &Device) -> 
         seed,
         dev,
     )
+}
+
+/// A graph with the nodes no built-in architecture has: a three-way
+/// channel concat (of inputs with their own quantizers), average pooling
+/// with and without `count_include_pad`, and a `ceil_mode` window, between
+/// convolutions, then global pooling and the classifier.
+pub fn pool_concat_graph(dev: &Device, seed: u64) -> Graph {
+    let (mut g, x) = GraphBuilder::new(1, dev, seed).unwrap();
+    let stem = g.conv_bn("stem", x, 8, 3, 1, 1, true).unwrap();
+    let a = g.conv_bn("branch_a", stem, 8, 1, 1, 0, true).unwrap();
+    let b = g
+        .conv_bn_with(
+            "branch_b",
+            stem,
+            8,
+            3,
+            Conv2dParams::new(1, 1),
+            Activation::Relu6,
+        )
+        .unwrap();
+    let cat = g.concat("cat", &[stem, a, b]).unwrap();
+    let p1 = g
+        .avg_pool("pool1", cat, AvgPool2dParams::new(3, 2, 1, false))
+        .unwrap();
+    let c = g.conv_bn("conv", p1, 16, 3, 1, 1, true).unwrap();
+    let p2 = g
+        .avg_pool("pool2", c, AvgPool2dParams::new(3, 2, 1, true))
+        .unwrap();
+    let ceil = AvgPool2dParams {
+        ceil_mode: true,
+        ..AvgPool2dParams::new(2, 2, 0, false)
+    };
+    let p3 = g.avg_pool("pool3", p2, ceil).unwrap();
+    let gap = g.global_avg_pool("gap", p3).unwrap();
+    g.linear("fc", gap, 10, true).unwrap();
+    g.finish()
 }
 
 /// [`trained`] for any graph (one class per output of its classifier, 1x28x28
