@@ -77,26 +77,28 @@ pub fn load(ck: &Checkpoint, device: &Device) -> Result<(Graph, ModelInfo)> {
 /// before anything is allocated from it (a CRC-valid checkpoint can still
 /// carry absurd sizes).
 fn check_model_info(info: &ModelInfo, ck: &Checkpoint) -> Result<()> {
-    let dim = |name: &str, axis: usize| -> Result<usize> {
-        match ck.model.get(name) {
-            Some(a) if a.shape.len() > axis => Ok(a.shape[axis]),
-            Some(a) => bail!(
-                Data,
-                "checkpoint tensor {name} has shape {:?}, expected at least {} axes",
-                a.shape,
-                axis + 1
-            ),
-            None => bail!(Data, "checkpoint has no tensor {name}"),
-        }
+    // By shape, for any architecture: a linear layer's weight is [out, in],
+    // a convolution's [out, in / groups, kh, kw], and the first convolution
+    // takes the input's channels.
+    let weights = || {
+        ck.model
+            .iter()
+            .filter(|(name, _)| name.ends_with("weight"))
+            .map(|(_, a)| &a.shape)
     };
-    let (classes, channels) = (dim("fc.weight", 0)?, dim("stem.conv.weight", 1)?);
-    if info.num_classes != classes || info.in_channels != channels {
+    let (classes, channels) = (info.num_classes, info.in_channels);
+    if !weights().any(|s| s.len() == 2 && s[0] == classes) {
         bail!(
             Data,
-            "checkpoint metadata says {} classes and {} input channels, but its tensors have {classes} \
-             and {channels}: the file is corrupt or was edited",
-            info.num_classes,
-            info.in_channels
+            "checkpoint metadata says {classes} classes, but no linear layer among its tensors has \
+             that many outputs: the file is corrupt or was edited"
+        );
+    }
+    if !weights().any(|s| s.len() == 4 && s[1] == channels) {
+        bail!(
+            Data,
+            "checkpoint metadata says {channels} input channels, but no convolution among its \
+             tensors takes that many: the file is corrupt or was edited"
         );
     }
     if info.mean.len() != channels || info.std.len() != channels {

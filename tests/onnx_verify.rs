@@ -245,3 +245,36 @@ fn cli_train_export_verify() {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Every command on a MobileNetV2 checkpoint through the binary (names that
+/// differ from the ResNets': `features.0`, `classifier`).
+#[test]
+fn cli_mobilenet_v2_train_eval_export_verify() {
+    let data = synthetic_fmnist("onnx-cli-mnv2", 128, 64);
+    let out = temp_dir("onnx-cli-mnv2");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let mut train = vec!["train", "--arch", "mobilenet_v2_small_x0.35", "--epochs", "1"];
+    train.extend_from_slice(&["--batch-size", "32", "--data", d, "--out", o]);
+    train.extend_from_slice(&["--quiet", "--device", "cpu"]);
+    let (ok, log) = qat_bin(&train);
+    assert!(ok, "{log}");
+    let ck = out.join("checkpoint.safetensors");
+    let ck = ck.to_str().unwrap();
+    let (ok, log) = qat_bin(&["eval", "--checkpoint", ck, "--data", d, "--device", "cpu"]);
+    assert!(ok && log.contains("top-1"), "{log}");
+    let onnx = out.join("model.int8.onnx");
+    let onnx = onnx.to_str().unwrap();
+    let (ok, log) = qat_bin(&["export", "--checkpoint", ck, "--out", onnx]);
+    assert!(ok, "{log}");
+    let fp32 = out.join("model.fp32.onnx");
+    let fp32 = fp32.to_str().unwrap();
+    let (ok, log) = qat_bin(&["export", "--checkpoint", ck, "--out", fp32, "--fp32"]);
+    assert!(ok, "{log}");
+    let mut verify = vec!["verify", "--checkpoint", ck, "--onnx", onnx, "--data", d];
+    verify.extend_from_slice(&["--images", "64", "--device", "cpu"]);
+    let (ok, log) = qat_bin(&verify);
+    assert!(ok && log.contains("PASS"), "{log}");
+    assert!(log.contains("features.2.dw") && log.contains("classifier"), "{log}");
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&data);
+}
