@@ -819,7 +819,10 @@ fn malformed_concat_and_avg_pool_nodes_are_errors() {
         n.input[3] = "pool1.scale".into();
         n.input[4] = "pool1.zero_point".into();
     });
-    assert_err(&later, &["cat", "pool1", "not produced by any earlier node"]);
+    assert_err(
+        &later,
+        &["cat", "pool1", "not produced by any earlier node"],
+    );
     let asym = set("pool1", &|n| {
         let a = n.attribute.iter_mut().find(|a| a.name == "pads").unwrap();
         a.ints = vec![1, 1, 0, 0];

@@ -10,8 +10,8 @@ mod onnx_util;
 use common::{qat_bin, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
 use onnx_util::{images, info, pool_concat_graph, train_steps, trained};
-use qat::graph::Graph;
 use qat::executor::Executor;
+use qat::graph::Graph;
 use qat::int8::Int8Net;
 use qat::models::Arch;
 use qat::onnx::export_int8;
@@ -29,7 +29,13 @@ fn devices() -> Vec<(String, Device)> {
 
 fn verify_arch(arch: Arch, steps: usize, n: usize) {
     let build = |dev: &Device| qat::models::build(arch, 1, 10, dev, 0).unwrap();
-    verify_graph(arch.name(), build, trained(arch, true, steps, 11, &Device::cpu()), arch, n);
+    verify_graph(
+        arch.name(),
+        build,
+        trained(arch, true, steps, 11, &Device::cpu()),
+        arch,
+        n,
+    );
 }
 
 /// Exports the QAT graph `model` and verifies it against the executor on
@@ -90,7 +96,13 @@ fn mobilenet_v2_verifies_with_zero_mismatches() {
 /// ceil_mode window), bit-exact on every device.
 #[test]
 fn concat_and_avg_pool_verify_with_zero_mismatches() {
-    let model = train_steps(pool_concat_graph(&Device::cpu(), 5), true, 8, 13, &Device::cpu());
+    let model = train_steps(
+        pool_concat_graph(&Device::cpu(), 5),
+        true,
+        8,
+        13,
+        &Device::cpu(),
+    );
     let int8 = Int8Net::build(&model).unwrap();
     let kinds: Vec<&str> = model.nodes().iter().map(|n| n.op.kind()).collect();
     assert!(kinds.contains(&"concat") && kinds.contains(&"average pool"));
@@ -253,7 +265,13 @@ fn cli_mobilenet_v2_train_eval_export_verify() {
     let data = synthetic_fmnist("onnx-cli-mnv2", 128, 64);
     let out = temp_dir("onnx-cli-mnv2");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let mut train = vec!["train", "--arch", "mobilenet_v2_small_x0.35", "--epochs", "1"];
+    let mut train = vec![
+        "train",
+        "--arch",
+        "mobilenet_v2_small_x0.35",
+        "--epochs",
+        "1",
+    ];
     train.extend_from_slice(&["--batch-size", "32", "--data", d, "--out", o]);
     train.extend_from_slice(&["--quiet", "--device", "cpu"]);
     let (ok, log) = qat_bin(&train);
@@ -274,7 +292,10 @@ fn cli_mobilenet_v2_train_eval_export_verify() {
     verify.extend_from_slice(&["--images", "64", "--device", "cpu"]);
     let (ok, log) = qat_bin(&verify);
     assert!(ok && log.contains("PASS"), "{log}");
-    assert!(log.contains("features.2.dw") && log.contains("classifier"), "{log}");
+    assert!(
+        log.contains("features.2.dw") && log.contains("classifier"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&data);
 }

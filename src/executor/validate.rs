@@ -43,11 +43,18 @@ impl Slot {
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Quantize { scale: f32, zero_point: i32 },
+    Quantize {
+        scale: f32,
+        zero_point: i32,
+    },
     Conv(Box<ConvOp>),
     Add(AddRequant),
     MaxPool(PoolOp),
-    Gap { hw: usize, z_in: i32, rq: Requant },
+    Gap {
+        hw: usize,
+        z_in: i32,
+        rq: Requant,
+    },
     /// Integer average pooling of one image (`geom.n == 1`), input and
     /// output scales, zero points.
     AvgPool {
@@ -58,7 +65,10 @@ pub enum Op {
     },
     Concat(Vec<ConcatInput>),
     Flatten,
-    Dequantize { scale: f32, zero_point: i32 },
+    Dequantize {
+        scale: f32,
+        zero_point: i32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -841,7 +851,10 @@ the last windows differs from the integer rule, S6)"
         let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
         let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
         if pads[0] != pads[2] || pads[1] != pads[3] {
-            bail!(Onnx, "pads {pads:?} are not symmetric, which is not supported");
+            bail!(
+                Onnx,
+                "pads {pads:?} are not symmetric, which is not supported"
+            );
         }
         let geom = pool::AvgPool2dGeom {
             n: 1,
@@ -895,7 +908,11 @@ triple per input"
             let x = self.act(n, t, ElemType::I8)?;
             let d = self.slots[x].dims.clone();
             if d.len() != 3 {
-                bail!(Onnx, "input {t} has rank {}, expected 4 (NCHW)", d.len() + 1);
+                bail!(
+                    Onnx,
+                    "input {t} has rank {}, expected 4 (NCHW)",
+                    d.len() + 1
+                );
             }
             match &mut dims {
                 None => dims = Some(d.clone()),

@@ -140,7 +140,10 @@ impl GraphBuilder {
         if xs.len() < 2 {
             bail!(Usage, "concat '{name}' needs at least two inputs");
         }
-        let c = xs.iter().map(|&x| self.channels.get(x).copied().unwrap_or(0)).sum();
+        let c = xs
+            .iter()
+            .map(|&x| self.channels.get(x).copied().unwrap_or(0))
+            .sum();
         self.push(name, Op::Concat, xs.to_vec(), c)
     }
 

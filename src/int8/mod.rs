@@ -309,7 +309,13 @@ impl Int8Net {
     /// Integer average pooling (S6) of an activation with parameters `q_in`.
     /// It runs on the host, with one download and one upload (no built-in
     /// architecture pools this way; imported networks may).
-    fn avg_pool(&self, x: &Tensor, p: AvgPool2dParams, q_in: QParams, q_out: QParams) -> Result<Tensor> {
+    fn avg_pool(
+        &self,
+        x: &Tensor,
+        p: AvgPool2dParams,
+        q_in: QParams,
+        q_out: QParams,
+    ) -> Result<Tensor> {
         let (n, c, h, w) = x.shape().nchw()?;
         let g = p.geom(n, c, h, w)?;
         let xq = to_int8("", x, q_in)?.values;
