@@ -190,7 +190,7 @@ impl<'a> Verifier<'a> {
             .zip(&logits_e)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        // Top-1 as `qat eval` and training count it (ties by class index).
+        // Top-1 as `qat eval` counts it (ties by class index).
         let (mut acc_m, mut acc_e) = (Accuracy::default(), Accuracy::default());
         acc_m.add(&logits_m, labels);
         acc_e.add(&logits_e, labels);

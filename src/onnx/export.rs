@@ -248,8 +248,8 @@ pub(crate) fn check_qparams(quantizer: &str, kind: &str, q: QParams) -> Result<(
         Some(p) => bail!(
             Onnx,
             "quantizer '{quantizer}': {kind}{p}, so no valid int8 graph can be built from it \
-(the int8 executor would refuse it). The model's quantizer state is damaged or its \
-training diverged: export an earlier checkpoint, or retrain or resume from one"
+(the int8 executor would refuse it). The model's quantizer state is damaged or the run \
+that wrote it diverged: export an earlier checkpoint, or resume from one"
         ),
     }
 }

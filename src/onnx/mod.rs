@@ -1,4 +1,4 @@
-//! ONNX export of trained network graphs (built with `onnx-protobuf`):
+//! ONNX export of network graphs (built with `onnx-protobuf`):
 //! - [`export_int8`]: the integer-only graph of an [`Int8Net`]
 //!   (QuantizeLinear, QLinearConv, QLinearAdd, MaxPool on int8,
 //!   QLinearAveragePool, QLinearConcat, QLinearGlobalAveragePool, the
@@ -48,7 +48,7 @@ use crate::int8::Int8Net;
 use crate::{bail, Device, Error, Result};
 use std::path::Path;
 
-/// `qat export`: the model of a training checkpoint as an int8 graph (QAT
+/// `qat export`: the model of a checkpoint as an int8 graph (QAT
 /// checkpoints) or, with `fp32`, as a float graph. Returns a one-line summary.
 ///
 /// An int8 export checks every activation quantizer first
@@ -78,7 +78,7 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
         if !model.is_quantized() {
             bail!(
                 Usage,
-                "{} is an FP32 checkpoint: export it with --fp32, or train with QAT for an int8 graph",
+                "{} is an FP32 checkpoint: export it with --fp32, or use a QAT checkpoint for an int8 graph",
                 checkpoint.display()
             );
         }
@@ -118,8 +118,8 @@ pub fn check_quantizers(model: &Graph) -> Result<()> {
                 other => other.to_string(),
             };
             Error::Onnx(format!(
-                "quantizer '{name}': {e}; the model's quantizer state is damaged or its training \
-diverged: export an earlier checkpoint, or retrain or resume from one"
+                "quantizer '{name}': {e}; the model's quantizer state is damaged or the run that wrote \
+it diverged: export an earlier checkpoint, or resume from one"
             ))
         })?;
         let kind = if q.is_frozen() {
