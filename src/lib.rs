@@ -19,6 +19,7 @@ pub mod data;
 mod error;
 pub mod executor;
 pub mod graph;
+pub mod import;
 pub mod int8;
 pub mod models;
 pub mod nn;

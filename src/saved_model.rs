@@ -10,7 +10,7 @@
 
 use crate::backend::Device;
 use crate::checkpoint::Checkpoint;
-use crate::graph::Graph;
+use crate::graph::{Graph, GraphSpec};
 use crate::models::{self, Arch};
 use crate::nn::ActQuantState;
 use crate::{bail, Error, Result};
@@ -29,6 +29,10 @@ pub struct ModelInfo {
     pub input_hw: [usize; 2],
 }
 
+/// `ModelInfo::arch` of a graph that no built-in builder makes (its
+/// checkpoint carries the graph's description, `extra.graph`).
+pub const CUSTOM_ARCH: &str = "custom";
+
 /// The parts of the checkpoint metadata the model needs.
 #[derive(Deserialize)]
 struct Saved {
@@ -36,6 +40,9 @@ struct Saved {
     #[serde(default)]
     quantizers: BTreeMap<String, ActQuantState>,
     config: SavedConfig,
+    /// The topology, for graphs of no built-in architecture.
+    #[serde(default)]
+    graph: Option<GraphSpec>,
 }
 
 #[derive(Deserialize)]
@@ -57,20 +64,47 @@ pub fn load(ck: &Checkpoint, device: &Device) -> Result<(Graph, ModelInfo)> {
         ))
     })?;
     check_model_info(&saved.model, ck)?;
-    let arch: Arch = saved.model.arch.parse()?;
-    let mut model = models::build(
-        arch,
-        saved.model.in_channels,
-        saved.model.num_classes,
-        device,
-        0,
-    )?;
+    let mut model = match &saved.graph {
+        Some(spec) => {
+            // Bounded by the tensors really in the file before allocating.
+            let held: usize = ck.model.values().map(|a| a.values.len()).sum();
+            if spec.param_count().is_none_or(|n| n > held) {
+                bail!(
+                    Data,
+                    "the checkpoint's graph description needs more parameters than its {held} \
+                     tensor values: the file is corrupt or was edited"
+                );
+            }
+            Graph::from_spec(spec, device)?
+        }
+        None => {
+            let arch: Arch = saved.model.arch.parse()?;
+            models::build(
+                arch,
+                saved.model.in_channels,
+                saved.model.num_classes,
+                device,
+                0,
+            )?
+        }
+    };
     if let Some(q) = &saved.config.qat {
         model.quantize(q.observer_momentum);
         model.load_quantizers(&saved.quantizers)?;
     }
     ck.restore_module(&model)?;
     Ok((model, saved.model))
+}
+
+/// The metadata of an FP32 checkpoint of `g`: its model information, its
+/// topology when `info.arch` is [`CUSTOM_ARCH`], and `config` (which names
+/// where the weights came from; no `qat` entry).
+pub fn fp32_extra(g: &Graph, info: &ModelInfo, config: serde_json::Value) -> serde_json::Value {
+    let mut extra = serde_json::json!({ "model": info, "config": config });
+    if info.arch == CUSTOM_ARCH {
+        extra["graph"] = serde_json::to_value(g.spec()).unwrap_or_default();
+    }
+    extra
 }
 
 /// Refuses model metadata that cannot describe the checkpoint's tensors

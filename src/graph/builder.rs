@@ -6,7 +6,7 @@
 
 use super::{Graph, Node, NodeId, Op};
 use crate::backend::Device;
-use crate::nn::{Activation, ConvBn, Linear};
+use crate::nn::{Activation, Conv2d, ConvBn, Linear};
 use crate::ops::{AvgPool2dParams, Conv2dParams, MaxPool2dParams};
 use crate::rng::Rng;
 use crate::{bail, Result};
@@ -42,6 +42,18 @@ impl GraphBuilder {
 
     pub fn channels(&self, x: NodeId) -> usize {
         self.channels[x]
+    }
+
+    /// The channels of node `x`, which `name` reads; an error when `x` does
+    /// not exist yet.
+    fn ch(&self, name: &str, x: NodeId) -> Result<usize> {
+        match self.channels.get(x) {
+            Some(&c) => Ok(c),
+            None => bail!(
+                Usage,
+                "node '{name}' reads node {x}, which does not exist yet"
+            ),
+        }
     }
 
     fn push(&mut self, name: &str, op: Op, inputs: Vec<NodeId>, channels: usize) -> Result<NodeId> {
@@ -95,7 +107,7 @@ impl GraphBuilder {
         params: Conv2dParams,
         act: Activation,
     ) -> Result<NodeId> {
-        let c_in = self.channels[x];
+        let c_in = self.ch(name, x)?;
         let g = params.groups.max(1);
         if !c_in.is_multiple_of(g) || !c_out.is_multiple_of(g) {
             bail!(
@@ -115,9 +127,71 @@ impl GraphBuilder {
         self.push(name, Op::ConvBn(unit), vec![x], c_out)
     }
 
+    /// A given Conv+BN unit (imported or rebuilt weights); its input
+    /// channels must match `x`'s.
+    pub fn conv_bn_unit(&mut self, name: &str, x: NodeId, unit: ConvBn) -> Result<NodeId> {
+        let c_out = self.check_conv(name, x, &unit.conv)?;
+        if unit.bn.weight.dims() != [c_out] {
+            bail!(
+                Shape,
+                "conv '{name}': batch norm of {:?} for {c_out} channels",
+                unit.bn.weight.dims()
+            );
+        }
+        self.push(name, Op::ConvBn(unit), vec![x], c_out)
+    }
+
+    /// A given convolution with bias and no batch norm, then `act`.
+    pub fn conv_unit(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        conv: Conv2d,
+        act: Activation,
+    ) -> Result<NodeId> {
+        let c_out = self.check_conv(name, x, &conv)?;
+        self.push(name, Op::Conv { conv, act }, vec![x], c_out)
+    }
+
+    /// A given linear layer on `[N, C]` features with `C` = its inputs.
+    pub fn linear_unit(&mut self, name: &str, x: NodeId, l: Linear) -> Result<NodeId> {
+        let d = l.weight.dims().to_vec();
+        let c_in = self.ch(name, x)?;
+        if d.len() != 2 || d[1] != c_in || l.bias.as_ref().is_some_and(|b| b.dims() != [d[0]]) {
+            bail!(
+                Shape,
+                "linear '{name}': weight {d:?} on {c_in} input features"
+            );
+        }
+        self.push(name, Op::Linear(l), vec![x], d[0])
+    }
+
+    /// `[N, ...] -> [N, prod(...)]`.
+    pub fn flatten(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        let c = self.ch(name, x)?;
+        self.push(name, Op::Flatten, vec![x], c)
+    }
+
+    /// The output channels of `conv` after checking it reads `x`'s channels.
+    fn check_conv(&self, name: &str, x: NodeId, conv: &Conv2d) -> Result<usize> {
+        let d = conv.weight.dims().to_vec();
+        let c_in = self.ch(name, x)?;
+        let g = conv.params.groups;
+        if d.len() != 4 || g == 0 || d[1] * g != c_in || !d[0].is_multiple_of(g) {
+            bail!(
+                Shape,
+                "conv '{name}': weight {d:?} with {g} groups on {c_in} input channels"
+            );
+        }
+        if conv.bias.as_ref().is_some_and(|b| b.dims() != [d[0]]) {
+            bail!(Shape, "conv '{name}': bias does not have {} values", d[0]);
+        }
+        Ok(d[0])
+    }
+
     /// `a + b` (then ReLU when `relu`); both must have the same channels.
     pub fn add(&mut self, name: &str, a: NodeId, b: NodeId, relu: bool) -> Result<NodeId> {
-        let (ca, cb) = (self.channels[a], self.channels[b]);
+        let (ca, cb) = (self.ch(name, a)?, self.ch(name, b)?);
         if ca != cb {
             bail!(Shape, "add '{name}': {ca} channels + {cb} channels");
         }
@@ -125,12 +199,12 @@ impl GraphBuilder {
     }
 
     pub fn max_pool(&mut self, name: &str, x: NodeId, p: MaxPool2dParams) -> Result<NodeId> {
-        let c = self.channels[x];
+        let c = self.ch(name, x)?;
         self.push(name, Op::MaxPool(p), vec![x], c)
     }
 
     pub fn avg_pool(&mut self, name: &str, x: NodeId, p: AvgPool2dParams) -> Result<NodeId> {
-        let c = self.channels[x];
+        let c = self.ch(name, x)?;
         self.push(name, Op::AvgPool(p), vec![x], c)
     }
 
@@ -142,13 +216,13 @@ impl GraphBuilder {
         }
         let c = xs
             .iter()
-            .map(|&x| self.channels.get(x).copied().unwrap_or(0))
-            .sum();
+            .map(|&x| self.ch(name, x))
+            .sum::<Result<usize>>()?;
         self.push(name, Op::Concat, xs.to_vec(), c)
     }
 
     pub fn global_avg_pool(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
-        let c = self.channels[x];
+        let c = self.ch(name, x)?;
         self.push(name, Op::GlobalAvgPool, vec![x], c)
     }
 
@@ -157,7 +231,8 @@ impl GraphBuilder {
         if c_out == 0 {
             bail!(Usage, "linear '{name}' needs at least one output");
         }
-        let l = Linear::new(&mut self.rng, &self.device, self.channels[x], c_out, bias)?;
+        let c_in = self.ch(name, x)?;
+        let l = Linear::new(&mut self.rng, &self.device, c_in, c_out, bias)?;
         self.push(name, Op::Linear(l), vec![x], c_out)
     }
 

@@ -19,8 +19,10 @@
 
 mod builder;
 mod forward;
+mod spec;
 
 pub use builder::GraphBuilder;
+pub use spec::{ActSpec, ConvSpec, GraphSpec, NodeSpec, OpSpec};
 
 use crate::backend::Device;
 use crate::nn::{

@@ -1,4 +1,5 @@
-//! The `qat` command line: `train`, `eval`, `export` and `verify`. Every
+//! The `qat` command line: `train`, `eval`, `export`, `verify` and
+//! `import`. Every
 //! flag is explained in `--help`; numeric flags are range-checked as they
 //! are parsed.
 
@@ -44,6 +45,34 @@ enum Command {
     /// running the exported ONNX graph, layer by layer; fails on any
     /// mismatch.
     Verify(VerifyArgs),
+    /// Read an FP32 ONNX model (e.g. written by torch.onnx.export, with
+    /// batch norm folded or kept) into OUT/checkpoint.safetensors, an FP32
+    /// checkpoint that eval and export read like any other.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The FP32 ONNX file (one float NCHW image input of fixed size, one
+    /// logits output).
+    model: PathBuf,
+    /// Output folder; the checkpoint is written to OUT/checkpoint.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Per-channel mean of pixels / 255 the model was trained with,
+    /// comma-separated (required unless the file records it, as `qat
+    /// export --fp32` does).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, comma-separated (as --mean).
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Class names, comma-separated [default: the file's, else 0..N-1].
+    #[arg(long, value_delimiter = ',')]
+    classes: Option<Vec<String>>,
+    /// Replace OUT/checkpoint.safetensors if it exists.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -104,6 +133,9 @@ struct EvalArgs {
     workers: Option<usize>,
 }
 
+/// Images per evaluation batch.
+const EVAL_BATCH: usize = 256;
+
 fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
     match cli.command {
         Command::Train(a) => {
@@ -116,11 +148,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             let (device, line) = Device::choose(&a.device)?;
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
-            let (model, info, cfg) = train::model_from_checkpoint(&ck, &device)?;
+            let (model, info) = qat::saved_model::load(&ck, &device)?;
             let spec = DataSpec::from_path(&a.data);
             let (loss, acc) = if spec.is_image_folder() {
                 let source = spec.open(&SourceOptions {
-                    batch_size: cfg.batch_size,
+                    batch_size: EVAL_BATCH,
                     seed: 0,
                     train_limit: None,
                     val_limit: a.limit,
@@ -133,10 +165,10 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     data.truncate(n);
                 }
                 let norm = Normalize::new(&info.mean, &info.std)?;
-                let loader = Loader::new(data, LoaderConfig::eval(256, norm))?;
+                let loader = Loader::new(data, LoaderConfig::eval(EVAL_BATCH, norm))?;
                 train::evaluate(&model, &loader, &device)?
             };
-            let kind = if cfg.qat.is_some() {
+            let kind = if model.is_quantized() {
                 "int8 (integer-exact)"
             } else {
                 "fp32"
@@ -149,6 +181,29 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 acc.top1(),
                 acc.top5()
             );
+            Ok(())
+        }
+        Command::Import(a) => {
+            let path = a.out.join("checkpoint.safetensors");
+            if path.exists() && !a.overwrite {
+                qat::bail!(
+                    Usage,
+                    "{} exists: pass --overwrite to replace it, or choose another --out",
+                    path.display()
+                );
+            }
+            let opts = qat::import::ImportOptions {
+                mean: a.mean,
+                std: a.std,
+                classes: a.classes,
+            };
+            let (ck, summary) = qat::import::import_file(&a.model, &opts)?;
+            std::fs::create_dir_all(&a.out).map_err(|e| qat::Error::Io {
+                path: a.out.clone(),
+                source: e,
+            })?;
+            ck.save(&path)?;
+            println!("{summary}\nwrote {}", path.display());
             Ok(())
         }
         Command::Export(a) => {
