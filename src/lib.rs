@@ -14,6 +14,7 @@
 pub mod accuracy;
 pub mod autograd;
 pub mod backend;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 mod error;

@@ -96,13 +96,21 @@ pub fn load(ck: &Checkpoint, device: &Device) -> Result<(Graph, ModelInfo)> {
     Ok((model, saved.model))
 }
 
-/// The metadata of an FP32 checkpoint of `g`: its model information, its
-/// topology when `info.arch` is [`CUSTOM_ARCH`], and `config` (which names
-/// where the weights came from; no `qat` entry).
-pub fn fp32_extra(g: &Graph, info: &ModelInfo, config: serde_json::Value) -> serde_json::Value {
+/// The metadata of a checkpoint of `g` not written by `train`: its model
+/// information, its topology when `info.arch` is [`CUSTOM_ARCH`], its
+/// quantizer states when it is quantized, and `config` (where it came from;
+/// QAT checkpoints need its `qat.observer_momentum`).
+pub fn checkpoint_extra(
+    g: &Graph,
+    info: &ModelInfo,
+    config: serde_json::Value,
+) -> serde_json::Value {
     let mut extra = serde_json::json!({ "model": info, "config": config });
     if info.arch == CUSTOM_ARCH {
         extra["graph"] = serde_json::to_value(g.spec()).unwrap_or_default();
+    }
+    if g.is_quantized() {
+        extra["quantizers"] = serde_json::to_value(g.save_quantizers()).unwrap_or_default();
     }
     extra
 }

@@ -8,8 +8,28 @@ use crate::ops;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 
+/// A callback given every node's output in a forward pass: the node's index
+/// and the tensor.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
 impl Graph {
     pub(super) fn run(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.run_observed(x, mode, None)
+    }
+
+    /// The forward pass ([`Module::forward`]), handing every node's output
+    /// to `observe` as it is computed (calibration reads activations this
+    /// way).
+    pub fn forward_observed(&self, x: &Tensor, mode: Mode, observe: Observer) -> Result<Tensor> {
+        self.run_observed(x, mode, Some(observe))
+    }
+
+    fn run_observed(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        mut observe: Option<Observer>,
+    ) -> Result<Tensor> {
         let flags = self.is_quantized().then(|| self.qat_flags());
         let n = self.nodes.len();
         // The last node reading each output (the output node reads itself).
@@ -34,6 +54,9 @@ impl Graph {
                 None => fp32_node(node, x, &inputs, mode)?,
                 Some(f) => qat_node(node, x, &inputs, mode, f)?,
             };
+            if let Some(f) = observe.as_mut() {
+                f(i, &y)?;
+            }
             for &j in &node.inputs {
                 if last_use[j] == i {
                     values[j] = None;

@@ -22,6 +22,7 @@ mod forward;
 mod spec;
 
 pub use builder::GraphBuilder;
+pub use forward::Observer;
 pub use spec::{ActSpec, ConvSpec, GraphSpec, NodeSpec, OpSpec};
 
 use crate::backend::Device;

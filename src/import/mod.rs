@@ -10,7 +10,7 @@ pub use self::onnx::{import, Imported, InputSpec};
 
 use crate::backend::Device;
 use crate::checkpoint::Checkpoint;
-use crate::saved_model::{fp32_extra, ModelInfo, CUSTOM_ARCH};
+use crate::saved_model::{checkpoint_extra, ModelInfo, CUSTOM_ARCH};
 use crate::{bail, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -88,7 +88,7 @@ the per-channel mean and standard deviation of pixels / 255 the model was traine
     };
     let mut ck = Checkpoint::from_module(&imp.graph)?;
     let source = serde_json::json!({ "source": "onnx import", "file": path.display().to_string() });
-    ck.extra = fp32_extra(&imp.graph, &info, source);
+    ck.extra = checkpoint_extra(&imp.graph, &info, source);
     let params: usize = ck.model.values().map(|a| a.values.len()).sum();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for n in imp.graph.nodes().iter().skip(1) {

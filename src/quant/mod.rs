@@ -12,9 +12,12 @@
 //!   reference and as the integer-only [`Requant`] the executor runs;
 //! - [`fold`]: Conv + BatchNorm folding for inference (S4);
 //! - [`pool`]: global average pooling (S6);
-//! - [`add`]: the exact rational residual add (S7).
+//! - [`add`]: the exact rational residual add (S7);
+//! - [`calibrate`]: post-training choice of activation ranges (minmax,
+//!   percentile, MSE over a histogram).
 
 pub mod add;
+pub mod calibrate;
 pub mod fake;
 pub mod fold;
 pub mod params;

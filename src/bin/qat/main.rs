@@ -49,6 +49,46 @@ enum Command {
     /// batch norm folded or kept) into OUT/checkpoint.safetensors, an FP32
     /// checkpoint that eval and export read like any other.
     Import(ImportArgs),
+    /// Post-training quantization: set every activation quantizer of an
+    /// FP32 checkpoint from calibration images (Fashion-MNIST training
+    /// split) and write a QAT checkpoint with frozen quantizers, which eval
+    /// (integer-exact), export and verify read.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// An FP32 checkpoint (`qat train --fp32` or `qat import`).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files; the first --images training
+    /// images are used.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Calibration images (>= 1).
+    #[arg(long, default_value_t = 1000, value_parser = parse::at_least_one)]
+    images: usize,
+    /// How each activation range is chosen: minmax (the extremes seen),
+    /// percentile (--percentile of the values, a histogram per activation)
+    /// or mse (the range with the least quantization error over that
+    /// histogram).
+    #[arg(long, default_value = "percentile", value_parser = ["minmax", "percentile", "mse"])]
+    method: String,
+    /// The percentile for --method percentile, in [50, 100].
+    #[arg(long, default_value_t = 99.99)]
+    percentile: f64,
+    /// Output folder for checkpoint.safetensors.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace OUT/checkpoint.safetensors if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Images per batch (>= 1).
+    #[arg(long, default_value_t = 100, value_parser = parse::at_least_one)]
+    batch_size: usize,
+    /// auto, cpu, cuda or cuda-emu.
+    #[arg(long, default_value = "auto")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -133,6 +173,17 @@ struct EvalArgs {
     workers: Option<usize>,
 }
 
+/// The batches of one pass over `loader` as tensors on `dev`.
+fn tensor_batches<'a>(
+    loader: &'a Loader,
+    dev: &'a Device,
+) -> Box<dyn Iterator<Item = qat::Result<qat::Tensor>> + 'a> {
+    Box::new(loader.epoch(0).map(move |b| {
+        let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
+        qat::Tensor::from_vec(b.images, [b.n, c, h, w], dev)
+    }))
+}
+
 /// Images per evaluation batch.
 const EVAL_BATCH: usize = 256;
 
@@ -204,6 +255,66 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             })?;
             ck.save(&path)?;
             println!("{summary}\nwrote {}", path.display());
+            Ok(())
+        }
+        Command::Calibrate(a) => {
+            let path = a.out.join("checkpoint.safetensors");
+            if path.exists() && !a.overwrite {
+                qat::bail!(
+                    Usage,
+                    "{} exists: pass --overwrite to replace it, or choose another --out",
+                    path.display()
+                );
+            }
+            if DataSpec::from_path(&a.data).is_image_folder() {
+                qat::bail!(
+                    Usage,
+                    "calibrate reads Fashion-MNIST IDX files for now; --data {} is an image folder",
+                    a.data.display()
+                );
+            }
+            let method = match a.method.as_str() {
+                "minmax" => qat::quant::calibrate::Method::MinMax,
+                "mse" => qat::quant::calibrate::Method::Mse,
+                _ => qat::quant::calibrate::Method::Percentile(a.percentile),
+            };
+            let (device, line) = Device::choose(&a.device)?;
+            eprintln!("device: {line}");
+            let ck = Checkpoint::load(&a.checkpoint)?;
+            let (mut model, info) = qat::saved_model::load(&ck, &device)?;
+            let mut data = FashionMnist::load(&a.data, Split::Train)?;
+            data.truncate(a.images);
+            let images = data.len();
+            let norm = Normalize::new(&info.mean, &info.std)?;
+            let loader = Loader::new(data, LoaderConfig::eval(a.batch_size, norm))?;
+            let batches = || tensor_batches(&loader, &device);
+            let momentum = 0.1;
+            let ranges = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+            for r in &ranges {
+                println!(
+                    "{:<32} observed [{:>9.4}, {:>9.4}]  set [{:>9.4}, {:>9.4}]",
+                    r.name, r.observed.0, r.observed.1, r.chosen.0, r.chosen.1
+                );
+            }
+            let out = qat::calibrate::checkpoint(
+                &model,
+                &info,
+                method,
+                images,
+                momentum,
+                &a.checkpoint.display().to_string(),
+            )?;
+            std::fs::create_dir_all(&a.out).map_err(|e| qat::Error::Io {
+                path: a.out.clone(),
+                source: e,
+            })?;
+            out.save(&path)?;
+            println!(
+                "calibrated {} quantizers on {images} images ({}); wrote {}",
+                ranges.len(),
+                method.name(),
+                path.display()
+            );
             Ok(())
         }
         Command::Export(a) => {
