@@ -16,7 +16,7 @@ use qat::graph::Graph;
 use qat::import::import;
 use qat::int8::Int8Net;
 use qat::models::Arch;
-use qat::nn::{Mode, Module};
+use qat::nn::Mode;
 use qat::onnx::export_int8;
 use qat::quant::calibrate::Method;
 use qat::verify::Verifier;

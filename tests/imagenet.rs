@@ -250,6 +250,8 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
         progress_secs: 30.0,
         stop_after: None,
         workers: 2,
+        init: None,
+        calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
     };
     let dev = qat::Device::cpu();
     let full_out = temp_dir("train-full");

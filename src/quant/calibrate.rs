@@ -225,7 +225,7 @@ mod tests {
     fn mse_clips_and_beats_minmax() {
         let mut rng = Rng::new(5);
         // Box-Muller normals.
-        let mut xs: Vec<f32> = (0..200_000)
+        let xs: Vec<f32> = (0..200_000)
             .map(|_| {
                 let (u, v) = (rng.uniform().max(1e-12), rng.uniform());
                 (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()

@@ -68,6 +68,21 @@ pub struct TrainConfig {
     /// Decoding threads for image folders (0: all cores).
     #[serde(default)]
     pub workers: usize,
+    /// Start from these weights (a checkpoint, FP32 or calibrated, or an
+    /// FP32 ONNX file) instead of a fresh initialization: fine-tuning.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// QAT from an FP32 `init`: training images the activation quantizers
+    /// are calibrated on (percentile 99.99) before the first step.
+    #[serde(default = "default_calibration_images")]
+    pub calibration_images: usize,
+}
+
+/// The default of [`TrainConfig::calibration_images`].
+pub const DEFAULT_CALIBRATION_IMAGES: usize = 1024;
+
+fn default_calibration_images() -> usize {
+    DEFAULT_CALIBRATION_IMAGES
 }
 
 /// Seconds between progress lines in logs (the default of
@@ -90,6 +105,10 @@ struct Extra {
     /// builds before this field (the log is then read, torn line repaired).
     #[serde(default)]
     metrics: Option<Vec<EpochRecord>>,
+    /// The topology of a graph no built-in builder makes (runs started from
+    /// an imported model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graph: Option<crate::graph::GraphSpec>,
 }
 
 fn read_extra(ck: &Checkpoint) -> Result<Extra> {
@@ -123,6 +142,82 @@ pub struct Summary {
 /// The checkpoint written after every epoch.
 pub fn checkpoint_path(out: &Path) -> PathBuf {
     out.join("checkpoint.safetensors")
+}
+
+/// The starting model of a fine-tuning run: an FP32 ONNX file (imported)
+/// or a checkpoint (FP32, calibrated or trained), checked against the data
+/// (`info`: its channels, classes and normalization). Returns the graph and
+/// its architecture name.
+fn init_model(path: &Path, info: &ModelInfo, device: &Device) -> Result<(Graph, String)> {
+    let is_onnx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let (g, channels, classes, arch, norm) = if is_onnx {
+        let m = crate::executor::load::read_model(path)?;
+        let imp = crate::import::import(&m, device)
+            .map_err(|e| Error::Onnx(format!("--init {}: {e}", path.display())))?;
+        let (c, k) = (imp.input.channels, imp.num_classes);
+        (imp.graph, c, k, saved_model::CUSTOM_ARCH.to_string(), None)
+    } else {
+        let ck = Checkpoint::load(path)?;
+        let (g, i) = saved_model::load(&ck, device)?;
+        (
+            g,
+            i.in_channels,
+            i.num_classes,
+            i.arch,
+            Some((i.mean, i.std)),
+        )
+    };
+    if channels != info.in_channels || classes != info.num_classes {
+        bail!(
+            Usage,
+            "--init {}: the model takes {channels}-channel images and has {classes} classes, but \
+             the data has {}-channel images and {} classes",
+            path.display(),
+            info.in_channels,
+            info.num_classes
+        );
+    }
+    if let Some((mean, std)) = norm {
+        if mean != info.mean || std != info.std {
+            eprintln!(
+                "warning: --init {} was trained with mean {mean:?} std {std:?}; this data is \
+                 normalized with mean {:?} std {:?}",
+                path.display(),
+                info.mean,
+                info.std
+            );
+        }
+    }
+    Ok((g, arch))
+}
+
+/// Calibrates an FP32 model's quantizers (percentile 99.99) on the first
+/// `cfg.calibration_images` training images of epoch 0's order.
+fn calibrate_from_source(
+    model: &mut Graph,
+    source: &dyn crate::data::DataSource,
+    cfg: &TrainConfig,
+    momentum: f32,
+    device: &Device,
+) -> Result<()> {
+    let batches = cfg.calibration_images.div_ceil(cfg.batch_size).max(1);
+    let make = || -> Box<dyn Iterator<Item = Result<Tensor>> + '_> {
+        Box::new(source.train_batches(0, 0).take(batches).map(|b| {
+            let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
+            Tensor::from_vec(b.images, [b.n, c, h, w], device)
+        }))
+    };
+    let method = crate::quant::calibrate::Method::Percentile(99.99);
+    let ranges = crate::calibrate::calibrate(model, &make, method, momentum)?;
+    eprintln!(
+        "calibrated {} activation quantizers on {} training images ({})",
+        ranges.len(),
+        (batches * cfg.batch_size).min(source.train_len()),
+        method.name()
+    );
+    Ok(())
 }
 
 /// Builds the model a checkpoint describes (see [`crate::saved_model`]) and
@@ -200,7 +295,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     eprintln!("data: {}", source.describe());
     let dims = source.input_dims();
     let norm = source.normalize();
-    let info = ModelInfo {
+    let mut info = ModelInfo {
         arch: cfg.arch.clone(),
         in_channels: dims.channels,
         num_classes: source.num_classes(),
@@ -222,10 +317,49 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     if let Some(q) = &cfg.qat {
         q.validate(steps_per_epoch)?;
     }
-    let arch: Arch = cfg.arch.parse()?;
-    let mut model = models::build(arch, info.in_channels, info.num_classes, device, cfg.seed)?;
+    let mut model = if resume && ck_path.exists() {
+        // Rebuilt from the run's own checkpoint below (any topology).
+        let (loaded, saved_info) = saved_model::load(&Checkpoint::load(&ck_path)?, device)?;
+        info.arch = saved_info.arch;
+        loaded
+    } else if let Some(init) = &cfg.init {
+        let (g, arch) = init_model(init, &info, device)?;
+        info.arch = arch;
+        g
+    } else {
+        let arch: Arch = cfg.arch.parse()?;
+        models::build(arch, info.in_channels, info.num_classes, device, cfg.seed)?
+    };
     if let Some(q) = cfg.qat {
-        model.quantize(q.observer_momentum);
+        if !model.is_quantized() && cfg.init.is_some() && !resume {
+            // Fine-tuning an FP32 model: calibrate the quantizers first.
+            calibrate_from_source(
+                &mut model,
+                source.as_ref(),
+                cfg,
+                q.observer_momentum,
+                device,
+            )?;
+        } else if !model.is_quantized() {
+            model.quantize(q.observer_momentum);
+        }
+        if !resume {
+            // The calibrated ranges start the observers, which keep
+            // updating until the schedule freezes them.
+            for (_, aq) in model.quantizers() {
+                aq.load(&crate::nn::ActQuantState {
+                    frozen: None,
+                    ..aq.save()
+                });
+            }
+        }
+    } else if model.is_quantized() {
+        bail!(
+            Usage,
+            "--init {} is a QAT checkpoint: FP32 training needs FP32 weights (train with QAT, or \
+             start from the FP32 checkpoint it was calibrated from)",
+            cfg.init.as_deref().unwrap_or(Path::new("")).display()
+        );
     }
     let sgd_cfg = SgdConfig {
         lr: cfg.lr,
@@ -247,7 +381,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         // diverge (seen with a 1-epoch run whose warm-up covered the freeze).
         let t = QatSchedule::step_of(q.freeze_bn, steps_per_epoch) as usize;
         let lr = schedule.lr(t);
-        if t < schedule.total_steps && lr > 0.1 * cfg.lr {
+        // (Fine-tuning runs at 1% of the from-scratch rate throughout.)
+        if t < schedule.total_steps && lr > 0.1 * cfg.lr && cfg.init.is_none() {
             eprintln!(
                 "warning: batch norm freezes at epoch {} while the learning rate is still {lr:.3} \
                  ({:.0}% of its peak); QAT usually diverges after such a freeze. Use a later \
@@ -272,13 +407,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         let ck = Checkpoint::load(&ck_path)?;
         let saved = read_extra(&ck)?;
         check_resumable(cfg, &saved.config)?;
-        let (loaded, _, _) = model_from_checkpoint(&ck, device)?;
-        // Copy the loaded state into the model whose parameters the
-        // optimizer holds.
-        Checkpoint::from_module(&loaded)?.restore_module(&model)?;
-        if cfg.qat.is_some() {
-            model.load_quantizers(&loaded.save_quantizers())?;
-        }
+        // The model was built from this checkpoint above (weights and
+        // quantizer states); the optimizer state follows.
         ck.restore_optimizer(&mut sgd)?;
         start_epoch = ck.position.epoch;
         if cfg.stop_after.is_some_and(|n| n <= start_epoch) {
@@ -608,6 +738,7 @@ fn save_checkpoint(
         model: info.clone(),
         quantizers: model.save_quantizers(),
         metrics: Some(records.to_vec()),
+        graph: (info.arch == saved_model::CUSTOM_ARCH).then(|| model.spec()),
     };
     ck.extra = serde_json::to_value(extra)
         .map_err(|e| Error::Data(format!("checkpoint metadata: {e}")))?;

@@ -36,6 +36,20 @@ impl QatSchedule {
         }
     }
 
+    /// Fine-tuning a trained (and calibrated) model: activations quantized
+    /// from the first step, batch norm frozen at 30% and observers at 40%
+    /// of the run (torchvision's QAT reference freezes them after 3 and 4
+    /// of its 10 epochs).
+    pub fn fine_tune(epochs: usize) -> Self {
+        let e = epochs as f32;
+        QatSchedule {
+            act_quant_start: 0.0,
+            freeze_bn: 0.3 * e,
+            freeze_observers: 0.4 * e,
+            observer_momentum: 0.1,
+        }
+    }
+
     /// Rejects schedules that cannot work: negative positions, or observers
     /// frozen before they saw a batch.
     pub fn validate(&self, steps_per_epoch: usize) -> crate::Result<()> {

@@ -38,6 +38,8 @@ pub const SETTING_FLAGS: &[&str] = &[
     "--observer-momentum",
     "--train-limit",
     "--val-limit",
+    "--init",
+    "--calibration-images",
 ];
 
 impl TrainConfig {
@@ -74,6 +76,10 @@ impl TrainConfig {
             q(|q| q.observer_momentum),
             limit(self.train_limit),
             limit(self.val_limit),
+            self.init.as_ref().map_or("none".into(), |p| {
+                p.components().collect::<PathBuf>().display().to_string()
+            }),
+            self.calibration_images.to_string(),
         ];
         SETTING_FLAGS.iter().copied().zip(values).collect()
     }

@@ -247,5 +247,7 @@ pub fn small_train_config(
         progress_secs: 30.0,
         stop_after: None,
         workers: 0,
+        init: None,
+        calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
     }
 }
