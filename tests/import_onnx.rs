@@ -292,13 +292,30 @@ fn full_size_torchvision_exports_on_request() {
     let mut n = 0;
     for e in std::fs::read_dir(&full).unwrap() {
         let p = e.unwrap().path();
-        let Some(stem) = p
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .strip_suffix(".onnx")
-        else {
+        let file = p.file_name().unwrap().to_str().unwrap().to_string();
+        if let Some(arch) = file.strip_suffix(".safetensors") {
+            // A full-size torchvision state dict against PyTorch's logits.
+            let bytes = std::fs::read(&p).unwrap();
+            let tv = qat::import::torchvision::load(arch.parse().unwrap(), &bytes, &dev);
+            let (g, _) = tv.unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let (shape, x) = read_npy(&Path::new(&full).join(format!("{arch}.input.npy")));
+            let (_, want) = read_npy(&Path::new(&full).join(format!("{arch}.torch_logits.npy")));
+            let x = Tensor::from_vec(x, shape, &dev).unwrap();
+            let got = qat::autograd::no_grad(|| g.forward(&x, Mode::Eval))
+                .unwrap()
+                .to_vec()
+                .unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            println!("{arch} (torchvision weights): max |qat - torch| = {err:.2e} (max |logit| {scale:.3})");
+            assert!(err <= 1e-4 * scale, "{arch}");
+            n += 1;
+            continue;
+        }
+        let Some(stem) = file.strip_suffix(".onnx") else {
             continue;
         };
         let model = stem
@@ -324,4 +341,97 @@ fn full_size_torchvision_exports_on_request() {
         n += 1;
     }
     assert!(n > 0, "no .onnx files in {full}");
+}
+
+/// `--torchvision`: a torchvision mobilenet_v2 (width 0.35, 10 classes)
+/// state dict maps onto the built-in MobileNetV2 (width found from the
+/// weights), and its FP32 forward gives PyTorch's logits (recorded by the
+/// fixture script) within 1e-4 relative.
+#[test]
+fn torchvision_state_dict_matches_pytorch() {
+    use qat::import::torchvision;
+    use qat::models::Arch;
+    let bytes = std::fs::read(dir().join("mobilenet_v2_x035.safetensors")).unwrap();
+    let dev = Device::cpu();
+    let (g, arch) = torchvision::load("mobilenet_v2".parse().unwrap(), &bytes, &dev).unwrap();
+    assert_eq!(arch.name(), "mobilenet_v2_x0.35");
+    let (shape, x) = read_npy(&dir().join("mobilenet_v2_x035.input.npy"));
+    let (_, want) = read_npy(&dir().join("mobilenet_v2_x035.torch_logits.npy"));
+    let x = Tensor::from_vec(x, shape, &dev).unwrap();
+    let got = qat::autograd::no_grad(|| g.forward(&x, Mode::Eval))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+    println!("mobilenet_v2_x035: max |qat - torch| = {err:.2e} (max |logit| {scale:.3})");
+    assert!(err <= 1e-4 * scale, "{err} vs {scale}");
+    // The wrong architecture, a missing and a mis-shaped tensor: errors
+    // that list the names.
+    let err = |b: &[u8], a: Arch| match torchvision::load(a, b, &dev) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(&bytes, Arch::ResNet18);
+    assert!(e.contains("conv1.weight"), "{e}");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rewrite = |skip: &str, reshape: &str| -> Vec<u8> {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = st
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| n != skip)
+            .map(|(n, t)| {
+                if n == reshape {
+                    let d = t.data();
+                    let half = &d[..d.len() / 2];
+                    let v =
+                        safetensors::tensor::TensorView::new(t.dtype(), vec![half.len() / 4], half)
+                            .unwrap();
+                    (n, v)
+                } else {
+                    (n, t)
+                }
+            })
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    };
+    let e = err(&rewrite("features.3.conv.1.1.running_var", ""), arch);
+    assert!(
+        e.contains("1 missing [features.3.conv.1.1.running_var]"),
+        "{e}"
+    );
+    let e = err(&rewrite("", "classifier.1.bias"), arch);
+    assert!(e.contains("classifier.1.bias is [5]"), "{e}");
+    // The command line writes a checkpoint of the built-in architecture.
+    let out = temp_dir("import-tv");
+    let (ok, log) = qat_bin(&[
+        "import",
+        "--torchvision",
+        "mobilenet_v2",
+        dir()
+            .join("mobilenet_v2_x035.safetensors")
+            .to_str()
+            .unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--input-size",
+        "64",
+    ]);
+    assert!(
+        ok && log.contains("mobilenet_v2_x0.35") && log.contains("0.485"),
+        "{log}"
+    );
+    let ck = qat::checkpoint::Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    let (g2, info) = qat::saved_model::load(&ck, &dev).unwrap();
+    assert_eq!(info.arch, "mobilenet_v2_x0.35");
+    assert_eq!(info.input_hw, [64, 64]);
+    let got2 = qat::autograd::no_grad(|| g2.forward(&x, Mode::Eval))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(got, got2);
+    let _ = std::fs::remove_dir_all(&out);
 }

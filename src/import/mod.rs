@@ -5,6 +5,7 @@
 
 pub mod onnx;
 pub mod tensor;
+pub mod torchvision;
 
 pub use self::onnx::{import, Imported, InputSpec};
 
@@ -22,6 +23,84 @@ pub struct ImportOptions {
     pub mean: Option<Vec<f32>>,
     pub std: Option<Vec<f32>>,
     pub classes: Option<Vec<String>>,
+}
+
+/// ImageNet's normalization, torchvision's models' default.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// A torchvision state dict (safetensors) of `arch` as a checkpoint of that
+/// built-in architecture, with a summary. Normalization defaults to
+/// ImageNet's for 3-channel models; `input_hw` is what exports record.
+pub fn import_torchvision(
+    path: &Path,
+    arch: crate::models::Arch,
+    opts: &ImportOptions,
+    input_hw: [usize; 2],
+) -> Result<(Checkpoint, String)> {
+    let bytes = std::fs::read(path).map_err(|e| crate::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let (g, arch) = torchvision::load(arch, &bytes, &Device::cpu()).map_err(|e| match e {
+        crate::Error::Data(m) => crate::Error::Data(format!("{}: {m}", path.display())),
+        other => other,
+    })?;
+    let c = g.in_channels();
+    let k = g.num_classes();
+    let imagenet = c == 3;
+    let mean = opts
+        .mean
+        .clone()
+        .or(imagenet.then(|| IMAGENET_MEAN.to_vec()));
+    let std = opts.std.clone().or(imagenet.then(|| IMAGENET_STD.to_vec()));
+    let (Some(mean), Some(std)) = (mean, std) else {
+        bail!(
+            Usage,
+            "a {c}-channel model: pass --mean and --std ({c} values each, the normalization it was trained with)"
+        );
+    };
+    if mean.len() != c || std.len() != c {
+        bail!(Usage, "--mean and --std need {c} values each");
+    }
+    let class_names = opts
+        .classes
+        .clone()
+        .unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect());
+    if class_names.len() != k {
+        bail!(
+            Usage,
+            "{} class names for a model with {k} outputs",
+            class_names.len()
+        );
+    }
+    let info = ModelInfo {
+        arch: arch.name().to_string(),
+        in_channels: c,
+        num_classes: k,
+        class_names,
+        mean,
+        std,
+        input_hw,
+    };
+    let mut ck = Checkpoint::from_module(&g)?;
+    let source =
+        serde_json::json!({ "source": "torchvision import", "file": path.display().to_string() });
+    ck.extra = checkpoint_extra(&g, &info, source);
+    let params: usize = ck.model.values().map(|a| a.values.len()).sum();
+    let summary = format!(
+        "{}: torchvision {} weights, {} tensors mapped ({params} values)
+input: float32 [N, {c}, {}, {}], normalized (pixel / 255 - mean) / std with mean {:?}, std {:?}
+output: {k} classes",
+        path.display(),
+        arch.name(),
+        ck.model.len(),
+        input_hw[0],
+        input_hw[1],
+        info.mean,
+        info.std
+    );
+    Ok((ck, summary))
 }
 
 /// An FP32 ONNX file as a checkpoint (weights, the graph's description and

@@ -46,8 +46,9 @@ enum Command {
     /// mismatch.
     Verify(VerifyArgs),
     /// Read an FP32 ONNX model (e.g. written by torch.onnx.export, with
-    /// batch norm folded or kept) into OUT/checkpoint.safetensors, an FP32
-    /// checkpoint that eval and export read like any other.
+    /// batch norm folded or kept), or with --torchvision a torchvision
+    /// state dict saved as safetensors, into OUT/checkpoint.safetensors, an
+    /// FP32 checkpoint that eval, export, calibrate and train --init read.
     Import(ImportArgs),
     /// Post-training quantization: set every activation quantizer of an
     /// FP32 checkpoint from calibration images (Fashion-MNIST training
@@ -94,8 +95,18 @@ struct CalibrateArgs {
 #[derive(Args)]
 struct ImportArgs {
     /// The FP32 ONNX file (one float NCHW image input of fixed size, one
-    /// logits output).
+    /// logits output), or with --torchvision the safetensors weights.
     model: PathBuf,
+    /// MODEL is a torchvision state dict (safetensors) of this built-in
+    /// architecture: resnet18, resnet34, resnet50 or mobilenet_v2 (its width
+    /// is read from the weights; mobilenet_v2_small for 28x28 inputs).
+    /// Normalization defaults to ImageNet's for 3-channel models.
+    #[arg(long)]
+    torchvision: Option<qat::models::Arch>,
+    /// With --torchvision: the image size exports record (H, or H,W)
+    /// [default: 224, or 28 for the *_small variants].
+    #[arg(long, value_delimiter = ',')]
+    input_size: Option<Vec<usize>>,
     /// Output folder; the checkpoint is written to OUT/checkpoint.safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -248,7 +259,19 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 std: a.std,
                 classes: a.classes,
             };
-            let (ck, summary) = qat::import::import_file(&a.model, &opts)?;
+            let (ck, summary) = match a.torchvision {
+                Some(arch) => {
+                    let small = arch.name().contains("small");
+                    let hw = match a.input_size.as_deref() {
+                        None => [if small { 28 } else { 224 }; 2],
+                        Some([s]) if *s > 0 => [*s, *s],
+                        Some([h, w]) if *h > 0 && *w > 0 => [*h, *w],
+                        Some(v) => qat::bail!(Usage, "--input-size {v:?}: give H or H,W (> 0)"),
+                    };
+                    qat::import::import_torchvision(&a.model, arch, &opts, hw)?
+                }
+                None => qat::import::import_file(&a.model, &opts)?,
+            };
             std::fs::create_dir_all(&a.out).map_err(|e| qat::Error::Io {
                 path: a.out.clone(),
                 source: e,
