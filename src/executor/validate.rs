@@ -891,7 +891,7 @@ the last windows differs from the integer rule, S6)"
 
     fn qlinear_concat(&mut self, n: &NodeProto, label: &str) -> Result<()> {
         let k = n.input.len();
-        if k < 5 || (k - 2) % 3 != 0 {
+        if k < 5 || !(k - 2).is_multiple_of(3) {
             bail!(
                 Onnx,
                 "has {k} inputs: expected Y_scale, Y_zero_point, then a (tensor, scale, zero point) \

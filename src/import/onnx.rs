@@ -443,11 +443,11 @@ impl<'m> Reader<'m> {
                     _ => Err(fail(n, format!("input {k} '{name}' must be one float"))),
                 };
             }
-            Ok(attrs
+            attrs
                 .0
                 .contains_key(attr)
                 .then_some(attrs.float(n, attr, 0.0))
-                .transpose()?)
+                .transpose()
         };
         let (lo, hi) = (scalar(1, "min")?, scalar(2, "max")?);
         if lo != Some(0.0) || hi != Some(6.0) {
@@ -781,7 +781,7 @@ output nothing else reads",
         let eps = attrs.float(n, "epsilon", 1e-5)?;
         // ONNX's momentum weighs the old statistics; PyTorch's the new batch.
         let momentum = 1.0 - attrs.float(n, "momentum", 0.9)?;
-        if !(eps > 0.0 && eps.is_finite()) || !(0.0..=1.0).contains(&momentum) {
+        if !(eps > 0.0 && eps.is_finite() && (0.0..=1.0).contains(&momentum)) {
             return Err(fail(
                 n,
                 format!("epsilon {eps} or momentum {} out of range", 1.0 - momentum),
@@ -1049,23 +1049,22 @@ output nothing else reads",
         }
     }
 
+    /// A linear layer of `[c_out, c_in]` weights `w` reading `x`; the ONNX
+    /// nodes `n` (which names it) to `last` (whose output it gives).
     fn linear(
         &mut self,
-        n: &'m NodeProto,
-        last: &'m NodeProto,
+        (n, last): (&'m NodeProto, &'m NodeProto),
         x: Value,
-        w: Vec<f32>,
-        c_in: usize,
-        c_out: usize,
+        (w, c_in, c_out): (Vec<f32>, usize, usize),
         bias: Option<Vec<f32>>,
-        weight_name: Option<&str>,
     ) -> Result<()> {
         let dev = self.dev.clone();
         let l = Linear {
             weight: Tensor::param(w, [c_out, c_in], &dev)?,
             bias: bias.map(|b| Tensor::param(b, [c_out], &dev)).transpose()?,
         };
-        let name = self.name(n, weight_name, false);
+        let weight_name = n.input[1].clone();
+        let name = self.name(n, Some(&weight_name), false);
         let id = self.b.linear_unit(&name, x.node, l)?;
         self.set(n, last, id, Shape::Flat(c_out), false);
         Ok(())
@@ -1109,8 +1108,7 @@ output nothing else reads",
                 }
             }
         };
-        let weight_name = n.input[1].clone();
-        self.linear(n, n, x, w, c_in, c_out, bias, Some(&weight_name))
+        self.linear((n, n), x, (w, c_in, c_out), bias)
     }
 
     fn matmul(&mut self, n: &'m NodeProto) -> Result<()> {
@@ -1146,8 +1144,7 @@ output nothing else reads",
                 }
             }
         }
-        let weight_name = n.input[1].clone();
-        self.linear(n, last, x, w, c_in, c_out, bias, Some(&weight_name))
+        self.linear((n, last), x, (w, c_in, c_out), bias)
     }
 
     fn concat(&mut self, n: &'m NodeProto) -> Result<()> {
