@@ -122,6 +122,34 @@ or are NaN on the calibration images",
     Ok(out)
 }
 
+/// [`calibrate`] on the first `images` training images of `source` in epoch
+/// 0's order (whole batches: up to a batch more), as tensors on `device`.
+/// Returns the ranges and the number of images used.
+pub fn calibrate_on_source(
+    g: &mut Graph,
+    source: &dyn crate::data::DataSource,
+    images: usize,
+    method: Method,
+    momentum: f32,
+    device: &crate::backend::Device,
+) -> Result<(Vec<Range>, usize)> {
+    let first = source.train_batches(0, 0).next();
+    let per_batch = first.as_ref().map_or(1, |b| b.n.max(1));
+    drop(first);
+    let batches = images.div_ceil(per_batch).max(1);
+    let used = std::cell::Cell::new(0usize);
+    let make = || -> Box<dyn Iterator<Item = Result<Tensor>> + '_> {
+        used.set(0);
+        Box::new(source.train_batches(0, 0).take(batches).map(|b| {
+            used.set(used.get() + b.n);
+            let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
+            Tensor::from_vec(b.images, [b.n, c, h, w], device)
+        }))
+    };
+    let ranges = calibrate(g, &make, method, momentum)?;
+    Ok((ranges, used.get()))
+}
+
 /// The checkpoint of a calibrated graph: weights, frozen quantizers, the
 /// model information, and `config` recording the calibration (with its
 /// `qat` entry, which makes it a QAT checkpoint for `eval`, `export` and

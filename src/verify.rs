@@ -229,13 +229,47 @@ pub fn verify_checkpoint(
     }
     let int8 = Int8Net::build(&model)?;
     let exec = Executor::load(onnx)?;
-    let mut ds = FashionMnist::load(data, Split::Test)?;
-    ds.truncate(images);
-    let norm = Normalize::new(&info.mean, &info.std)?;
-    let loader = Loader::new(ds, LoaderConfig::eval(batch_size.max(1), norm))?;
     let mut v = Verifier::new(&int8, &exec);
-    for b in loader.epoch(0) {
-        v.batch(&b.images, &b.labels, b.n)?;
+    let spec = crate::data::DataSpec::from_path(data);
+    if spec.is_image_folder() {
+        // ROOT/val with the validation transforms, the first N images (evenly
+        // spaced over the classes).
+        let source = spec.open(&crate::data::SourceOptions {
+            batch_size: batch_size.max(1),
+            seed: 0,
+            train_limit: None,
+            val_limit: Some(images),
+            workers: 0,
+        })?;
+        let d = source.input_dims();
+        if d.channels != info.in_channels {
+            bail!(
+                Usage,
+                "the model takes {}-channel images, {} holds {}-channel ones",
+                info.in_channels,
+                data.display(),
+                d.channels
+            );
+        }
+        if source.normalize().mean() != info.mean.as_slice() {
+            eprintln!(
+                "warning: the model was trained with mean {:?}; {} is normalized with {:?}",
+                info.mean,
+                data.display(),
+                source.normalize().mean()
+            );
+        }
+        for b in source.val_batches() {
+            v.batch(&b.images, &b.labels, b.n)?;
+        }
+    } else {
+        let mut ds = FashionMnist::load(data, Split::Test)?;
+        ds.truncate(images);
+        let norm = Normalize::new(&info.mean, &info.std)?;
+        let loader = Loader::new(ds, LoaderConfig::eval(batch_size.max(1), norm))?;
+        for b in loader.epoch(0) {
+            v.batch(&b.images, &b.labels, b.n)?;
+        }
     }
     let report = v.finish();
     if report.images == 0 {

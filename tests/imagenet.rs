@@ -279,3 +279,95 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
     assert_eq!(info.class_names, ["cat", "dog", "zebra"]);
     assert_eq!((info.num_classes, info.input_hw), (3, [224, 224]));
 }
+
+/// The ImageNet fine-tuning path on a generated ImageFolder: an FP32 ONNX
+/// model (ResNet-18's structure, written by the FP32 export) fine-tuned by
+/// `train --init MODEL.onnx --data imagenet:ROOT` (calibrated first, QAT),
+/// resumed exactly, then exported to an int8 graph the executor loads.
+#[test]
+fn finetune_from_onnx_on_an_image_folder() {
+    use qat::checkpoint::Checkpoint;
+    use qat::train::{self, checkpoint_path, QatSchedule, TrainConfig};
+    let root = temp_dir("ft-folder");
+    make_tree(&root);
+    let dev = qat::Device::cpu();
+    let g = qat::models::build(qat::models::Arch::ResNet18, 3, 3, &dev, 4).unwrap();
+    let meta = qat::saved_model::ModelInfo {
+        arch: "resnet18".into(),
+        in_channels: 3,
+        num_classes: 3,
+        class_names: vec!["cat".into(), "dog".into(), "zebra".into()],
+        mean: vec![0.485, 0.456, 0.406],
+        std: vec![0.229, 0.224, 0.225],
+        input_hw: [224, 224],
+    };
+    let onnx = root.join("r18.onnx");
+    qat::onnx::save_model(&qat::onnx::export_fp32(&g, &meta).unwrap(), &onnx).unwrap();
+    let config = |out: PathBuf| TrainConfig {
+        arch: "init".into(),
+        data_dir: PathBuf::from(format!("imagenet:{}", root.display())),
+        epochs: 2,
+        batch_size: 3,
+        lr: 0.001 * 3.0 / 256.0,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        nesterov: false,
+        label_smoothing: 0.0,
+        warmup_epochs: 0.0,
+        seed: 5,
+        out,
+        qat: Some(QatSchedule::fine_tune(2)),
+        train_limit: None,
+        val_limit: None,
+        progress: false,
+        progress_secs: 30.0,
+        stop_after: None,
+        workers: 2,
+        init: Some(onnx.clone()),
+        calibration_images: 6,
+    };
+    let full_out = temp_dir("ft-folder-full");
+    let full = train::train(&config(full_out.clone()), &dev, false).unwrap();
+    let split_out = temp_dir("ft-folder-split");
+    let mut first = config(split_out.clone());
+    first.stop_after = Some(1);
+    train::train(&first, &dev, false).unwrap();
+    let resumed = train::train(&config(split_out.clone()), &dev, true).unwrap();
+    let losses = |r: &[qat::train::metrics::EpochRecord]| {
+        r.iter()
+            .map(|e| (e.epoch, e.train_loss, e.val_loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&full.records), losses(&resumed.records));
+    let ck = checkpoint_path(&split_out);
+    let (model, info) = qat::saved_model::load(&Checkpoint::load(&ck).unwrap(), &dev).unwrap();
+    assert_eq!(info.class_names, ["cat", "dog", "zebra"]);
+    assert!(model.is_quantized());
+    let int8 = root.join("r18.int8.onnx");
+    qat::onnx::export_checkpoint(&ck, &int8, false).unwrap();
+    // verify on the folder's val split: every layer identical.
+    let data = PathBuf::from(format!("imagenet:{}", root.display()));
+    let r = qat::verify::verify_checkpoint(&ck, &int8, &data, 3, 2, &dev).unwrap();
+    assert!(r.passed() && r.images == 3, "{}", r.table());
+    // calibrate on the folder's training images (PTQ of the FP32 model).
+    let (mut fp, _) = {
+        let m = qat::executor::load::read_model(&onnx).unwrap();
+        let imp = qat::import::import(&m, &dev).unwrap();
+        (imp.graph, ())
+    };
+    let source = qat::data::DataSpec::from_path(&data)
+        .open(&qat::data::SourceOptions {
+            batch_size: 2,
+            seed: 0,
+            train_limit: None,
+            val_limit: None,
+            workers: 2,
+        })
+        .unwrap();
+    let method = qat::quant::calibrate::Method::Mse;
+    let (ranges, used) =
+        qat::calibrate::calibrate_on_source(&mut fp, source.as_ref(), 4, method, 0.1, &dev)
+            .unwrap();
+    assert_eq!(used, 4);
+    assert_eq!(ranges.len(), fp.quantizers().len());
+}

@@ -202,19 +202,18 @@ fn calibrate_from_source(
     momentum: f32,
     device: &Device,
 ) -> Result<()> {
-    let batches = cfg.calibration_images.div_ceil(cfg.batch_size).max(1);
-    let make = || -> Box<dyn Iterator<Item = Result<Tensor>> + '_> {
-        Box::new(source.train_batches(0, 0).take(batches).map(|b| {
-            let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
-            Tensor::from_vec(b.images, [b.n, c, h, w], device)
-        }))
-    };
     let method = crate::quant::calibrate::Method::Percentile(99.99);
-    let ranges = crate::calibrate::calibrate(model, &make, method, momentum)?;
+    let (ranges, used) = crate::calibrate::calibrate_on_source(
+        model,
+        source,
+        cfg.calibration_images,
+        method,
+        momentum,
+        device,
+    )?;
     eprintln!(
-        "calibrated {} activation quantizers on {} training images ({})",
+        "calibrated {} activation quantizers on {used} training images ({})",
         ranges.len(),
-        (batches * cfg.batch_size).min(source.train_len()),
         method.name()
     );
     Ok(())

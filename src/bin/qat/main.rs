@@ -51,8 +51,7 @@ enum Command {
     /// FP32 checkpoint that eval, export, calibrate and train --init read.
     Import(ImportArgs),
     /// Post-training quantization: set every activation quantizer of an
-    /// FP32 checkpoint from calibration images (Fashion-MNIST training
-    /// split) and write a QAT checkpoint with frozen quantizers, which eval
+    /// FP32 checkpoint from calibration images (training split) and write a QAT checkpoint with frozen quantizers, which eval
     /// (integer-exact), export and verify read.
     Calibrate(CalibrateArgs),
 }
@@ -62,8 +61,9 @@ struct CalibrateArgs {
     /// An FP32 checkpoint (`qat train --fp32` or `qat import`).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Folder with the Fashion-MNIST IDX files; the first --images training
-    /// images are used.
+    /// Folder with the Fashion-MNIST IDX files (the first --images training
+    /// images), or imagenet:ROOT (the first --images of ROOT/train in the
+    /// first epoch's order, with the training transforms).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
     /// Calibration images (>= 1).
@@ -147,9 +147,8 @@ struct VerifyArgs {
     /// The int8 ONNX graph (from `qat export`).
     #[arg(long)]
     onnx: PathBuf,
-    /// Folder with the Fashion-MNIST IDX files (the test split is used).
-    /// Only Fashion-MNIST for now: image folders (imagenet:ROOT) are not
-    /// supported by verify yet.
+    /// Folder with the Fashion-MNIST IDX files (the test split is used), or
+    /// imagenet:ROOT (ROOT/val, validation transforms).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
     /// Number of test images to compare (>= 1; the first N).
@@ -289,13 +288,6 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     path.display()
                 );
             }
-            if DataSpec::from_path(&a.data).is_image_folder() {
-                qat::bail!(
-                    Usage,
-                    "calibrate reads Fashion-MNIST IDX files for now; --data {} is an image folder",
-                    a.data.display()
-                );
-            }
             let method = match a.method.as_str() {
                 "minmax" => qat::quant::calibrate::Method::MinMax,
                 "mse" => qat::quant::calibrate::Method::Mse,
@@ -305,14 +297,34 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
             let (mut model, info) = qat::saved_model::load(&ck, &device)?;
-            let mut data = FashionMnist::load(&a.data, Split::Train)?;
-            data.truncate(a.images);
-            let images = data.len();
-            let norm = Normalize::new(&info.mean, &info.std)?;
-            let loader = Loader::new(data, LoaderConfig::eval(a.batch_size, norm))?;
-            let batches = || tensor_batches(&loader, &device);
             let momentum = 0.1;
-            let ranges = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+            let spec = DataSpec::from_path(&a.data);
+            let (ranges, images) = if spec.is_image_folder() {
+                let source = spec.open(&SourceOptions {
+                    batch_size: a.batch_size,
+                    seed: 0,
+                    train_limit: None,
+                    val_limit: None,
+                    workers: 0,
+                })?;
+                qat::calibrate::calibrate_on_source(
+                    &mut model,
+                    source.as_ref(),
+                    a.images,
+                    method,
+                    momentum,
+                    &device,
+                )?
+            } else {
+                let mut data = FashionMnist::load(&a.data, Split::Train)?;
+                data.truncate(a.images);
+                let images = data.len();
+                let norm = Normalize::new(&info.mean, &info.std)?;
+                let loader = Loader::new(data, LoaderConfig::eval(a.batch_size, norm))?;
+                let batches = || tensor_batches(&loader, &device);
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                (r, images)
+            };
             for r in &ranges {
                 println!(
                     "{:<32} observed [{:>9.4}, {:>9.4}]  set [{:>9.4}, {:>9.4}]",
@@ -348,14 +360,6 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             Ok(())
         }
         Command::Verify(a) => {
-            if DataSpec::from_path(&a.data).is_image_folder() {
-                qat::bail!(
-                    Usage,
-                    "verify reads the Fashion-MNIST test split only for now; --data {} is an \
-                     image folder (compare on Fashion-MNIST IDX files)",
-                    a.data.display()
-                );
-            }
             let (device, line) = Device::choose(&a.device)?;
             eprintln!("device: {line}");
             let report = qat::verify::verify_checkpoint(
