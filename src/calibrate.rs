@@ -142,8 +142,8 @@ pub fn calibrate_on_source(
         used.set(0);
         Box::new(source.train_batches(0, 0).take(batches).map(|b| {
             used.set(used.get() + b.n);
-            let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
-            Tensor::from_vec(b.images, [b.n, c, h, w], device)
+            let shape = b.shape();
+            Tensor::from_vec(b.images, shape, device)
         }))
     };
     let ranges = calibrate(g, &make, method, momentum)?;

@@ -41,6 +41,23 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, values)
 }
 
+/// The graph's FP32 eval logits on `x`, and their largest absolute
+/// difference from `want` with the largest |want| (the scale of the
+/// relative tolerance).
+fn logits_and_error(g: &qat::graph::Graph, x: &Tensor, want: &[f32]) -> (Vec<f32>, f32, f32) {
+    let got = qat::autograd::no_grad(|| g.forward(x, Mode::Eval))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+    (got, err, scale)
+}
+
 fn cases() -> Vec<String> {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("manifest.json")).unwrap())
@@ -72,16 +89,7 @@ fn imported_graphs_match_onnx_runtime() {
             [imp.input.channels, imp.input.hw[0], imp.input.hw[1]]
         );
         let x = Tensor::from_vec(x, shape.clone(), &dev).unwrap();
-        let got = qat::autograd::no_grad(|| imp.graph.forward(&x, Mode::Eval))
-            .unwrap()
-            .to_vec()
-            .unwrap();
-        assert_eq!(got.len(), want.len(), "{name}");
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        let (_, err, scale) = logits_and_error(&imp.graph, &x, &want);
         println!(
             "{name}: {} ONNX nodes -> {} graph nodes, max |qat - ORT| = {err:.2e} (max |logit| {scale:.3})",
             imp.onnx_nodes,
@@ -301,15 +309,7 @@ fn full_size_torchvision_exports_on_request() {
             let (shape, x) = read_npy(&Path::new(&full).join(format!("{arch}.input.npy")));
             let (_, want) = read_npy(&Path::new(&full).join(format!("{arch}.torch_logits.npy")));
             let x = Tensor::from_vec(x, shape, &dev).unwrap();
-            let got = qat::autograd::no_grad(|| g.forward(&x, Mode::Eval))
-                .unwrap()
-                .to_vec()
-                .unwrap();
-            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let err = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            let (_, err, scale) = logits_and_error(&g, &x, &want);
             println!("{arch} (torchvision weights): max |qat - torch| = {err:.2e} (max |logit| {scale:.3})");
             assert!(err <= 1e-4 * scale, "{arch}");
             n += 1;
@@ -327,15 +327,7 @@ fn full_size_torchvision_exports_on_request() {
         let (shape, x) = read_npy(&input);
         let (_, want) = read_npy(&Path::new(&full).join(format!("{stem}.ort_logits.npy")));
         let x = Tensor::from_vec(x, shape, &dev).unwrap();
-        let got = qat::autograd::no_grad(|| imp.graph.forward(&x, Mode::Eval))
-            .unwrap()
-            .to_vec()
-            .unwrap();
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+        let (_, err, scale) = logits_and_error(&imp.graph, &x, &want);
         println!("{stem}: max |qat - ORT| = {err:.2e} (max |logit| {scale:.3})");
         assert!(err <= 1e-4 * scale, "{stem}");
         n += 1;
@@ -358,15 +350,7 @@ fn torchvision_state_dict_matches_pytorch() {
     let (shape, x) = read_npy(&dir().join("mobilenet_v2_x035.input.npy"));
     let (_, want) = read_npy(&dir().join("mobilenet_v2_x035.torch_logits.npy"));
     let x = Tensor::from_vec(x, shape, &dev).unwrap();
-    let got = qat::autograd::no_grad(|| g.forward(&x, Mode::Eval))
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+    let (got, err, scale) = logits_and_error(&g, &x, &want);
     println!("mobilenet_v2_x035: max |qat - torch| = {err:.2e} (max |logit| {scale:.3})");
     assert!(err <= 1e-4 * scale, "{err} vs {scale}");
     // The wrong architecture, a missing and a mis-shaped tensor: errors

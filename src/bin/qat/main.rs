@@ -189,8 +189,8 @@ fn tensor_batches<'a>(
     dev: &'a Device,
 ) -> Box<dyn Iterator<Item = qat::Result<qat::Tensor>> + 'a> {
     Box::new(loader.epoch(0).map(move |b| {
-        let [c, h, w] = [b.dims.channels, b.dims.height, b.dims.width];
-        qat::Tensor::from_vec(b.images, [b.n, c, h, w], dev)
+        let shape = b.shape();
+        qat::Tensor::from_vec(b.images, shape, dev)
     }))
 }
 
