@@ -6,6 +6,7 @@
 
 use crate::accuracy::Accuracy;
 use crate::checkpoint::Checkpoint;
+use crate::data::image_files::{ImageFiles, Prepare};
 use crate::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use crate::executor::{ExecTensor, Executor};
 use crate::int8::Int8Net;
@@ -14,6 +15,7 @@ use crate::{bail, Device, Result};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 
 /// Comparison of one layer over all images.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +32,9 @@ pub struct LayerStats {
 pub struct VerifyReport {
     pub layers: Vec<LayerStats>,
     pub images: usize,
+    /// Images with a label (top-1 is counted over these; a folder of
+    /// unlabeled images gives the per-layer comparison only).
+    pub labeled: usize,
     pub model_correct: usize,
     pub executor_correct: usize,
     /// Float logits (after DequantizeLinear) that differ in any bit.
@@ -47,11 +52,11 @@ impl VerifyReport {
     }
 
     pub fn top1_model(&self) -> f64 {
-        100.0 * self.model_correct as f64 / self.images.max(1) as f64
+        100.0 * self.model_correct as f64 / self.labeled.max(1) as f64
     }
 
     pub fn top1_executor(&self) -> f64 {
-        100.0 * self.executor_correct as f64 / self.images.max(1) as f64
+        100.0 * self.executor_correct as f64 / self.labeled.max(1) as f64
     }
 
     /// The per-layer table and the accuracy lines.
@@ -88,13 +93,21 @@ impl VerifyReport {
             self.layers.last().map_or(0, |l| l.elements),
             self.logit_mismatches
         );
-        let _ = writeln!(
-            s,
-            "images: {}, top-1: QAT model (integer-exact) {:.2}%, executor {:.2}%",
-            self.images,
-            self.top1_model(),
-            self.top1_executor()
-        );
+        if self.labeled == 0 {
+            let _ = writeln!(
+                s,
+                "images: {} (unlabeled: per-layer comparison only, no top-1)",
+                self.images
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "images: {}, top-1: QAT model (integer-exact) {:.2}%, executor {:.2}%",
+                self.images,
+                self.top1_model(),
+                self.top1_executor()
+            );
+        }
         let _ = write!(
             s,
             "{}",
@@ -126,13 +139,21 @@ impl<'a> Verifier<'a> {
 
     /// Runs both on `n` normalized NCHW images with their labels.
     pub fn batch(&mut self, images: &[f32], labels: &[u32], n: usize) -> Result<()> {
-        if labels.len() != n || n == 0 || !images.len().is_multiple_of(n) {
-            bail!(
-                Shape,
-                "{} values and {} labels are not {n} images",
-                images.len(),
-                labels.len()
-            );
+        if labels.len() != n {
+            bail!(Shape, "{} labels for {n} images", labels.len());
+        }
+        self.compare(images, Some(labels), n)
+    }
+
+    /// Runs both on `n` normalized NCHW images without labels: the per-layer
+    /// comparison only.
+    pub fn batch_unlabeled(&mut self, images: &[f32], n: usize) -> Result<()> {
+        self.compare(images, None, n)
+    }
+
+    fn compare(&mut self, images: &[f32], labels: Option<&[u32]>, n: usize) -> Result<()> {
+        if n == 0 || !images.len().is_multiple_of(n) {
+            bail!(Shape, "{} values are not {n} images", images.len());
         }
         let dims = self.exec.input_dims().to_vec();
         let mut shape = vec![n];
@@ -191,11 +212,14 @@ impl<'a> Verifier<'a> {
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
         // Top-1 as `qat eval` counts it (ties by class index).
-        let (mut acc_m, mut acc_e) = (Accuracy::default(), Accuracy::default());
-        acc_m.add(&logits_m, labels);
-        acc_e.add(&logits_e, labels);
-        r.model_correct += acc_m.top1;
-        r.executor_correct += acc_e.top1;
+        if let Some(labels) = labels {
+            let (mut acc_m, mut acc_e) = (Accuracy::default(), Accuracy::default());
+            acc_m.add(&logits_m, labels);
+            acc_e.add(&logits_e, labels);
+            r.model_correct += acc_m.top1;
+            r.executor_correct += acc_e.top1;
+            r.labeled += n;
+        }
         r.images += n;
         Ok(())
     }
@@ -206,7 +230,9 @@ impl<'a> Verifier<'a> {
 }
 
 /// `qat verify`: the checkpoint's QAT model on `device` against the ONNX
-/// file in the executor, on the first `images` Fashion-MNIST test images.
+/// file in the executor, on the first `images` test images of `data`
+/// (Fashion-MNIST, `imagenet:ROOT`'s validation split, or the files of
+/// `images:DIR`, prepared for the model's input).
 pub fn verify_checkpoint(
     checkpoint: &Path,
     onnx: &Path,
@@ -231,7 +257,19 @@ pub fn verify_checkpoint(
     let exec = Executor::load(onnx)?;
     let mut v = Verifier::new(&int8, &exec);
     let spec = crate::data::DataSpec::from_path(data);
-    if spec.is_image_folder() {
+    if let crate::data::DataSpec::ImageFiles(dir) = &spec {
+        let mut files = ImageFiles::scan(dir)?;
+        files.truncate(images);
+        let prep = Prepare::new(info.in_channels, info.input_hw, &info.mean, &info.std)?;
+        let skipped = AtomicUsize::new(0);
+        for (x, n) in files.batches(&prep, batch_size, &skipped) {
+            v.batch_unlabeled(&x, n)?;
+        }
+        let skipped = skipped.into_inner();
+        if skipped > 0 {
+            eprintln!("{skipped} unreadable file(s) left out");
+        }
+    } else if spec.is_image_folder() {
         // ROOT/val with the validation transforms, the first N images (evenly
         // spaced over the classes).
         let source = spec.open(&crate::data::SourceOptions {
@@ -275,7 +313,7 @@ pub fn verify_checkpoint(
     if report.images == 0 {
         bail!(
             Data,
-            "no images to compare: the test split in {} is empty",
+            "no images to compare in {}: the test split is empty or no file could be read",
             data.display()
         );
     }

@@ -236,3 +236,143 @@ fn cli_import_calibrate_export_verify() {
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// `--data images:DIR`, a flat folder of unlabeled images: calibrate on it
+/// (the same ranges as on the same pixels from the IDX files), verify on it
+/// (per-layer comparison, no top-1), and eval and train refuse it.
+#[test]
+fn cli_calibrate_and_verify_on_a_folder_of_unlabeled_images() {
+    let data = synthetic_fmnist("calib-files-idx", 128, 8);
+    let d = data.to_str().unwrap();
+    let out = temp_dir("calib-files");
+    let pics = out.join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    let train = qat::data::FashionMnist::load(&data, qat::data::Split::Train).unwrap();
+    let write_png = |name: &str, w: u32, h: u32, color: png::ColorType, px: &[u8]| {
+        let f = std::fs::File::create(pics.join(name)).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header().unwrap().write_image_data(px).unwrap();
+    };
+    for i in 0..train.len() {
+        let px = train.image(i);
+        write_png(
+            &format!("a{i:04}.png"),
+            28,
+            28,
+            png::ColorType::Grayscale,
+            px,
+        );
+    }
+    // After the gray ones in name order: a larger color image (resized and
+    // turned to luma), a broken file (skipped) and a file that is no image.
+    let rgb: Vec<u8> = (0..40 * 56 * 3).map(|i| (i * 13 % 251) as u8).collect();
+    write_png("z-color.png", 40, 56, png::ColorType::Rgb, &rgb);
+    std::fs::write(pics.join("z-broken.jpg"), b"\xff\xd8 not really").unwrap();
+    std::fs::write(pics.join("z-notes.txt"), "not an image").unwrap();
+    let files = format!("images:{}", pics.display());
+
+    let onnx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/import/mnv2_w025_eval_op13.onnx");
+    let fp = out.join("fp32");
+    let (ok, log) = qat_bin(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        fp.to_str().unwrap(),
+        "--mean",
+        "0.286",
+        "--std",
+        "0.353",
+    ]);
+    assert!(ok, "{log}");
+    let fp_ck = fp.join("checkpoint.safetensors");
+    let fp_ck = fp_ck.to_str().unwrap();
+    let calibrate = |data: &str, dir: &str| {
+        let (ok, log) = qat_bin(&[
+            "calibrate",
+            "--checkpoint",
+            fp_ck,
+            "--data",
+            data,
+            "--images",
+            "128",
+            "--method",
+            "minmax",
+            "--out",
+            out.join(dir).to_str().unwrap(),
+            "--device",
+            "cpu",
+        ]);
+        assert!(ok && log.contains("on 128 images"), "{log}");
+        // The chosen range of every quantizer, as printed.
+        log.lines()
+            .filter_map(|l| {
+                l.split_once("set [")
+                    .map(|(_, r)| r.trim_end_matches(']').to_string())
+            })
+            .map(|r| {
+                let v: Vec<f64> = r.split(',').map(|x| x.trim().parse().unwrap()).collect();
+                (v[0], v[1])
+            })
+            .collect::<Vec<_>>()
+    };
+    let from_idx = calibrate(d, "ptq-idx");
+    let from_files = calibrate(&files, "ptq-files");
+    assert!(!from_idx.is_empty());
+    assert_eq!(from_idx.len(), from_files.len());
+    for (a, b) in from_idx.iter().zip(&from_files) {
+        // The same pixels; normalization may round differently in the last bit.
+        assert!(
+            (a.0 - b.0).abs() <= 2e-4 && (a.1 - b.1).abs() <= 2e-4,
+            "{a:?} vs {b:?}"
+        );
+    }
+    let q_ck = out.join("ptq-files/checkpoint.safetensors");
+    let q_ck = q_ck.to_str().unwrap();
+    let int8 = out.join("ptq.onnx");
+    let (ok, log) = qat_bin(&[
+        "export",
+        "--checkpoint",
+        q_ck,
+        "--out",
+        int8.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    let (ok, log) = qat_bin(&[
+        "verify",
+        "--checkpoint",
+        q_ck,
+        "--onnx",
+        int8.to_str().unwrap(),
+        "--data",
+        &files,
+        "--images",
+        "1000",
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        ok && log.contains("PASS")
+            && log.contains("images: 129 (unlabeled")
+            && log.contains("skipping")
+            && log.contains("z-broken.jpg"),
+        "{log}"
+    );
+    for cmd in [
+        vec!["eval", "--checkpoint", q_ck, "--data", &files],
+        vec![
+            "train",
+            "--data",
+            &files,
+            "--out",
+            out.join("t").to_str().unwrap(),
+        ],
+    ] {
+        let (ok, log) = qat_bin(&cmd);
+        assert!(!ok && log.contains("unlabeled images"), "{cmd:?}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -15,6 +15,8 @@
 //! - [`loader`]: resumable, shuffled, parallel batch iteration;
 //! - [`imagenet`]: ImageFolder trees (ImageNet): JPEG/PNG decoding,
 //!   torchvision's transforms, a parallel prefetching loader;
+//! - [`image_files`]: a flat folder of unlabeled images (calibration and
+//!   verification on the user's own data);
 //! - [`prefetch`]: a bounded queue of batches built on a background thread;
 //! - [`source`]: the [`DataSource`] trait the trainer uses, and `--data`.
 
@@ -22,6 +24,7 @@ pub mod augment;
 pub mod dataset;
 pub mod fashion_mnist;
 pub mod idx;
+pub mod image_files;
 pub mod imagenet;
 pub mod loader;
 pub mod normalize;
@@ -32,6 +35,7 @@ pub use crate::rng::Rng;
 pub use augment::Augment;
 pub use dataset::{Dataset, ImageDims};
 pub use fashion_mnist::{FashionMnist, Split};
+pub use image_files::ImageFiles;
 pub use imagenet::{ImageFolderConfig, ImageFolderSource};
 pub use loader::{Batch, Batches, Loader, LoaderConfig};
 pub use normalize::Normalize;

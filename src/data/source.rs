@@ -5,7 +5,9 @@
 //!
 //! `--data` picks the source: `imagenet:ROOT` (an ImageFolder tree, see
 //! [`super::imagenet`]), `fashion-mnist:DIR` or a plain `DIR` (Fashion-MNIST
-//! IDX files).
+//! IDX files). `images:DIR`, a flat folder of unlabeled images
+//! ([`super::image_files`]), is no training source: it serves `calibrate`
+//! and `verify`, which read it directly.
 
 use super::dataset::ImageDims;
 use super::fashion_mnist::{FashionMnist, Split, CLASS_NAMES};
@@ -49,12 +51,18 @@ pub struct SourceOptions {
 pub enum DataSpec {
     FashionMnist(PathBuf),
     ImageFolder(PathBuf),
+    /// `images:DIR`: unlabeled images, no train/val split.
+    ImageFiles(PathBuf),
 }
 
 impl DataSpec {
-    /// `imagenet:ROOT` or `imagefolder:ROOT`, `fashion-mnist:DIR`, or a
-    /// plain path (Fashion-MNIST, as before image folders existed).
+    /// `imagenet:ROOT` or `imagefolder:ROOT`, `images:DIR`,
+    /// `fashion-mnist:DIR`, or a plain path (Fashion-MNIST, as before image
+    /// folders existed).
     pub fn parse(s: &str) -> DataSpec {
+        if let Some(dir) = s.strip_prefix("images:") {
+            return DataSpec::ImageFiles(dir.into());
+        }
         for p in ["imagenet:", "imagefolder:"] {
             if let Some(root) = s.strip_prefix(p) {
                 return DataSpec::ImageFolder(root.into());
@@ -71,7 +79,22 @@ impl DataSpec {
         matches!(self, DataSpec::ImageFolder(_))
     }
 
+    /// Refuses `images:DIR`, which has no labels, naming `what` needs them.
+    pub fn require_labels(&self, what: &str) -> Result<()> {
+        if let DataSpec::ImageFiles(dir) = self {
+            crate::bail!(
+                Usage,
+                "images:{} is a folder of unlabeled images: {what} needs labels \
+                 (Fashion-MNIST or imagenet:ROOT); unlabeled images serve `qat calibrate` \
+                 and `qat verify` (per-layer comparison)",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn open(&self, opts: &SourceOptions) -> Result<Box<dyn DataSource>> {
+        self.require_labels("training and accuracy")?;
         Ok(match self {
             DataSpec::FashionMnist(dir) => Box::new(FashionSource::open(dir, opts)?),
             DataSpec::ImageFolder(root) => {
@@ -83,6 +106,7 @@ impl DataSpec {
                 cfg.val_limit = opts.val_limit;
                 Box::new(ImageFolderSource::open(root, cfg)?)
             }
+            DataSpec::ImageFiles(_) => unreachable!("refused above"),
         })
     }
 }
@@ -180,5 +204,14 @@ mod tests {
             DataSpec::parse("fashion-mnist:d"),
             DataSpec::FashionMnist("d".into())
         );
+        assert_eq!(
+            DataSpec::parse("images:/my/photos"),
+            DataSpec::ImageFiles("/my/photos".into())
+        );
+        let e = DataSpec::parse("images:x")
+            .require_labels("training")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unlabeled") && e.contains("qat verify"), "{e}");
     }
 }

@@ -62,8 +62,11 @@ struct CalibrateArgs {
     #[arg(long)]
     checkpoint: PathBuf,
     /// Folder with the Fashion-MNIST IDX files (the first --images training
-    /// images), or imagenet:ROOT (the first --images of ROOT/train in the
-    /// first epoch's order, with the training transforms).
+    /// images), imagenet:ROOT (the first --images of ROOT/train in the
+    /// first epoch's order, with the training transforms), or images:DIR (a
+    /// flat folder of unlabeled .jpg/.png files, the first --images in name
+    /// order, resized and center-cropped to the model's input, grayscale for
+    /// 1-channel models).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
     /// Calibration images (>= 1).
@@ -147,8 +150,10 @@ struct VerifyArgs {
     /// The int8 ONNX graph (from `qat export`).
     #[arg(long)]
     onnx: PathBuf,
-    /// Folder with the Fashion-MNIST IDX files (the test split is used), or
-    /// imagenet:ROOT (ROOT/val, validation transforms).
+    /// Folder with the Fashion-MNIST IDX files (the test split is used),
+    /// imagenet:ROOT (ROOT/val, validation transforms), or images:DIR (a flat
+    /// folder of unlabeled .jpg/.png files in name order, prepared for the
+    /// model's input: the per-layer comparison only, no top-1).
     #[arg(long, default_value = DEFAULT_DIR)]
     data: PathBuf,
     /// Number of test images to compare (>= 1; the first N).
@@ -211,6 +216,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             let ck = Checkpoint::load(&a.checkpoint)?;
             let (model, info) = qat::saved_model::load(&ck, &device)?;
             let spec = DataSpec::from_path(&a.data);
+            spec.require_labels("`qat eval` (accuracy)")?;
             let (loss, acc) = if spec.is_image_folder() {
                 let source = spec.open(&SourceOptions {
                     batch_size: EVAL_BATCH,
@@ -299,7 +305,31 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             let (mut model, info) = qat::saved_model::load(&ck, &device)?;
             let momentum = 0.1;
             let spec = DataSpec::from_path(&a.data);
-            let (ranges, images) = if spec.is_image_folder() {
+            let (ranges, images) = if let DataSpec::ImageFiles(dir) = &spec {
+                let mut files = qat::data::ImageFiles::scan(dir)?;
+                files.truncate(a.images);
+                let prep = qat::data::image_files::Prepare::new(
+                    info.in_channels,
+                    info.input_hw,
+                    &info.mean,
+                    &info.std,
+                )?;
+                let skipped = std::sync::atomic::AtomicUsize::new(0);
+                let used = std::cell::Cell::new(0usize);
+                let batches = || -> Box<dyn Iterator<Item = qat::Result<qat::Tensor>> + '_> {
+                    used.set(0);
+                    Box::new(files.batches(&prep, a.batch_size, &skipped).map(|(x, n)| {
+                        used.set(used.get() + n);
+                        let d = prep.dims;
+                        qat::Tensor::from_vec(x, [n, d.channels, d.height, d.width], &device)
+                    }))
+                };
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                if used.get() == 0 {
+                    qat::bail!(Data, "{}: no image could be read", dir.display());
+                }
+                (r, used.get())
+            } else if spec.is_image_folder() {
                 let source = spec.open(&SourceOptions {
                     batch_size: a.batch_size,
                     seed: 0,
