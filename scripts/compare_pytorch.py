@@ -6,6 +6,7 @@ model: the README's "Bring your own model: qat vs PyTorch" table.
 Usage:
   compare_pytorch.py --arch resnet18|mobilenet_v2 [--out DIR] [--qat BIN]
                      [--fp32-epochs E] [--ft-epochs F] [--calib N] [--data DIR]
+  compare_pytorch.py --table [--out DIR]     (the markdown table of OUT/*)
 
 Steps (each is skipped when its result is already in OUT/ARCH/results.json,
 so a killed run continues where it stopped):
@@ -289,11 +290,11 @@ def print_table(out: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", required=True, choices=["resnet18", "mobilenet_v2"])
+    ap.add_argument("--arch", choices=["resnet18", "mobilenet_v2"], help="the torchvision model (required unless --table)")
     ap.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder (default runs/compare)")
     ap.add_argument("--qat", type=Path, default=Path("target/release/qat"), help="qat binary")
     ap.add_argument("--data", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
-    ap.add_argument("--fp32-epochs", type=int, default=5, help="PyTorch FP32 training epochs (default 5)")
+    ap.add_argument("--fp32-epochs", type=int, default=4, help="PyTorch FP32 training epochs (default 4)")
     ap.add_argument("--ft-epochs", type=int, default=1, help="QAT fine-tuning epochs, both sides (default 1)")
     ap.add_argument("--calib", type=int, default=1024, help="calibration images, both sides (default 1024)")
     ap.add_argument("--label-smoothing", type=float, default=0.1,
@@ -306,6 +307,8 @@ def main():
     if args.table:
         print_table(args.out)
         return
+    if args.arch is None:
+        ap.error("--arch is required (or --table)")
 
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)

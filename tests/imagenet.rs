@@ -8,6 +8,7 @@ use qat::data::imagenet::decode::{decode, decode_with, JpegBackend};
 use qat::data::imagenet::transforms::{eval_axes, resample_normalize};
 use qat::data::imagenet::{transform_bytes, ImageFolderConfig, ImageFolderSource, MEAN, STD};
 use qat::data::{DataSource, Normalize};
+use qat::train::{QatSchedule, TrainConfig};
 use std::path::{Path, PathBuf};
 
 /// A smooth, photo-like RGB pattern (gradients plus a few waves).
@@ -214,18 +215,10 @@ fn reduced_size_decoding_stays_close_to_full_size() {
     assert!(mean_diff < 0.02, "mean difference {mean_diff}");
 }
 
-/// `qat train --data imagenet:ROOT --arch resnet18` through the library: a
-/// QAT run of two epochs split by a stop and a resume gives the same losses
-/// as an uninterrupted one (the loader resumes exactly), writes metrics with
-/// top-1/top-5 every epoch, a checkpoint and the plot, and carries the class
-/// names into the checkpoint.
-#[test]
-fn resnet18_trains_and_resumes_on_an_image_folder() {
-    use qat::checkpoint::Checkpoint;
-    use qat::train::{self, checkpoint_path, QatSchedule, TrainConfig};
-    let root = temp_dir("train");
-    make_tree(&root);
-    let config = |out: PathBuf| TrainConfig {
+/// The ResNet-18 training settings of the image-folder tests: 2 short QAT
+/// epochs of batch 3 on `root`, writing to `out`.
+fn folder_config(root: &Path, out: PathBuf) -> TrainConfig {
+    TrainConfig {
         arch: "resnet18".into(),
         data_dir: PathBuf::from(format!("imagenet:{}", root.display())),
         epochs: 2,
@@ -252,7 +245,21 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
         workers: 2,
         init: None,
         calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
-    };
+    }
+}
+
+/// `qat train --data imagenet:ROOT --arch resnet18` through the library: a
+/// QAT run of two epochs split by a stop and a resume gives the same losses
+/// as an uninterrupted one (the loader resumes exactly), writes metrics with
+/// top-1/top-5 every epoch, a checkpoint and the plot, and carries the class
+/// names into the checkpoint.
+#[test]
+fn resnet18_trains_and_resumes_on_an_image_folder() {
+    use qat::checkpoint::Checkpoint;
+    use qat::train::{self, checkpoint_path};
+    let root = temp_dir("train");
+    make_tree(&root);
+    let config = |out: PathBuf| folder_config(&root, out);
     let dev = qat::Device::cpu();
     let full_out = temp_dir("train-full");
     let full = train::train(&config(full_out.clone()), &dev, false).unwrap();
@@ -287,7 +294,7 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
 #[test]
 fn finetune_from_onnx_on_an_image_folder() {
     use qat::checkpoint::Checkpoint;
-    use qat::train::{self, checkpoint_path, QatSchedule, TrainConfig};
+    use qat::train::{self, checkpoint_path};
     let root = temp_dir("ft-folder");
     make_tree(&root);
     let dev = qat::Device::cpu();
@@ -305,26 +312,11 @@ fn finetune_from_onnx_on_an_image_folder() {
     qat::onnx::save_model(&qat::onnx::export_fp32(&g, &meta).unwrap(), &onnx).unwrap();
     let config = |out: PathBuf| TrainConfig {
         arch: "init".into(),
-        data_dir: PathBuf::from(format!("imagenet:{}", root.display())),
-        epochs: 2,
-        batch_size: 3,
         lr: 0.001 * 3.0 / 256.0,
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        nesterov: false,
-        label_smoothing: 0.0,
-        warmup_epochs: 0.0,
-        seed: 5,
-        out,
         qat: Some(QatSchedule::fine_tune(2)),
-        train_limit: None,
-        val_limit: None,
-        progress: false,
-        progress_secs: 30.0,
-        stop_after: None,
-        workers: 2,
         init: Some(onnx.clone()),
         calibration_images: 6,
+        ..folder_config(&root, out)
     };
     let full_out = temp_dir("ft-folder-full");
     let full = train::train(&config(full_out.clone()), &dev, false).unwrap();
