@@ -96,6 +96,43 @@ pub fn load(ck: &Checkpoint, device: &Device) -> Result<(Graph, ModelInfo)> {
     Ok((model, saved.model))
 }
 
+/// Checks that `source` can feed the model described by `info`: the channel
+/// count must match (an error); a different normalization or image size is
+/// a warning on stderr (a convolutional network still runs, but not on
+/// what it was trained with). `data` names the source in messages.
+pub fn check_source(
+    info: &ModelInfo,
+    source: &dyn crate::data::DataSource,
+    data: &str,
+) -> Result<()> {
+    let d = source.input_dims();
+    if d.channels != info.in_channels {
+        bail!(
+            Usage,
+            "the model takes {}-channel images, {data} holds {}-channel ones",
+            info.in_channels,
+            d.channels
+        );
+    }
+    let norm = source.normalize();
+    if norm.mean() != info.mean.as_slice() || norm.std() != info.std.as_slice() {
+        eprintln!(
+            "warning: the model was trained with mean {:?} std {:?}; {data} is normalized with mean {:?} std {:?}",
+            info.mean,
+            info.std,
+            norm.mean(),
+            norm.std()
+        );
+    }
+    if [d.height, d.width] != info.input_hw {
+        eprintln!(
+            "warning: the model takes {}x{} images; {data} gives {}x{}",
+            info.input_hw[0], info.input_hw[1], d.height, d.width
+        );
+    }
+    Ok(())
+}
+
 /// The metadata of a checkpoint of `g` not written by `train`: its model
 /// information, its topology when `info.arch` is [`CUSTOM_ARCH`], its
 /// quantizer states when it is quantized, and `config` (where it came from;

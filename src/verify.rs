@@ -279,24 +279,7 @@ pub fn verify_checkpoint(
             val_limit: Some(images),
             workers: 0,
         })?;
-        let d = source.input_dims();
-        if d.channels != info.in_channels {
-            bail!(
-                Usage,
-                "the model takes {}-channel images, {} holds {}-channel ones",
-                info.in_channels,
-                data.display(),
-                d.channels
-            );
-        }
-        if source.normalize().mean() != info.mean.as_slice() {
-            eprintln!(
-                "warning: the model was trained with mean {:?}; {} is normalized with {:?}",
-                info.mean,
-                data.display(),
-                source.normalize().mean()
-            );
-        }
+        crate::saved_model::check_source(&info, source.as_ref(), &data.display().to_string())?;
         for b in source.val_batches() {
             v.batch(&b.images, &b.labels, b.n)?;
         }

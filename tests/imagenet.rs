@@ -363,3 +363,27 @@ fn finetune_from_onnx_on_an_image_folder() {
     assert_eq!(used, 4);
     assert_eq!(ranges.len(), fp.quantizers().len());
 }
+
+/// A model that cannot read an image folder is refused before any work (a
+/// 1-channel model on RGB images); a different normalization or size only
+/// warns.
+#[test]
+fn image_folder_must_fit_the_model() {
+    let root = temp_dir("fit");
+    make_tree(&root);
+    let src = source(&root, 2);
+    let onnx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/import/mnv2_w025_eval_op13.onnx");
+    let opts = qat::import::ImportOptions {
+        mean: Some(vec![0.286]),
+        std: Some(vec![0.353]),
+        classes: None,
+    };
+    let (ck, _) = qat::import::import_file(&onnx, &opts).unwrap();
+    let (_, mut info) = qat::saved_model::load(&ck, &qat::Device::cpu()).unwrap();
+    let e = qat::saved_model::check_source(&info, &src, "imagenet:R").unwrap_err();
+    assert!(e.to_string().contains("1-channel"), "{e}");
+    info.in_channels = 3;
+    qat::saved_model::check_source(&info, &src, "imagenet:R").unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}

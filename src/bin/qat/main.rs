@@ -225,6 +225,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     val_limit: a.limit,
                     workers: a.workers.unwrap_or(0),
                 })?;
+                qat::saved_model::check_source(
+                    &info,
+                    source.as_ref(),
+                    &a.data.display().to_string(),
+                )?;
                 train::evaluate_batches(&model, source.val_batches(), &device)?
             } else {
                 let mut data = FashionMnist::load(&a.data, Split::Test)?;
@@ -337,6 +342,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     val_limit: None,
                     workers: 0,
                 })?;
+                qat::saved_model::check_source(
+                    &info,
+                    source.as_ref(),
+                    &a.data.display().to_string(),
+                )?;
                 qat::calibrate::calibrate_on_source(
                     &mut model,
                     source.as_ref(),
