@@ -326,7 +326,7 @@ def main():
     res.setdefault("versions", {
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "recipe": {"fp32_epochs": args.fp32_epochs, "ft_epochs": args.ft_epochs, "calib": args.calib,
-                   "label_smoothing": args.label_smoothing},
+                   "label_smoothing": args.label_smoothing, "seed": args.seed},
     })
     x_train, y_train = load_split(args.data, "train")
     x_test, y_test = load_split(args.data, "t10k")
