@@ -6,7 +6,7 @@
 mod common;
 mod onnx_util;
 
-use common::{qat_bin, synthetic_fmnist, temp_dir};
+use common::{qat_bin, qat_export_verify, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
 use onnx_util::{images, info, trained};
 use qat::calibrate::calibrate;
@@ -196,28 +196,7 @@ fn cli_import_calibrate_export_verify() {
     let q_ck = q_ck.to_str().unwrap();
     let (ok, log) = qat_bin(&["eval", "--checkpoint", q_ck, "--data", d, "--device", "cpu"]);
     assert!(ok && log.contains("int8 (integer-exact)"), "{log}");
-    let int8 = out.join("ptq.onnx");
-    let (ok, log) = qat_bin(&[
-        "export",
-        "--checkpoint",
-        q_ck,
-        "--out",
-        int8.to_str().unwrap(),
-    ]);
-    assert!(ok, "{log}");
-    let (ok, log) = qat_bin(&[
-        "verify",
-        "--checkpoint",
-        q_ck,
-        "--onnx",
-        int8.to_str().unwrap(),
-        "--data",
-        d,
-        "--images",
-        "64",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, log) = qat_export_verify(q_ck, &out.join("ptq.onnx"), d, "64");
     assert!(ok && log.contains("PASS"), "{log}");
     // Calibrating a QAT checkpoint is refused.
     let (ok, log) = qat_bin(&[
@@ -331,28 +310,7 @@ fn cli_calibrate_and_verify_on_a_folder_of_unlabeled_images() {
     }
     let q_ck = out.join("ptq-files/checkpoint.safetensors");
     let q_ck = q_ck.to_str().unwrap();
-    let int8 = out.join("ptq.onnx");
-    let (ok, log) = qat_bin(&[
-        "export",
-        "--checkpoint",
-        q_ck,
-        "--out",
-        int8.to_str().unwrap(),
-    ]);
-    assert!(ok, "{log}");
-    let (ok, log) = qat_bin(&[
-        "verify",
-        "--checkpoint",
-        q_ck,
-        "--onnx",
-        int8.to_str().unwrap(),
-        "--data",
-        &files,
-        "--images",
-        "1000",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, log) = qat_export_verify(q_ck, &out.join("ptq.onnx"), &files, "1000");
     assert!(
         ok && log.contains("PASS")
             && log.contains("images: 129 (unlabeled")

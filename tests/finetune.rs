@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{qat_bin, small_train_config, synthetic_fmnist, temp_dir};
+use common::{qat_bin, qat_export_verify, small_train_config, synthetic_fmnist, temp_dir};
 use qat::checkpoint::Checkpoint;
 use qat::models::{self, Arch};
 use qat::saved_model::{checkpoint_extra, ModelInfo};
@@ -137,28 +137,7 @@ fn cli_finetune_export_verify() {
     );
     let ck = run.join("checkpoint.safetensors");
     let ck = ck.to_str().unwrap();
-    let onnx = out.join("ft.onnx");
-    let (ok, log) = qat_bin(&[
-        "export",
-        "--checkpoint",
-        ck,
-        "--out",
-        onnx.to_str().unwrap(),
-    ]);
-    assert!(ok, "{log}");
-    let (ok, log) = qat_bin(&[
-        "verify",
-        "--checkpoint",
-        ck,
-        "--onnx",
-        onnx.to_str().unwrap(),
-        "--data",
-        d,
-        "--images",
-        "64",
-        "--device",
-        "cpu",
-    ]);
+    let (ok, log) = qat_export_verify(ck, &out.join("ft.onnx"), d, "64");
     assert!(ok && log.contains("PASS"), "{log}");
     // --init and --arch together are refused by the parser.
     let (ok, log) = qat_bin(&["train", "--init", ck, "--arch", "small", "--data", d]);

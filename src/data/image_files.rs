@@ -13,7 +13,7 @@
 //! and left out, as in image folders.
 
 use super::dataset::ImageDims;
-use super::imagenet::folder::EXTENSIONS;
+use super::imagenet::folder::{is_image, EXTENSIONS};
 use super::imagenet::load_sample;
 use super::normalize::Normalize;
 use crate::{bail, Error, Result};
@@ -102,12 +102,6 @@ impl Prepare {
         }
         Ok(())
     }
-}
-
-fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 impl ImageFiles {

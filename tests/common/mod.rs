@@ -160,6 +160,33 @@ pub fn qat_bin(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `qat export` of the QAT `checkpoint` to `onnx`, then `qat verify` of the
+/// two on the first `images` of `data` on the CPU: verify's success and log
+/// (an export failure panics).
+pub fn qat_export_verify(
+    checkpoint: &str,
+    onnx: &Path,
+    data: &str,
+    images: &str,
+) -> (bool, String) {
+    let onnx = onnx.to_str().unwrap();
+    let (ok, log) = qat_bin(&["export", "--checkpoint", checkpoint, "--out", onnx]);
+    assert!(ok, "{log}");
+    qat_bin(&[
+        "verify",
+        "--checkpoint",
+        checkpoint,
+        "--onnx",
+        onnx,
+        "--data",
+        data,
+        "--images",
+        images,
+        "--device",
+        "cpu",
+    ])
+}
+
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNTER: AtomicUsize = AtomicUsize::new(0);

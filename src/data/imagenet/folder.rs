@@ -41,7 +41,8 @@ pub fn find_classes(dir: &Path) -> Result<Vec<String>> {
     Ok(classes)
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether `path` has one of the [`EXTENSIONS`].
+pub fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
