@@ -6,7 +6,7 @@
 mod common;
 mod onnx_util;
 
-use common::{qat_bin, qat_export_verify, synthetic_fmnist, temp_dir};
+use common::{qat_bin, qat_export_verify, qat_import, synthetic_fmnist, temp_dir};
 use onnx_protobuf::Message;
 use onnx_util::{images, info, trained};
 use qat::calibrate::calibrate;
@@ -149,20 +149,8 @@ fn cli_import_calibrate_export_verify() {
     let out = temp_dir("calib-cli");
     let onnx =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/import/mnv2_w025_eval_op13.onnx");
-    let fp = out.join("fp32");
     let q = out.join("ptq");
-    let (ok, log) = qat_bin(&[
-        "import",
-        onnx.to_str().unwrap(),
-        "--out",
-        fp.to_str().unwrap(),
-        "--mean",
-        "0.286",
-        "--std",
-        "0.353",
-    ]);
-    assert!(ok, "{log}");
-    let fp_ck = fp.join("checkpoint.safetensors");
+    let fp_ck = qat_import(&onnx, &out.join("fp32"));
     let (ok, log) = qat_bin(&[
         "eval",
         "--checkpoint",
@@ -254,19 +242,7 @@ fn cli_calibrate_and_verify_on_a_folder_of_unlabeled_images() {
 
     let onnx =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/import/mnv2_w025_eval_op13.onnx");
-    let fp = out.join("fp32");
-    let (ok, log) = qat_bin(&[
-        "import",
-        onnx.to_str().unwrap(),
-        "--out",
-        fp.to_str().unwrap(),
-        "--mean",
-        "0.286",
-        "--std",
-        "0.353",
-    ]);
-    assert!(ok, "{log}");
-    let fp_ck = fp.join("checkpoint.safetensors");
+    let fp_ck = qat_import(&onnx, &out.join("fp32"));
     let fp_ck = fp_ck.to_str().unwrap();
     let calibrate = |data: &str, dir: &str| {
         let (ok, log) = qat_bin(&[

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{qat_bin, qat_export_verify, small_train_config, synthetic_fmnist, temp_dir};
+use common::{
+    qat_bin, qat_export_verify, qat_import, small_train_config, synthetic_fmnist, temp_dir,
+};
 use qat::checkpoint::Checkpoint;
 use qat::models::{self, Arch};
 use qat::saved_model::{checkpoint_extra, ModelInfo};
@@ -98,19 +100,7 @@ fn cli_finetune_export_verify() {
     let data = synthetic_fmnist("ft-cli", 160, 64);
     let d = data.to_str().unwrap();
     let out = temp_dir("ft-cli");
-    let fp = out.join("fp32");
-    let (ok, log) = qat_bin(&[
-        "import",
-        fixture("mnv2_w025_preserve_op13").to_str().unwrap(),
-        "--out",
-        fp.to_str().unwrap(),
-        "--mean",
-        "0.286",
-        "--std",
-        "0.353",
-    ]);
-    assert!(ok, "{log}");
-    let fp_ck = fp.join("checkpoint.safetensors");
+    let fp_ck = qat_import(&fixture("mnv2_w025_preserve_op13"), &out.join("fp32"));
     let run = out.join("qat");
     let (ok, log) = qat_bin(&[
         "train",

@@ -248,6 +248,27 @@ fn folder_config(root: &Path, out: PathBuf) -> TrainConfig {
     }
 }
 
+/// Trains `config` into `split_out` for one epoch, stops, resumes to the
+/// end, and checks every epoch's losses equal those of the uninterrupted
+/// run `full`.
+fn assert_resume_is_exact(
+    config: &dyn Fn(PathBuf) -> TrainConfig,
+    full: &qat::train::Summary,
+    split_out: &Path,
+) {
+    let dev = qat::Device::cpu();
+    let mut first = config(split_out.to_path_buf());
+    first.stop_after = Some(1);
+    qat::train::train(&first, &dev, false).unwrap();
+    let resumed = qat::train::train(&config(split_out.to_path_buf()), &dev, true).unwrap();
+    let losses = |r: &[qat::train::metrics::EpochRecord]| {
+        r.iter()
+            .map(|e| (e.epoch, e.train_loss, e.val_loss))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&full.records), losses(&resumed.records));
+}
+
 /// `qat train --data imagenet:ROOT --arch resnet18` through the library: a
 /// QAT run of two epochs split by a stop and a resume gives the same losses
 /// as an uninterrupted one (the loader resumes exactly), writes metrics with
@@ -269,16 +290,7 @@ fn resnet18_trains_and_resumes_on_an_image_folder() {
         assert!(r.val_top5 >= r.val_top1);
     }
     let split_out = temp_dir("train-split");
-    let mut first = config(split_out.clone());
-    first.stop_after = Some(1);
-    train::train(&first, &dev, false).unwrap();
-    let resumed = train::train(&config(split_out.clone()), &dev, true).unwrap();
-    let losses = |r: &[qat::train::metrics::EpochRecord]| {
-        r.iter()
-            .map(|e| (e.epoch, e.train_loss, e.val_loss))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(losses(&full.records), losses(&resumed.records));
+    assert_resume_is_exact(&config, &full, &split_out);
     assert!(split_out.join("metrics.jsonl").exists());
     assert!(split_out.join("curves.png").exists());
     let ck = Checkpoint::load(&checkpoint_path(&split_out)).unwrap();
@@ -321,16 +333,7 @@ fn finetune_from_onnx_on_an_image_folder() {
     let full_out = temp_dir("ft-folder-full");
     let full = train::train(&config(full_out.clone()), &dev, false).unwrap();
     let split_out = temp_dir("ft-folder-split");
-    let mut first = config(split_out.clone());
-    first.stop_after = Some(1);
-    train::train(&first, &dev, false).unwrap();
-    let resumed = train::train(&config(split_out.clone()), &dev, true).unwrap();
-    let losses = |r: &[qat::train::metrics::EpochRecord]| {
-        r.iter()
-            .map(|e| (e.epoch, e.train_loss, e.val_loss))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(losses(&full.records), losses(&resumed.records));
+    assert_resume_is_exact(&config, &full, &split_out);
     let ck = checkpoint_path(&split_out);
     let (model, info) = qat::saved_model::load(&Checkpoint::load(&ck).unwrap(), &dev).unwrap();
     assert_eq!(info.class_names, ["cat", "dog", "zebra"]);

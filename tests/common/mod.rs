@@ -160,6 +160,23 @@ pub fn qat_bin(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `qat import` of the ONNX file `onnx` into `out` with Fashion-MNIST's
+/// normalization; the checkpoint's path (a failure panics).
+pub fn qat_import(onnx: &Path, out: &Path) -> std::path::PathBuf {
+    let (ok, log) = qat_bin(&[
+        "import",
+        onnx.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--mean",
+        "0.286",
+        "--std",
+        "0.353",
+    ]);
+    assert!(ok, "{log}");
+    out.join("checkpoint.safetensors")
+}
+
 /// `qat export` of the QAT `checkpoint` to `onnx`, then `qat verify` of the
 /// two on the first `images` of `data` on the CPU: verify's success and log
 /// (an export failure panics).
