@@ -6,8 +6,6 @@
 
 use crate::accuracy::Accuracy;
 use crate::checkpoint::Checkpoint;
-use crate::data::image_files::{ImageFiles, Prepare};
-use crate::data::{FashionMnist, Loader, LoaderConfig, Normalize, Split};
 use crate::executor::{ExecTensor, Executor};
 use crate::int8::Int8Net;
 use crate::tensor::Tensor;
@@ -15,7 +13,6 @@ use crate::{bail, Device, Result};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 
 /// Comparison of one layer over all images.
 #[derive(Clone, Debug, PartialEq)]
@@ -256,49 +253,11 @@ pub fn verify_checkpoint(
     let int8 = Int8Net::build(&model)?;
     let exec = Executor::load(onnx)?;
     let mut v = Verifier::new(&int8, &exec);
-    let spec = crate::data::DataSpec::from_path(data);
-    if let crate::data::DataSpec::ImageFiles(dir) = &spec {
-        let mut files = ImageFiles::scan(dir)?;
-        files.truncate(images);
-        let prep = Prepare::new(info.in_channels, info.input_hw, &info.mean, &info.std)?;
-        let skipped = AtomicUsize::new(0);
-        for (x, n) in files.batches(&prep, batch_size, &skipped) {
-            v.batch_unlabeled(&x, n)?;
+    crate::data::test_batches::for_each(data, &info, Some(images), batch_size, |b| {
+        match b.labels {
+            Some(labels) => v.batch(b.images, labels, b.n),
+            None => v.batch_unlabeled(b.images, b.n),
         }
-        let skipped = skipped.into_inner();
-        if skipped > 0 {
-            eprintln!("{skipped} unreadable file(s) left out");
-        }
-    } else if spec.is_image_folder() {
-        // ROOT/val with the validation transforms, the first N images (evenly
-        // spaced over the classes).
-        let source = spec.open(&crate::data::SourceOptions {
-            batch_size: batch_size.max(1),
-            seed: 0,
-            train_limit: None,
-            val_limit: Some(images),
-            workers: 0,
-        })?;
-        crate::saved_model::check_source(&info, source.as_ref(), &data.display().to_string())?;
-        for b in source.val_batches() {
-            v.batch(&b.images, &b.labels, b.n)?;
-        }
-    } else {
-        let mut ds = FashionMnist::load(data, Split::Test)?;
-        ds.truncate(images);
-        let norm = Normalize::new(&info.mean, &info.std)?;
-        let loader = Loader::new(ds, LoaderConfig::eval(batch_size.max(1), norm))?;
-        for b in loader.epoch(0) {
-            v.batch(&b.images, &b.labels, b.n)?;
-        }
-    }
-    let report = v.finish();
-    if report.images == 0 {
-        bail!(
-            Data,
-            "no images to compare in {}: the test split is empty or no file could be read",
-            data.display()
-        );
-    }
-    Ok(report)
+    })?;
+    Ok(v.finish())
 }

@@ -18,7 +18,8 @@
 //! - [`image_files`]: a flat folder of unlabeled images (calibration and
 //!   verification on the user's own data);
 //! - [`prefetch`]: a bounded queue of batches built on a background thread;
-//! - [`source`]: the [`DataSource`] trait the trainer uses, and `--data`.
+//! - [`source`]: the [`DataSource`] trait the trainer uses, and `--data`;
+//! - [`test_batches`]: the images `verify` and `run` check a model on.
 
 pub mod augment;
 pub mod dataset;
@@ -30,6 +31,7 @@ pub mod loader;
 pub mod normalize;
 pub mod prefetch;
 pub mod source;
+pub mod test_batches;
 
 pub use crate::rng::Rng;
 pub use augment::Augment;

@@ -130,32 +130,10 @@ pub fn info(arch: Arch) -> ModelInfo {
     }
 }
 
-/// Writes a little-endian `.npy` file (`descr` is `<f4` or `|i1`).
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(bytes);
-    std::fs::write(path, out).unwrap();
-}
-
 pub fn write_npy_f32(path: &Path, shape: &[usize], v: &[f32]) {
-    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    write_npy(path, "<f4", shape, &bytes);
+    qat::npy::write_f32(path, shape, v).unwrap();
 }
 
 pub fn write_npy_i8(path: &Path, shape: &[usize], v: &[i8]) {
-    let bytes: Vec<u8> = v.iter().map(|&x| x as u8).collect();
-    write_npy(path, "|i1", shape, &bytes);
+    qat::npy::write_i8(path, shape, v).unwrap();
 }

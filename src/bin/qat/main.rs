@@ -1,5 +1,5 @@
-//! The `qat` command line: `train`, `eval`, `export`, `verify` and
-//! `import`. Every
+//! The `qat` command line: `train`, `eval`, `export`, `verify`, `import`,
+//! `calibrate` and `run`. Every
 //! flag is explained in `--help`; numeric flags are range-checked as they
 //! are parsed.
 
@@ -54,6 +54,49 @@ enum Command {
     /// FP32 checkpoint from calibration images (training split) and write a QAT checkpoint with frozen quantizers, which eval
     /// (integer-exact), export and verify read.
     Calibrate(CalibrateArgs),
+    /// Run an int8 ONNX graph (ours, or another tool's that the executor
+    /// reads) in the int8 executor on a data set: top-1/top-5, images/s,
+    /// optionally every int8 tensor dumped or compared with ONNX Runtime.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The int8 ONNX graph.
+    model: PathBuf,
+    /// Folder with the Fashion-MNIST IDX files (the test split),
+    /// imagenet:ROOT (ROOT/val, validation transforms), or images:DIR (a flat
+    /// folder of unlabeled .jpg/.png files: no accuracy).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    data: PathBuf,
+    /// Run the first N images only (>= 1; image folders: N evenly spaced
+    /// over the classes).
+    #[arg(long, value_parser = parse::at_least_one)]
+    limit: Option<usize>,
+    /// Images per executor call (>= 1).
+    #[arg(long, default_value_t = 100, value_parser = parse::at_least_one)]
+    batch_size: usize,
+    /// Per-channel mean of pixels / 255, comma-separated [default: the
+    /// graph's `mean` metadata, which `qat export` writes].
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation, comma-separated [default: the
+    /// graph's `std` metadata].
+    #[arg(long, value_delimiter = ',')]
+    std: Option<Vec<f32>>,
+    /// Write every int8 tensor the executor computes to DIR/<tensor>.npy,
+    /// shape [images, ...] (int8; uint8 tensors of the graph shifted by
+    /// -128).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Also run the graph in ONNX Runtime (the Python package: `$QAT_PYTHON`,
+    /// else python3) on the same images and print a per-tensor mismatch
+    /// table; fails when they differ beyond the documented limits.
+    #[arg(long, value_parser = ["ort"])]
+    against: Option<String>,
+    /// Executor threads (>= 1) [default: all cores].
+    #[arg(long, value_parser = parse::at_least_one)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -398,6 +441,34 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
             );
             Ok(())
+        }
+        Command::Run(a) => {
+            if let Some(t) = a.threads {
+                // Only fails when the pool exists already (never here).
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build_global();
+            }
+            let opts = qat::run::RunOptions {
+                limit: a.limit,
+                batch_size: a.batch_size,
+                mean: a.mean,
+                std: a.std,
+                dump: a.dump.clone(),
+                against_ort: a.against.is_some(),
+                progress_secs: Some(train::DEFAULT_PROGRESS_SECS / 3.0),
+            };
+            let report = qat::run::run_graph(&a.model, &a.data, &opts)?;
+            println!("{}", report.summary());
+            if let Some(d) = &a.dump {
+                println!("dumped {} int8 tensors to {}", report.dumped, d.display());
+            }
+            match &report.ort {
+                Some(o) if !o.passed() => Err(qat::Error::Numerical(
+                    "the executor and ONNX Runtime differ beyond the documented limits".into(),
+                )),
+                _ => Ok(()),
+            }
         }
         Command::Verify(a) => {
             let (device, line) = Device::choose(&a.device)?;
