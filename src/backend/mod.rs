@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod geom;
+pub mod profile;
 
 pub use geom::{
     AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, PoolSpan,
@@ -401,6 +402,12 @@ impl Device {
     }
     pub fn is_cpu(&self) -> bool {
         self.same(&Device::cpu())
+    }
+    /// This device behind a [`profile::Profiler`] that times each of its
+    /// primitives (and synchronizes after each on devices that queue work).
+    pub fn profiled(&self) -> (Device, Arc<profile::Profiler>) {
+        let p = Arc::new(profile::Profiler::new(self.0.clone(), !self.is_cpu()));
+        (Device(p.clone() as Arc<dyn Backend>), p)
     }
     /// Resolves a `--device` argument: `cpu`; `cuda` (GPU 0, an error when no
     /// GPU works); `cuda-emu` (the CUDA backend on the kernel emulator); or

@@ -4,6 +4,7 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod profile;
 pub mod progress;
 pub mod run_dir;
 mod schedule;
@@ -193,6 +194,56 @@ fn init_model(path: &Path, info: &ModelInfo, device: &Device) -> Result<(Graph, 
     Ok((g, arch))
 }
 
+/// The model a new run starts from: `cfg.init`'s weights, or a fresh
+/// `cfg.arch` (its name recorded in `info`).
+fn new_model(cfg: &TrainConfig, info: &mut ModelInfo, device: &Device) -> Result<Graph> {
+    if let Some(init) = &cfg.init {
+        let (g, arch) = init_model(init, info, device)?;
+        info.arch = arch;
+        Ok(g)
+    } else {
+        let arch: Arch = cfg.arch.parse()?;
+        models::build(arch, info.in_channels, info.num_classes, device, cfg.seed)
+    }
+}
+
+/// QAT: quantizers on an FP32 model (calibrated first when fine-tuning from
+/// `--init`), observers of a new run unfrozen; FP32: refuses a QAT model.
+fn prepare_quantizers(
+    model: &mut Graph,
+    cfg: &TrainConfig,
+    source: &dyn crate::data::DataSource,
+    device: &Device,
+    resume: bool,
+) -> Result<()> {
+    if let Some(q) = cfg.qat {
+        if !model.is_quantized() && cfg.init.is_some() && !resume {
+            // Fine-tuning an FP32 model: calibrate the quantizers first.
+            calibrate_from_source(model, source, cfg, q.observer_momentum, device)?;
+        } else if !model.is_quantized() {
+            model.quantize(q.observer_momentum);
+        }
+        if !resume {
+            // The calibrated ranges start the observers, which keep
+            // updating until the schedule freezes them.
+            for (_, aq) in model.quantizers() {
+                aq.load(&crate::nn::ActQuantState {
+                    frozen: None,
+                    ..aq.save()
+                });
+            }
+        }
+    } else if model.is_quantized() {
+        bail!(
+            Usage,
+            "--init {} is a QAT checkpoint: FP32 training needs FP32 weights (train with QAT, or \
+             start from the FP32 checkpoint it was calibrated from)",
+            cfg.init.as_deref().unwrap_or(Path::new("")).display()
+        );
+    }
+    Ok(())
+}
+
 /// Calibrates an FP32 model's quantizers (percentile 99.99) on the first
 /// `cfg.calibration_images` training images of epoch 0's order.
 fn calibrate_from_source(
@@ -321,45 +372,10 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         let (loaded, saved_info) = saved_model::load(&Checkpoint::load(&ck_path)?, device)?;
         info.arch = saved_info.arch;
         loaded
-    } else if let Some(init) = &cfg.init {
-        let (g, arch) = init_model(init, &info, device)?;
-        info.arch = arch;
-        g
     } else {
-        let arch: Arch = cfg.arch.parse()?;
-        models::build(arch, info.in_channels, info.num_classes, device, cfg.seed)?
+        new_model(cfg, &mut info, device)?
     };
-    if let Some(q) = cfg.qat {
-        if !model.is_quantized() && cfg.init.is_some() && !resume {
-            // Fine-tuning an FP32 model: calibrate the quantizers first.
-            calibrate_from_source(
-                &mut model,
-                source.as_ref(),
-                cfg,
-                q.observer_momentum,
-                device,
-            )?;
-        } else if !model.is_quantized() {
-            model.quantize(q.observer_momentum);
-        }
-        if !resume {
-            // The calibrated ranges start the observers, which keep
-            // updating until the schedule freezes them.
-            for (_, aq) in model.quantizers() {
-                aq.load(&crate::nn::ActQuantState {
-                    frozen: None,
-                    ..aq.save()
-                });
-            }
-        }
-    } else if model.is_quantized() {
-        bail!(
-            Usage,
-            "--init {} is a QAT checkpoint: FP32 training needs FP32 weights (train with QAT, or \
-             start from the FP32 checkpoint it was calibrated from)",
-            cfg.init.as_deref().unwrap_or(Path::new("")).display()
-        );
-    }
+    prepare_quantizers(&mut model, cfg, source.as_ref(), device, resume)?;
     let sgd_cfg = SgdConfig {
         lr: cfg.lr,
         momentum: cfg.momentum,

@@ -141,6 +141,12 @@ pub struct TrainArgs {
     /// Image folders: decoding threads (>= 1) [default: all cores].
     #[arg(long, value_parser = parse::at_least_one)]
     workers: Option<usize>,
+    /// Instead of training: time N steps (after 2 warm-up steps) of the run
+    /// these flags describe and print where the time goes, per phase (data,
+    /// forward, backward, optimizer) and per backend primitive; writes
+    /// nothing (>= 1).
+    #[arg(long, value_parser = parse::at_least_one, conflicts_with = "resume")]
+    profile: Option<usize>,
 }
 
 /// Defaults that depend on the data set: the Fashion-MNIST recipe, or the
@@ -298,6 +304,11 @@ pub fn run(a: TrainArgs, m: &ArgMatches) -> qat::Result<()> {
         cfg.weight_decay,
         if a.resume { " (from the checkpoint)" } else { "" }
     );
+    if let Some(steps) = a.profile {
+        let p = train::profile::profile(&cfg, &device, steps)?;
+        println!("{}", p.table());
+        return Ok(());
+    }
     let ck = train::checkpoint_path(&cfg.out);
     if !a.resume && !a.overwrite && ck.exists() {
         qat::bail!(
