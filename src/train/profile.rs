@@ -64,9 +64,8 @@ impl StepProfile {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{} {} on {}: {} steps of {} images after {WARMUP_STEPS} warm-up steps, {:.2} ms/step, {:.1} images/s",
+            "{} training on {}: {} steps of {} images after {WARMUP_STEPS} warm-up steps, {:.2} ms/step, {:.1} images/s",
             self.mode,
-            "training",
             self.device,
             self.steps,
             self.batch_size,
@@ -92,7 +91,7 @@ impl StepProfile {
             e.1 += t.time;
         }
         let mut rows: Vec<_> = kinds.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
         let _ = writeln!(
             s,
             "\n{:<11} {:<22} {:>10} {:>10} {:>7}",
@@ -110,7 +109,7 @@ impl StepProfile {
             );
         }
         let mut ops: Vec<_> = self.ops.iter().collect();
-        ops.sort_by(|a, b| b.1.time.cmp(&a.1.time));
+        ops.sort_by_key(|o| std::cmp::Reverse(o.1.time));
         let _ = writeln!(
             s,
             "\n{:<11} {:<24} {:>10} {:>10} {:>7}",
