@@ -22,6 +22,7 @@
 //! the problem, never a panic; sizes in the file are checked before they
 //! decide any allocation.
 
+pub mod gemm;
 pub mod load;
 pub mod ops;
 pub mod validate;
