@@ -162,58 +162,109 @@ impl ConvOp {
         Ok(())
     }
 
-    /// Packs output pixels `g0..g0 + len` of the whole batch (image-major,
-    /// then row-major) of group `grp` into `panel` (`[K4][PX][4]`, see
-    /// [`super::gemm`]): `x + 128` as a byte, `z_x + 128` in the padding
-    /// (so `x - z_x = 0` there), and 0 past `K` and past `len`.
-    fn pack_panel(&self, x: &[i8], grp: usize, g0: usize, len: usize, panel: &mut [u8]) {
-        panel.fill(0);
-        let (cg, hw, p_img) = (self.c_in / self.groups, self.h * self.w, self.out_h * self.out_w);
+    /// The GEMM path's view of the input: every input plane padded (with
+    /// `z_x`), shifted to bytes (`x + 128`) and split into `s0 * s1` stride
+    /// phases, `phase[rp][cp][r][c] = padded[s0 r + rp][s1 c + cp]`. Output
+    /// pixels are indexed on a wide grid of `out_h x w_ph` per image: with
+    /// it, tap `(ky, kx)` of every pixel is one phase plane read at the
+    /// pixel's own index plus a constant shift, so a panel row is a
+    /// contiguous copy. Columns `ox >= out_w` of the wide grid are computed
+    /// and dropped.
+    fn phase_input(&self, x: &[i8], n: usize) -> Phases {
+        let (s0, s1) = self.stride;
+        let (d0, d1) = self.dilation;
+        let h_ext = s0 * (self.out_h - 1) + (self.kh - 1) * d0 + 1;
+        let w_ext = s1 * (self.out_w - 1) + (self.kw - 1) * d1 + 1;
+        let (rows, w_ph) = (h_ext.div_ceil(s0), w_ext.div_ceil(s1));
+        let plane = rows * w_ph + (self.kw - 1) * d1 / s1;
         let zu = (self.z_x + 128) as u8;
-        let mut pos = 0;
-        while pos < len {
-            let g = g0 + pos;
-            let (img, p) = (g / p_img, g % p_img);
-            let (oy, ox0) = (p / self.out_w, p % self.out_w);
-            let run = (len - pos).min(self.out_w - ox0);
-            let xg = &x[(img * self.c_in + grp * cg) * hw..][..cg * hw];
-            let mut kk = 0;
-            for plane in xg.chunks_exact(hw) {
-                for ky in 0..self.kh {
-                    let iy = (oy * self.stride.0 + ky * self.dilation.0) as isize
-                        - self.pad_begin.0 as isize;
-                    for kx in 0..self.kw {
-                        let dst = &mut panel[(kk / KG) * PX * KG + kk % KG + pos * KG..];
-                        kk += 1;
-                        if iy < 0 || iy >= self.h as isize {
-                            for i in 0..run {
-                                dst[i * KG] = zu;
-                            }
+        let (h, w) = (self.h, self.w);
+        let mut data = vec![zu; n * self.c_in * s0 * s1 * plane];
+        data.par_chunks_mut(s0 * s1 * plane)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for (ph, dst) in dst.chunks_exact_mut(plane).enumerate() {
+                    let (rp, cp) = (ph / s1, ph % s1);
+                    // Phase columns c whose input column s1 c + cp - pad1
+                    // lies in the image.
+                    let off = cp as isize - self.pad_begin.1 as isize;
+                    let cols = valid(off, s1, w, w_ph);
+                    for r in 0..rows {
+                        let iy = (s0 * r + rp) as isize - self.pad_begin.0 as isize;
+                        if iy < 0 || iy >= h as isize || cols.is_empty() {
                             continue;
                         }
-                        let row = &plane[iy as usize * self.w..][..self.w];
-                        let off = (kx * self.dilation.1) as isize - self.pad_begin.1 as isize;
-                        let v = valid(off, self.stride.1, self.w, self.out_w);
-                        let a = v.start.clamp(ox0, ox0 + run);
-                        let b = v.end.clamp(a, ox0 + run);
-                        for i in 0..a - ox0 {
-                            dst[i * KG] = zu;
-                        }
-                        if b > a {
-                            let src = &row[((a * self.stride.1) as isize + off) as usize..];
-                            let dst = &mut dst[(a - ox0) * KG..];
-                            for (i, &v) in src.iter().step_by(self.stride.1).take(b - a).enumerate()
-                            {
-                                dst[i * KG] = v as u8 ^ 0x80;
-                            }
-                        }
-                        for i in b - ox0..run {
-                            dst[i * KG] = zu;
+                        let srow = &src[iy as usize * w..][..w];
+                        let srow = &srow[(cols.start as isize * s1 as isize + off) as usize..];
+                        let drow = &mut dst[r * w_ph..][cols.clone()];
+                        for (d, &v) in drow.iter_mut().zip(srow.iter().step_by(s1)) {
+                            *d = v as u8 ^ 0x80;
                         }
                     }
                 }
-            }
+            });
+        // Where tap k of a pixel is read: its phase plane and shift.
+        let taps = (0..self.c_in / self.groups)
+            .flat_map(|ci| {
+                (0..self.kh).flat_map(move |ky| {
+                    (0..self.kw).map(move |kx| {
+                        let ph = (ky * d0 % s0) * s1 + kx * d1 % s1;
+                        ((ci * s0 * s1 + ph) * plane, ky * d0 / s0 * w_ph + kx * d1 / s1)
+                    })
+                })
+            })
+            .map(|(a, b)| a + b)
+            .collect();
+        Phases {
+            data,
+            w_ph,
+            per_image: self.c_in * s0 * s1 * plane,
+            per_group: self.c_in / self.groups * s0 * s1 * plane,
+            taps,
+        }
+    }
+
+    /// Packs wide-grid pixels `g0..g0 + len` of the whole batch (image
+    /// after image) of group `grp` into `panel` (`[K4][PX][4]`, see
+    /// [`super::gemm`]), 0 past `K` and past `len`.
+    fn pack_panel(&self, ph: &Phases, grp: usize, g0: usize, len: usize, panel: &mut [u8]) {
+        let p_wide = self.out_h * ph.w_ph;
+        // The panel's runs of pixels inside one image: (first value of
+        // the image's group, wide index, position, length).
+        let mut segs = Vec::with_capacity(4);
+        let mut pos = 0;
+        while pos < len {
+            let (img, p) = ((g0 + pos) / p_wide, (g0 + pos) % p_wide);
+            let run = (len - pos).min(p_wide - p);
+            segs.push((img * ph.per_image + grp * ph.per_group, p, pos, run));
             pos += run;
+        }
+        let zero = [0u8; PX];
+        let mut rows = [[0u8; PX]; KG];
+        let k = self.k();
+        for (q, dst) in panel.chunks_exact_mut(PX * KG).enumerate() {
+            let mut src: [&[u8]; KG] = [&zero; KG];
+            if let [(base, p, _, PX)] = segs[..] {
+                // One image, a whole panel: read the phase planes directly.
+                for (j, s) in src.iter_mut().enumerate() {
+                    if let Some(&t) = ph.taps.get(q * KG + j).filter(|_| q * KG + j < k) {
+                        *s = &ph.data[base + t + p..][..PX];
+                    }
+                }
+            } else {
+                for (j, row) in rows.iter_mut().enumerate() {
+                    *row = [0; PX];
+                    if q * KG + j >= k {
+                        continue;
+                    }
+                    let t = ph.taps[q * KG + j];
+                    for &(base, p, pos, run) in &segs {
+                        row[pos..pos + run].copy_from_slice(&ph.data[base + t + p..][..run]);
+                    }
+                }
+                src = [&rows[0], &rows[1], &rows[2], &rows[3]];
+            }
+            interleave4(src, dst);
         }
     }
 
@@ -370,20 +421,21 @@ impl ConvOp {
         }
     }
 
-    /// The general path: the whole batch's output pixels in panels of
-    /// [`PX`], each packed once and multiplied by every block of [`MR`]
-    /// output channels of its group; parallel over (group, panel, block
-    /// range) tasks.
+    /// The general path: the whole batch's output pixels (on the wide grid
+    /// of [`ConvOp::phase_input`]) in panels of [`PX`], each packed once and
+    /// multiplied by every block of [`MR`] output channels of its group;
+    /// parallel over (group, panel, block range) tasks.
     fn run_gemm(&self, isa: Isa, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
         let prep = self.prepare();
         let Some(packed) = prep.packed.as_ref() else {
             bail!(Onnx, "node '{node}': convolution weights were not packed");
         };
-        let (k, p_img) = (self.k(), self.out_h * self.out_w);
-        let total = n * p_img;
-        if total == 0 {
+        if n * self.out_h * self.out_w == 0 {
             return Ok(());
         }
+        let ph = self.phase_input(x, n);
+        let (k, p_wide) = (self.k(), self.out_h * ph.w_ph);
+        let total = n * p_wide;
         let og = self.c_out / self.groups;
         let panels = total.div_ceil(PX);
         let blocks = packed.blocks;
@@ -409,7 +461,7 @@ impl ConvOp {
                     let grp = t / chunks / panels;
                     let g0 = panel * PX;
                     let len = PX.min(total - g0);
-                    self.pack_panel(x, grp, g0, len, &mut sc.panel);
+                    self.pack_panel(&ph, grp, g0, len, &mut sc.panel);
                     if prep.any_zw {
                         // D[p] = sum_k (x - z_x) = sum_k u - K (128 + z_x).
                         sc.d = [0; PX];
@@ -432,19 +484,27 @@ impl ConvOp {
                                 // bound), so wrapping int32 arithmetic is exact.
                                 let acc = &mut sc.acc[..len];
                                 let b = prep.bias_u8[o] as i32;
-                                for ((a, &s), &d) in acc.iter_mut().zip(s).zip(d) {
-                                    *a = s.wrapping_add(b).wrapping_sub(zw.wrapping_mul(d));
+                                if prep.any_zw {
+                                    for ((a, &s), &d) in acc.iter_mut().zip(s).zip(d) {
+                                        *a = s.wrapping_add(b).wrapping_sub(zw.wrapping_mul(d));
+                                    }
+                                } else {
+                                    for (a, &s) in acc.iter_mut().zip(s) {
+                                        *a = s.wrapping_add(b);
+                                    }
                                 }
                                 requant_row(isa, &self.requant[o], acc, y);
                             } else {
+                                // Only the pixels of the output proper: the
+                                // wide grid's extra columns may overflow.
                                 let wide: Vec<i64> = s
                                     .iter()
                                     .zip(d)
                                     .map(|(&s, &d)| s as i64 - zw as i64 * d as i64)
                                     .collect();
-                                self.finish_checked(node, o, prep.bias_u8[o], &wide, y)?;
+                                self.finish_wide(node, o, prep.bias_u8[o], &wide, g0, ph.w_ph, y)?;
                             }
-                            self.scatter(out, o, g0, y);
+                            self.scatter(out, o, g0, ph.w_ph, y);
                         }
                     }
                     Ok(())
@@ -452,29 +512,98 @@ impl ConvOp {
             )
     }
 
-    /// Writes the requantized row of channel `o` for batch pixels `g0..g0 +
-    /// vals.len()` into the output.
-    fn scatter(&self, out: OutPtr, o: usize, g0: usize, vals: &[i8]) {
-        let p_img = self.out_h * self.out_w;
+    /// [`ConvOp::finish_checked`] on a panel row of the wide grid, checking
+    /// only the pixels that are outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_wide(
+        &self,
+        node: &str,
+        o: usize,
+        offset: i64,
+        acc: &[i64],
+        g0: usize,
+        w_ph: usize,
+        y: &mut [i8],
+    ) -> Result<()> {
+        for (i, (&a, y)) in acc.iter().zip(y.iter_mut()).enumerate() {
+            if (g0 + i) % w_ph < self.out_w {
+                self.finish_checked(node, o, offset, &[a], std::slice::from_mut(y))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the requantized row of channel `o` for wide-grid pixels
+    /// `g0..g0 + vals.len()` into the output, dropping the extra columns.
+    fn scatter(&self, out: OutPtr, o: usize, g0: usize, w_ph: usize, vals: &[i8]) {
+        let (p_img, p_wide) = (self.out_h * self.out_w, self.out_h * w_ph);
         let mut pos = 0;
         while pos < vals.len() {
             let g = g0 + pos;
-            let (img, p) = (g / p_img, g % p_img);
-            let run = (vals.len() - pos).min(p_img - p);
-            // SAFETY: `check` verified the output length, so the run lies
-            // inside image `img`'s plane `o`; tasks own disjoint (channel,
-            // pixel) sets.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    vals[pos..].as_ptr(),
-                    out.0.add((img * self.c_out + o) * p_img + p),
-                    run,
-                );
+            let (img, p) = (g / p_wide, g % p_wide);
+            let (oy, ox) = (p / w_ph, p % w_ph);
+            let run = (vals.len() - pos).min(w_ph - ox);
+            if ox < self.out_w {
+                let len = run.min(self.out_w - ox);
+                // SAFETY: `check` verified the output length, so the run
+                // lies inside row `oy` of image `img`'s plane `o`; tasks
+                // own disjoint (channel, pixel) sets.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        vals[pos..].as_ptr(),
+                        out.0
+                            .add((img * self.c_out + o) * p_img + oy * self.out_w + ox),
+                        len,
+                    );
+                }
             }
             pos += run;
         }
     }
 }
+
+/// The padded, phase-split input of the GEMM path
+/// ([`ConvOp::phase_input`]).
+struct Phases {
+    data: Vec<u8>,
+    /// Columns of the wide output grid (and of each phase plane).
+    w_ph: usize,
+    /// Bytes per image and per group of input channels.
+    per_image: usize,
+    per_group: usize,
+    /// Offset of tap `k` from the pixel's index in its group's planes.
+    taps: Vec<usize>,
+}
+
+/// `dst[4p + j] = src[j][p]` for the [`PX`] pixels of a panel row.
+fn interleave4(src: [&[u8]; KG], dst: &mut [u8]) {
+    let dst = &mut dst[..PX * KG];
+    let src = src.map(|s| &s[..PX]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of x86_64; every access is within the
+        // PX-long slices above.
+        unsafe {
+            for i in 0..PX / 16 {
+                let l = |j: usize| _mm_loadu_si128(src[j].as_ptr().add(16 * i) as *const __m128i);
+                let (a, b, c, d) = (l(0), l(1), l(2), l(3));
+                let (ab0, ab1) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                let (cd0, cd1) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+                let p = dst.as_mut_ptr().add(64 * i) as *mut __m128i;
+                _mm_storeu_si128(p, _mm_unpacklo_epi16(ab0, cd0));
+                _mm_storeu_si128(p.add(1), _mm_unpackhi_epi16(ab0, cd0));
+                _mm_storeu_si128(p.add(2), _mm_unpacklo_epi16(ab1, cd1));
+                _mm_storeu_si128(p.add(3), _mm_unpackhi_epi16(ab1, cd1));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (p, d) in dst.chunks_exact_mut(KG).enumerate() {
+        d.copy_from_slice(&[src[0][p], src[1][p], src[2][p], src[3][p]]);
+    }
+}
+
 /// The output positions `o < out` whose input `o * stride + offset` lies in
 /// `0..len` (a contiguous range).
 fn valid(offset: isize, stride: usize, len: usize, out: usize) -> std::ops::Range<usize> {
@@ -611,12 +740,37 @@ pub fn concat(parts: &[(&ConcatInput, &[i8])], y: &mut [i8], n: usize) {
         });
 }
 
-/// QLinearAdd (S7), element-wise.
+/// QLinearAdd (S7), element-wise. On large tensors the 65,536 possible
+/// results are computed first (by the same [`AddRequant::apply`]) and then
+/// looked up, which gives the same bytes at a fraction of the cost.
 pub fn add(rq: &AddRequant, a: &[i8], b: &[i8], y: &mut [i8]) -> Result<()> {
     const CHUNK: usize = 1 << 14;
+    if a.len() != y.len() || b.len() != y.len() || y.len() < 1 << 18 {
+        return y
+            .par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .try_for_each(|(y, (a, b))| rq.apply_slice(a, b, y));
+    }
+    let table = add_table(rq);
     y.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .try_for_each(|(y, (a, b))| rq.apply_slice(a, b, y))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = table[(a as u8 as usize) << 8 | b as u8 as usize];
+            }
+        });
+    Ok(())
+}
+
+/// `table[(a as u8) << 8 | b as u8] = rq.apply(a, b)` for every pair.
+fn add_table(rq: &AddRequant) -> Vec<i8> {
+    let mut table = vec![0i8; 1 << 16];
+    table.par_chunks_mut(256).enumerate().for_each(|(hi, row)| {
+        for (lo, t) in row.iter_mut().enumerate() {
+            *t = rq.apply(hi as u8 as i8, lo as u8 as i8);
+        }
+    });
+    table
 }
 
 /// QuantizeLinear at the graph input (S8): `clamp(RNE(x / s) + z)`.
@@ -841,6 +995,26 @@ mod tests {
         let x = vec![0i8; op.c_in * op.h * op.w];
         let mut y = vec![0i8; op.c_out * op.out_h * op.out_w];
         assert!(op.run("t", &x, 1, &mut y).is_err());
+    }
+
+    /// The table path of QLinearAdd (large tensors) gives the bytes of
+    /// `AddRequant::apply` on every pair of inputs, with and without ReLU.
+    #[test]
+    fn add_table_equals_the_spec_routine() {
+        let mut rng = Rng::new(7);
+        // Every (a, b) pair, four times over: more than the table threshold.
+        let a: Vec<i8> = (0..1 << 18).map(|i| (i >> 8) as u8 as i8).collect();
+        let b: Vec<i8> = (0..1 << 18).map(|i| i as u8 as i8).collect();
+        for relu in [false, true] {
+            let s = [0; 3].map(|_| 0.001 + 0.1 * rng.uniform());
+            let z = [0; 3].map(|_| rng.below(256) as i32 - 128);
+            let rq = AddRequant::new(s[0], z[0], s[1], z[1], s[2], z[2], relu).unwrap();
+            let mut y = vec![0i8; a.len()];
+            add(&rq, &a, &b, &mut y).unwrap();
+            for i in 0..a.len() {
+                assert_eq!(y[i], rq.apply(a[i], b[i]), "relu {relu}: {} + {}", a[i], b[i]);
+            }
+        }
     }
 
     #[test]
