@@ -304,9 +304,88 @@ mod x86 {
         _mm512_min_epu64(mag, _mm512_set1_epi64(1 << 20))
     }
 
-    /// [`Requant::apply`] on 16 lanes, in the same integer steps.
+    /// R1 on 16 lanes, dispatching on the channel's multiplier: the
+    /// rounding-margin path when `14 <= -exp <= 63` (every practical
+    /// multiplier, `2^-40 < M < 2^-14 * 2^24`), else the exact emulation.
     #[target_feature(enable = "avx512f,avx512bw,avx512cd")]
     pub unsafe fn requant_avx512(rq: &Requant, acc: &[i32], out: &mut [i8]) {
+        if (14..=63).contains(&-rq.exp) {
+            requant_margin(rq, acc, out)
+        } else {
+            requant_exact(rq, acc, out)
+        }
+    }
+
+    /// R1 with an exact fixed-point product and a rounding margin
+    /// (docs/INT8.md, "Fast convolution"): `P = |acc| * mult` is exact in
+    /// 64 bits, `v = P / 2^sh` with `sh = -exp`. The float32 result `r` of
+    /// R1 differs from `v` by at most `|v| * 2^-22.9`, under `2^-13` while
+    /// `|v| < 512`; so where `v` is more than `2^-13` from a half-integer,
+    /// `RNE(r)` is `v` rounded to nearest, `(P >> sh) + (frac > half)`. Lanes
+    /// within the margin (exact ties included) and `|v| >= 512` saturate or
+    /// take `Requant::apply`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512cd")]
+    unsafe fn requant_margin(rq: &Requant, acc: &[i32], out: &mut [i8]) {
+        let sh = -rq.exp as u32;
+        let mult = _mm512_set1_epi64(rq.mult as i64);
+        let count = _mm_set_epi64x(0, sh as i64);
+        let frac_mask = _mm512_set1_epi64(((1u64 << sh) - 1) as i64);
+        let half = _mm512_set1_epi64((1u64 << (sh - 1)) as i64);
+        let margin = _mm512_set1_epi64((1u64 << (sh - 13)) as i64);
+        let cap = _mm512_set1_epi64(1024);
+        let one = _mm512_set1_epi64(1);
+        let (z, lo, hi) = (
+            _mm512_set1_epi32(rq.zero_point),
+            _mm512_set1_epi32(rq.lo),
+            _mm512_set1_epi32(rq.hi),
+        );
+        let lo32 = _mm512_set1_epi64(0xffff_ffff);
+        let zero = _mm512_setzero_si512();
+        // Magnitude (capped at 1024, past every int8 bound) and whether the
+        // lane is clear of the margin, on 8 lanes of 64 bits.
+        let half_lanes = |a: __m512i| -> (__m512i, __mmask8) {
+            let p = _mm512_mul_epu32(a, mult);
+            let q = _mm512_srl_epi64(p, count);
+            let frac = _mm512_and_si512(p, frac_mask);
+            let up = _mm512_cmpgt_epu64_mask(frac, half);
+            let mag = _mm512_min_epu64(_mm512_mask_add_epi64(q, up, q, one), cap);
+            let dist = _mm512_abs_epi64(_mm512_sub_epi64(frac, half));
+            let clear = _mm512_cmpgt_epu64_mask(dist, margin)
+                | _mm512_cmpge_epu64_mask(q, _mm512_set1_epi64(512));
+            (mag, clear)
+        };
+        let chunks = acc.len() / 16;
+        for c in 0..chunks {
+            let v = _mm512_loadu_si512(acc.as_ptr().add(16 * c) as *const _);
+            let neg = _mm512_cmplt_epi32_mask(v, zero);
+            let a = _mm512_abs_epi32(v);
+            let (even, ce) = half_lanes(_mm512_and_si512(a, lo32));
+            let (odd, co) = half_lanes(_mm512_srli_epi64(a, 32));
+            let mag = _mm512_or_si512(even, _mm512_slli_epi64(odd, 32));
+            let y = _mm512_mask_sub_epi32(mag, neg, zero, mag);
+            let y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, z), lo), hi);
+            let dst = out.as_mut_ptr().add(16 * c);
+            _mm_storeu_si128(dst as *mut _, _mm512_cvtsepi32_epi8(y));
+            if ce & co != 0xff {
+                // Within the margin: lane 2i is even bit i, 2i + 1 odd bit i.
+                for i in 0..8 {
+                    if ce >> i & 1 == 0 {
+                        *dst.add(2 * i) = rq.apply(acc[16 * c + 2 * i]);
+                    }
+                    if co >> i & 1 == 0 {
+                        *dst.add(2 * i + 1) = rq.apply(acc[16 * c + 2 * i + 1]);
+                    }
+                }
+            }
+        }
+        for i in 16 * chunks..acc.len() {
+            out[i] = rq.apply(acc[i]);
+        }
+    }
+
+    /// [`Requant::apply`] on 16 lanes, in the same integer steps.
+    #[target_feature(enable = "avx512f,avx512bw,avx512cd")]
+    unsafe fn requant_exact(rq: &Requant, acc: &[i32], out: &mut [i8]) {
         let mult = _mm512_set1_epi64(rq.mult as i64);
         let exp = _mm512_set1_epi64(rq.exp as i64);
         let (z, lo, hi) = (
