@@ -309,10 +309,22 @@ mod x86 {
     /// multiplier, `2^-40 < M < 2^-14 * 2^24`), else the exact emulation.
     #[target_feature(enable = "avx512f,avx512bw,avx512cd")]
     pub unsafe fn requant_avx512(rq: &Requant, acc: &[i32], out: &mut [i8]) {
-        if (14..=63).contains(&-rq.exp) {
-            requant_margin(rq, acc, out)
-        } else {
-            requant_exact(rq, acc, out)
+        let run = |acc: &[i32], out: &mut [i8]| {
+            if (14..=63).contains(&-rq.exp) {
+                requant_margin(rq, acc, out)
+            } else {
+                requant_exact(rq, acc, out)
+            }
+        };
+        let whole = acc.len() / 16 * 16;
+        run(&acc[..whole], &mut out[..whole]);
+        if whole < acc.len() {
+            // The tail through one padded vector.
+            let (mut a, mut o) = ([0i32; 16], [0i8; 16]);
+            let rest = acc.len() - whole;
+            a[..rest].copy_from_slice(&acc[whole..]);
+            run(&a, &mut o);
+            out[whole..].copy_from_slice(&o[..rest]);
         }
     }
 

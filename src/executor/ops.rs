@@ -78,6 +78,14 @@ struct OutPtr(*mut i8);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer `i` values in (a method, so closures capture the
+    /// whole `Sync` wrapper).
+    fn at(self, i: usize) -> *mut i8 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Per-thread buffers of the GEMM path.
 struct Scratch {
     panel: Vec<u8>,
@@ -173,10 +181,7 @@ impl ConvOp {
     fn phase_input(&self, x: &[i8], n: usize) -> Phases {
         let (s0, s1) = self.stride;
         let (d0, d1) = self.dilation;
-        let h_ext = s0 * (self.out_h - 1) + (self.kh - 1) * d0 + 1;
-        let w_ext = s1 * (self.out_w - 1) + (self.kw - 1) * d1 + 1;
-        let (rows, w_ph) = (h_ext.div_ceil(s0), w_ext.div_ceil(s1));
-        let plane = rows * w_ph + (self.kw - 1) * d1 / s1;
+        let (rows, w_ph, plane) = self.wide_geometry();
         let zu = (self.z_x + 128) as u8;
         let (h, w) = (self.h, self.w);
         let mut data = vec![zu; n * self.c_in * s0 * s1 * plane];
@@ -342,68 +347,163 @@ impl ConvOp {
         }
     }
 
-    /// [`ConvOp::depthwise_acc`] in int32, compiled for the path's vector
+    /// Rows and columns of the stride phases of the padded input, and the
+    /// length of one phase plane: the geometry of the wide output grid
+    /// ([`ConvOp::phase_input`]).
+    fn wide_geometry(&self) -> (usize, usize, usize) {
+        let (s0, s1) = self.stride;
+        let (d0, d1) = self.dilation;
+        let h_ext = s0 * (self.out_h - 1) + (self.kh - 1) * d0 + 1;
+        let w_ext = s1 * (self.out_w - 1) + (self.kw - 1) * d1 + 1;
+        let (rows, w_ph) = (h_ext.div_ceil(s0), w_ext.div_ceil(s1));
+        (rows, w_ph, rows * w_ph + (self.kw - 1) * d1 / s1)
+    }
+
+    /// Output channel `o` of a depthwise convolution for all `n` images,
+    /// on the wide grid (see [`ConvOp::phase_input`]): each image's input
+    /// plane (channel `c` of `x`) as `x - z_x` (0 in the padding), split
+    /// into stride phases and laid out `[phase][image][plane]` in `buf`,
+    /// then for each tap one multiply-add over every image at once,
+    /// `acc[i] += (w - z_w) * phase[shift + i]`; image `img`'s wide plane is
+    /// `acc[img * plane..][..out_h * w_ph]`. Compiled for the path's vector
     /// width.
-    fn depthwise_acc_i32(&self, isa: Isa, o: usize, x: &[i8], acc: &mut [i32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_wide(
+        &self,
+        isa: Isa,
+        o: usize,
+        c: usize,
+        x: &[i8],
+        n: usize,
+        buf: &mut Vec<i16>,
+        acc: &mut Vec<i32>,
+    ) {
+        #[inline(always)]
+        fn body(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, buf: &mut Vec<i16>, acc: &mut Vec<i32>) {
+            let (s0, s1) = op.stride;
+            let (d0, d1) = op.dilation;
+            let (rows, w_ph, plane) = op.wide_geometry();
+            let hw = op.h * op.w;
+            buf.clear();
+            buf.resize(s0 * s1 * n * plane, 0);
+            for (i, dst) in buf.chunks_exact_mut(plane).enumerate() {
+                let (ph, img) = (i / n, i % n);
+                let x = &x[(img * op.c_in + c) * hw..][..hw];
+                let (rp, cp) = (ph / s1, ph % s1);
+                let off = cp as isize - op.pad_begin.1 as isize;
+                let cols = valid(off, s1, op.w, w_ph);
+                if cols.is_empty() {
+                    continue;
+                }
+                for r in 0..rows {
+                    let iy = (s0 * r + rp) as isize - op.pad_begin.0 as isize;
+                    if iy < 0 || iy >= op.h as isize {
+                        continue;
+                    }
+                    let src = &x[iy as usize * op.w..][..op.w];
+                    let src = &src[(cols.start as isize * s1 as isize + off) as usize..];
+                    let drow = &mut dst[r * w_ph..][cols.clone()];
+                    for (d, &v) in drow.iter_mut().zip(src.iter().step_by(s1)) {
+                        *d = (v as i32 - op.z_x) as i16;
+                    }
+                }
+            }
+            // Every image's wide plane; past the last one's nothing is read.
+            let len = (n - 1) * plane + op.out_h * w_ph;
+            acc.clear();
+            acc.resize(n * plane, 0);
+            let kk = op.kh * op.kw;
+            for ky in 0..op.kh {
+                for kx in 0..op.kw {
+                    let wv = op.weight[o * kk + ky * op.kw + kx] as i32 - op.weight_zero[o];
+                    if wv == 0 {
+                        continue;
+                    }
+                    let ph = (ky * d0 % s0) * s1 + kx * d1 % s1;
+                    let shift = ky * d0 / s0 * w_ph + kx * d1 / s1;
+                    let src = &buf[ph * n * plane + shift..][..len];
+                    for (a, &v) in acc[..len].iter_mut().zip(src) {
+                        *a += wv * v as i32;
+                    }
+                }
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx512bw")]
-            unsafe fn avx512(op: &ConvOp, o: usize, x: &[i8], acc: &mut [i32]) {
-                op.depthwise_acc(o, x, acc)
+            unsafe fn avx512(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, b: &mut Vec<i16>, a: &mut Vec<i32>) {
+                body(op, o, c, x, n, b, a)
             }
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2(op: &ConvOp, o: usize, x: &[i8], acc: &mut [i32]) {
-                op.depthwise_acc(o, x, acc)
+            unsafe fn avx2(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, b: &mut Vec<i16>, a: &mut Vec<i32>) {
+                body(op, o, c, x, n, b, a)
             }
             if isa == Isa::Avx512Vnni && isa.is_available() {
                 // SAFETY: the features were detected.
-                return unsafe { avx512(self, o, x, acc) };
+                return unsafe { avx512(self, o, c, x, n, buf, acc) };
             }
             if isa == Isa::Avx2 && isa.is_available() {
                 // SAFETY: the features were detected.
-                return unsafe { avx2(self, o, x, acc) };
+                return unsafe { avx2(self, o, c, x, n, buf, acc) };
             }
         }
         let _ = isa;
-        self.depthwise_acc(o, x, acc)
+        body(self, o, c, x, n, buf, acc)
     }
 
-    /// All images of a depthwise convolution, parallel over (image,
-    /// channel) planes.
-    fn run_depthwise(&self, isa: Isa, node: &str, x: &[i8], y: &mut [i8]) -> Result<()> {
+    /// All images of a depthwise convolution, parallel over output
+    /// channels (each task runs its channel for the whole batch).
+    fn run_depthwise(&self, isa: Isa, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
         let (hw, ohw) = (self.h * self.w, self.out_h * self.out_w);
-        if ohw == 0 {
+        if ohw == 0 || n == 0 {
             return Ok(());
         }
         let prep = self.prepare();
         let m = self.c_out / self.c_in;
-        // About 16K multiply-adds per task: small planes are batched.
-        let min_len = (16384 / (ohw * self.kh * self.kw).max(1)).max(1);
-        y.par_chunks_mut(ohw)
-            .enumerate()
-            .with_min_len(min_len)
-            .try_for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(acc, wide), (p, yp)| {
-                    let (img, o) = (p / self.c_out, p % self.c_out);
-                    let xp = &x[(img * self.c_in + o / m) * hw..][..hw];
-                    let bias = self.bias[o];
-                    if !prep.dw_i32 {
-                        wide.resize(ohw, 0i64);
-                        self.depthwise_acc::<i64>(o, xp, wide);
-                        return self.finish_checked(node, o, bias as i64, wide, yp);
+        let out = OutPtr(y.as_mut_ptr());
+        // SAFETY (for the writes below): `check` verified the output
+        // length; each task writes only plane `o` of every image.
+        let plane_out = |img: usize, o: usize| unsafe {
+            std::slice::from_raw_parts_mut(out.at((img * self.c_out + o) * ohw), ohw)
+        };
+        (0..self.c_out).into_par_iter().try_for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(acc, wide, buf, res), o| {
+                let (c, bias) = (o / m, self.bias[o]);
+                if !prep.dw_i32 || !prep.safe[o] {
+                    // Checked, image by image, in int64 when int32 could
+                    // overflow before the bias is added.
+                    for img in 0..n {
+                        let xp = &x[(img * self.c_in + c) * hw..][..hw];
+                        let yp = plane_out(img, o);
+                        if prep.dw_i32 {
+                            acc.resize(ohw, 0i32);
+                            self.depthwise_acc::<i32>(o, xp, acc);
+                            self.finish_checked(node, o, bias as i64, acc, yp)?;
+                        } else {
+                            wide.resize(ohw, 0i64);
+                            self.depthwise_acc::<i64>(o, xp, wide);
+                            self.finish_checked(node, o, bias as i64, wide, yp)?;
+                        }
                     }
-                    acc.resize(ohw, 0i32);
-                    self.depthwise_acc_i32(isa, o, xp, acc);
-                    if !prep.safe[o] {
-                        return self.finish_checked(node, o, bias as i64, acc, yp);
+                    return Ok(());
+                }
+                self.depthwise_wide(isa, o, c, x, n, buf, acc);
+                // The bound: acc + bias is an int32, so wrapping is exact.
+                acc.iter_mut().for_each(|a| *a = a.wrapping_add(bias));
+                res.resize(acc.len(), 0i8);
+                requant_row(isa, &self.requant[o], acc, res);
+                let (_, w_ph, plane) = self.wide_geometry();
+                for img in 0..n {
+                    let yp = plane_out(img, o);
+                    let rows = res[img * plane..].chunks(w_ph);
+                    for (yr, r) in yp.chunks_exact_mut(self.out_w).zip(rows) {
+                        yr.copy_from_slice(&r[..self.out_w]);
                     }
-                    // The bound: acc + bias is an int32, so wrapping is exact.
-                    acc.iter_mut().for_each(|a| *a = a.wrapping_add(bias));
-                    requant_row(isa, &self.requant[o], acc, yp);
-                    Ok(())
-                },
-            )
+                }
+                Ok(())
+            },
+        )
     }
 
     pub fn run(&self, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
@@ -415,7 +515,7 @@ impl ConvOp {
     pub fn run_with(&self, isa: Isa, node: &str, x: &[i8], n: usize, y: &mut [i8]) -> Result<()> {
         self.check(node, x, n, y)?;
         if self.is_depthwise() {
-            self.run_depthwise(isa, node, x, y)
+            self.run_depthwise(isa, node, x, n, y)
         } else {
             self.run_gemm(isa, node, x, n, y)
         }
@@ -551,8 +651,7 @@ impl ConvOp {
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         vals[pos..].as_ptr(),
-                        out.0
-                            .add((img * self.c_out + o) * p_img + oy * self.out_w + ox),
+                        out.at((img * self.c_out + o) * p_img + oy * self.out_w + ox),
                         len,
                     );
                 }
@@ -745,7 +844,7 @@ pub fn concat(parts: &[(&ConcatInput, &[i8])], y: &mut [i8], n: usize) {
 /// looked up, which gives the same bytes at a fraction of the cost.
 pub fn add(rq: &AddRequant, a: &[i8], b: &[i8], y: &mut [i8]) -> Result<()> {
     const CHUNK: usize = 1 << 14;
-    if a.len() != y.len() || b.len() != y.len() || y.len() < 1 << 18 {
+    if a.len() != y.len() || b.len() != y.len() || y.len() < 1 << 17 {
         return y
             .par_chunks_mut(CHUNK)
             .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
