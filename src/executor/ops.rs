@@ -5,13 +5,17 @@
 //! [`AddRequant`] for S7, [`pool::global_avg_pool`] for S6). Float appears
 //! only at the two graph boundaries, where the data is float by definition.
 //! Each kernel is rayon-parallel over the images of the batch and, inside an
-//! image, over channels. A depthwise QLinearConv (`group == C_in`, one input
-//! channel per group) runs a direct loop per (image, channel) plane instead
-//! of im2col and one tiny product per group.
+//! image, over channels. QLinearConv runs on the packed int8 GEMM of
+//! [`super::gemm`] over panels of output pixels of the whole batch (the
+//! identities that make its unsigned-activation product the spec's
+//! accumulator, and the plan-time bound that replaces S10.2's check where it
+//! cannot fire, are in docs/INT8.md, "Fast convolution"). A depthwise
+//! QLinearConv (`group == C_in`, one input channel per group) runs a direct
+//! loop per output channel over the whole batch instead.
 
+use super::gemm::{block_product, requant_row, Isa, PackedWeights, KG, MR, PX};
 use crate::quant::fake::{dequantize, quantize};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
-use super::gemm::{block_product, requant_row, Isa, PackedWeights, KG, MR, PX};
 use crate::quant::{pool, AddRequant, Requant};
 use crate::{bail, Result};
 use rayon::prelude::*;
@@ -150,8 +154,8 @@ impl ConvOp {
     fn check(&self, node: &str, x: &[i8], n: usize, y: &[i8]) -> Result<()> {
         let k = self.k();
         let ok = self.groups >= 1
-            && self.c_in % self.groups == 0
-            && self.c_out % self.groups == 0
+            && self.c_in.is_multiple_of(self.groups)
+            && self.c_out.is_multiple_of(self.groups)
             && self.weight.len() == self.c_out * k
             && self.weight_zero.len() == self.c_out
             && self.bias.len() == self.c_out
@@ -214,7 +218,10 @@ impl ConvOp {
                 (0..self.kh).flat_map(move |ky| {
                     (0..self.kw).map(move |kx| {
                         let ph = (ky * d0 % s0) * s1 + kx * d1 % s1;
-                        ((ci * s0 * s1 + ph) * plane, ky * d0 / s0 * w_ph + kx * d1 / s1)
+                        (
+                            (ci * s0 * s1 + ph) * plane,
+                            ky * d0 / s0 * w_ph + kx * d1 / s1,
+                        )
                     })
                 })
             })
@@ -379,7 +386,15 @@ impl ConvOp {
         acc: &mut Vec<i32>,
     ) {
         #[inline(always)]
-        fn body(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, buf: &mut Vec<i16>, acc: &mut Vec<i32>) {
+        fn body(
+            op: &ConvOp,
+            o: usize,
+            c: usize,
+            x: &[i8],
+            n: usize,
+            buf: &mut Vec<i16>,
+            acc: &mut Vec<i32>,
+        ) {
             let (s0, s1) = op.stride;
             let (d0, d1) = op.dilation;
             let (rows, w_ph, plane) = op.wide_geometry();
@@ -431,11 +446,27 @@ impl ConvOp {
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx512bw")]
-            unsafe fn avx512(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, b: &mut Vec<i16>, a: &mut Vec<i32>) {
+            unsafe fn avx512(
+                op: &ConvOp,
+                o: usize,
+                c: usize,
+                x: &[i8],
+                n: usize,
+                b: &mut Vec<i16>,
+                a: &mut Vec<i32>,
+            ) {
                 body(op, o, c, x, n, b, a)
             }
             #[target_feature(enable = "avx2")]
-            unsafe fn avx2(op: &ConvOp, o: usize, c: usize, x: &[i8], n: usize, b: &mut Vec<i16>, a: &mut Vec<i32>) {
+            unsafe fn avx2(
+                op: &ConvOp,
+                o: usize,
+                c: usize,
+                x: &[i8],
+                n: usize,
+                b: &mut Vec<i16>,
+                a: &mut Vec<i32>,
+            ) {
                 body(op, o, c, x, n, b, a)
             }
             if isa == Isa::Avx512Vnni && isa.is_available() {
@@ -978,7 +1009,13 @@ mod tests {
             })
             .collect();
         let weight_zero = (0..c_out)
-            .map(|_| if zw && rng.below(4) != 0 { int8(rng) } else { 0 })
+            .map(|_| {
+                if zw && rng.below(4) != 0 {
+                    int8(rng)
+                } else {
+                    0
+                }
+            })
             .collect();
         let op = ConvOp {
             c_in,
@@ -1001,7 +1038,8 @@ mod tests {
                 .collect(),
             requant: (0..c_out)
                 .map(|_| {
-                    let m = (0.00005 + 0.01 * rng.uniform()) * [1.0, 0.1, 10.0][rng.below(3) as usize];
+                    let m =
+                        (0.00005 + 0.01 * rng.uniform()) * [1.0, 0.1, 10.0][rng.below(3) as usize];
                     Requant::new(m, int8(rng), -128, 127).unwrap()
                 })
                 .collect(),
@@ -1111,7 +1149,13 @@ mod tests {
             let mut y = vec![0i8; a.len()];
             add(&rq, &a, &b, &mut y).unwrap();
             for i in 0..a.len() {
-                assert_eq!(y[i], rq.apply(a[i], b[i]), "relu {relu}: {} + {}", a[i], b[i]);
+                assert_eq!(
+                    y[i],
+                    rq.apply(a[i], b[i]),
+                    "relu {relu}: {} + {}",
+                    a[i],
+                    b[i]
+                );
             }
         }
     }
