@@ -12,7 +12,10 @@
 //!   protobuf's merging of repeated message fields);
 //! - [`validate`]: opsets, ops, attributes, types, shapes, constants, and the
 //!   execution plan with every multiplier precomputed;
-//! - [`ops`]: the integer kernels (rayon over images and channels).
+//! - [`ops`]: the integer kernels (rayon over images and channels or pixel
+//!   blocks);
+//! - [`gemm`]: the packed int8 GEMM (AVX-512 VNNI, AVX2, scalar; chosen at
+//!   run time) and the vectorized R1 that QLinearConv runs on.
 //!
 //! Supported: QuantizeLinear (int8), QLinearConv (int8 x int8, per-tensor or
 //! per-channel weight scales, zero weight zero points, int32 bias), MaxPool
@@ -22,6 +25,7 @@
 //! the problem, never a panic; sizes in the file are checked before they
 //! decide any allocation.
 
+pub mod gemm;
 pub mod load;
 pub mod ops;
 pub mod validate;

@@ -800,9 +800,13 @@ impl PlanBuilder {
             out_w,
             z_x,
             weight: weight.clone(),
+            weight_zero: vec![0; c_out],
             bias,
             requant,
+            prepared: Default::default(),
         };
+        // Pack the weights now, at plan time.
+        op.prepare();
         self.push(
             n,
             label,
