@@ -22,6 +22,7 @@ use crate::graph::Graph;
 use crate::int8::Int8Net;
 use crate::models::{self, Arch};
 use crate::nn::{Mode, Module};
+use crate::quant::params::Scheme;
 use crate::optim::{CosineSchedule, Sgd, SgdConfig};
 use crate::rng::{stream, Rng};
 use crate::saved_model::{self, ModelInfo};
@@ -200,6 +201,7 @@ fn calibrate_from_source(
     source: &dyn crate::data::DataSource,
     cfg: &TrainConfig,
     momentum: f32,
+    scheme: Scheme,
     device: &Device,
 ) -> Result<()> {
     let method = crate::quant::calibrate::Method::Percentile(99.99);
@@ -209,6 +211,7 @@ fn calibrate_from_source(
         cfg.calibration_images,
         method,
         momentum,
+        scheme,
         device,
     )?;
     eprintln!(
@@ -337,10 +340,20 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
                 source.as_ref(),
                 cfg,
                 q.observer_momentum,
+                q.scheme,
                 device,
             )?;
         } else if !model.is_quantized() {
-            model.quantize(q.observer_momentum);
+            model.quantize(q.observer_momentum, q.scheme);
+        } else if model.scheme() != q.scheme {
+            bail!(
+                Usage,
+                "--init {} is a QAT checkpoint of the {} scheme: fine-tune it with --scheme {} \
+                 (or start from the FP32 checkpoint it was calibrated from)",
+                cfg.init.as_deref().unwrap_or(Path::new("")).display(),
+                model.scheme(),
+                model.scheme()
+            );
         }
         if !resume {
             // The calibrated ranges start the observers, which keep

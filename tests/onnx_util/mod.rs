@@ -89,7 +89,7 @@ pub fn pool_concat_graph(dev: &Device, seed: u64) -> Graph {
 /// inputs).
 pub fn train_steps(mut model: Graph, qat: bool, steps: usize, seed: u64, dev: &Device) -> Graph {
     if qat {
-        model.quantize(0.1);
+        model.quantize(0.1, qat::quant::params::Scheme::Asymmetric);
     }
     let (x, labels) = images(seed + 100, 16);
     let x = Tensor::from_vec(x, [16, 1, 28, 28], dev).unwrap();

@@ -81,6 +81,11 @@ struct CalibrateArgs {
     /// The percentile for --method percentile, in [50, 100].
     #[arg(long, default_value_t = 99.99)]
     percentile: f64,
+    /// asymmetric (zero point from the range) or symmetric (zero point 0,
+    /// scale max(|min|, |max|) / 127, TensorRT's scheme; docs/QUANT_SPEC.md
+    /// S2s).
+    #[arg(long, default_value = "asymmetric", value_parser = ["asymmetric", "symmetric"])]
+    scheme: String,
     /// Output folder for checkpoint.safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -304,6 +309,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 "mse" => qat::quant::calibrate::Method::Mse,
                 _ => qat::quant::calibrate::Method::Percentile(a.percentile),
             };
+            let scheme: qat::quant::params::Scheme = a.scheme.parse()?;
             let (device, line) = Device::choose(&a.device)?;
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
@@ -329,7 +335,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                         qat::Tensor::from_vec(x, [n, d.channels, d.height, d.width], &device)
                     }))
                 };
-                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum, scheme)?;
                 if used.get() == 0 {
                     qat::bail!(Data, "{}: no image could be read", dir.display());
                 }
@@ -353,6 +359,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     a.images,
                     method,
                     momentum,
+                    scheme,
                     &device,
                 )?
             } else {
@@ -362,7 +369,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 let norm = Normalize::new(&info.mean, &info.std)?;
                 let loader = Loader::new(data, LoaderConfig::eval(a.batch_size, norm))?;
                 let batches = || tensor_batches(&loader, &device);
-                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum, scheme)?;
                 (r, images)
             };
             for r in &ranges {
@@ -385,7 +392,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             })?;
             out.save(&path)?;
             println!(
-                "calibrated {} quantizers on {images} images ({}); wrote {}",
+                "calibrated {} quantizers on {images} images ({}, {scheme}); wrote {}",
                 ranges.len(),
                 method.name(),
                 path.display()
