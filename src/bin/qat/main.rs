@@ -143,8 +143,20 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Export the float model (Conv, BatchNormalization, Relu, Add, ...).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     fp32: bool,
+    /// Form of the int8 graph: qoperator (QLinearConv, QLinearAdd, ...:
+    /// integer ops, what `qat verify` and the int8 executor read) or qdq
+    /// (QuantizeLinear/DequantizeLinear around float Conv, Add, pools: what
+    /// TensorRT and ONNX Runtime's QDQ fusion read; the same integers).
+    #[arg(long, default_value = "qoperator", value_parser = ["qoperator", "qdq"])]
+    format: String,
+    /// With --format qdq: the convolution bias as int32 through a
+    /// DequantizeLinear (int32, ONNX Runtime's form) or as a float
+    /// initializer (float: TensorRT's parser takes DequantizeLinear on int8
+    /// only).
+    #[arg(long, default_value = "int32", value_parser = ["int32", "float"])]
+    qdq_bias: String,
 }
 
 #[derive(Args)]
@@ -402,7 +414,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
         Command::Export(a) => {
             println!(
                 "{}",
-                qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
+                qat::onnx::export_checkpoint_as(&a.checkpoint, &a.out, export_format(&a))?
             );
             Ok(())
         }
@@ -427,6 +439,20 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 )))
             }
         }
+    }
+}
+
+/// The `--fp32`, `--format` and `--qdq-bias` flags as one choice.
+fn export_format(a: &ExportArgs) -> qat::onnx::Format {
+    use qat::onnx::{Format, QdqBias};
+    match (a.fp32, a.format.as_str()) {
+        (true, _) => Format::Fp32,
+        (false, "qdq") => Format::Qdq(if a.qdq_bias == "float" {
+            QdqBias::Float
+        } else {
+            QdqBias::Int32
+        }),
+        _ => Format::QOperator,
     }
 }
 
