@@ -56,7 +56,6 @@ INTEGER_OPS = {
     "QLinearConcat",
     "MaxPool",
     "Flatten",
-    "Clip",
 }
 
 
@@ -76,16 +75,26 @@ def run(model_path: Path, x: np.ndarray, level=None, dump: Path = None, int8=Fal
 
 
 def activation_zero_points(model: onnx.ModelProto):
-    """Zero points of the activation Q/DQ nodes (not the weights' or biases')."""
-    inits = {t.name: t for t in model.graph.initializer}
-    zps = {}
-    for n in model.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) == 3:
-            z = inits.get(n.input[2])
-            if z is None or z.name.endswith(("weight_zero_point", "bias_zero_point")):
-                continue
-            zps[z.name] = numpy_helper.to_array(z)
-    return zps
+    """The activation zero points of a qat export (QOperator or QDQ): the
+    `<tensor>.zero_point` initializers (not the weights' or biases')."""
+    return {
+        t.name: numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if t.name.endswith(".zero_point")
+        and not t.name.endswith(("weight_zero_point", "bias_zero_point"))
+    }
+
+
+def check_zero_points(case, label, model) -> bool:
+    if "zero_point" not in case:
+        return True
+    zps = activation_zero_points(model)
+    bad = [k for k, v in zps.items() if int(v) != case["zero_point"]]
+    print(f"    {label}: {len(zps)} activation zero points, all {case['zero_point']}: {not bad}")
+    if bad or not zps:
+        print(f"    FAIL: zero points {bad[:5]} are not {case['zero_point']}")
+        return False
+    return True
 
 
 def check_case(case, d: Path) -> bool:
@@ -100,19 +109,14 @@ def check_case(case, d: Path) -> bool:
     print(f"[{name}] QOperator: onnx.checker ok ({len(qop.graph.node)} nodes), {x.shape[0]} images")
     if labels is not None:
         print(f"  ORT QOperator top-1 {100.0 * np.mean(ref.argmax(1) == labels):.2f}%")
+    ok &= check_zero_points(case, case["qoperator"], qop)
     for f in case["qdq"]:
         path = d / f
         m = onnx.load(path)
         onnx.checker.check_model(m, full_check=True)
         convs = sum(n.op_type == "Conv" for n in m.graph.node)
         print(f"  {f}: onnx.checker ok ({len(m.graph.node)} nodes, {convs} Conv)")
-        if "zero_point" in case:
-            zps = activation_zero_points(m)
-            bad = [k for k, v in zps.items() if int(v) != case["zero_point"]]
-            print(f"    activation zero points: {len(zps)}, all {case['zero_point']}: {not bad}")
-            if bad:
-                print(f"    FAIL: zero points {bad[:5]} are not {case['zero_point']}")
-                ok = False
+        ok &= check_zero_points(case, f, m)
         for int8 in (True, False):
             mode = "qdqisint8allowed=1" if int8 else "default options"
             dump = d / (f + (".int8" if int8 else ".default") + ".optimized.onnx")
