@@ -175,7 +175,10 @@ fn symmetric_training_exports_and_verifies() {
         .and_then(|l| l.split('%').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no final line in {log}"));
-    assert!(top1 > 50.0, "symmetric QAT top-1 {top1}% on learnable data\n{log}");
+    assert!(
+        top1 > 50.0,
+        "symmetric QAT top-1 {top1}% on learnable data\n{log}"
+    );
     let ck = out.join("checkpoint.safetensors");
     let (scheme, zps) = loaded(&ck);
     assert_eq!(scheme, Scheme::Symmetric);

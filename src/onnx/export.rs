@@ -390,7 +390,12 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
     Ok(model(b.graph, meta, "fp32", false))
 }
 
-pub(super) fn model(graph: GraphProto, meta: &ExportMeta, kind: &str, ms_domain: bool) -> ModelProto {
+pub(super) fn model(
+    graph: GraphProto,
+    meta: &ExportMeta,
+    kind: &str,
+    ms_domain: bool,
+) -> ModelProto {
     let mut m = ModelProto::new();
     m.ir_version = IR_VERSION;
     m.producer_name = "qat".into();

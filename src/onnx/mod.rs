@@ -133,7 +133,11 @@ pub fn export_checkpoint_as(checkpoint: &Path, out: &Path, format: Format) -> Re
     Ok(format!(
         "{} {} graph{}: {} nodes, {} initializers -> {}",
         info.arch,
-        if format == Format::Fp32 { "fp32" } else { "int8" },
+        if format == Format::Fp32 {
+            "fp32"
+        } else {
+            "int8"
+        },
         match format {
             Format::Qdq(_) => format!(" (QDQ, {} activations)", model.scheme()),
             Format::QOperator if model.scheme() != Default::default() => {

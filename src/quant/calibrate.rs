@@ -182,9 +182,7 @@ overflow or are NaN on the calibration images"
         if amax == 0.0 {
             return (self.lo, self.hi);
         }
-        let a = best(steps(amax), &|a| {
-            self.error_on(Scheme::Symmetric, -a, a)
-        });
+        let a = best(steps(amax), &|a| self.error_on(Scheme::Symmetric, -a, a));
         (self.lo.max(-a), self.hi.min(a))
     }
 }
@@ -225,7 +223,10 @@ mod tests {
     #[test]
     fn minmax_is_the_observed_range() {
         let h = hist(&[-1.5, 0.0, 2.0, 0.25]);
-        assert_eq!(h.range(Method::MinMax, Scheme::Asymmetric).unwrap(), (-1.5, 2.0));
+        assert_eq!(
+            h.range(Method::MinMax, Scheme::Asymmetric).unwrap(),
+            (-1.5, 2.0)
+        );
         assert_eq!(h.total(), 4);
     }
 
@@ -238,12 +239,21 @@ mod tests {
         let mut xs: Vec<f32> = (0..100_000).map(|_| rng.uniform()).collect();
         xs.extend([100.0; 5]);
         let h = hist(&xs);
-        let (lo, hi) = h.range(Method::Percentile(99.99), Scheme::Asymmetric).unwrap();
+        let (lo, hi) = h
+            .range(Method::Percentile(99.99), Scheme::Asymmetric)
+            .unwrap();
         assert_eq!(lo, h.lo); // all values are positive: the minimum stays
         assert!(hi > 0.95 && hi < 1.2, "{hi}");
         // With p = 100 nothing is cut.
-        assert_eq!(h.range(Method::Percentile(100.0), Scheme::Asymmetric).unwrap().1, 100.0);
-        assert!(h.range(Method::Percentile(20.0), Scheme::Asymmetric).is_err());
+        assert_eq!(
+            h.range(Method::Percentile(100.0), Scheme::Asymmetric)
+                .unwrap()
+                .1,
+            100.0
+        );
+        assert!(h
+            .range(Method::Percentile(20.0), Scheme::Asymmetric)
+            .is_err());
     }
 
     /// On a Gaussian the MSE range clips the rare extremes (8-bit grids clip
@@ -301,10 +311,7 @@ mod tests {
         assert!(sym(lo, hi) < sym(h.lo, h.hi));
         assert_eq!(Scheme::Symmetric.qparams(lo, hi).unwrap().zero_point, 0);
         // The asymmetric search is unchanged by the option.
-        assert_eq!(
-            h.range(Method::Mse, Scheme::Asymmetric).unwrap(),
-            h.mse()
-        );
+        assert_eq!(h.range(Method::Mse, Scheme::Asymmetric).unwrap(), h.mse());
         // Post-ReLU values stay non-negative.
         let relu = hist(&xs.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
         let (lo, hi) = relu.range(Method::Mse, Scheme::Symmetric).unwrap();
@@ -316,6 +323,9 @@ mod tests {
         assert!(Histogram::new(f32::NAN, 1.0).is_err());
         assert!(Histogram::new(2.0, 1.0).is_err());
         let h = hist(&[3.0, 3.0]);
-        assert_eq!(h.range(Method::Mse, Scheme::Asymmetric).unwrap(), (3.0, 3.0));
+        assert_eq!(
+            h.range(Method::Mse, Scheme::Asymmetric).unwrap(),
+            (3.0, 3.0)
+        );
     }
 }

@@ -353,10 +353,28 @@ mod tests {
     fn symmetric_qparams() {
         let sym = |a, b| act_qparams_symmetric(a, b).unwrap();
         // The larger magnitude decides; z is always 0.
-        assert_eq!(sym(-1.27, 0.5), QParams { scale: 1.27f32 / 127.0, zero_point: 0 });
-        assert_eq!(sym(0.0, 2.54), QParams { scale: 2.54f32 / 127.0, zero_point: 0 });
+        assert_eq!(
+            sym(-1.27, 0.5),
+            QParams {
+                scale: 1.27f32 / 127.0,
+                zero_point: 0
+            }
+        );
+        assert_eq!(
+            sym(0.0, 2.54),
+            QParams {
+                scale: 2.54f32 / 127.0,
+                zero_point: 0
+            }
+        );
         assert_eq!(sym(-3.0, 3.0).scale, 3.0f32 / 127.0);
-        assert_eq!(sym(0.0, 0.0), QParams { scale: MIN_SCALE, zero_point: 0 });
+        assert_eq!(
+            sym(0.0, 0.0),
+            QParams {
+                scale: MIN_SCALE,
+                zero_point: 0
+            }
+        );
         assert!(act_qparams_symmetric(f32::NAN, 1.0).is_err());
         assert!(act_qparams_symmetric(1.0, -1.0).is_err());
         // amax quantizes to 127 and -amax to -127 (S3 with z = 0).
@@ -371,7 +389,10 @@ mod tests {
         assert_eq!(Scheme::default(), Scheme::Asymmetric);
         for s in [Scheme::Asymmetric, Scheme::Symmetric] {
             assert_eq!(s.name().parse::<Scheme>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.name()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.name())
+            );
         }
         assert!("affine".parse::<Scheme>().is_err());
     }
