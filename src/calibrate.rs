@@ -11,6 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::graph::Graph;
 use crate::nn::{ActQuantState, Mode};
 use crate::quant::calibrate::{Histogram, Method};
+use crate::quant::params::Scheme;
 use crate::saved_model::{checkpoint_extra, ModelInfo};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -28,13 +29,15 @@ pub struct Range {
 }
 
 /// Quantizes the FP32 graph `g` (observer momentum `momentum`, used only
-/// if it is trained later) and sets every activation quantizer from the
-/// batches by `method`, frozen. Returns the ranges in graph order.
+/// if it is trained later) under `scheme` and sets every activation
+/// quantizer from the batches by `method`, frozen. Returns the ranges in
+/// graph order.
 pub fn calibrate(
     g: &mut Graph,
     batches: Batches,
     method: Method,
     momentum: f32,
+    scheme: Scheme,
 ) -> Result<Vec<Range>> {
     if g.is_quantized() {
         bail!(
@@ -88,11 +91,11 @@ pub fn calibrate(
         })?;
         for (i, h) in hists.iter().enumerate() {
             if let Some(h) = h {
-                chosen[i] = h.range(method)?;
+                chosen[i] = h.range(method, scheme)?;
             }
         }
     }
-    g.quantize(momentum);
+    g.quantize(momentum, scheme);
     let mut out = Vec::new();
     for (i, node) in g.nodes().iter().enumerate() {
         let Some(q) = &node.quant else { continue };
@@ -131,6 +134,7 @@ pub fn calibrate_on_source(
     images: usize,
     method: Method,
     momentum: f32,
+    scheme: Scheme,
     device: &crate::backend::Device,
 ) -> Result<(Vec<Range>, usize)> {
     let first = source.train_batches(0, 0).next();
@@ -146,7 +150,7 @@ pub fn calibrate_on_source(
             Tensor::from_vec(b.images, shape, device)
         }))
     };
-    let ranges = calibrate(g, &make, method, momentum)?;
+    let ranges = calibrate(g, &make, method, momentum, scheme)?;
     Ok((ranges, used.get()))
 }
 
@@ -168,7 +172,12 @@ pub fn checkpoint(
         "calibrated_from": source,
         "method": method.name(),
         "images": images,
-        "qat": { "observer_momentum": momentum, "observers_frozen": true, "bn_frozen": true },
+        "qat": {
+            "observer_momentum": momentum,
+            "scheme": g.scheme(),
+            "observers_frozen": true,
+            "bn_frozen": true
+        },
     });
     ck.extra = checkpoint_extra(g, info, config);
     Ok(ck)

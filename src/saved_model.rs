@@ -53,6 +53,9 @@ struct SavedConfig {
 #[derive(Deserialize)]
 struct SavedQat {
     observer_momentum: f32,
+    /// Absent in checkpoints written before the symmetric scheme existed.
+    #[serde(default)]
+    scheme: crate::quant::params::Scheme,
 }
 
 /// Builds the graph a checkpoint describes, quantized when it is a QAT
@@ -89,7 +92,7 @@ pub fn load(ck: &Checkpoint, device: &Device) -> Result<(Graph, ModelInfo)> {
         }
     };
     if let Some(q) = &saved.config.qat {
-        model.quantize(q.observer_momentum);
+        model.quantize(q.observer_momentum, q.scheme);
         model.load_quantizers(&saved.quantizers)?;
     }
     ck.restore_module(&model)?;

@@ -19,6 +19,7 @@ use qat::models::Arch;
 use qat::nn::Mode;
 use qat::onnx::export_int8;
 use qat::quant::calibrate::Method;
+use qat::quant::params::Scheme;
 use qat::verify::Verifier;
 use qat::{Device, Tensor};
 use std::path::Path;
@@ -43,7 +44,7 @@ fn calibrate_on(g: &mut Graph, x: &[f32], method: Method) -> Vec<qat::calibrate:
                 .map(|c| Tensor::from_vec(c.to_vec(), [c.len() / 784, 1, 28, 28], &dev)),
         )
     };
-    calibrate(g, &batches, method, 0.1).unwrap()
+    calibrate(g, &batches, method, 0.1, Scheme::Asymmetric).unwrap()
 }
 
 fn verify(g: &Graph, what: &str) {
@@ -137,6 +138,7 @@ fn ranges_are_the_activation_extremes_or_inside_them() {
         &|| Box::new(std::iter::empty()),
         Method::MinMax,
         0.1,
+        Scheme::Asymmetric,
     );
     assert!(again.unwrap_err().to_string().contains("already quantized"));
 }

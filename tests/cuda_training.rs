@@ -28,7 +28,7 @@ fn losses(dev: &Device, quantize: bool, steps: usize) -> Vec<f32> {
     let x = Tensor::from_vec(images, [n, 1, hw, hw], dev).unwrap();
     let mut model = models::build(Arch::Small, 1, classes, dev, 7).unwrap();
     if quantize {
-        model.quantize(0.1);
+        model.quantize(0.1, qat::quant::params::Scheme::Asymmetric);
     }
     let cfg = SgdConfig {
         lr: 0.05,

@@ -90,6 +90,7 @@ fn write_fixture(dir: &Path) {
         freeze_bn: 0.5,
         freeze_observers: 0.75,
         observer_momentum: 0.1,
+        scheme: qat::quant::params::Scheme::Asymmetric,
     });
     train::train(&cfg, &Device::cpu(), false).unwrap();
     let ck = dir.join("checkpoint.safetensors");

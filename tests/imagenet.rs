@@ -236,6 +236,7 @@ fn folder_config(root: &Path, out: PathBuf) -> TrainConfig {
             freeze_bn: 1.5,
             freeze_observers: 1.8,
             observer_momentum: 0.1,
+            scheme: qat::quant::params::Scheme::Asymmetric,
         }),
         train_limit: None,
         val_limit: None,
@@ -360,9 +361,16 @@ fn finetune_from_onnx_on_an_image_folder() {
         })
         .unwrap();
     let method = qat::quant::calibrate::Method::Mse;
-    let (ranges, used) =
-        qat::calibrate::calibrate_on_source(&mut fp, source.as_ref(), 4, method, 0.1, &dev)
-            .unwrap();
+    let (ranges, used) = qat::calibrate::calibrate_on_source(
+        &mut fp,
+        source.as_ref(),
+        4,
+        method,
+        0.1,
+        qat::quant::params::Scheme::Asymmetric,
+        &dev,
+    )
+    .unwrap();
     assert_eq!(used, 4);
     assert_eq!(ranges.len(), fp.quantizers().len());
 }

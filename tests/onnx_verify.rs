@@ -51,7 +51,7 @@ fn verify_graph(label: &str, build: impl Fn(&Device) -> Graph, model: Graph, arc
     for (name, dev) in devices() {
         // The same trained model, moved to `dev`.
         let mut m = build(&dev);
-        m.quantize(0.1);
+        m.quantize(0.1, qat::quant::params::Scheme::Asymmetric);
         m.load_quantizers(&states).unwrap();
         ck.restore_module(&m).unwrap();
         let int8 = Int8Net::build(&m).unwrap();

@@ -102,7 +102,7 @@ fn tiny_batch(rng: &mut Rng, n: usize, hw: usize) -> (Tensor, Vec<u32>) {
 fn qat_small_resnet_trains_and_evaluates_integer_exact() {
     let dev = Device::cpu();
     let mut model = models::build(Arch::Small, 1, 4, &dev, 3).unwrap();
-    model.quantize(0.1);
+    model.quantize(0.1, qat::quant::params::Scheme::Asymmetric);
     let mut rng = Rng::new(5);
     let (x, labels) = tiny_batch(&mut rng, 32, 10);
     let cfg = SgdConfig {

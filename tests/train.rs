@@ -123,6 +123,7 @@ fn loss_falls_on_fashion_mnist_in_fp32_and_qat() {
             freeze_bn: 1.8,
             freeze_observers: 1.9,
             observer_momentum: 0.1,
+            scheme: qat::quant::params::Scheme::Asymmetric,
         });
         let r = train::train(&cfg, &Device::cpu(), false).unwrap().records;
         eprintln!(

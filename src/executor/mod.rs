@@ -19,7 +19,7 @@
 //!
 //! Supported: QuantizeLinear (int8), QLinearConv (int8 x int8, per-tensor or
 //! per-channel weight scales, zero weight zero points, int32 bias), MaxPool
-//! on int8, Flatten, DequantizeLinear from the standard domain (opsets
+//! and Clip (int8 bounds) on int8, Flatten, DequantizeLinear from the standard domain (opsets
 //! 13-21), and QLinearAdd, QLinearAveragePool, QLinearConcat (channel axis)
 //! and QLinearGlobalAveragePool from `com.microsoft` version 1. A malformed or unsupported file is an error naming the node and
 //! the problem, never a panic; sizes in the file are checked before they
@@ -109,6 +109,7 @@ impl Executor {
                     Op::Gap { .. } => "QLinearGlobalAveragePool",
                     Op::AvgPool { .. } => "QLinearAveragePool",
                     Op::Concat(_) => "QLinearConcat",
+                    Op::Clip { .. } => "Clip",
                     Op::Flatten => "Flatten",
                     Op::Dequantize { .. } => "DequantizeLinear",
                 };
@@ -220,6 +221,9 @@ impl Executor {
                         let mut y = vec![0i8; len];
                         ops::concat(&args, &mut y, n);
                         Value::I8(y)
+                    }
+                    Op::Clip { lo, hi } => {
+                        Value::I8(get_i8(0)?.iter().map(|v| (*v).clamp(*lo, *hi)).collect())
                     }
                     Op::Flatten => Value::I8(get_i8(0)?.to_vec()),
                     Op::Dequantize { scale, zero_point } => {

@@ -64,6 +64,12 @@ pub enum Op {
         z_out: i32,
     },
     Concat(Vec<ConcatInput>),
+    /// Clip of int8 values to `[lo, hi]` (the ReLU or ReLU6 of a symmetric
+    /// activation, whose clamp is narrower than the int8 range).
+    Clip {
+        lo: i8,
+        hi: i8,
+    },
     Flatten,
     Dequantize {
         scale: f32,
@@ -639,6 +645,32 @@ impl PlanBuilder {
             }
             ("com.microsoft", "QLinearAveragePool") => self.qlinear_avg_pool(n, label),
             ("com.microsoft", "QLinearConcat") => self.qlinear_concat(n, label),
+            ("" | "ai.onnx", "Clip") => {
+                // Opset 11 on: the bounds are (optional) inputs.
+                Self::arity(n, 1, 3)?;
+                Attrs::new(n, &[])?;
+                let x = self.act(n, 0, ElemType::I8)?;
+                let bound = |i: usize, default: i8| -> Result<i8> {
+                    if n.input.len() <= i || n.input[i].is_empty() {
+                        return Ok(default);
+                    }
+                    let c = self.konst(n, i)?;
+                    match &c.data {
+                        Data::I8(v) if c.dims.len() <= 1 && v.len() == 1 => Ok(v[0]),
+                        _ => bail!(
+                            Onnx,
+                            "bound input {i} '{}' must be an int8 scalar (the input is int8)",
+                            n.input[i]
+                        ),
+                    }
+                };
+                let (lo, hi) = (bound(1, i8::MIN)?, bound(2, i8::MAX)?);
+                if lo > hi {
+                    bail!(Onnx, "min {lo} is above max {hi}");
+                }
+                let dims = self.slots[x].dims.clone();
+                self.push(n, label, Op::Clip { lo, hi }, vec![x], ElemType::I8, dims)
+            }
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
                 let attrs = Attrs::new(n, &["axis"])?;

@@ -31,6 +31,7 @@ use crate::nn::{
     QatFlags,
 };
 use crate::ops::{AvgPool2dParams, MaxPool2dParams};
+use crate::quant::params::Scheme;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 use std::collections::BTreeMap;
@@ -158,13 +159,23 @@ impl Graph {
 
     /// Attaches an activation quantizer to every node whose output is
     /// quantized (see [`Op::is_quantized`]), making this a QAT model.
-    /// `momentum` is the observers' EMA weight.
-    pub fn quantize(&mut self, momentum: f32) {
+    /// `momentum` is the observers' EMA weight, `scheme` how their ranges
+    /// become scales and zero points (S2, S2s).
+    pub fn quantize(&mut self, momentum: f32, scheme: Scheme) {
         for n in &mut self.nodes {
             if n.op.is_quantized() {
-                n.quant = Some(ActQuant::new(momentum));
+                n.quant = Some(ActQuant::new(momentum, scheme));
             }
         }
+    }
+
+    /// The quantization scheme of the activation quantizers (asymmetric for
+    /// an FP32 graph, which has none).
+    pub fn scheme(&self) -> Scheme {
+        self.nodes
+            .iter()
+            .find_map(|n| n.quant.as_ref().map(ActQuant::scheme))
+            .unwrap_or_default()
     }
 
     pub fn is_quantized(&self) -> bool {

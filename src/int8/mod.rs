@@ -35,8 +35,8 @@ pub enum StepKind {
     Quantize,
     /// A quantized convolution (Conv+BN folded, or a plain conv).
     Conv(QConv),
-    /// Exact residual add (S7), ReLU folded into the clamp when set.
-    Add(QAddArgs),
+    /// Exact residual add (S7), with a ReLU (`true`) folded into the clamp.
+    Add(QAddArgs, bool),
     /// Max pooling on the quantized values (same parameters in and out).
     MaxPool(MaxPool2dParams),
     /// Integer average pooling (S6): exact window sums, one R1 per divisor.
@@ -124,7 +124,7 @@ impl Int8Net {
                         s_c: c.scale,
                         rq,
                     };
-                    (StepKind::Add(args), c, false)
+                    (StepKind::Add(args, *relu), c, false)
                 }
                 Op::MaxPool(p) => (StepKind::MaxPool(*p), in_q(0)?, false),
                 Op::AvgPool(p) => (StepKind::AvgPool(*p), own_q()?, false),
@@ -221,7 +221,7 @@ impl Int8Net {
                 let y = match &step.kind {
                     StepKind::Quantize => self.requantize(x, step.out_q)?,
                     StepKind::Conv(c) => c.forward(arg(0)?)?,
-                    StepKind::Add(args) => {
+                    StepKind::Add(args, _) => {
                         let (a, b) = (arg(0)?, arg(1)?);
                         let out = Tensor::zeros(a.shape().clone(), a.device())?;
                         be.qadd(args, &a.storage(), &b.storage(), &mut out.storage_mut())?;

@@ -5,7 +5,7 @@
 use crate::backend::FqTensor;
 use crate::nn::Mode;
 use crate::ops;
-use crate::quant::params::{act_qparams, ACT_QMAX, ACT_QMIN};
+use crate::quant::params::{Scheme, ACT_QMAX, ACT_QMIN};
 use crate::quant::{EmaObserver, QParams};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -46,17 +46,24 @@ pub struct ActQuantState {
 }
 
 /// One activation quantizer; interior mutability because the forward pass
-/// updates the observer.
+/// updates the observer. Its [`Scheme`] turns the observed range into a
+/// scale and zero point (S2, or S2s for the symmetric scheme).
 #[derive(Debug)]
 pub struct ActQuant {
     state: Mutex<(EmaObserver, Option<QParams>)>,
+    scheme: Scheme,
 }
 
 impl ActQuant {
-    pub fn new(momentum: f32) -> Self {
+    pub fn new(momentum: f32, scheme: Scheme) -> Self {
         ActQuant {
             state: Mutex::new((EmaObserver::new(momentum), None)),
+            scheme,
         }
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (EmaObserver, Option<QParams>)> {
@@ -73,7 +80,7 @@ impl ActQuant {
         if !st.0.initialized {
             bail!(Usage, "an activation quantizer has not observed any data yet: train at least one step first");
         }
-        act_qparams(st.0.min, st.0.max)
+        self.scheme.qparams(st.0.min, st.0.max)
     }
 
     /// Fixes the scale and zero point from now on (S2).

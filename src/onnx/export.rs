@@ -104,17 +104,13 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
                 b.alias(name, &x);
                 name.to_string()
             }
-            StepKind::Add(args) => {
+            StepKind::Add(args, _) => {
                 let (x, short) = (input(0)?, input(1)?);
-                // A ReLU clamps at the zero point: only at -128 is it the
-                // int8 range QLinearAdd saturates to anyway.
-                if args.rq.lo != ACT_QMIN {
-                    bail!(
-                        Onnx,
-                        "{name}: output zero point {} is not -128, so its ReLU cannot be folded into QLinearAdd",
-                        args.rq.z_c
-                    );
-                }
+                // A ReLU clamps at the zero point: at -128 it is the int8
+                // range QLinearAdd saturates to anyway, otherwise (the
+                // symmetric scheme's 0) an int8 Clip follows.
+                let (lo, hi) = (args.rq.lo, args.rq.hi);
+                let sum = b.clipped_output(name, (lo, hi))?;
                 b.qparams(name, step.out_q)?;
                 b.node(
                     "QLinearAdd",
@@ -130,9 +126,10 @@ pub fn export_int8(m: &Int8Net, meta: &ExportMeta) -> Result<ModelProto> {
                         &b.scale(name),
                         &b.zp(name),
                     ],
-                    &[name],
+                    &[&sum],
                     vec![],
                 );
+                b.clip(name, &sum, name, (lo, hi))?;
                 name.to_string()
             }
             StepKind::AvgPool(p) => {
@@ -393,7 +390,12 @@ pub fn export_fp32(g: &Graph, meta: &ExportMeta) -> Result<ModelProto> {
     Ok(model(b.graph, meta, "fp32", false))
 }
 
-fn model(graph: GraphProto, meta: &ExportMeta, kind: &str, ms_domain: bool) -> ModelProto {
+pub(super) fn model(
+    graph: GraphProto,
+    meta: &ExportMeta,
+    kind: &str,
+    ms_domain: bool,
+) -> ModelProto {
     let mut m = ModelProto::new();
     m.ir_version = IR_VERSION;
     m.producer_name = "qat".into();
@@ -461,15 +463,15 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 #[derive(Default)]
-struct Builder {
-    graph: GraphProto,
+pub(super) struct Builder {
+    pub(super) graph: GraphProto,
     inits: HashSet<String>,
     /// For each int8 activation, the prefix of its `.scale` / `.zero_point`.
     qp: HashMap<String, String>,
 }
 
 impl Builder {
-    fn init(&mut self, t: TensorProto) -> Result<()> {
+    pub(super) fn init(&mut self, t: TensorProto) -> Result<()> {
         if !self.inits.insert(t.name.clone()) {
             bail!(Onnx, "initializer '{}' defined twice", t.name);
         }
@@ -477,7 +479,7 @@ impl Builder {
         Ok(())
     }
 
-    fn node(
+    pub(super) fn node(
         &mut self,
         op: &str,
         name: &str,
@@ -498,7 +500,7 @@ impl Builder {
 
     /// `<tensor>.scale` (float scalar) and `<tensor>.zero_point` (int8
     /// scalar), verbatim.
-    fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
+    pub(super) fn qparams(&mut self, tensor: &str, q: QParams) -> Result<()> {
         check_qparams(tensor, "", q)?;
         self.qp.insert(tensor.to_string(), tensor.to_string());
         self.init(tensor_f32(&format!("{tensor}.scale"), &[], &[q.scale]))?;
@@ -511,7 +513,7 @@ impl Builder {
 
     /// `tensor` shares the quantization parameters of `source` (MaxPool,
     /// Flatten).
-    fn alias(&mut self, tensor: &str, source: &str) {
+    pub(super) fn alias(&mut self, tensor: &str, source: &str) {
         let p = self.prefix(source);
         self.qp.insert(tensor.to_string(), p);
     }
@@ -523,11 +525,11 @@ impl Builder {
             .unwrap_or_else(|| tensor.to_string())
     }
 
-    fn scale(&self, tensor: &str) -> String {
+    pub(super) fn scale(&self, tensor: &str) -> String {
         format!("{}.scale", self.prefix(tensor))
     }
 
-    fn zp(&self, tensor: &str) -> String {
+    pub(super) fn zp(&self, tensor: &str) -> String {
         format!("{}.zero_point", self.prefix(tensor))
     }
 
@@ -538,19 +540,11 @@ impl Builder {
         let n = &c.name;
         check_qparams(n, "", c.out_q)?;
         // QLinearConv saturates to [-128, 127]: an activation folds into
-        // it only when its clamp is that range (ReLU at zero point -128,
-        // ReLU6 whose 6 maps to 127 or beyond, spec S11).
-        if c.output_bounds() != (ACT_QMIN, ACT_QMAX) {
-            bail!(
-                Onnx,
-                "{n}: {:?} clamps to {:?} with output zero point {} and scale {}, which cannot be \
-                 folded into QLinearConv (it needs the int8 range [-128, 127])",
-                c.act,
-                c.output_bounds(),
-                c.out_q.zero_point,
-                c.out_q.scale
-            );
-        }
+        // it when its clamp is that range (ReLU at zero point -128, ReLU6
+        // whose 6 maps to 127 or beyond, spec S11); a narrower clamp (ReLU
+        // at the symmetric scheme's zero point 0) is an int8 Clip after it.
+        let bounds = c.output_bounds();
+        let conv_out = self.clipped_output(out, bounds)?;
         let c_out = c.w_shape[0];
         if c.s_w.len() != c_out
             || c.bias_q.len() != c_out
@@ -586,9 +580,40 @@ impl Builder {
                 &format!("{n}.zero_point"),
                 &format!("{n}.bias_q"),
             ],
-            &[out],
+            &[&conv_out],
             conv_attrs(c.params, [c.w_shape[2], c.w_shape[3]]),
         );
+        self.clip(n, &conv_out, out, bounds)
+    }
+
+    /// Where an op whose result is clamped to `bounds` writes it: `out`
+    /// itself when the bounds are the int8 range, else `{out}.preclip`
+    /// (same quantization parameters), which [`Builder::clip`] reads.
+    fn clipped_output(&mut self, out: &str, bounds: (i32, i32)) -> Result<String> {
+        let (lo, hi) = bounds;
+        if !(ACT_QMIN..=ACT_QMAX).contains(&lo) || !(lo..=ACT_QMAX).contains(&hi) {
+            bail!(Onnx, "{out}: output clamp [{lo}, {hi}] is not within int8");
+        }
+        Ok(if bounds == (ACT_QMIN, ACT_QMAX) {
+            out.to_string()
+        } else {
+            format!("{out}.preclip")
+        })
+    }
+
+    /// The int8 `Clip` to `bounds` (initializers `{unit}.clip.min` /
+    /// `.max`) from `x` into `out` when `x` is not `out` (see
+    /// [`Builder::clipped_output`]); both share `unit`'s parameters.
+    fn clip(&mut self, unit: &str, x: &str, out: &str, bounds: (i32, i32)) -> Result<()> {
+        if x == out {
+            return Ok(());
+        }
+        let name = format!("{unit}.clip");
+        let (lo, hi) = (format!("{name}.min"), format!("{name}.max"));
+        self.init(tensor_i8(&lo, &[], &[bounds.0 as i8]))?;
+        self.init(tensor_i8(&hi, &[], &[bounds.1 as i8]))?;
+        self.alias(x, unit);
+        self.node("Clip", &name, "", &[x, &lo, &hi], &[out], vec![]);
         Ok(())
     }
 
@@ -624,7 +649,7 @@ impl Builder {
 
     /// `x`, a Relu of it named `{scope}.relu`, or a Clip to [0, 6] named
     /// `{scope}.relu6` (bounds `{scope}.relu6.min` / `.max`).
-    fn act_fp32(&mut self, act: Activation, scope: &str, x: String) -> Result<String> {
+    pub(super) fn act_fp32(&mut self, act: Activation, scope: &str, x: String) -> Result<String> {
         Ok(match act {
             Activation::None => x,
             Activation::Relu => {
@@ -679,7 +704,7 @@ impl Builder {
     }
 }
 
-fn conv_attrs(p: Conv2dParams, kernel: [usize; 2]) -> Vec<AttributeProto> {
+pub(super) fn conv_attrs(p: Conv2dParams, kernel: [usize; 2]) -> Vec<AttributeProto> {
     vec![
         attr_ints("kernel_shape", &[kernel[0], kernel[1]]),
         attr_ints("strides", &[p.stride.0, p.stride.1]),
@@ -690,7 +715,7 @@ fn conv_attrs(p: Conv2dParams, kernel: [usize; 2]) -> Vec<AttributeProto> {
     ]
 }
 
-fn pool_attrs(p: MaxPool2dParams) -> Vec<AttributeProto> {
+pub(super) fn pool_attrs(p: MaxPool2dParams) -> Vec<AttributeProto> {
     vec![
         attr_ints("kernel_shape", &[p.kernel.0, p.kernel.1]),
         attr_ints("strides", &[p.stride.0, p.stride.1]),
@@ -701,7 +726,7 @@ fn pool_attrs(p: MaxPool2dParams) -> Vec<AttributeProto> {
 /// AveragePool / QLinearAveragePool attributes. ONNX Runtime divides every
 /// window by kh*kw under `count_include_pad` even where a `ceil_mode` window
 /// hangs past the padding (S6), so that combination is refused.
-fn avg_pool_attrs(name: &str, p: AvgPool2dParams) -> Result<Vec<AttributeProto>> {
+pub(super) fn avg_pool_attrs(name: &str, p: AvgPool2dParams) -> Result<Vec<AttributeProto>> {
     if p.count_include_pad && p.ceil_mode {
         bail!(
             Onnx,
@@ -718,7 +743,7 @@ fn avg_pool_attrs(name: &str, p: AvgPool2dParams) -> Result<Vec<AttributeProto>>
     ])
 }
 
-fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
+pub(super) fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INTS.into();
@@ -726,7 +751,7 @@ fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
     a
 }
 
-fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub(super) fn attr_int(name: &str, v: i64) -> AttributeProto {
     let mut a = AttributeProto::new();
     a.name = name.into();
     a.type_ = AttributeType::INT.into();
@@ -751,12 +776,12 @@ fn tensor(name: &str, dims: &[usize], dt: DataType, raw: Vec<u8>) -> TensorProto
     t
 }
 
-fn tensor_f32(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
+pub(super) fn tensor_f32(name: &str, dims: &[usize], v: &[f32]) -> TensorProto {
     let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     tensor(name, dims, DataType::FLOAT, raw)
 }
 
-fn tensor_i8(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
+pub(super) fn tensor_i8(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
     tensor(
         name,
         dims,
@@ -765,17 +790,17 @@ fn tensor_i8(name: &str, dims: &[usize], v: &[i8]) -> TensorProto {
     )
 }
 
-fn tensor_i32(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
+pub(super) fn tensor_i32(name: &str, dims: &[usize], v: &[i32]) -> TensorProto {
     let raw = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     tensor(name, dims, DataType::INT32, raw)
 }
 
-enum Dim<'a> {
+pub(super) enum Dim<'a> {
     Param(&'a str),
     Value(usize),
 }
 
-fn value_info(name: &str, dt: DataType, dims: &[Dim]) -> ValueInfoProto {
+pub(super) fn value_info(name: &str, dt: DataType, dims: &[Dim]) -> ValueInfoProto {
     let mut shape = TensorShapeProto::new();
     for d in dims {
         let mut dim = Dimension::new();

@@ -4,6 +4,9 @@
 //!   QLinearAveragePool, QLinearConcat, QLinearGlobalAveragePool, the
 //!   classifier as a 1x1 QLinearConv, Flatten, DequantizeLinear), opset 13
 //!   plus `com.microsoft` version 1;
+//! - [`export_qdq`]: the same integers in QDQ form (QuantizeLinear /
+//!   DequantizeLinear around float Conv, Add, pools, Concat, Flatten), for
+//!   TensorRT and ONNX Runtime's QDQ fusion, opset 13;
 //! - [`export_fp32`]: the float graph of a [`crate::graph::Graph`] (Conv,
 //!   BatchNormalization, Relu, Clip, Add, MaxPool, AveragePool, Concat,
 //!   GlobalAveragePool, Flatten, Gemm).
@@ -26,8 +29,10 @@
 //! [`Int8Net::forward_trace`]: crate::int8::Int8Net::forward_trace
 
 mod export;
+mod qdq;
 
 pub use export::{export_fp32, export_int8, save_model, ExportMeta};
+pub use qdq::{export_qdq, QdqBias};
 
 /// The standard opset the graphs are written against.
 pub const OPSET: i64 = 13;
@@ -48,16 +53,43 @@ use crate::int8::Int8Net;
 use crate::{bail, Device, Error, Result};
 use std::path::Path;
 
+/// What `qat export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// The float graph ([`export_fp32`]).
+    Fp32,
+    /// The integer-only QOperator graph ([`export_int8`]), which the int8
+    /// executor runs.
+    QOperator,
+    /// The same integers as QuantizeLinear/DequantizeLinear pairs around
+    /// float ops ([`export_qdq`]), for TensorRT and ONNX Runtime's QDQ
+    /// transformer.
+    Qdq(QdqBias),
+}
+
 /// `qat export`: the model of a checkpoint as an int8 graph (QAT
 /// checkpoints) or, with `fp32`, as a float graph. Returns a one-line summary.
+/// [`export_checkpoint_as`] with [`Format::Fp32`] or [`Format::QOperator`].
+pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<String> {
+    let format = if fp32 {
+        Format::Fp32
+    } else {
+        Format::QOperator
+    };
+    export_checkpoint_as(checkpoint, out, format)
+}
+
+/// `qat export --format`: the model of a checkpoint in `format`.
 ///
 /// An int8 export checks every activation quantizer first
-/// ([`check_quantizers`]), then loads the serialized bytes with the int8
-/// executor ([`crate::executor::Executor::from_bytes`], the loader and
-/// validator `qat verify` and users run) before writing them: what the
-/// executor would refuse is an error here and nothing is written. The file
-/// is written atomically (temporary file, fsync, rename).
-pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<String> {
+/// ([`check_quantizers`]), then loads the serialized QOperator bytes with
+/// the int8 executor ([`crate::executor::Executor::from_bytes`], the loader
+/// and validator `qat verify` and users run) before writing them: what the
+/// executor would refuse is an error here and nothing is written. A QDQ
+/// export holds the same integers, so it builds and checks the QOperator
+/// graph the same way before writing the QDQ one. The file is written
+/// atomically (temporary file, fsync, rename).
+pub fn export_checkpoint_as(checkpoint: &Path, out: &Path, format: Format) -> Result<String> {
     let ck = Checkpoint::load(checkpoint)?;
     let dev = Device::cpu();
     let (model, info) = crate::saved_model::load(&ck, &dev)?;
@@ -72,7 +104,7 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
             out.display()
         ))
     };
-    let proto = if fp32 {
+    let proto = if format == Format::Fp32 {
         export_fp32(&model, &info)?
     } else {
         if !model.is_quantized() {
@@ -84,22 +116,35 @@ pub fn export_checkpoint(checkpoint: &Path, out: &Path, fp32: bool) -> Result<St
         }
         check_quantizers(&model).map_err(refused)?;
         let int8 = Int8Net::build(&model).map_err(refused)?;
-        export_int8(&int8, &info).map_err(refused)?
-    };
-    let bytes = export::serialize(&proto)?;
-    if !fp32 {
-        crate::executor::Executor::from_bytes(&bytes).map_err(|e| {
+        let qop = export_int8(&int8, &info).map_err(refused)?;
+        crate::executor::Executor::from_bytes(&export::serialize(&qop)?).map_err(|e| {
             refused(Error::Onnx(format!(
                 "the int8 executor refuses the exported bytes: {e}"
             )))
         })?;
-    }
+        match format {
+            Format::Qdq(bias) => export_qdq(&int8, &info, bias).map_err(refused)?,
+            _ => qop,
+        }
+    };
+    let bytes = export::serialize(&proto)?;
     export::write_bytes(&bytes, out)?;
     let g = proto.graph.as_ref();
     Ok(format!(
-        "{} {} graph: {} nodes, {} initializers -> {}",
+        "{} {} graph{}: {} nodes, {} initializers -> {}",
         info.arch,
-        if fp32 { "fp32" } else { "int8" },
+        if format == Format::Fp32 {
+            "fp32"
+        } else {
+            "int8"
+        },
+        match format {
+            Format::Qdq(_) => format!(" (QDQ, {} activations)", model.scheme()),
+            Format::QOperator if model.scheme() != Default::default() => {
+                format!(" ({} activations)", model.scheme())
+            }
+            _ => String::new(),
+        },
         g.map_or(0, |g| g.node.len()),
         g.map_or(0, |g| g.initializer.len()),
         out.display()

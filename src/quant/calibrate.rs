@@ -6,7 +6,7 @@
 //! value the activation took over the calibration images.
 
 use super::fake::fake_quant;
-use super::params::{act_qparams, ACT_QMAX, ACT_QMIN};
+use super::params::{Scheme, ACT_QMAX, ACT_QMIN};
 use crate::{bail, Result};
 
 /// Bins of a calibration histogram.
@@ -89,8 +89,12 @@ overflow or are NaN on the calibration images"
         (self.lo as f64 + (i as f64 + 0.5) * self.width()) as f32
     }
 
-    /// The range by `method`.
-    pub fn range(&self, method: Method) -> Result<(f32, f32)> {
+    /// The range by `method`, for the grid of `scheme`. Under the
+    /// symmetric scheme (S2s) only `max(|lo|, |hi|)` matters: minmax and
+    /// percentile choose the bounds as for the asymmetric grid, MSE
+    /// searches that magnitude `a` on the symmetric grid and returns the
+    /// observed range clipped to `[-a, a]`.
+    pub fn range(&self, method: Method, scheme: Scheme) -> Result<(f32, f32)> {
         match method {
             Method::MinMax => Ok((self.lo, self.hi)),
             Method::Percentile(p) => {
@@ -99,7 +103,10 @@ overflow or are NaN on the calibration images"
                 }
                 Ok(self.percentile(p))
             }
-            Method::Mse => Ok(self.mse()),
+            Method::Mse => Ok(match scheme {
+                Scheme::Asymmetric => self.mse(),
+                Scheme::Symmetric => self.mse_symmetric(),
+            }),
         }
     }
 
@@ -132,10 +139,15 @@ overflow or are NaN on the calibration images"
         (lo, hi)
     }
 
-    /// Sum over the bins of `count * (fq(center) - center)^2` for the grid
-    /// of `[lo, hi]` (S2, S3).
+    /// Sum over the bins of `count * (fq(center) - center)^2` for the
+    /// asymmetric grid of `[lo, hi]` (S2, S3).
     fn error(&self, lo: f32, hi: f32) -> f64 {
-        let Ok(q) = act_qparams(lo, hi) else {
+        self.error_on(Scheme::Asymmetric, lo, hi)
+    }
+
+    /// [`Histogram::error`] on the grid `scheme` makes of `[lo, hi]`.
+    fn error_on(&self, scheme: Scheme, lo: f32, hi: f32) -> f64 {
+        let Ok(q) = scheme.qparams(lo, hi) else {
             return f64::INFINITY;
         };
         self.counts
@@ -151,23 +163,6 @@ overflow or are NaN on the calibration images"
     }
 
     fn mse(&self) -> (f32, f32) {
-        // Candidates: 1% steps from 20% to 100% of each bound.
-        let steps = |b: f32| -> Vec<f32> {
-            (20..100)
-                .map(|k| b * k as f32 / 100.0)
-                .chain(std::iter::once(b))
-                .collect()
-        };
-        let best = |cands: Vec<f32>, f: &dyn Fn(f32) -> f64| -> f32 {
-            let mut best = (f64::INFINITY, *cands.last().unwrap_or(&0.0));
-            for c in cands {
-                let e = f(c);
-                if e < best.0 {
-                    best = (e, c);
-                }
-            }
-            best.1
-        };
         let mut hi = self.hi;
         if self.hi > 0.0 {
             hi = best(steps(self.hi), &|h| self.error(self.lo, h));
@@ -178,6 +173,38 @@ overflow or are NaN on the calibration images"
         }
         (lo, hi)
     }
+
+    /// The magnitude `a` (1% steps from 20% to 100% of the largest one)
+    /// whose symmetric grid has the least error; the range `[lo, hi]`
+    /// clipped to `[-a, a]`, whose symmetric grid is that of `a`.
+    fn mse_symmetric(&self) -> (f32, f32) {
+        let amax = self.lo.abs().max(self.hi.abs());
+        if amax == 0.0 {
+            return (self.lo, self.hi);
+        }
+        let a = best(steps(amax), &|a| self.error_on(Scheme::Symmetric, -a, a));
+        (self.lo.max(-a), self.hi.min(a))
+    }
+}
+
+/// MSE candidates for a bound `b`: 1% steps from 20% to 100% of it.
+fn steps(b: f32) -> Vec<f32> {
+    (20..100)
+        .map(|k| b * k as f32 / 100.0)
+        .chain(std::iter::once(b))
+        .collect()
+}
+
+/// The candidate with the least error `f` (the last one when none is finite).
+fn best(cands: Vec<f32>, f: &dyn Fn(f32) -> f64) -> f32 {
+    let mut best = (f64::INFINITY, *cands.last().unwrap_or(&0.0));
+    for c in cands {
+        let e = f(c);
+        if e < best.0 {
+            best = (e, c);
+        }
+    }
+    best.1
 }
 
 #[cfg(test)]
@@ -196,7 +223,10 @@ mod tests {
     #[test]
     fn minmax_is_the_observed_range() {
         let h = hist(&[-1.5, 0.0, 2.0, 0.25]);
-        assert_eq!(h.range(Method::MinMax).unwrap(), (-1.5, 2.0));
+        assert_eq!(
+            h.range(Method::MinMax, Scheme::Asymmetric).unwrap(),
+            (-1.5, 2.0)
+        );
         assert_eq!(h.total(), 4);
     }
 
@@ -209,12 +239,21 @@ mod tests {
         let mut xs: Vec<f32> = (0..100_000).map(|_| rng.uniform()).collect();
         xs.extend([100.0; 5]);
         let h = hist(&xs);
-        let (lo, hi) = h.range(Method::Percentile(99.99)).unwrap();
+        let (lo, hi) = h
+            .range(Method::Percentile(99.99), Scheme::Asymmetric)
+            .unwrap();
         assert_eq!(lo, h.lo); // all values are positive: the minimum stays
         assert!(hi > 0.95 && hi < 1.2, "{hi}");
         // With p = 100 nothing is cut.
-        assert_eq!(h.range(Method::Percentile(100.0)).unwrap().1, 100.0);
-        assert!(h.range(Method::Percentile(20.0)).is_err());
+        assert_eq!(
+            h.range(Method::Percentile(100.0), Scheme::Asymmetric)
+                .unwrap()
+                .1,
+            100.0
+        );
+        assert!(h
+            .range(Method::Percentile(20.0), Scheme::Asymmetric)
+            .is_err());
     }
 
     /// On a Gaussian the MSE range clips the rare extremes (8-bit grids clip
@@ -232,7 +271,7 @@ mod tests {
             })
             .collect();
         let h = hist(&xs);
-        let (lo, hi) = h.range(Method::Mse).unwrap();
+        let (lo, hi) = h.range(Method::Mse, Scheme::Asymmetric).unwrap();
         assert!(
             hi < h.hi && hi > 2.5 && lo > h.lo && lo < -2.5,
             "[{lo}, {hi}] of [{}, {}]",
@@ -240,7 +279,7 @@ mod tests {
             h.hi
         );
         assert!(h.error(lo, hi) < h.error(h.lo, h.hi));
-        let q = act_qparams(lo, hi).unwrap();
+        let q = crate::quant::params::act_qparams(lo, hi).unwrap();
         let direct: f64 = (0..BINS)
             .map(|i| {
                 let v = h.center(i);
@@ -251,11 +290,42 @@ mod tests {
         assert_eq!(h.error(lo, hi), direct);
     }
 
+    /// The symmetric MSE range: its magnitude clips the Gaussian's rare
+    /// extremes on the symmetric grid and beats min/max there, and the
+    /// parameters have zero point 0.
+    #[test]
+    fn mse_symmetric_clips_and_beats_minmax() {
+        let mut rng = Rng::new(7);
+        let xs: Vec<f32> = (0..100_000)
+            .map(|_| {
+                let (u, v) = (rng.uniform().max(1e-12), rng.uniform());
+                (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos() + 0.5
+            })
+            .collect();
+        let h = hist(&xs);
+        let (lo, hi) = h.range(Method::Mse, Scheme::Symmetric).unwrap();
+        let a = lo.abs().max(hi.abs());
+        let amax = h.lo.abs().max(h.hi.abs());
+        assert!(a < amax && a > 2.5, "{a} of {amax}");
+        let sym = |lo, hi| h.error_on(Scheme::Symmetric, lo, hi);
+        assert!(sym(lo, hi) < sym(h.lo, h.hi));
+        assert_eq!(Scheme::Symmetric.qparams(lo, hi).unwrap().zero_point, 0);
+        // The asymmetric search is unchanged by the option.
+        assert_eq!(h.range(Method::Mse, Scheme::Asymmetric).unwrap(), h.mse());
+        // Post-ReLU values stay non-negative.
+        let relu = hist(&xs.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+        let (lo, hi) = relu.range(Method::Mse, Scheme::Symmetric).unwrap();
+        assert!(lo == 0.0 && hi > 0.0 && hi <= relu.hi);
+    }
+
     #[test]
     fn non_finite_ranges_are_errors() {
         assert!(Histogram::new(f32::NAN, 1.0).is_err());
         assert!(Histogram::new(2.0, 1.0).is_err());
         let h = hist(&[3.0, 3.0]);
-        assert_eq!(h.range(Method::Mse).unwrap(), (3.0, 3.0));
+        assert_eq!(
+            h.range(Method::Mse, Scheme::Asymmetric).unwrap(),
+            (3.0, 3.0)
+        );
     }
 }

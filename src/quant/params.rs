@@ -3,6 +3,7 @@
 //! symmetric weight scales.
 
 use crate::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 /// Smallest scale ever used, `2^-23` (S1, S2). Keeping every scale at or above
 /// it keeps products of two scales (>= 2^-46) and the requantization
@@ -52,6 +53,78 @@ impl QParams {
             None
         }
     }
+}
+
+/// How activation ranges become scales and zero points (S2, S2s).
+///
+/// `Asymmetric` (the default, S2) spends all 256 int8 levels on the observed
+/// range `[min, max]` with a zero point. `Symmetric` (S2s) is the scheme
+/// TensorRT's explicit quantization requires: zero point 0 and
+/// `s = max(|min|, |max|) / 127`, values saturating to `[-128, 127]` as in
+/// ONNX QuantizeLinear. After a ReLU the symmetric grid leaves the 128
+/// negative levels unused (one bit of resolution lost); that is its cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Asymmetric,
+    Symmetric,
+}
+
+impl Scheme {
+    /// The name used by `--scheme` and checkpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Asymmetric => "asymmetric",
+            Scheme::Symmetric => "symmetric",
+        }
+    }
+
+    /// Activation scale and zero point of the range `[min, max]` under this
+    /// scheme: [`act_qparams`] or [`act_qparams_symmetric`].
+    pub fn qparams(self, min: f32, max: f32) -> Result<QParams> {
+        match self {
+            Scheme::Asymmetric => act_qparams(min, max),
+            Scheme::Symmetric => act_qparams_symmetric(min, max),
+        }
+    }
+}
+
+impl std::str::FromStr for Scheme {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "asymmetric" => Ok(Scheme::Asymmetric),
+            "symmetric" => Ok(Scheme::Symmetric),
+            _ => bail!(
+                Usage,
+                "unknown quantization scheme '{s}': use asymmetric or symmetric"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Symmetric activation parameters (S2s): `amax = max(|min|, |max|)`,
+/// `s = max(amax / 127, 2^-23)` in float32, zero point 0. Values quantize
+/// to `[-128, 127]` (S3 with `z = 0`): `amax` maps to 127, and -128 is
+/// reached only by values below `-127.5 s`, as in TensorRT and ONNX
+/// QuantizeLinear. Non-finite bounds are an error.
+pub fn act_qparams_symmetric(min: f32, max: f32) -> Result<QParams> {
+    if !min.is_finite() || !max.is_finite() || min > max {
+        bail!(Numerical, "invalid activation range [{min}, {max}]");
+    }
+    let amax = min.abs().max(max.abs());
+    let scale = (amax / 127.0).max(MIN_SCALE);
+    Ok(QParams {
+        scale,
+        zero_point: 0,
+    })
 }
 
 /// Activation scale and zero point from an observed range (S2), computed in
@@ -274,6 +347,54 @@ mod tests {
             assert!((ACT_QMIN..=ACT_QMAX).contains(&p.zero_point));
             assert!(p.scale >= MIN_SCALE);
         }
+    }
+
+    #[test]
+    fn symmetric_qparams() {
+        let sym = |a, b| act_qparams_symmetric(a, b).unwrap();
+        // The larger magnitude decides; z is always 0.
+        assert_eq!(
+            sym(-1.27, 0.5),
+            QParams {
+                scale: 1.27f32 / 127.0,
+                zero_point: 0
+            }
+        );
+        assert_eq!(
+            sym(0.0, 2.54),
+            QParams {
+                scale: 2.54f32 / 127.0,
+                zero_point: 0
+            }
+        );
+        assert_eq!(sym(-3.0, 3.0).scale, 3.0f32 / 127.0);
+        assert_eq!(
+            sym(0.0, 0.0),
+            QParams {
+                scale: MIN_SCALE,
+                zero_point: 0
+            }
+        );
+        assert!(act_qparams_symmetric(f32::NAN, 1.0).is_err());
+        assert!(act_qparams_symmetric(1.0, -1.0).is_err());
+        // amax quantizes to 127 and -amax to -127 (S3 with z = 0).
+        let q = sym(-0.7, 1.9);
+        let fq = |x: f32| crate::quant::fake::quantize(x, q.scale, 0, ACT_QMIN, ACT_QMAX);
+        assert_eq!((fq(1.9), fq(-1.9), fq(-5.0), fq(0.0)), (127, -127, -128, 0));
+        assert_eq!(Scheme::Symmetric.qparams(-0.7, 1.9).unwrap(), q);
+        assert_eq!(
+            Scheme::Asymmetric.qparams(-0.7, 1.9).unwrap(),
+            act_qparams(-0.7, 1.9).unwrap()
+        );
+        assert_eq!(Scheme::default(), Scheme::Asymmetric);
+        for s in [Scheme::Asymmetric, Scheme::Symmetric] {
+            assert_eq!(s.name().parse::<Scheme>().unwrap(), s);
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.name())
+            );
+        }
+        assert!("affine".parse::<Scheme>().is_err());
     }
 
     #[test]

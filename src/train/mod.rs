@@ -24,6 +24,7 @@ use crate::int8::Int8Net;
 use crate::models::{self, Arch};
 use crate::nn::{Mode, Module};
 use crate::optim::{CosineSchedule, Sgd, SgdConfig};
+use crate::quant::params::Scheme;
 use crate::rng::{stream, Rng};
 use crate::saved_model::{self, ModelInfo};
 use crate::tensor::Tensor;
@@ -219,9 +220,18 @@ fn prepare_quantizers(
     if let Some(q) = cfg.qat {
         if !model.is_quantized() && cfg.init.is_some() && !resume {
             // Fine-tuning an FP32 model: calibrate the quantizers first.
-            calibrate_from_source(model, source, cfg, q.observer_momentum, device)?;
+            calibrate_from_source(model, source, cfg, q.observer_momentum, q.scheme, device)?;
         } else if !model.is_quantized() {
-            model.quantize(q.observer_momentum);
+            model.quantize(q.observer_momentum, q.scheme);
+        } else if model.scheme() != q.scheme {
+            bail!(
+                Usage,
+                "--init {} is a QAT checkpoint of the {} scheme: fine-tune it with --scheme {} \
+                 (or start from the FP32 checkpoint it was calibrated from)",
+                cfg.init.as_deref().unwrap_or(Path::new("")).display(),
+                model.scheme(),
+                model.scheme()
+            );
         }
         if !resume {
             // The calibrated ranges start the observers, which keep
@@ -251,6 +261,7 @@ fn calibrate_from_source(
     source: &dyn crate::data::DataSource,
     cfg: &TrainConfig,
     momentum: f32,
+    scheme: Scheme,
     device: &Device,
 ) -> Result<()> {
     let method = crate::quant::calibrate::Method::Percentile(99.99);
@@ -260,6 +271,7 @@ fn calibrate_from_source(
         cfg.calibration_images,
         method,
         momentum,
+        scheme,
         device,
     )?;
     eprintln!(

@@ -3,6 +3,7 @@
 //! and resolve to global steps.
 
 use crate::nn::QatFlags;
+use crate::quant::params::Scheme;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -16,6 +17,10 @@ pub struct QatSchedule {
     pub freeze_observers: f32,
     /// EMA weight of a new batch in the observers.
     pub observer_momentum: f32,
+    /// How observed ranges become scales and zero points (S2 / S2s);
+    /// checkpoints written before the option existed are asymmetric.
+    #[serde(default)]
+    pub scheme: Scheme,
 }
 
 impl QatSchedule {
@@ -33,6 +38,7 @@ impl QatSchedule {
             freeze_bn: 0.95 * e,
             freeze_observers: 0.975 * e,
             observer_momentum: 0.1,
+            scheme: Scheme::Asymmetric,
         }
     }
 
@@ -47,6 +53,7 @@ impl QatSchedule {
             freeze_bn: 0.3 * e,
             freeze_observers: 0.4 * e,
             observer_momentum: 0.1,
+            scheme: Scheme::Asymmetric,
         }
     }
 

@@ -36,6 +36,7 @@ pub const SETTING_FLAGS: &[&str] = &[
     "--freeze-bn",
     "--freeze-observers",
     "--observer-momentum",
+    "--scheme",
     "--train-limit",
     "--val-limit",
     "--init",
@@ -74,6 +75,8 @@ impl TrainConfig {
             q(|q| q.freeze_bn),
             q(|q| q.freeze_observers),
             q(|q| q.observer_momentum),
+            self.qat
+                .map_or("none (FP32)".into(), |q| q.scheme.name().to_string()),
             limit(self.train_limit),
             limit(self.val_limit),
             self.init.as_ref().map_or("none".into(), |p| {

@@ -284,6 +284,7 @@ pub fn small_train_config(
             freeze_bn: 1.5,
             freeze_observers: 2.5,
             observer_momentum: 0.1,
+            scheme: qat::quant::params::Scheme::Asymmetric,
         }),
         train_limit: None,
         val_limit: None,

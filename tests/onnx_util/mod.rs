@@ -7,6 +7,7 @@ use qat::models::{self, Arch};
 use qat::nn::{Activation, Mode, Module, QatFlags};
 use qat::ops::{self, AvgPool2dParams, Conv2dParams};
 use qat::optim::{Sgd, SgdConfig};
+use qat::quant::params::Scheme;
 use qat::rng::Rng;
 use qat::saved_model::ModelInfo;
 use qat::{Device, Tensor};
@@ -87,9 +88,22 @@ pub fn pool_concat_graph(dev: &Device, seed: u64) -> Graph {
 
 /// [`trained`] for any graph (one class per output of its classifier, 1x28x28
 /// inputs).
-pub fn train_steps(mut model: Graph, qat: bool, steps: usize, seed: u64, dev: &Device) -> Graph {
-    if qat {
-        model.quantize(0.1);
+pub fn train_steps(model: Graph, qat: bool, steps: usize, seed: u64, dev: &Device) -> Graph {
+    let scheme = qat.then_some(Scheme::Asymmetric);
+    train_steps_with(model, scheme, steps, seed, dev)
+}
+
+/// [`train_steps`] with the activation quantization `scheme` (`None`: FP32).
+pub fn train_steps_with(
+    mut model: Graph,
+    scheme: Option<Scheme>,
+    steps: usize,
+    seed: u64,
+    dev: &Device,
+) -> Graph {
+    let qat = scheme.is_some();
+    if let Some(s) = scheme {
+        model.quantize(0.1, s);
     }
     let (x, labels) = images(seed + 100, 16);
     let x = Tensor::from_vec(x, [16, 1, 28, 28], dev).unwrap();

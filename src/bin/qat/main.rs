@@ -124,6 +124,11 @@ struct CalibrateArgs {
     /// The percentile for --method percentile, in [50, 100].
     #[arg(long, default_value_t = 99.99)]
     percentile: f64,
+    /// asymmetric (zero point from the range) or symmetric (zero point 0,
+    /// scale max(|min|, |max|) / 127, TensorRT's scheme; docs/QUANT_SPEC.md
+    /// S2s).
+    #[arg(long, default_value = "asymmetric", value_parser = ["asymmetric", "symmetric"])]
+    scheme: String,
     /// Output folder for checkpoint.safetensors.
     #[arg(long)]
     out: PathBuf,
@@ -181,8 +186,20 @@ struct ExportArgs {
     #[arg(long)]
     out: PathBuf,
     /// Export the float model (Conv, BatchNormalization, Relu, Add, ...).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     fp32: bool,
+    /// Form of the int8 graph: qoperator (QLinearConv, QLinearAdd, ...:
+    /// integer ops, what `qat verify` and the int8 executor read) or qdq
+    /// (QuantizeLinear/DequantizeLinear around float Conv, Add, pools: what
+    /// TensorRT and ONNX Runtime's QDQ fusion read; the same integers).
+    #[arg(long, default_value = "qoperator", value_parser = ["qoperator", "qdq"])]
+    format: String,
+    /// With --format qdq: the convolution bias as int32 through a
+    /// DequantizeLinear (int32, ONNX Runtime's form) or as a float
+    /// initializer (float: TensorRT's parser takes DequantizeLinear on int8
+    /// only).
+    #[arg(long, default_value = "int32", value_parser = ["int32", "float"])]
+    qdq_bias: String,
 }
 
 #[derive(Args)]
@@ -347,6 +364,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 "mse" => qat::quant::calibrate::Method::Mse,
                 _ => qat::quant::calibrate::Method::Percentile(a.percentile),
             };
+            let scheme: qat::quant::params::Scheme = a.scheme.parse()?;
             let (device, line) = Device::choose(&a.device)?;
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
@@ -372,7 +390,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                         qat::Tensor::from_vec(x, [n, d.channels, d.height, d.width], &device)
                     }))
                 };
-                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum, scheme)?;
                 if used.get() == 0 {
                     qat::bail!(Data, "{}: no image could be read", dir.display());
                 }
@@ -396,6 +414,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     a.images,
                     method,
                     momentum,
+                    scheme,
                     &device,
                 )?
             } else {
@@ -405,7 +424,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 let norm = Normalize::new(&info.mean, &info.std)?;
                 let loader = Loader::new(data, LoaderConfig::eval(a.batch_size, norm))?;
                 let batches = || tensor_batches(&loader, &device);
-                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum)?;
+                let r = qat::calibrate::calibrate(&mut model, &batches, method, momentum, scheme)?;
                 (r, images)
             };
             for r in &ranges {
@@ -428,7 +447,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             })?;
             out.save(&path)?;
             println!(
-                "calibrated {} quantizers on {images} images ({}); wrote {}",
+                "calibrated {} quantizers on {images} images ({}, {scheme}); wrote {}",
                 ranges.len(),
                 method.name(),
                 path.display()
@@ -438,7 +457,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
         Command::Export(a) => {
             println!(
                 "{}",
-                qat::onnx::export_checkpoint(&a.checkpoint, &a.out, a.fp32)?
+                qat::onnx::export_checkpoint_as(&a.checkpoint, &a.out, export_format(&a))?
             );
             Ok(())
         }
@@ -491,6 +510,20 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 )))
             }
         }
+    }
+}
+
+/// The `--fp32`, `--format` and `--qdq-bias` flags as one choice.
+fn export_format(a: &ExportArgs) -> qat::onnx::Format {
+    use qat::onnx::{Format, QdqBias};
+    match (a.fp32, a.format.as_str()) {
+        (true, _) => Format::Fp32,
+        (false, "qdq") => Format::Qdq(if a.qdq_bias == "float" {
+            QdqBias::Float
+        } else {
+            QdqBias::Int32
+        }),
+        _ => Format::QOperator,
     }
 }
 

@@ -64,6 +64,12 @@ pub struct TrainArgs {
     /// (0, 1].
     #[arg(long, default_value_t = 0.1, value_parser = parse::weight)]
     observer_momentum: f32,
+    /// QAT: how activation ranges become int8 scales and zero points:
+    /// asymmetric (zero point from the range, all 256 levels) or symmetric
+    /// (zero point 0, scale max(|min|, |max|) / 127: what TensorRT's
+    /// explicit quantization requires; see docs/QUANT_SPEC.md S2s).
+    #[arg(long, default_value = "asymmetric", value_parser = ["asymmetric", "symmetric"])]
+    scheme: String,
     /// Continue OUT/checkpoint.safetensors exactly where it stopped, with the
     /// checkpoint's settings (see below).
     #[arg(long)]
@@ -218,6 +224,8 @@ impl TrainArgs {
                 freeze_bn: self.freeze_bn.unwrap_or(d.freeze_bn),
                 freeze_observers: self.freeze_observers.unwrap_or(d.freeze_observers),
                 observer_momentum: self.observer_momentum,
+                // The parser only lets the two names through.
+                scheme: self.scheme.parse().unwrap_or_default(),
             }
         });
         TrainConfig {
@@ -295,7 +303,11 @@ pub fn run(a: TrainArgs, m: &ArgMatches) -> qat::Result<()> {
     eprintln!(
         "recipe: {} {}, {} epochs, batch {}, lr {} (cosine, {} warm-up epochs), momentum {}, wd {}{}",
         cfg.arch,
-        if cfg.qat.is_some() { "QAT" } else { "FP32" },
+        match cfg.qat {
+            None => "FP32",
+            Some(q) if q.scheme == qat::quant::params::Scheme::Symmetric => "QAT (symmetric)",
+            Some(_) => "QAT",
+        },
         cfg.epochs,
         cfg.batch_size,
         cfg.lr,
