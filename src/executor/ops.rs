@@ -35,6 +35,10 @@ pub struct ConvOp {
     pub z_x: i32,
     /// `[c_out, c_in / groups * kh * kw]`.
     pub weight: Vec<i8>,
+    /// Weight zero point of each output channel: the products are
+    /// `(w - weight_zero[o]) * (x - z_x)` (0 for symmetric weights; uint8
+    /// weights are held as `w - 128` with their zero point shifted alike).
+    pub weight_zero: Vec<i32>,
     pub bias: Vec<i32>,
     /// R1 of each output channel.
     pub requant: Vec<Requant>,
@@ -123,7 +127,7 @@ impl ConvOp {
             let row_off = (ky * self.dilation.0) as isize - self.pad_begin.0 as isize;
             let rows = valid(row_off, self.stride.0, self.h, self.out_h);
             for kx in 0..self.kw {
-                let wv = self.weight[o * kk + ky * self.kw + kx] as i32;
+                let wv = self.weight[o * kk + ky * self.kw + kx] as i32 - self.weight_zero[o];
                 let col_off = (kx * self.dilation.1) as isize - self.pad_begin.1 as isize;
                 let cols = valid(col_off, self.stride.1, self.w, self.out_w);
                 if wv == 0 || cols.is_empty() {
@@ -184,14 +188,16 @@ impl ConvOp {
                 .enumerate()
                 .try_for_each(|(o_local, yrow)| {
                     let o = grp * og + o_local;
-                    // |x - z_x| <= 255 and |w| <= 128 with k bounded at
-                    // validation, so the int32 sum cannot overflow.
+                    // |x - z_x| <= 255 and |w - z_w| * 255 * k < 2^31 is
+                    // checked at validation, so the int32 sum cannot
+                    // overflow.
                     let mut acc = vec![0i32; p_len];
+                    let zw = self.weight_zero[o];
                     for (kk, &wv) in self.weight[o * k..][..k].iter().enumerate() {
+                        let wv = wv as i32 - zw;
                         if wv == 0 {
                             continue;
                         }
-                        let wv = wv as i32;
                         for (a, &c) in acc.iter_mut().zip(&col[kk * p_len..][..p_len]) {
                             *a += wv * c as i32;
                         }
@@ -245,6 +251,7 @@ pub struct PoolOp {
     pub kh: usize,
     pub kw: usize,
     pub stride: (usize, usize),
+    pub dilation: (usize, usize),
     pub pad_begin: (usize, usize),
     pub out_h: usize,
     pub out_w: usize,
@@ -262,13 +269,14 @@ impl PoolOp {
                         let mut m = i8::MIN;
                         let mut any = false;
                         for ky in 0..self.kh {
-                            let iy = (oy * self.stride.0 + ky) as isize - self.pad_begin.0 as isize;
+                            let iy = (oy * self.stride.0 + ky * self.dilation.0) as isize
+                                - self.pad_begin.0 as isize;
                             if iy < 0 || iy >= self.h as isize {
                                 continue;
                             }
                             for kx in 0..self.kw {
-                                let ix =
-                                    (ox * self.stride.1 + kx) as isize - self.pad_begin.1 as isize;
+                                let ix = (ox * self.stride.1 + kx * self.dilation.1) as isize
+                                    - self.pad_begin.1 as isize;
                                 if ix < 0 || ix >= self.w as isize {
                                     continue;
                                 }
@@ -412,6 +420,9 @@ mod tests {
             let k = c_in / groups * kh * kw;
             let n = 2;
             let z_x = rng.below(256) as i32 - 128;
+            // Half the cases with nonzero weight zero points (asymmetric or
+            // uint8 weights).
+            let zw_range = if case % 2 == 0 { 1 } else { 41 };
             let op = ConvOp {
                 c_in,
                 h,
@@ -428,6 +439,9 @@ mod tests {
                 z_x,
                 weight: (0..c_out * k)
                     .map(|_| (rng.below(255) as i32 - 127) as i8)
+                    .collect(),
+                weight_zero: (0..c_out)
+                    .map(|_| rng.below(zw_range) as i32 - zw_range as i32 / 2)
                     .collect(),
                 bias: (0..c_out).map(|_| rng.below(2001) as i32 - 1000).collect(),
                 requant: (0..c_out)
@@ -459,8 +473,10 @@ mod tests {
                                         let c = grp * cg + ci;
                                         let xv = x[((img * c_in + c) * h + iy as usize) * w
                                             + ix as usize];
-                                        let wv = op.weight[((o * cg + ci) * kh + ky) * kw + kx];
-                                        acc += (xv as i64 - z_x as i64) * wv as i64;
+                                        let wv = op.weight[((o * cg + ci) * kh + ky) * kw + kx]
+                                            as i64
+                                            - op.weight_zero[o] as i64;
+                                        acc += (xv as i64 - z_x as i64) * wv;
                                     }
                                 }
                             }
@@ -530,6 +546,15 @@ mod tests {
                         }
                     })
                     .collect(),
+                weight_zero: (0..c_out)
+                    .map(|_| {
+                        if case % 2 == 0 {
+                            0
+                        } else {
+                            rng.below(21) as i32 - 10
+                        }
+                    })
+                    .collect(),
                 bias: (0..c_out)
                     .map(|_| {
                         if big {
@@ -576,6 +601,7 @@ mod tests {
             kh: 3,
             kw: 3,
             stride: (2, 2),
+            dilation: (1, 1),
             pad_begin: (1, 1),
             out_h: 1,
             out_w: 1,
