@@ -901,8 +901,17 @@ fn ort_quantized_graphs_run_and_malformed_forms_are_errors() {
         node(m, "fc_quant").input.truncate(7);
     });
     assert_err(&m, &["node 'fc_quant' (QGemm)", "float output"]);
-    let m = edit(u8u8, &|m| init(m, "fc.weight_quantized").dims = vec![64, 10]);
-    assert_err(&m, &["node 'fc_quant' (QGemm)", "fc.weight_quantized", "does not fit"]);
+    let m = edit(u8u8, &|m| {
+        init(m, "fc.weight_quantized").dims = vec![64, 10]
+    });
+    assert_err(
+        &m,
+        &[
+            "node 'fc_quant' (QGemm)",
+            "fc.weight_quantized",
+            "does not fit",
+        ],
+    );
     // A zero point whose type is not its tensor's.
     let m = edit(u8u8, &|m| {
         let mut t = init(m, "stem.bn_zero_point").clone();
@@ -930,7 +939,14 @@ fn ort_quantized_graphs_run_and_malformed_forms_are_errors() {
             t.int32_data = vec![0; t.dims[0] as usize];
         }
     });
-    assert_err(&m, &["node 'stem.conv_quant'", name, "uint8 but the weight is int8"]);
+    assert_err(
+        &m,
+        &[
+            "node 'stem.conv_quant'",
+            name,
+            "uint8 but the weight is int8",
+        ],
+    );
     // QDQ: a Conv whose output goes to no QuantizeLinear is not fused and
     // computes in float.
     let m = edit(qdq, &|m| {
@@ -946,7 +962,14 @@ fn ort_quantized_graphs_run_and_malformed_forms_are_errors() {
         extra.output = vec!["extra_out".into()];
         g.node.insert(q + 1, extra);
     });
-    assert_err(&m, &["not integer-only", "node 'stem.conv' (Conv)", "computes in float"]);
+    assert_err(
+        &m,
+        &[
+            "not integer-only",
+            "node 'stem.conv' (Conv)",
+            "computes in float",
+        ],
+    );
     // Different scales on the DequantizeLinear and QuantizeLinear around a
     // Flatten: not fused, so the Flatten computes in float.
     let m = edit(qdq, &|m| {
@@ -955,9 +978,13 @@ fn ort_quantized_graphs_run_and_malformed_forms_are_errors() {
     assert_err(&m, &["not integer-only", "node 'gap.flatten' (Flatten)"]);
     // Without the com.microsoft import the QOperator graph's ops are refused,
     // the fused QDQ graph still loads (fusion needs no import).
-    let m = edit(u8u8, &|m| m.opset_import.retain(|o| o.domain != "com.microsoft"));
+    let m = edit(u8u8, &|m| {
+        m.opset_import.retain(|o| o.domain != "com.microsoft")
+    });
     assert_err(&m, &["com.microsoft"]);
-    let m = edit(qdq, &|m| m.opset_import.retain(|o| o.domain != "com.microsoft"));
+    let m = edit(qdq, &|m| {
+        m.opset_import.retain(|o| o.domain != "com.microsoft")
+    });
     Executor::from_model(&m).unwrap();
     // Opsets and IR versions ORT accepts for these ops.
     for (opset, ir) in [(10, 5), (13, 7), (21, 10), (23, 14)] {

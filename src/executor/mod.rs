@@ -14,13 +14,21 @@
 //!   execution plan with every multiplier precomputed;
 //! - [`ops`]: the integer kernels (rayon over images and channels).
 //!
-//! Supported: QuantizeLinear (int8), QLinearConv (int8 x int8, per-tensor or
-//! per-channel weight scales, zero weight zero points, int32 bias), MaxPool
-//! on int8, Flatten, DequantizeLinear from the standard domain (opsets
-//! 13-21), and QLinearAdd, QLinearAveragePool, QLinearConcat (channel axis)
-//! and QLinearGlobalAveragePool from `com.microsoft` version 1. A malformed or unsupported file is an error naming the node and
-//! the problem, never a panic; sizes in the file are checked before they
-//! decide any allocation.
+//! - [`qdq`]: the fusion of QDQ groups (DequantizeLinear -> op ->
+//!   QuantizeLinear) into QLinear ops, as ONNX Runtime's QDQ transformer does.
+//!
+//! Supported, int8 or uint8 (a uint8 tensor is held as int8 `v - 128` with
+//! its zero points shifted alike, which every op here computes exactly):
+//! QuantizeLinear, DequantizeLinear, QLinearConv (per-tensor or per-channel
+//! weight scales and zero points, int32 bias, `auto_pad`), QLinearMatMul,
+//! MaxPool (`ceil_mode`, dilations), Flatten from the standard domain
+//! (opsets 10-23), and QLinearAdd, QGemm, QLinearAveragePool, QLinearConcat
+//! (channel axis) and QLinearGlobalAveragePool from `com.microsoft` version
+//! 1; QDQ graphs of Conv, Gemm, MatMul, Add, pooling, Concat and Flatten. A
+//! float op between quantized ones is an error (`not integer-only: node ...
+//! computes in float`). A malformed or unsupported file is an error naming
+//! the node and the problem, never a panic; sizes in the file are checked
+//! before they decide any allocation.
 
 pub mod load;
 pub mod ops;

@@ -1510,12 +1510,20 @@ fn float_input(n: &NodeProto, i: usize) -> String {
     } else {
         n.name.clone()
     };
+    let hint = match n.op_type.as_str() {
+        "BatchNormalization" => {
+            "fold it into the convolution before quantizing (for ONNX Runtime's quantize_static: \
+run onnxruntime.quantization.shape_inference.quant_pre_process first)"
+        }
+        "Relu" | "Clip" => {
+            "quantize with asymmetric activations, whose zero point after a ReLU is the type's \
+minimum, so that the quantizer can drop it (ONNX Runtime keeps it with ActivationSymmetric)"
+        }
+        _ => "quantize it, or fold it into a neighbouring quantized op",
+    };
     format!(
         "{FLOAT_ISLAND}: node '{name}' ({}) computes in float (its input {i} '{}' is a float \
-tensor, e.g. the output of a DequantizeLinear); the executor runs only integer graphs. Quantize \
-the model with every such op folded or quantized (for ONNX Runtime's quantize_static: run \
-onnxruntime.quantization.shape_inference.quant_pre_process first, which folds \
-BatchNormalization into Conv)",
+tensor, e.g. the output of a DequantizeLinear); the executor runs only integer graphs: {hint}",
         n.op_type, n.input[i]
     )
 }
