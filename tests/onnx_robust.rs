@@ -6,6 +6,7 @@
 
 mod onnx_util;
 
+use onnx_protobuf::attribute_proto::AttributeType;
 use onnx_protobuf::tensor_proto::DataType;
 use onnx_protobuf::tensor_shape_proto::dimension;
 use onnx_protobuf::{type_proto, GraphProto, Message, ModelProto};
@@ -26,6 +27,27 @@ fn valid() -> &'static ModelProto {
     M.get_or_init(|| {
         let m = trained(Arch::Small, true, 4, 31, &Device::cpu());
         export_int8(&Int8Net::build(&m).unwrap(), &info(Arch::Small)).unwrap()
+    })
+}
+
+/// One of ONNX Runtime's quantized graphs of the fixture model
+/// (`tests/data/ort_quantized/`).
+fn ort_graph(name: &str) -> ModelProto {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/ort_quantized")
+        .join(name);
+    qat::executor::load::read_model(&path).unwrap()
+}
+
+fn ort_graphs() -> &'static [ModelProto; 3] {
+    static M: OnceLock<[ModelProto; 3]> = OnceLock::new();
+    M.get_or_init(|| {
+        [
+            "qop_u8u8_pre.onnx",
+            "qop_s8s8_pre_asymw.onnx",
+            "qdq_u8s8_pre.onnx",
+        ]
+        .map(ort_graph)
     })
 }
 
@@ -374,8 +396,10 @@ fn unknown_ops_and_opsets_are_errors() {
     assert_err(&m, &["Softmax", "not supported"]);
     let m = with(|m| node(m, "gap").domain = "com.example".into());
     assert_err(&m, &["QLinearGlobalAveragePool", "com.example"]);
-    let m = with(|m| m.opset_import[0].version = 11);
-    assert_err(&m, &["opset 11"]);
+    let m = with(|m| m.opset_import[0].version = 9);
+    assert_err(&m, &["opset 9"]);
+    let m = with(|m| m.opset_import[0].version = 24);
+    assert_err(&m, &["opset 24"]);
     let m = with(|m| m.opset_import.retain(|o| o.domain != "com.microsoft"));
     assert_err(&m, &["com.microsoft"]);
     let m = with(|m| m.ir_version = 99);
@@ -534,15 +558,19 @@ fn fuzz_loader_random_mutations() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let base = valid().write_to_bytes().unwrap();
+    // Our export and ONNX Runtime's QOperator (uint8, QGemm, weight zero
+    // points) and QDQ graphs of the fixture model.
+    let models: Vec<&ModelProto> = std::iter::once(valid()).chain(ort_graphs()).collect();
+    let bases: Vec<Vec<u8>> = models.iter().map(|m| m.write_to_bytes().unwrap()).collect();
     let (x, _) = images(2, 2);
     let (mut cases, mut accepted) = (0u64, 0u64);
     while Instant::now() < deadline {
         let seed = cases;
         let mut rng = Rng::new(seed);
+        let which = (seed / 2 % models.len() as u64) as usize;
         let bytes = if seed % 2 == 0 {
             // Byte-level: flips, overwrites, cuts, insertions, duplications.
-            let mut b = base.clone();
+            let mut b = bases[which].clone();
             for _ in 0..1 + rng.below(6) {
                 let at = rng.below(b.len() as u64) as usize;
                 match rng.below(5) {
@@ -566,7 +594,7 @@ fn fuzz_loader_random_mutations() {
             }
             b
         } else {
-            let mut m = valid().clone();
+            let mut m = models[which].clone();
             for _ in 0..1 + rng.below(3) {
                 mutate(&mut m, &mut rng);
             }
@@ -836,4 +864,137 @@ fn malformed_concat_and_avg_pool_nodes_are_errors() {
         }
     });
     assert_err(&both, &["pool1", "ceil_mode with count_include_pad"]);
+}
+
+/// ONNX Runtime's quantized graphs load and run; malformed QGemm, uint8,
+/// weight-zero-point and QDQ forms are errors naming the node and the
+/// problem.
+#[test]
+fn ort_quantized_graphs_run_and_malformed_forms_are_errors() {
+    let (x, _) = images(3, 2);
+    for m in ort_graphs() {
+        let exec = Executor::from_model(m).unwrap();
+        assert_eq!(exec.run(&x, 2).unwrap().len(), 20);
+    }
+    let [u8u8, asymw, qdq] = ort_graphs();
+    let edit = |m: &ModelProto, f: &dyn Fn(&mut ModelProto)| {
+        let mut m = m.clone();
+        f(&mut m);
+        m
+    };
+    // QGemm: unsupported attributes and shapes.
+    let m = edit(u8u8, &|m| {
+        let n = node(m, "fc_quant");
+        let mut a = n.attribute[0].clone();
+        a.name = "transA".into();
+        a.type_ = AttributeType::INT.into();
+        a.i = 1;
+        n.attribute.retain(|a| a.name != "transA");
+        n.attribute.push(a);
+    });
+    assert_err(&m, &["node 'fc_quant' (QGemm)", "transA"]);
+    let m = edit(u8u8, &|m| {
+        node(m, "fc_quant").input.truncate(8);
+    });
+    assert_err(&m, &["node 'fc_quant' (QGemm)", "y_zero_point is required"]);
+    let m = edit(u8u8, &|m| {
+        node(m, "fc_quant").input.truncate(7);
+    });
+    assert_err(&m, &["node 'fc_quant' (QGemm)", "float output"]);
+    let m = edit(u8u8, &|m| {
+        init(m, "fc.weight_quantized").dims = vec![64, 10]
+    });
+    assert_err(
+        &m,
+        &[
+            "node 'fc_quant' (QGemm)",
+            "fc.weight_quantized",
+            "does not fit",
+        ],
+    );
+    // A zero point whose type is not its tensor's.
+    let m = edit(u8u8, &|m| {
+        let mut t = init(m, "stem.bn_zero_point").clone();
+        t.name = "z_i8".into();
+        t.data_type = DataType::INT8 as i32;
+        m.graph.as_mut().unwrap().initializer.push(t);
+        node(m, "layer1.0.conv1.conv_quant").input[2] = "z_i8".into();
+    });
+    assert_err(
+        &m,
+        &[
+            "node 'layer1.0.conv1.conv_quant'",
+            "z_i8",
+            "int8 but the tensor it belongs to is uint8",
+        ],
+    );
+    // Weight zero points of another type than the weight.
+    let name = "ConvBnFusion_W_stem.conv.weight_zero_point";
+    let m = edit(asymw, &|m| {
+        let t = init(m, name);
+        t.data_type = DataType::UINT8 as i32;
+        t.int32_data.iter_mut().for_each(|v| *v &= 0xff);
+        t.raw_data.clear();
+        if t.int32_data.is_empty() {
+            t.int32_data = vec![0; t.dims[0] as usize];
+        }
+    });
+    assert_err(
+        &m,
+        &[
+            "node 'stem.conv_quant'",
+            name,
+            "uint8 but the weight is int8",
+        ],
+    );
+    // QDQ: a Conv whose output goes to no QuantizeLinear is not fused and
+    // computes in float.
+    let m = edit(qdq, &|m| {
+        let g = m.graph.as_mut().unwrap();
+        let q = g
+            .node
+            .iter()
+            .position(|n| n.name == "stem.relu_QuantizeLinear")
+            .unwrap();
+        // The Conv's output read by a second, float consumer too.
+        let mut extra = g.node[q].clone();
+        extra.name = "extra_q".into();
+        extra.output = vec!["extra_out".into()];
+        g.node.insert(q + 1, extra);
+    });
+    assert_err(
+        &m,
+        &[
+            "not integer-only",
+            "node 'stem.conv' (Conv)",
+            "computes in float",
+        ],
+    );
+    // Different scales on the DequantizeLinear and QuantizeLinear around a
+    // Flatten: not fused, so the Flatten computes in float.
+    let m = edit(qdq, &|m| {
+        node(m, "gap.flatten_QuantizeLinear").input[1] = "logits_scale".into();
+    });
+    assert_err(&m, &["not integer-only", "node 'gap.flatten' (Flatten)"]);
+    // Without the com.microsoft import the QOperator graph's ops are refused,
+    // the fused QDQ graph still loads (fusion needs no import).
+    let m = edit(u8u8, &|m| {
+        m.opset_import.retain(|o| o.domain != "com.microsoft")
+    });
+    assert_err(&m, &["com.microsoft"]);
+    let m = edit(qdq, &|m| {
+        m.opset_import.retain(|o| o.domain != "com.microsoft")
+    });
+    Executor::from_model(&m).unwrap();
+    // Opsets and IR versions ORT accepts for these ops.
+    for (opset, ir) in [(10, 5), (13, 7), (21, 10), (23, 14)] {
+        let m = edit(asymw, &|m| {
+            m.ir_version = ir;
+            m.opset_import
+                .iter_mut()
+                .filter(|o| o.domain.is_empty())
+                .for_each(|o| o.version = opset);
+        });
+        Executor::from_model(&m).unwrap_or_else(|e| panic!("opset {opset}, IR {ir}: {e}"));
+    }
 }

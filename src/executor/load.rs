@@ -18,6 +18,10 @@ pub const MAX_ELEMENTS: usize = 1 << 26;
 pub enum ElemType {
     F32,
     I8,
+    /// uint8. A computed uint8 tensor is held as int8 `v - 128` (with its
+    /// zero points shifted the same way), which every affine integer op
+    /// computes exactly: see docs/INT8.md, "uint8 tensors".
+    U8,
     I32,
 }
 
@@ -26,6 +30,7 @@ impl ElemType {
         match DataType::from_i32(code)? {
             DataType::FLOAT => Some(ElemType::F32),
             DataType::INT8 => Some(ElemType::I8),
+            DataType::UINT8 => Some(ElemType::U8),
             DataType::INT32 => Some(ElemType::I32),
             _ => None,
         }
@@ -34,6 +39,7 @@ impl ElemType {
         match self {
             ElemType::F32 => "float",
             ElemType::I8 => "int8",
+            ElemType::U8 => "uint8",
             ElemType::I32 => "int32",
         }
     }
@@ -52,6 +58,7 @@ pub fn onnx_type_name(code: i32) -> String {
 pub enum Data {
     F32(Vec<f32>),
     I8(Vec<i8>),
+    U8(Vec<u8>),
     I32(Vec<i32>),
 }
 
@@ -60,6 +67,7 @@ impl Data {
         match self {
             Data::F32(_) => ElemType::F32,
             Data::I8(_) => ElemType::I8,
+            Data::U8(_) => ElemType::U8,
             Data::I32(_) => ElemType::I32,
         }
     }
@@ -159,19 +167,19 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
     let Some(ty) = ElemType::from_onnx(t.data_type) else {
         bail!(
             Onnx,
-            "{what}: element type {} is not supported (float, int8, int32 only)",
+            "{what}: element type {} is not supported (float, int8, uint8, int32 only)",
             onnx_type_name(t.data_type)
         );
     };
     let (dims, n) = checked_dims(&t.dims, &what)?;
     let raw = &t.raw_data;
     let size = match ty {
-        ElemType::I8 => 1,
+        ElemType::I8 | ElemType::U8 => 1,
         ElemType::F32 | ElemType::I32 => 4,
     };
     let typed_len = match ty {
         ElemType::F32 => t.float_data.len(),
-        ElemType::I8 | ElemType::I32 => t.int32_data.len(),
+        ElemType::I8 | ElemType::U8 | ElemType::I32 => t.int32_data.len(),
     };
     if !raw.is_empty() && typed_len != 0 {
         bail!(Onnx, "{what}: has both raw_data and typed data");
@@ -216,6 +224,15 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
                 .collect::<Result<_>>()?,
         ),
         ElemType::I8 => Data::I8(raw.iter().map(|&b| b as i8).collect()),
+        ElemType::U8 if raw.is_empty() => Data::U8(
+            t.int32_data
+                .iter()
+                .map(|&v| {
+                    u8::try_from(v).map_err(|_| Error::Onnx(format!("{what}: {v} is not a uint8")))
+                })
+                .collect::<Result<_>>()?,
+        ),
+        ElemType::U8 => Data::U8(raw.clone()),
     };
     Ok(Const { dims, data })
 }

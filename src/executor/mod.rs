@@ -17,21 +17,31 @@
 //! - [`gemm`]: the packed int8 GEMM (AVX-512 VNNI, AVX2, scalar; chosen at
 //!   run time) and the vectorized R1 that QLinearConv runs on.
 //!
-//! Supported: QuantizeLinear (int8), QLinearConv (int8 x int8, per-tensor or
-//! per-channel weight scales, zero weight zero points, int32 bias), MaxPool
-//! and Clip (int8 bounds) on int8, Flatten, DequantizeLinear from the standard domain (opsets
-//! 13-21), and QLinearAdd, QLinearAveragePool, QLinearConcat (channel axis)
-//! and QLinearGlobalAveragePool from `com.microsoft` version 1. A malformed or unsupported file is an error naming the node and
-//! the problem, never a panic; sizes in the file are checked before they
-//! decide any allocation.
+//! - [`qdq`]: the fusion of QDQ groups (DequantizeLinear -> op ->
+//!   QuantizeLinear) into QLinear ops, as ONNX Runtime's QDQ transformer does.
+//!
+//! Supported, int8 or uint8 (a uint8 tensor is held as int8 `v - 128` with
+//! its zero points shifted alike, which every op here computes exactly):
+//! QuantizeLinear, DequantizeLinear, QLinearConv (per-tensor or per-channel
+//! weight scales and zero points, int32 bias, `auto_pad`), QLinearMatMul,
+//! MaxPool (`ceil_mode`, dilations), Flatten from the standard domain
+//! (opsets 10-23), and QLinearAdd, QGemm, QLinearAveragePool, QLinearConcat
+//! (channel axis) and QLinearGlobalAveragePool from `com.microsoft` version
+//! 1; QDQ graphs of Conv, Gemm, MatMul, Add, pooling, Concat and Flatten. A
+//! float op between quantized ones is an error (`not integer-only: node ...
+//! computes in float`). A malformed or unsupported file is an error naming
+//! the node and the problem, never a panic; sizes in the file are checked
+//! before they decide any allocation.
 
 pub mod gemm;
 pub mod load;
 pub mod ops;
+pub mod qdq;
 pub mod validate;
 pub mod wire;
 
 use crate::{bail, Result};
+use load::ElemType;
 use std::collections::BTreeMap;
 use std::path::Path;
 use validate::{Op, Plan};
@@ -45,7 +55,21 @@ pub struct ExecTensor {
     pub name: String,
     /// With the batch dimension first.
     pub shape: Vec<usize>,
+    /// The values; for a uint8 tensor ([`ExecTensor::uint8`]) each is
+    /// `v - 128` of the uint8 value `v` (see [`ExecTensor::to_u8`]).
     pub values: Vec<i8>,
+    /// Whether the graph declares the tensor uint8.
+    pub uint8: bool,
+}
+
+impl ExecTensor {
+    /// The uint8 values of a uint8 tensor (`values[i] + 128`).
+    pub fn to_u8(&self) -> Vec<u8> {
+        self.values
+            .iter()
+            .map(|&v| (v as i32 + 128) as u8)
+            .collect()
+    }
 }
 
 /// A loaded and validated int8 graph.
@@ -95,26 +119,24 @@ impl Executor {
         &self.plan.slots[self.plan.output].dims
     }
 
-    /// The node names in execution order, with their op.
-    pub fn nodes(&self) -> Vec<(String, &'static str)> {
+    /// The node names in execution order, with their op (for a fused
+    /// DequantizeLinear -> op -> QuantizeLinear group, the QLinear op it
+    /// became), and the names of their computed inputs and output.
+    pub fn nodes(&self) -> Vec<(String, &str)> {
         self.plan
             .steps
             .iter()
-            .map(|s| {
-                let op = match s.op {
-                    Op::Quantize { .. } => "QuantizeLinear",
-                    Op::Conv(_) => "QLinearConv",
-                    Op::Add(_) => "QLinearAdd",
-                    Op::MaxPool(_) => "MaxPool",
-                    Op::Gap { .. } => "QLinearGlobalAveragePool",
-                    Op::AvgPool { .. } => "QLinearAveragePool",
-                    Op::Concat(_) => "QLinearConcat",
-                    Op::Clip { .. } => "Clip",
-                    Op::Flatten => "Flatten",
-                    Op::Dequantize { .. } => "DequantizeLinear",
-                };
-                (s.node.clone(), op)
-            })
+            .map(|s| (s.node.clone(), s.op_type.as_str()))
+            .collect()
+    }
+
+    /// Per step: the names of its computed input tensors and of its output.
+    pub fn step_tensors(&self) -> Vec<(Vec<&str>, &str)> {
+        let name = |i: usize| self.plan.slots[i].name.as_str();
+        self.plan
+            .steps
+            .iter()
+            .map(|s| (s.inputs.iter().map(|&i| name(i)).collect(), name(s.output)))
             .collect()
     }
 
@@ -242,6 +264,7 @@ impl Executor {
                         name: s.name.clone(),
                         shape,
                         values: v.clone(),
+                        uint8: s.ty == ElemType::U8,
                     });
                 }
             }

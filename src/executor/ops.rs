@@ -753,6 +753,7 @@ pub struct PoolOp {
     pub kh: usize,
     pub kw: usize,
     pub stride: (usize, usize),
+    pub dilation: (usize, usize),
     pub pad_begin: (usize, usize),
     pub out_h: usize,
     pub out_w: usize,
@@ -770,13 +771,14 @@ impl PoolOp {
                         let mut m = i8::MIN;
                         let mut any = false;
                         for ky in 0..self.kh {
-                            let iy = (oy * self.stride.0 + ky) as isize - self.pad_begin.0 as isize;
+                            let iy = (oy * self.stride.0 + ky * self.dilation.0) as isize
+                                - self.pad_begin.0 as isize;
                             if iy < 0 || iy >= self.h as isize {
                                 continue;
                             }
                             for kx in 0..self.kw {
-                                let ix =
-                                    (ox * self.stride.1 + kx) as isize - self.pad_begin.1 as isize;
+                                let ix = (ox * self.stride.1 + kx * self.dilation.1) as isize
+                                    - self.pad_begin.1 as isize;
                                 if ix < 0 || ix >= self.w as isize {
                                     continue;
                                 }
@@ -1169,6 +1171,7 @@ mod tests {
             kh: 3,
             kw: 3,
             stride: (2, 2),
+            dilation: (1, 1),
             pad_begin: (1, 1),
             out_h: 1,
             out_w: 1,

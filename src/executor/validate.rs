@@ -16,11 +16,16 @@ use onnx_protobuf::tensor_shape_proto::dimension;
 use onnx_protobuf::{type_proto, AttributeProto, ModelProto, NodeProto, ValueInfoProto};
 use std::collections::{BTreeMap, HashMap};
 
-/// Accepted versions of the standard opset (the ops used keep their
-/// opset-13 semantics for int8 through these versions).
-pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 13..=21;
-/// Accepted IR versions.
-pub const IR_RANGE: std::ops::RangeInclusive<i64> = 7..=10;
+/// Accepted versions of the standard opset: the int8 semantics of the ops
+/// used are those of QLinearConv-10 through every later version up to 23
+/// (QuantizeLinear/DequantizeLinear gained per-axis scales in 13, float8
+/// in 19 and blocked quantization in 21, none of which changes the int8
+/// per-tensor and per-axis forms read here; MaxPool takes int8 from 12 on,
+/// checked at the node).
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 10..=23;
+/// Accepted IR versions: 3 (the first with opsets) to 14 (what onnx 1.23
+/// writes); later versions add element types, not changes to these ops.
+pub const IR_RANGE: std::ops::RangeInclusive<i64> = 3..=14;
 /// Largest reduction length of a convolution: with `|x - z| <= 255` and
 /// `|w| <= 128` the int32 sum stays below 2^31.
 const MAX_CONV_K: usize = 65_000;
@@ -80,6 +85,8 @@ pub enum Op {
 #[derive(Clone, Debug)]
 pub struct Step {
     pub node: String,
+    /// The ONNX op (after QDQ fusion, the QLinear op of the fused group).
+    pub op_type: String,
     pub op: Op,
     pub inputs: Vec<usize>,
     pub output: usize,
@@ -167,7 +174,7 @@ pub fn build_plan(m: &ModelProto) -> Result<Plan> {
             IR_RANGE.end()
         );
     }
-    let mut std_opset = None;
+    let mut std_opset: Option<i64> = None;
     let mut ms_opset = None;
     for o in &m.opset_import {
         match o.domain.as_str() {
@@ -204,6 +211,8 @@ pub fn build_plan(m: &ModelProto) -> Result<Plan> {
     }
 
     let mut b = PlanBuilder {
+        opset: std_opset.unwrap_or(0),
+        float_consts: Default::default(),
         consts,
         slots: Vec::new(),
         by_name: HashMap::new(),
@@ -226,16 +235,25 @@ pub fn build_plan(m: &ModelProto) -> Result<Plan> {
     let (input_dims, batch) = input_shape(inputs[0])?;
     let input = b.add_slot(&inputs[0].name, ElemType::F32, input_dims, "graph input")?;
 
-    for (i, n) in g.node.iter().enumerate() {
+    // QDQ groups fused into integer ops, as ONNX Runtime does.
+    let outputs: Vec<String> = g.output.iter().map(|o| o.name.clone()).collect();
+    let fused = super::qdq::fuse(&g.node, &b.consts, &outputs);
+    for (name, c) in fused.consts {
+        b.consts.entry(name).or_insert(c);
+    }
+
+    for (i, n) in fused.nodes.iter().enumerate() {
         let label = node_label(n, i);
         b.node(n, &label).map_err(|e| match e {
-            Error::Onnx(msg) if msg.starts_with("node '") => Error::Onnx(msg),
+            Error::Onnx(msg) if msg.starts_with("node '") || msg.starts_with(FLOAT_ISLAND) => {
+                Error::Onnx(msg)
+            }
             Error::Onnx(msg) | Error::Numerical(msg) | Error::Shape(msg) => {
                 Error::Onnx(format!("node '{label}' ({}): {msg}", n.op_type))
             }
             other => other,
         })?;
-        if n.domain == "com.microsoft" && ms_opset != Some(1) {
+        if n.domain == "com.microsoft" && ms_opset != Some(1) && !fused.fused[i] {
             bail!(
                 Onnx,
                 "node '{label}' ({}): uses the com.microsoft domain, which the model does not import at version 1",
@@ -255,6 +273,12 @@ pub fn build_plan(m: &ModelProto) -> Result<Plan> {
     let Some(&output) = b.by_name.get(out_name) else {
         bail!(Onnx, "graph output '{out_name}' is produced by no node");
     };
+    if b.float_consts.contains(&output) {
+        bail!(
+            Onnx,
+            "graph output '{out_name}' is a dequantized constant, not computed from the input"
+        );
+    }
     if b.slots[output].ty != ElemType::F32 {
         bail!(
             Onnx,
@@ -326,6 +350,11 @@ fn input_shape(vi: &ValueInfoProto) -> Result<(Vec<usize>, Option<usize>)> {
 }
 
 struct PlanBuilder {
+    /// The standard opset the model imports.
+    opset: i64,
+    /// Float slots of dequantized constants, which no step computes: only
+    /// float ops (refused) can read them.
+    float_consts: std::collections::HashSet<usize>,
     consts: HashMap<String, Const>,
     slots: Vec<Slot>,
     by_name: HashMap<String, usize>,
@@ -347,6 +376,14 @@ impl<'a> Attrs<'a> {
             }
         }
         Ok(Attrs(m))
+    }
+
+    fn float(&self, name: &str, default: f32) -> Result<f32> {
+        match self.0.get(name) {
+            None => Ok(default),
+            Some(a) if a.type_.value() == AttributeType::FLOAT as i32 => Ok(a.f),
+            Some(_) => bail!(Onnx, "attribute '{name}' must be a float"),
+        }
     }
 
     fn int(&self, name: &str, default: i64) -> Result<i64> {
@@ -379,6 +416,30 @@ impl<'a> Attrs<'a> {
             );
         }
         Ok(Some(a.ints.iter().map(|&v| v as usize).collect()))
+    }
+
+    /// The `auto_pad` attribute.
+    fn auto_pad(&self) -> Result<AutoPad> {
+        let Some(a) = self.0.get("auto_pad") else {
+            return Ok(AutoPad::NotSet);
+        };
+        if a.type_.value() != AttributeType::STRING as i32 {
+            bail!(Onnx, "attribute 'auto_pad' must be a string");
+        }
+        if self.0.contains_key("pads") && a.s != b"NOTSET" {
+            bail!(Onnx, "auto_pad and pads are both set");
+        }
+        Ok(match a.s.as_slice() {
+            b"NOTSET" => AutoPad::NotSet,
+            b"VALID" => AutoPad::Valid,
+            b"SAME_UPPER" => AutoPad::Same { upper: true },
+            b"SAME_LOWER" => AutoPad::Same { upper: false },
+            other => bail!(
+                Onnx,
+                "auto_pad '{}' is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER",
+                String::from_utf8_lossy(other)
+            ),
+        })
     }
 
     fn check_auto_pad(&self) -> Result<()> {
@@ -484,23 +545,104 @@ impl PlanBuilder {
         Ok(self.scales(n, i, None)?[0])
     }
 
-    /// An int8 zero point, scalar or per channel.
-    fn zero_points(&self, n: &NodeProto, i: usize, per_channel: Option<usize>) -> Result<Vec<i32>> {
+    /// An int8 or uint8 zero point, scalar or per channel, in the int8
+    /// domain the executor computes in (uint8 values shifted by -128, see
+    /// [`ElemType::U8`]), with its type.
+    fn zero_points(
+        &self,
+        n: &NodeProto,
+        i: usize,
+        per_channel: Option<usize>,
+    ) -> Result<(Vec<i32>, ElemType)> {
         let c = self.konst(n, i)?;
-        let Data::I8(v) = &c.data else {
-            bail!(
+        let v: Vec<i32> = match &c.data {
+            Data::I8(v) => v.iter().map(|&z| z as i32).collect(),
+            Data::U8(v) => v.iter().map(|&z| z as i32 - 128).collect(),
+            other => bail!(
                 Onnx,
-                "zero point input {i} '{}' is {}, expected int8",
+                "zero point input {i} '{}' is {}, expected int8 or uint8",
                 n.input[i],
-                c.data.elem_type().name()
-            );
+                other.elem_type().name()
+            ),
         };
         scalar_or_per_channel(n, i, "zero point", &c.dims, v.len(), per_channel)?;
-        Ok(v.iter().map(|&z| z as i32).collect())
+        Ok((v, c.data.elem_type()))
     }
 
-    fn zero_point(&self, n: &NodeProto, i: usize) -> Result<i32> {
-        Ok(self.zero_points(n, i, None)?[0])
+    /// A scalar zero point and the type it gives the tensor it belongs to.
+    /// The weight zero points of a convolution or GEMM (input `i`, of the
+    /// weight's type `wty`, scalar or per output channel) in the int8
+    /// domain, one per output channel, after checking that the int32
+    /// accumulator cannot overflow: `max |w - z_w| * 255 * k < 2^31`.
+    fn weight_zero(
+        &self,
+        n: &NodeProto,
+        i: usize,
+        wty: ElemType,
+        c_out: usize,
+        weight: &[i8],
+        k: usize,
+    ) -> Result<Vec<i32>> {
+        let (z, zt) = self.zero_points(n, i, Some(c_out))?;
+        if zt != wty {
+            bail!(
+                Onnx,
+                "weight zero point '{}' is {} but the weight is {}",
+                n.input[i],
+                zt.name(),
+                wty.name()
+            );
+        }
+        let z = if z.len() == 1 { vec![z[0]; c_out] } else { z };
+        let max_w = (0..c_out)
+            .map(|o| {
+                weight[o * k..][..k]
+                    .iter()
+                    .map(|&w| (w as i64 - z[o] as i64).abs())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        if max_w * 255 * k as i64 > i32::MAX as i64 {
+            bail!(
+                Onnx,
+                "reduction length {k} with weights up to {max_w} from their zero point could \
+overflow the int32 accumulator"
+            );
+        }
+        Ok(z)
+    }
+
+    fn zero_point_typed(&self, n: &NodeProto, i: usize) -> Result<(i32, ElemType)> {
+        let (v, ty) = self.zero_points(n, i, None)?;
+        Ok((v[0], ty))
+    }
+
+    /// The scalar zero point of a tensor of type `ty` (int8 or uint8): its
+    /// type must be the tensor's, as ONNX requires.
+    fn zero_point_for(&self, n: &NodeProto, i: usize, ty: ElemType) -> Result<i32> {
+        let (z, zt) = self.zero_point_typed(n, i)?;
+        if zt != ty {
+            bail!(
+                Onnx,
+                "zero point input {i} '{}' is {} but the tensor it belongs to is {}",
+                n.input[i],
+                zt.name(),
+                ty.name()
+            );
+        }
+        Ok(z)
+    }
+
+    /// A computed int8 or uint8 input, with its type.
+    fn qact(&self, n: &NodeProto, i: usize) -> Result<(usize, ElemType)> {
+        let name = &n.input[i];
+        match self.by_name.get(name).map(|&s| (s, self.slots[s].ty)) {
+            Some((s, ty @ (ElemType::I8 | ElemType::U8))) => Ok((s, ty)),
+            Some((_, ElemType::F32)) => bail!(Onnx, "{}", float_input(n, i)),
+            _ => Ok((self.act(n, i, ElemType::I8)?, ElemType::I8)),
+        }
     }
 
     fn arity(n: &NodeProto, lo: usize, hi: usize) -> Result<()> {
@@ -538,6 +680,7 @@ impl PlanBuilder {
         let output = self.add_slot(&n.output[0], ty, dims, &format!("node '{label}'"))?;
         self.steps.push(Step {
             node: label.to_string(),
+            op_type: n.op_type.clone(),
             op,
             inputs,
             output,
@@ -550,32 +693,80 @@ impl PlanBuilder {
         match (domain, n.op_type.as_str()) {
             ("" | "ai.onnx", "QuantizeLinear") => {
                 Self::arity(n, 2, 3)?;
-                Attrs::new(n, &["axis"])?;
-                if n.input.len() < 3 || n.input[2].is_empty() {
-                    bail!(
-                        Onnx,
-                        "y_zero_point is required (int8 output; uint8 is not supported)"
-                    );
+                let attrs = Attrs::new(n, &["axis", "block_size", "output_dtype", "saturate"])?;
+                if attrs.int("block_size", 0)? != 0 {
+                    bail!(Onnx, "blocked quantization (block_size) is not supported");
                 }
                 let x = self.act(n, 0, ElemType::F32)?;
-                let (scale, zero_point) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
+                if self.float_consts.contains(&x) {
+                    bail!(Onnx, "{}", float_input(n, 0));
+                }
+                let scale = self.scale(n, 1)?;
+                // Without a zero point the output is uint8 with zero point 0
+                // (or the type `output_dtype` names).
+                let dtype = attrs.int("output_dtype", 0)?;
+                let (zero_point, ty) = if n.input.len() == 3 && !n.input[2].is_empty() {
+                    self.zero_point_typed(n, 2)?
+                } else {
+                    match ElemType::from_onnx(dtype as i32) {
+                        _ if dtype == 0 => (-128, ElemType::U8),
+                        Some(ElemType::U8) => (-128, ElemType::U8),
+                        Some(ElemType::I8) => (0, ElemType::I8),
+                        _ => bail!(
+                            Onnx,
+                            "output_dtype {} is not supported (int8 or uint8)",
+                            onnx_type_name(dtype as i32)
+                        ),
+                    }
+                };
+                if dtype != 0 && ElemType::from_onnx(dtype as i32) != Some(ty) {
+                    bail!(
+                        Onnx,
+                        "output_dtype {} differs from the zero point's type {}",
+                        onnx_type_name(dtype as i32),
+                        ty.name()
+                    );
+                }
                 let dims = self.slots[x].dims.clone();
                 self.push(
                     n,
                     label,
                     Op::Quantize { scale, zero_point },
                     vec![x],
-                    ElemType::I8,
+                    ty,
                     dims,
                 )
             }
             ("" | "ai.onnx", "DequantizeLinear") => {
                 Self::arity(n, 2, 3)?;
-                Attrs::new(n, &["axis"])?;
-                let x = self.act(n, 0, ElemType::I8)?;
+                let attrs = Attrs::new(n, &["axis", "block_size", "output_dtype"])?;
+                if attrs.int("block_size", 0)? != 0 {
+                    bail!(Onnx, "blocked quantization (block_size) is not supported");
+                }
+                if attrs.int("output_dtype", 0)? > 1 {
+                    bail!(Onnx, "only float output (output_dtype 1) is supported");
+                }
+                // A constant dequantized for a float op that no QDQ group
+                // took in (e.g. a Conv followed by a float
+                // BatchNormalization): a float tensor no step computes, so
+                // that the op reading it is reported as computing in float.
+                if let Some(c) = self.consts.get(&n.input[0]) {
+                    let dims = c.dims.clone();
+                    let s = self.add_slot(
+                        &n.output[0],
+                        ElemType::F32,
+                        dims,
+                        &format!("node '{label}'"),
+                    )?;
+                    self.float_consts.insert(s);
+                    return Ok(());
+                }
+                let (x, ty) = self.qact(n, 0)?;
                 let scale = self.scale(n, 1)?;
                 let zero_point = if n.input.len() == 3 && !n.input[2].is_empty() {
-                    self.zero_point(n, 2)?
+                    self.zero_point_for(n, 2, ty)?
+                } else if ty == ElemType::U8 {
+                    -128
                 } else {
                     0
                 };
@@ -590,11 +781,13 @@ impl PlanBuilder {
                 )
             }
             ("" | "ai.onnx", "QLinearConv") => self.qlinear_conv(n, label),
+            ("com.microsoft", "QGemm") => self.qgemm(n, label),
+            ("" | "ai.onnx", "QLinearMatMul") => self.qlinear_matmul(n, label),
             ("com.microsoft", "QLinearAdd") => {
                 Self::arity(n, 8, 8)?;
                 Attrs::new(n, &[])?;
-                let a = self.act(n, 0, ElemType::I8)?;
-                let b = self.act(n, 3, ElemType::I8)?;
+                let (a, ta) = self.qact(n, 0)?;
+                let (b, tb) = self.qact(n, 3)?;
                 if self.slots[a].dims != self.slots[b].dims {
                     bail!(
                         Onnx,
@@ -603,17 +796,18 @@ impl PlanBuilder {
                         self.slots[b].dims
                     );
                 }
+                let (z_c, ty) = self.zero_point_typed(n, 7)?;
                 let rq = AddRequant::new(
                     self.scale(n, 1)?,
-                    self.zero_point(n, 2)?,
+                    self.zero_point_for(n, 2, ta)?,
                     self.scale(n, 4)?,
-                    self.zero_point(n, 5)?,
+                    self.zero_point_for(n, 5, tb)?,
                     self.scale(n, 6)?,
-                    self.zero_point(n, 7)?,
+                    z_c,
                     false,
                 )?;
                 let dims = self.slots[a].dims.clone();
-                self.push(n, label, Op::Add(rq), vec![a, b], ElemType::I8, dims)
+                self.push(n, label, Op::Add(rq), vec![a, b], ty, dims)
             }
             ("" | "ai.onnx", "MaxPool") => self.max_pool(n, label),
             ("com.microsoft", "QLinearGlobalAveragePool") => {
@@ -622,7 +816,7 @@ impl PlanBuilder {
                 if attrs.int("channels_last", 0)? != 0 {
                     bail!(Onnx, "channels_last = 1 is not supported");
                 }
-                let x = self.act(n, 0, ElemType::I8)?;
+                let (x, tx) = self.qact(n, 0)?;
                 let d = self.slots[x].dims.clone();
                 if d.len() != 3 {
                     bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
@@ -631,15 +825,15 @@ impl PlanBuilder {
                 if hw == 0 || hw > (i32::MAX / 255) as usize {
                     bail!(Onnx, "pooling window of {hw} values is not supported");
                 }
-                let (s_in, z_in) = (self.scale(n, 1)?, self.zero_point(n, 2)?);
-                let (s_out, z_out) = (self.scale(n, 3)?, self.zero_point(n, 4)?);
+                let (s_in, z_in) = (self.scale(n, 1)?, self.zero_point_for(n, 2, tx)?);
+                let (s_out, (z_out, ty)) = (self.scale(n, 3)?, self.zero_point_typed(n, 4)?);
                 let rq = pool::gap_requant(s_in, s_out, hw, z_out)?;
                 self.push(
                     n,
                     label,
                     Op::Gap { hw, z_in, rq },
                     vec![x],
-                    ElemType::I8,
+                    ty,
                     vec![d[0], 1, 1],
                 )
             }
@@ -674,18 +868,47 @@ impl PlanBuilder {
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
                 let attrs = Attrs::new(n, &["axis"])?;
-                if attrs.int("axis", 1)? != 1 {
-                    bail!(Onnx, "only axis = 1 is supported");
+                let (x, ty) = self.qact(n, 0)?;
+                // Per image: dims without the batch; the batch is axis 0.
+                let d = self.slots[x].dims.clone();
+                let rank = d.len() as i64 + 1;
+                let axis = attrs.int("axis", 1)?;
+                let axis = if axis < 0 { axis + rank } else { axis };
+                if axis == 0 {
+                    bail!(
+                        Onnx,
+                        "axis 0 would merge the batch into one row, which is not supported"
+                    );
                 }
-                let x = self.act(n, 0, ElemType::I8)?;
-                let dims = vec![self.slots[x].numel()];
-                self.push(n, label, Op::Flatten, vec![x], ElemType::I8, dims)
+                if !(1..=rank).contains(&axis) {
+                    bail!(Onnx, "axis {axis} is outside [-{rank}, {rank}]");
+                }
+                let k = axis as usize - 1;
+                let dims = if k == 0 {
+                    vec![self.slots[x].numel()]
+                } else {
+                    vec![d[..k].iter().product(), d[k..].iter().product()]
+                };
+                self.push(n, label, Op::Flatten, vec![x], ty, dims)
             }
             (d, op) => {
+                // A float op between quantized ones (an input computed in
+                // float, i.e. after a DequantizeLinear).
+                if let Some(i) = (0..n.input.len()).find(|&i| {
+                    self.by_name
+                        .get(&n.input[i])
+                        .is_some_and(|&s| self.slots[s].ty == ElemType::F32)
+                }) {
+                    bail!(Onnx, "{}", float_input(n, i));
+                }
                 let d = if d.is_empty() { "ai.onnx" } else { d };
                 bail!(
                     Onnx,
-                    "op {op} of domain {d} is not supported by the int8 executor"
+                    "op {op} of domain {d} is not supported by the int8 executor (supported: \
+QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul, MaxPool, Flatten and, from \
+com.microsoft, QLinearAdd, QGemm, QLinearGlobalAveragePool, QLinearAveragePool, \
+QLinearConcat; and DequantizeLinear -> op -> QuantizeLinear groups of Conv, Gemm, MatMul, Add, \
+GlobalAveragePool, AveragePool, MaxPool, Concat, Flatten, which are fused into those)"
                 )
             }
         }
@@ -704,8 +927,7 @@ impl PlanBuilder {
                 "strides",
             ],
         )?;
-        attrs.check_auto_pad()?;
-        let x = self.act(n, 0, ElemType::I8)?;
+        let (x, tx) = self.qact(n, 0)?;
         let d = self.slots[x].dims.clone();
         if d.len() != 3 {
             bail!(
@@ -716,13 +938,15 @@ impl PlanBuilder {
         }
         let (c_in, h, w) = (d[0], d[1], d[2]);
         let wc = self.konst(n, 3)?;
-        let Data::I8(weight) = &wc.data else {
-            bail!(
+        let weight: Vec<i8> = match &wc.data {
+            Data::I8(v) => v.clone(),
+            Data::U8(v) => v.iter().map(|&w| (w as i32 - 128) as i8).collect(),
+            other => bail!(
                 Onnx,
-                "weight '{}' is {}, expected int8",
+                "weight '{}' is {}, expected int8 or uint8",
                 n.input[3],
-                wc.data.elem_type().name()
-            );
+                other.elem_type().name()
+            ),
         };
         if wc.dims.len() != 4 {
             bail!(
@@ -757,7 +981,19 @@ impl PlanBuilder {
         }
         let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
         let dil = attrs.ints("dilations", 2, 1)?.unwrap_or(vec![1, 1]);
-        let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
+        let eff_h = dil[0] * (kh - 1) + 1;
+        let eff_w = dil[1] * (kw - 1) + 1;
+        let pads = match attrs.auto_pad()? {
+            AutoPad::NotSet => attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]),
+            AutoPad::Valid => vec![0; 4],
+            AutoPad::Same { upper } => {
+                let (ph, pw) = (
+                    same_pads(h, stride[0], eff_h, upper),
+                    same_pads(w, stride[1], eff_w, upper),
+                );
+                vec![ph.0, pw.0, ph.1, pw.1]
+            }
+        };
         let k = cg * kh * kw;
         if k > MAX_CONV_K {
             bail!(
@@ -765,8 +1001,6 @@ impl PlanBuilder {
                 "reduction length {k} could overflow the int32 accumulator"
             );
         }
-        let eff_h = dil[0] * (kh - 1) + 1;
-        let eff_w = dil[1] * (kw - 1) + 1;
         let (ph, pw) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
         if ph < eff_h || pw < eff_w {
             bail!(
@@ -783,17 +1017,11 @@ impl PlanBuilder {
             );
         }
         let s_x = self.scale(n, 1)?;
-        let z_x = self.zero_point(n, 2)?;
+        let z_x = self.zero_point_for(n, 2, tx)?;
         let s_w = self.scales(n, 4, Some(c_out))?;
-        let w_zp = self.zero_points(n, 5, Some(c_out))?;
-        if w_zp.iter().any(|&z| z != 0) {
-            bail!(
-                Onnx,
-                "weight zero points must be 0 (symmetric int8 weights)"
-            );
-        }
+        let weight_zero = self.weight_zero(n, 5, wc.data.elem_type(), c_out, &weight, k)?;
         let s_y = self.scale(n, 6)?;
-        let z_y = self.zero_point(n, 7)?;
+        let (z_y, ty) = self.zero_point_typed(n, 7)?;
         let bias = if n.input.len() == 9 && !n.input[8].is_empty() {
             let bc = self.konst(n, 8)?;
             match &bc.data {
@@ -831,8 +1059,8 @@ impl PlanBuilder {
             out_h,
             out_w,
             z_x,
-            weight: weight.clone(),
-            weight_zero: vec![0; c_out],
+            weight,
+            weight_zero,
             bias,
             requant,
             prepared: Default::default(),
@@ -844,8 +1072,219 @@ impl PlanBuilder {
             label,
             Op::Conv(Box::new(op)),
             vec![x],
-            ElemType::I8,
+            ty,
             vec![c_out, out_h, out_w],
+        )
+    }
+
+    /// The computed `[N, K]` input of a GEMM (per image `[K]`, or a pooled
+    /// `[C, 1, 1]`).
+    fn gemm_input(&self, n: &NodeProto) -> Result<(usize, ElemType, usize)> {
+        let (a, ty) = self.qact(n, 0)?;
+        let d = &self.slots[a].dims;
+        if d.len() != 1 && !(d.len() == 3 && d[1] == 1 && d[2] == 1) {
+            bail!(
+                Onnx,
+                "input 0 '{}' has shape {:?} per image; a matrix [N, K] is expected",
+                n.input[0],
+                d
+            );
+        }
+        Ok((a, ty, d[0]))
+    }
+
+    /// A constant int8 / uint8 matrix `B` (input `i`) as the `[M, K]`
+    /// weight of a 1x1 convolution (int8 domain), with its type.
+    fn gemm_weight(
+        &self,
+        n: &NodeProto,
+        i: usize,
+        k: usize,
+        trans_b: bool,
+    ) -> Result<(Vec<i8>, ElemType, usize)> {
+        let c = self.konst(n, i)?;
+        let v: Vec<i8> = match &c.data {
+            Data::I8(v) => v.clone(),
+            Data::U8(v) => v.iter().map(|&w| (w as i32 - 128) as i8).collect(),
+            other => bail!(
+                Onnx,
+                "B '{}' is {}, expected int8 or uint8",
+                n.input[i],
+                other.elem_type().name()
+            ),
+        };
+        let (rows, cols) = match c.dims[..] {
+            [r, c] => (r, c),
+            _ => bail!(
+                Onnx,
+                "B '{}' has shape {:?}, expected a matrix",
+                n.input[i],
+                c.dims
+            ),
+        };
+        let (kb, m) = if trans_b { (cols, rows) } else { (rows, cols) };
+        if kb != k || m == 0 {
+            bail!(
+                Onnx,
+                "B '{}' of shape {:?}{} does not fit an input of {k} columns",
+                n.input[i],
+                c.dims,
+                if trans_b { " (transB)" } else { "" }
+            );
+        }
+        if k > MAX_CONV_K {
+            bail!(
+                Onnx,
+                "reduction length {k} could overflow the int32 accumulator"
+            );
+        }
+        let w = if trans_b {
+            v
+        } else {
+            let mut t = vec![0i8; v.len()];
+            for r in 0..k {
+                for col in 0..m {
+                    t[col * k + r] = v[r * m + col];
+                }
+            }
+            t
+        };
+        Ok((w, c.data.elem_type(), m))
+    }
+
+    /// A GEMM as the 1x1 convolution of a `[K, 1, 1]` image; `s_a` already
+    /// includes QGemm's `alpha`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_gemm(
+        &mut self,
+        n: &NodeProto,
+        label: &str,
+        a: usize,
+        k: usize,
+        (s_a, z_a): (f32, i32),
+        (weight, weight_zero, s_w): (Vec<i8>, Vec<i32>, Vec<f32>),
+        bias: Vec<i32>,
+        (s_y, z_y, ty): (f32, i32, ElemType),
+    ) -> Result<()> {
+        let m = weight.len() / k;
+        let requant = (0..m)
+            .map(|c| {
+                let s_w = s_w[if s_w.len() == 1 { 0 } else { c }];
+                Requant::from_scales(s_a, s_w, s_y, z_y, false)
+                    .map_err(|e| Error::Onnx(format!("output column {c}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let op = ConvOp {
+            c_in: k,
+            h: 1,
+            w: 1,
+            c_out: m,
+            kh: 1,
+            kw: 1,
+            stride: (1, 1),
+            pad_begin: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+            out_h: 1,
+            out_w: 1,
+            z_x: z_a,
+            weight,
+            weight_zero,
+            bias,
+            requant,
+            prepared: Default::default(),
+        };
+        op.prepare();
+        self.push(n, label, Op::Conv(Box::new(op)), vec![a], ty, vec![m])
+    }
+
+    /// com.microsoft QGemm: `Y = alpha * (A - z_a)(B - z_b) + C` requantized
+    /// with `M = fl32(fl32(fl32(alpha * s_a) * s_b) / s_y)`, as ONNX
+    /// Runtime's kernel computes the output scale; lowered onto a 1x1
+    /// convolution.
+    fn qgemm(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 6, 9)?;
+        let attrs = Attrs::new(n, &["alpha", "transA", "transB"])?;
+        if attrs.int("transA", 0)? != 0 {
+            bail!(Onnx, "transA = 1 is not supported");
+        }
+        let trans_b = attrs.int("transB", 0)? != 0;
+        let alpha = attrs.float("alpha", 1.0)?;
+        if !(alpha.is_finite() && alpha > 0.0) {
+            bail!(Onnx, "alpha {alpha} is not a positive finite number");
+        }
+        let has = |i: usize| n.input.len() > i && !n.input[i].is_empty();
+        if !has(7) {
+            bail!(
+                Onnx,
+                "QGemm without y_scale (float output) is not supported: the executor's \
+computed tensors are int8"
+            );
+        }
+        let (a, ta, k) = self.gemm_input(n)?;
+        let s_a = self.scale(n, 1)?;
+        let z_a = self.zero_point_for(n, 2, ta)?;
+        let (weight, wty, m) = self.gemm_weight(n, 3, k, trans_b)?;
+        let s_w = self.scales(n, 4, Some(m))?;
+        let weight_zero = self.weight_zero(n, 5, wty, m, &weight, k)?;
+        let bias = if has(6) {
+            let c = self.konst(n, 6)?;
+            match &c.data {
+                Data::I32(v) if v.len() == m && c.dims.iter().product::<usize>() == m => v.clone(),
+                Data::I32(v) if v.len() == 1 => vec![v[0]; m],
+                _ => bail!(
+                    Onnx,
+                    "C '{}' must be int32 of shape [{m}], [1, {m}] or a scalar, got {} {:?}",
+                    n.input[6],
+                    c.data.elem_type().name(),
+                    c.dims
+                ),
+            }
+        } else {
+            vec![0; m]
+        };
+        let s_y = self.scale(n, 7)?;
+        if !has(8) {
+            bail!(
+                Onnx,
+                "y_zero_point is required with y_scale (without it ONNX Runtime writes float)"
+            );
+        }
+        let (z_y, ty) = self.zero_point_typed(n, 8)?;
+        self.push_gemm(
+            n,
+            label,
+            a,
+            k,
+            (alpha * s_a, z_a),
+            (weight, weight_zero, s_w),
+            bias,
+            (s_y, z_y, ty),
+        )
+    }
+
+    /// QLinearMatMul of a computed `[N, K]` A and a constant `[K, M]` B
+    /// (per-column scales and zero points allowed).
+    fn qlinear_matmul(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 8, 8)?;
+        Attrs::new(n, &[])?;
+        let (a, ta, k) = self.gemm_input(n)?;
+        let s_a = self.scale(n, 1)?;
+        let z_a = self.zero_point_for(n, 2, ta)?;
+        let (weight, wty, m) = self.gemm_weight(n, 3, k, false)?;
+        let s_w = self.scales(n, 4, Some(m))?;
+        let weight_zero = self.weight_zero(n, 5, wty, m, &weight, k)?;
+        let s_y = self.scale(n, 6)?;
+        let (z_y, ty) = self.zero_point_typed(n, 7)?;
+        self.push_gemm(
+            n,
+            label,
+            a,
+            k,
+            (s_a, z_a),
+            (weight, weight_zero, s_w),
+            vec![0; m],
+            (s_y, z_y, ty),
         )
     }
 
@@ -876,7 +1315,7 @@ impl PlanBuilder {
 the last windows differs from the integer rule, S6)"
             );
         }
-        let x = self.act(n, 0, ElemType::I8)?;
+        let (x, tx) = self.qact(n, 0)?;
         let d = self.slots[x].dims.clone();
         if d.len() != 3 {
             bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
@@ -910,7 +1349,8 @@ the last windows differs from the integer rule, S6)"
             bail!(Onnx, "pooling window of {k:?} is not supported");
         }
         let scales = [self.scale(n, 1)?, self.scale(n, 3)?];
-        let (z_in, z_out) = (self.zero_point(n, 2)?, self.zero_point(n, 4)?);
+        let z_in = self.zero_point_for(n, 2, tx)?;
+        let (z_out, ty) = self.zero_point_typed(n, 4)?;
         // Every divisor's R1 must exist (scales checked above).
         for dv in 1..=geom.kh * geom.kw {
             pool::gap_requant(scales[0], scales[1], dv, z_out)?;
@@ -922,7 +1362,7 @@ the last windows differs from the integer rule, S6)"
             z_in,
             z_out,
         };
-        self.push(n, label, op, vec![x], ElemType::I8, dims)
+        self.push(n, label, op, vec![x], ty, dims)
     }
 
     fn qlinear_concat(&mut self, n: &NodeProto, label: &str) -> Result<()> {
@@ -936,12 +1376,12 @@ triple per input"
         }
         Self::arity(n, k, k)?;
         let attrs = Attrs::new(n, &["axis"])?;
-        let (s_y, z_y) = (self.scale(n, 0)?, self.zero_point(n, 1)?);
+        let (s_y, (z_y, ty)) = (self.scale(n, 0)?, self.zero_point_typed(n, 1)?);
         let mut inputs = Vec::new();
         let mut parts = Vec::new();
         let mut dims: Option<Vec<usize>> = None;
         for t in (2..k).step_by(3) {
-            let x = self.act(n, t, ElemType::I8)?;
+            let (x, tx) = self.qact(n, t)?;
             let d = self.slots[x].dims.clone();
             if d.len() != 3 {
                 bail!(
@@ -962,7 +1402,7 @@ triple per input"
                     acc[2]
                 ),
             }
-            let (s_x, z_x) = (self.scale(n, t + 1)?, self.zero_point(n, t + 2)?);
+            let (s_x, z_x) = (self.scale(n, t + 1)?, self.zero_point_for(n, t + 2, tx)?);
             parts.push(ConcatInput::new(self.slots[x].numel(), s_x, z_x, s_y, z_y));
             inputs.push(x);
         }
@@ -974,7 +1414,7 @@ triple per input"
             );
         }
         let dims = dims.unwrap_or_default();
-        self.push(n, label, Op::Concat(parts), inputs, ElemType::I8, dims)
+        self.push(n, label, Op::Concat(parts), inputs, ty, dims)
     }
 
     fn max_pool(&mut self, n: &NodeProto, label: &str) -> Result<()> {
@@ -994,17 +1434,19 @@ triple per input"
                 "strides",
             ],
         )?;
-        attrs.check_auto_pad()?;
-        if attrs.int("ceil_mode", 0)? != 0 {
-            bail!(Onnx, "ceil_mode = 1 is not supported");
-        }
         if attrs.int("storage_order", 0)? != 0 {
             bail!(Onnx, "storage_order = 1 is not supported");
         }
-        if attrs.ints("dilations", 2, 1)?.is_some_and(|d| d != [1, 1]) {
-            bail!(Onnx, "dilated max pooling is not supported");
+        let ceil_mode = attrs.int("ceil_mode", 0)? != 0;
+        let (x, ty) = self.qact(n, 0)?;
+        if self.opset < 12 {
+            bail!(
+                Onnx,
+                "MaxPool on {} needs opset 12 or later (the model imports {})",
+                ty.name(),
+                self.opset
+            );
         }
-        let x = self.act(n, 0, ElemType::I8)?;
         let d = self.slots[x].dims.clone();
         if d.len() != 3 {
             bail!(Onnx, "input has rank {}, expected 4 (NCHW)", d.len() + 1);
@@ -1013,19 +1455,47 @@ triple per input"
             bail!(Onnx, "kernel_shape is required");
         };
         let stride = attrs.ints("strides", 2, 1)?.unwrap_or(vec![1, 1]);
-        let pads = attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]);
-        if pads[0] >= k[0] || pads[2] >= k[0] || pads[1] >= k[1] || pads[3] >= k[1] {
-            bail!(Onnx, "pads {pads:?} must be smaller than the kernel {k:?}");
-        }
-        let (ph, pw) = (d[1] + pads[0] + pads[2], d[2] + pads[1] + pads[3]);
-        if ph < k[0] || pw < k[1] {
+        let dil = attrs.ints("dilations", 2, 1)?.unwrap_or(vec![1, 1]);
+        let eff = [dil[0] * (k[0] - 1) + 1, dil[1] * (k[1] - 1) + 1];
+        let pads = match attrs.auto_pad()? {
+            AutoPad::NotSet => attrs.ints("pads", 4, 0)?.unwrap_or(vec![0; 4]),
+            AutoPad::Valid => vec![0; 4],
+            AutoPad::Same { upper } => {
+                let (ph, pw) = (
+                    same_pads(d[1], stride[0], eff[0], upper),
+                    same_pads(d[2], stride[1], eff[1], upper),
+                );
+                vec![ph.0, pw.0, ph.1, pw.1]
+            }
+        };
+        if pads[0] >= eff[0] || pads[2] >= eff[0] || pads[1] >= eff[1] || pads[3] >= eff[1] {
             bail!(
                 Onnx,
-                "kernel {k:?} does not fit input {}x{} with pads {pads:?}",
+                "pads {pads:?} must be smaller than the kernel {eff:?}"
+            );
+        }
+        let (ph, pw) = (d[1] + pads[0] + pads[2], d[2] + pads[1] + pads[3]);
+        if ph < eff[0] || pw < eff[1] {
+            bail!(
+                Onnx,
+                "kernel {k:?} (dilations {dil:?}) does not fit input {}x{} with pads {pads:?}",
                 d[1],
                 d[2]
             );
         }
+        // ceil_mode: one more window where a partial one remains, unless it
+        // would start past the input and its begin padding (ONNX's rule).
+        let out = |span: usize, eff: usize, s: usize, len: usize, pad: usize| {
+            if !ceil_mode {
+                return (span - eff) / s + 1;
+            }
+            let o = (span - eff).div_ceil(s) + 1;
+            if (o - 1) * s >= len + pad {
+                o - 1
+            } else {
+                o
+            }
+        };
         let op = PoolOp {
             c: d[0],
             h: d[1],
@@ -1033,14 +1503,70 @@ triple per input"
             kh: k[0],
             kw: k[1],
             stride: (stride[0], stride[1]),
+            dilation: (dil[0], dil[1]),
             pad_begin: (pads[0], pads[1]),
-            out_h: (ph - k[0]) / stride[0] + 1,
-            out_w: (pw - k[1]) / stride[1] + 1,
+            out_h: out(ph, eff[0], stride[0], d[1], pads[0]),
+            out_w: out(pw, eff[1], stride[1], d[2], pads[1]),
         };
         let dims = vec![d[0], op.out_h, op.out_w];
-        self.push(n, label, Op::MaxPool(op), vec![x], ElemType::I8, dims)
+        self.push(n, label, Op::MaxPool(op), vec![x], ty, dims)
     }
 }
+
+/// ONNX `auto_pad`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AutoPad {
+    NotSet,
+    Valid,
+    /// `SAME_UPPER` (the odd cell at the end) or `SAME_LOWER`.
+    Same {
+        upper: bool,
+    },
+}
+
+/// `(begin, end)` padding of one axis under `SAME_UPPER` / `SAME_LOWER`:
+/// the output has `ceil(len / stride)` cells, and the total padding
+/// `max((out - 1) * stride + eff - len, 0)` is split with the odd cell at
+/// the end (upper) or the beginning (lower), as ONNX specifies.
+fn same_pads(len: usize, stride: usize, eff: usize, upper: bool) -> (usize, usize) {
+    let out = len.div_ceil(stride);
+    let total = ((out - 1) * stride + eff).saturating_sub(len);
+    let small = total / 2;
+    if upper {
+        (small, total - small)
+    } else {
+        (total - small, small)
+    }
+}
+
+/// The message for a node whose input `i` is a float tensor computed in the
+/// graph: the executor runs integer-only graphs.
+fn float_input(n: &NodeProto, i: usize) -> String {
+    let name = if n.name.is_empty() {
+        format!("#? ({})", n.op_type)
+    } else {
+        n.name.clone()
+    };
+    let hint = match n.op_type.as_str() {
+        "BatchNormalization" => {
+            "fold it into the convolution before quantizing (for ONNX Runtime's quantize_static: \
+run onnxruntime.quantization.shape_inference.quant_pre_process first)"
+        }
+        "Relu" | "Clip" => {
+            "quantize with asymmetric activations, whose zero point after a ReLU is the type's \
+minimum, so that the quantizer can drop it (ONNX Runtime keeps it with ActivationSymmetric)"
+        }
+        _ => "quantize it, or fold it into a neighbouring quantized op",
+    };
+    format!(
+        "{FLOAT_ISLAND}: node '{name}' ({}) computes in float (its input {i} '{}' is a float \
+tensor, e.g. the output of a DequantizeLinear); the executor runs only integer graphs: {hint}",
+        n.op_type, n.input[i]
+    )
+}
+
+/// The start of the error for a float op between quantized ones.
+pub const FLOAT_ISLAND: &str = "not integer-only";
 
 /// Quantization parameter input `i` of `n` (`what`: "scale" or "zero
 /// point") holds one value (a scalar or a 1-element vector), or, where
