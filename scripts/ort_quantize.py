@@ -14,7 +14,8 @@ VARIANTS: QOperator and QDQ, S8S8 and U8S8 (activations int8 or uint8,
 weights int8), each with and without
 `onnxruntime.quantization.shape_inference.quant_pre_process`, per-tensor,
 asymmetric weights (`WeightSymmetric=False`), symmetric activations
-(`ActivationSymmetric=True`) and uint8 weights (U8U8). It writes
+(`ActivationSymmetric=True`), uint8 weights (U8U8) and QDQ with the ReLUs
+kept (`QDQKeepRemovableActivations=True`). It writes
 OUT_DIR/<variant>.onnx, the first N_TEST (default 64) Fashion-MNIST test
 images as OUT_DIR/input.npy and OUT_DIR/variants.json.
 
@@ -70,6 +71,10 @@ for fmt in ("qop", "qdq"):
     VARIANTS[f"{fmt}_u8s8_pre_asymw"] = (fmt, "u8", "s8", True, True, {"WeightSymmetric": False})
     VARIANTS[f"{fmt}_s8s8_pre_syma"] = (fmt, "s8", "s8", True, True, {"ActivationSymmetric": True})
     VARIANTS[f"{fmt}_u8u8_pre"] = (fmt, "u8", "u8", True, True, {})
+# ReLU kept between Conv/Add and QuantizeLinear: ORT's QDQ fusion drops it
+# when the zero point makes it redundant.
+VARIANTS["qdq_u8s8_pre_relu"] = ("qdq", "u8", "s8", True, True, {"QDQKeepRemovableActivations": True})
+VARIANTS["qdq_s8s8_pre_relu"] = ("qdq", "s8", "s8", True, True, {"QDQKeepRemovableActivations": True})
 
 
 def read_idx_images(path: Path, n: int) -> np.ndarray:

@@ -833,6 +833,13 @@ overflow the int32 accumulator"
             }
             ("com.microsoft", "QLinearAveragePool") => self.qlinear_avg_pool(n, label),
             ("com.microsoft", "QLinearConcat") => self.qlinear_concat(n, label),
+            ("" | "ai.onnx", "Identity") => {
+                Self::arity(n, 1, 1)?;
+                Attrs::new(n, &[])?;
+                let (x, ty) = self.qact(n, 0)?;
+                let dims = self.slots[x].dims.clone();
+                self.push(n, label, Op::Flatten, vec![x], ty, dims)
+            }
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
                 let attrs = Attrs::new(n, &["axis"])?;
