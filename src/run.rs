@@ -445,7 +445,11 @@ impl Dump {
                 let path = self.dir.join(format!("{stem}.npy"));
                 self.files.push((
                     t.name.clone(),
-                    npy::Stream::create(&path, Dtype::I8, &t.shape[1..])?,
+                    npy::Stream::create(
+                        &path,
+                        if t.uint8 { Dtype::U8 } else { Dtype::I8 },
+                        &t.shape[1..],
+                    )?,
                 ));
             }
         }
@@ -454,7 +458,11 @@ impl Dump {
         }
         for ((name, f), t) in self.files.iter_mut().zip(tensors) {
             debug_assert_eq!(name, &t.name);
-            let bytes: Vec<u8> = t.values.iter().map(|&v| v as u8).collect();
+            let bytes: Vec<u8> = if t.uint8 {
+                t.to_u8()
+            } else {
+                t.values.iter().map(|&v| v as u8).collect()
+            };
             f.append(n, &bytes)?;
         }
         Ok(())
@@ -634,6 +642,7 @@ mod tests {
             name: name.into(),
             shape: vec![1, values.len()],
             values,
+            uint8: false,
         }
     }
 

@@ -25,6 +25,9 @@ mod onnx_util;
 
 use onnx_util::{write_npy, write_npy_f32};
 use qat::executor::Executor;
+use qat::models::Arch;
+use qat::onnx::{export_fp32, save_model};
+use qat::Device;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -95,20 +98,51 @@ fn executor_matches_onnx_runtime_on_its_quantized_graphs() {
     let Some(data) = common::fashion_mnist(CHECK) else {
         return;
     };
-    let dir = common::temp_dir("ortq");
-    let fp32 =
+    let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixture_small_qat/model.fp32.onnx");
-    let log = run_script(
-        &python,
-        &[
-            "quantize",
-            fp32.to_str().unwrap(),
-            data.to_str().unwrap(),
-            dir.to_str().unwrap(),
-            &N_TEST.to_string(),
-        ],
-    );
-    println!("{log}");
+    check_model(&python, &fixture, data, "fixture", None, 14);
+    // Two more FP32 exports, briefly trained, in the forms that matter:
+    // ResNet-18's stem max pool (MaxPool on uint8, and DequantizeLinear ->
+    // MaxPool -> QuantizeLinear dropped in QDQ), and the graph with channel
+    // concats, average pools (count_include_pad, ceil_mode) and ReLU6.
+    let dev = Device::cpu();
+    let dir = common::temp_dir("ortq-fp32");
+    let r18 = onnx_util::trained(Arch::ResNet18, false, 3, 4, &dev);
+    let pc = onnx_util::train_steps(onnx_util::pool_concat_graph(&dev, 6), false, 4, 14, &dev);
+    let some = "qop_u8s8_pre,qop_s8s8_pre,qdq_u8s8_pre,qdq_s8s8_pre,qdq_u8s8_pre_relu";
+    for (name, g, arch) in [
+        ("resnet18", &r18, Arch::ResNet18),
+        ("pool_concat", &pc, Arch::Small),
+    ] {
+        let path = dir.join(format!("{name}.fp32.onnx"));
+        save_model(&export_fp32(g, &onnx_util::info(arch)).unwrap(), &path).unwrap();
+        check_model(&python, &path, data, name, Some(some), 5);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Quantizes `fp32` with ORT in every form (or those `only` lists), runs
+/// each graph in the executor and has ORT check it step by step.
+fn check_model(
+    python: &str,
+    fp32: &Path,
+    data: &Path,
+    what: &str,
+    only: Option<&str>,
+    min_cases: usize,
+) {
+    let dir = common::temp_dir(&format!("ortq-{what}"));
+    let n_test = N_TEST.to_string();
+    let mut args = vec![
+        "quantize",
+        fp32.to_str().unwrap(),
+        data.to_str().unwrap(),
+        dir.to_str().unwrap(),
+        &n_test,
+    ];
+    args.extend(only);
+    let log = run_script(python, &args);
+    println!("{what}:\n{log}");
     let variants: serde_json::Map<String, Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("variants.json")).unwrap()).unwrap();
     let raw = std::fs::read(dir.join("input.f32")).unwrap();
@@ -177,13 +211,17 @@ fn executor_matches_onnx_runtime_on_its_quantized_graphs() {
         refused,
         variants.values().filter(|v| has_float_ops(v)).count()
     );
-    assert!(cases.len() >= 12, "only {} graphs ran", cases.len());
+    assert!(
+        cases.len() >= min_cases,
+        "{what}: only {} graphs ran",
+        cases.len()
+    );
     std::fs::write(
         dir.join("manifest.json"),
         serde_json::to_string_pretty(&json!({ "cases": cases })).unwrap(),
     )
     .unwrap();
-    let report = run_script(&python, &["check", dir.to_str().unwrap()]);
+    let report = run_script(python, &["check", dir.to_str().unwrap()]);
     println!("{report}");
     for line in report.lines().filter(|l| l.starts_with("SATURATION ")) {
         common::skip(CHECK, line);

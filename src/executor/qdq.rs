@@ -27,7 +27,10 @@
 //!   group is not fused.
 //! - `MaxPool`, `Flatten`, `Reshape` and `Transpose` whose DequantizeLinear
 //!   and QuantizeLinear have the same scale and zero point run on the
-//!   quantized tensor directly (both are dropped).
+//!   quantized tensor directly (both are dropped); a `Relu` / `Clip` group
+//!   of that kind that the quantization makes redundant (above) is the
+//!   identity (ORT removes the Relu before such a QuantizeLinear, then the
+//!   DequantizeLinear -> QuantizeLinear pair, which is exact).
 //!
 //! DequantizeLinear nodes left without a consumer are then removed.
 
@@ -285,7 +288,8 @@ impl<'a> Graph<'a> {
             return None;
         }
         let op = t.op_type.as_str();
-        let drop = matches!(op, "MaxPool" | "Flatten" | "Reshape" | "Transpose");
+        let clip = matches!(op, "Relu" | "Clip");
+        let drop = clip || matches!(op, "MaxPool" | "Flatten" | "Reshape" | "Transpose");
         if drop {
             if t.output.iter().filter(|o| !o.is_empty()).count() != 1 {
                 return None;
@@ -299,12 +303,20 @@ impl<'a> Graph<'a> {
                 && self.zp_value(dq, ty).is_some()
                 && self.zp_value(dq, ty) == self.zp_value(q, ty)
                 && self.f32_scalar(input(q, 1)).is_some_and(|s| s > 0.0);
-            if !same {
+            if !same || (clip && !self.clip_is_redundant(t, q)) {
                 return None;
             }
             let mut n = t.clone();
             n.input[0] = dq.input[0].clone();
             n.output = vec![q.output[0].clone()];
+            if clip {
+                // DequantizeLinear -> Relu -> QuantizeLinear with one scale
+                // and zero point, the zero point the type's minimum: the
+                // identity on the quantized tensor.
+                n.op_type = "Identity".into();
+                n.input.truncate(1);
+                n.attribute.clear();
+            }
             return Some((n, removed));
         }
         let (new_op, domain) = match op {

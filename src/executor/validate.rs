@@ -865,6 +865,13 @@ overflow the int32 accumulator"
                 let dims = self.slots[x].dims.clone();
                 self.push(n, label, Op::Clip { lo, hi }, vec![x], ElemType::I8, dims)
             }
+            ("" | "ai.onnx", "Identity") => {
+                Self::arity(n, 1, 1)?;
+                Attrs::new(n, &[])?;
+                let (x, ty) = self.qact(n, 0)?;
+                let dims = self.slots[x].dims.clone();
+                self.push(n, label, Op::Flatten, vec![x], ty, dims)
+            }
             ("" | "ai.onnx", "Flatten") => {
                 Self::arity(n, 1, 1)?;
                 let attrs = Attrs::new(n, &["axis"])?;

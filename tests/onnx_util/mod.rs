@@ -144,6 +144,17 @@ pub fn info(arch: Arch) -> ModelInfo {
     }
 }
 
+/// Writes `bytes` as a `.npy` array of `descr` (`<f4`, `|i1` or `|u1`).
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], bytes: &[u8]) {
+    let dtype = match descr {
+        "<f4" => qat::npy::Dtype::F32,
+        "|i1" => qat::npy::Dtype::I8,
+        "|u1" => qat::npy::Dtype::U8,
+        other => panic!("no .npy writer for {other}"),
+    };
+    qat::npy::write(path, dtype, shape, bytes).unwrap();
+}
+
 pub fn write_npy_f32(path: &Path, shape: &[usize], v: &[f32]) {
     qat::npy::write_f32(path, shape, v).unwrap();
 }

@@ -84,9 +84,8 @@ struct RunArgs {
     /// graph's `std` metadata].
     #[arg(long, value_delimiter = ',')]
     std: Option<Vec<f32>>,
-    /// Write every int8 tensor the executor computes to DIR/<tensor>.npy,
-    /// shape [images, ...] (int8; uint8 tensors of the graph shifted by
-    /// -128).
+    /// Write every int8/uint8 tensor the executor computes to
+    /// DIR/<tensor>.npy, shape [images, ...], in the graph's element type.
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Also run the graph in ONNX Runtime (the Python package: `$QAT_PYTHON`,
