@@ -624,7 +624,7 @@ impl ConvOp {
                         sc.d.iter_mut().for_each(|d| *d -= k as i32 * zu);
                     }
                     for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
-                        block_product(isa, packed.block(grp, b), &sc.panel, k4, &mut sc.s);
+                        block_product(isa, packed, grp, b, &sc.panel, &mut sc.s);
                         for r in 0..MR.min(og - b * MR) {
                             let o = grp * og + b * MR + r;
                             let (s, d) = (&sc.s[r][..len], &sc.d[..len]);
