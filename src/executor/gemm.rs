@@ -102,6 +102,8 @@ pub struct PackedWeights {
     /// Blocks per group, `ceil(rows / MR)`.
     pub blocks: usize,
     data: Vec<i8>,
+    /// The same values as int16 for the AVX2 path, made on its first use.
+    wide: OnceLock<Vec<i16>>,
 }
 
 impl std::fmt::Debug for PackedWeights {
@@ -132,7 +134,12 @@ impl PackedWeights {
                 }
             }
         }
-        PackedWeights { k4, blocks, data }
+        PackedWeights {
+            k4,
+            blocks,
+            data,
+            wide: OnceLock::new(),
+        }
     }
 
     /// Block `b` of group `g`: `[k4][MR][4]`.
@@ -140,20 +147,42 @@ impl PackedWeights {
         let len = self.k4 * MR * KG;
         &self.data[(g * self.blocks + b) * len..][..len]
     }
+
+    /// [`PackedWeights::block`] as int16.
+    pub fn block16(&self, g: usize, b: usize) -> &[i16] {
+        let len = self.k4 * MR * KG;
+        let wide = self
+            .wide
+            .get_or_init(|| self.data.iter().map(|&v| v as i16).collect());
+        &wide[(g * self.blocks + b) * len..][..len]
+    }
 }
 
-/// `s[r][p] = sum_k w[r][k] * panel[k][p]` for one block and one panel,
-/// on the given path (which must be available: [`Isa::is_available`]).
-pub fn block_product(isa: Isa, w: &[i8], panel: &[u8], k4: usize, s: &mut [[i32; PX]; MR]) {
-    assert!(w.len() == k4 * MR * KG && panel.len() == k4 * PX * KG);
+/// `s[r][p] = sum_k w[r][k] * panel[k][p]` for block `b` of group `g`
+/// and one panel, on the given path (an unavailable one runs the scalar
+/// code).
+pub fn block_product(
+    isa: Isa,
+    pw: &PackedWeights,
+    g: usize,
+    b: usize,
+    panel: &[u8],
+    s: &mut [[i32; PX]; MR],
+) {
+    let k4 = pw.k4;
+    assert_eq!(panel.len(), k4 * PX * KG);
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the features were detected; the lengths match k4.
         Isa::Avx512Vnni if Isa::Avx512Vnni.is_available() => unsafe {
-            x86::product_vnni(w, panel, k4, s)
+            x86::product_vnni(pw.block(g, b), panel, k4, s)
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if Isa::Avx2.is_available() => unsafe { x86::product_avx2(w, panel, k4, s) },
-        _ => product_scalar(w, panel, k4, s),
+        // SAFETY: as above.
+        Isa::Avx2 if Isa::Avx2.is_available() => unsafe {
+            x86::product_avx2(pw.block16(g, b), panel, k4, s)
+        },
+        _ => product_scalar(pw.block(g, b), panel, k4, s),
     }
 }
 
@@ -224,17 +253,17 @@ mod x86 {
 
     /// `vpmaddwd` on 4 pixels at a time: the panel's bytes zero-extended to
     /// int16 (lanes `p0:k0k1, p0:k2k3, p1:k0k1, ...`) times the block's four
-    /// weights sign-extended; the two lanes of a pixel are added at the end.
+    /// weights (int16, broadcast as one 64-bit value); the two lanes of a
+    /// pixel are added at the end.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn product_avx2(w: &[i8], panel: &[u8], k4: usize, s: &mut [[i32; PX]; MR]) {
+    pub unsafe fn product_avx2(w: &[i16], panel: &[u8], k4: usize, s: &mut [[i32; PX]; MR]) {
         for g in 0..PX / 4 {
             let mut acc = [_mm256_setzero_si256(); MR];
-            let (mut ap, mut wp) = (panel.as_ptr().add(16 * g), w.as_ptr() as *const i32);
+            let (mut ap, mut wp) = (panel.as_ptr().add(16 * g), w.as_ptr() as *const i64);
             for _ in 0..k4 {
                 let a = _mm256_cvtepu8_epi16(_mm_loadu_si128(ap as *const _));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let w4 = _mm_cvtepi8_epi16(_mm_cvtsi32_si128(wp.add(r).read_unaligned()));
-                    let b = _mm256_broadcastq_epi64(w4);
+                    let b = _mm256_set1_epi64x(wp.add(r).read_unaligned());
                     *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(a, b));
                 }
                 ap = ap.add(PX * KG);
@@ -484,7 +513,7 @@ mod tests {
             }
             for isa in Isa::available() {
                 let mut s = [[0; PX]; MR];
-                block_product(isa, pw.block(0, 0), &panel, k4, &mut s);
+                block_product(isa, &pw, 0, 0, &panel, &mut s);
                 for r in 0..MR {
                     for p in 0..PX {
                         let want: i64 = (0..k)

@@ -75,6 +75,10 @@ pub struct Prepared {
     dw_i32: bool,
 }
 
+/// Largest padded, phase-split input of a convolution, per image (the
+/// per-tensor limit of validation).
+const MAX_PADDED: usize = 1 << 26;
+
 /// A raw pointer to the output that tasks writing disjoint parts share.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut i8);
@@ -170,6 +174,22 @@ impl ConvOp {
                 Onnx,
                 "node '{node}' (QLinearConv): inconsistent convolution parameters or data sizes"
             );
+        }
+        if self.out_h > 0 && self.out_w > 0 {
+            // The padded, phase-split input both paths read (a huge
+            // dilation or stride with huge pads could make it enormous).
+            let (_, _, plane) = self.wide_geometry();
+            let size = (self.c_in * self.stride.0 * self.stride.1).checked_mul(plane);
+            if size.is_none_or(|v| v > MAX_PADDED) {
+                bail!(
+                    Onnx,
+                    "node '{node}' (QLinearConv): with strides {:?}, dilations {:?} and pads the \
+                     padded input has more than {MAX_PADDED} values per image, which the int8 \
+                     executor does not support",
+                    self.stride,
+                    self.dilation
+                );
+            }
         }
         Ok(())
     }
@@ -604,7 +624,7 @@ impl ConvOp {
                         sc.d.iter_mut().for_each(|d| *d -= k as i32 * zu);
                     }
                     for b in chunk * per_chunk..((chunk + 1) * per_chunk).min(blocks) {
-                        block_product(isa, packed.block(grp, b), &sc.panel, k4, &mut sc.s);
+                        block_product(isa, packed, grp, b, &sc.panel, &mut sc.s);
                         for r in 0..MR.min(og - b * MR) {
                             let o = grp * og + b * MR + r;
                             let (s, d) = (&sc.s[r][..len], &sc.d[..len]);
@@ -1119,6 +1139,26 @@ mod tests {
                 assert!(!op.prepare().safe[0]);
             }
         }
+    }
+
+    /// A dilation and pads so large that the padded input would be
+    /// enormous are an error naming the node (not an allocation failure).
+    #[test]
+    fn enormous_padded_input_is_an_error() {
+        let mut rng = Rng::new(8);
+        let mut op = loop {
+            if let Some(op) = random_conv(&mut rng, false, false, false) {
+                break op;
+            }
+        };
+        (op.h, op.w, op.kh, op.kw, op.dilation) = (1, 1, 2, 2, (65536, 65536));
+        (op.pad_begin, op.out_h, op.out_w) = ((65536, 65536), 1, 1);
+        let k = op.c_in / op.groups * 4;
+        op.weight = vec![1; op.c_out * k];
+        let x = vec![0i8; op.c_in];
+        let mut y = vec![0i8; op.c_out];
+        let e = op.run("big", &x, 1, &mut y).unwrap_err().to_string();
+        assert!(e.contains("'big'") && e.contains("padded input"), "{e}");
     }
 
     /// Inconsistent fields are an error, not a panic.
