@@ -202,9 +202,10 @@ def profiled_pass(step, steps):
         for _ in range(steps):
             step.run(times, record=True)
     # (phase, op) -> calls, self seconds. In the backward, a generic op
-    # (mul, copy_, ...) is named after the autograd node that ran it when that
-    # node is of a specific kind: the mask multiply of a fake-quant's
-    # backward is fake-quant time, as in qat's fake_quant_*_bwd.
+    # (mul, copy_, ...) run by a fake-quant's autograd node is named after
+    # that node and counted as fake-quant, as qat's fake_quant_*_bwd is (the
+    # mask multiply). Other nodes keep their ops' own kinds: the gradient
+    # accumulation the engine runs under ConvolutionBackward0 is elementwise.
     ops = defaultdict(lambda: [0, 0.0])
     for ev in prof.events():
         if ev.name.startswith("phase:"):
@@ -213,7 +214,7 @@ def profiled_pass(step, steps):
         if p is None:
             continue
         name = ev.name
-        if node and kind(name, p) in GENERIC and kind(node, p) not in GENERIC:
+        if node and kind(name, p) in GENERIC and kind(node, p) == "fake-quant":
             name = f"{name} ({node})"
         o = ops[(p, name)]
         o[0] += 1
