@@ -230,30 +230,6 @@ impl<'a> Verifier<'a> {
 /// file in the executor, on the first `images` test images of `data`
 /// (Fashion-MNIST, `imagenet:ROOT`'s validation split, or the files of
 /// `images:DIR`, prepared for the model's input).
-/// Whether `path` parses as an ONNX model with a float Conv fed by a
-/// DequantizeLinear (the QDQ form).
-fn is_qdq(path: &Path) -> bool {
-    use onnx_protobuf::Message;
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(m) = onnx_protobuf::ModelProto::parse_from_bytes(&bytes) else {
-        return false;
-    };
-    let Some(g) = m.graph.as_ref() else {
-        return false;
-    };
-    let dq: std::collections::HashSet<&str> = g
-        .node
-        .iter()
-        .filter(|n| n.op_type == "DequantizeLinear")
-        .flat_map(|n| n.output.iter().map(String::as_str))
-        .collect();
-    g.node
-        .iter()
-        .any(|n| n.op_type == "Conv" && n.input.iter().any(|i| dq.contains(i.as_str())))
-}
-
 pub fn verify_checkpoint(
     checkpoint: &Path,
     onnx: &Path,
@@ -275,16 +251,7 @@ pub fn verify_checkpoint(
         );
     }
     let int8 = Int8Net::build(&model)?;
-    let exec = Executor::load(onnx).map_err(|e| match is_qdq(onnx) {
-        true => crate::Error::Usage(format!(
-            "{} is a QDQ graph (float Conv between QuantizeLinear and DequantizeLinear, `qat \
-             export --format qdq`), which the int8 executor does not read yet ({e}); verify \
-             the QOperator export of the same checkpoint (`qat export`, the default \
-             --format qoperator): it holds the same integers",
-            onnx.display()
-        )),
-        false => e,
-    })?;
+    let exec = Executor::load(onnx)?;
     let mut v = Verifier::new(&int8, &exec);
     crate::data::test_batches::for_each(data, &info, Some(images), batch_size, |b| {
         match b.labels {
