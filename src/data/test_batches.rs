@@ -65,14 +65,7 @@ pub fn for_each(
                 workers: 0,
             })?;
             crate::saved_model::check_source(info, source.as_ref(), &data.display().to_string())?;
-            for b in source.val_batches() {
-                f(TestBatch {
-                    images: &b.images,
-                    labels: Some(&b.labels),
-                    n: b.n,
-                })?;
-                seen += b.n;
-            }
+            seen += labeled(source.val_batches(), &mut f)?;
         }
         DataSpec::FashionMnist(dir) => {
             let mut ds = FashionMnist::load(&dir, Split::Test)?;
@@ -92,14 +85,7 @@ pub fn for_each(
             }
             let norm = Normalize::new(&info.mean, &info.std)?;
             let loader = Loader::new(ds, LoaderConfig::eval(batch_size, norm))?;
-            for b in loader.epoch(0) {
-                f(TestBatch {
-                    images: &b.images,
-                    labels: Some(&b.labels),
-                    n: b.n,
-                })?;
-                seen += b.n;
-            }
+            seen += labeled(loader.epoch(0), &mut f)?;
         }
     }
     if seen == 0 {
@@ -108,6 +94,23 @@ pub fn for_each(
             "no images in {}: the test split is empty or no file could be read",
             data.display()
         );
+    }
+    Ok(seen)
+}
+
+/// Calls `f` on each labeled batch; returns the number of images.
+fn labeled(
+    batches: impl Iterator<Item = crate::data::Batch>,
+    f: &mut impl FnMut(TestBatch) -> Result<()>,
+) -> Result<usize> {
+    let mut seen = 0;
+    for b in batches {
+        f(TestBatch {
+            images: &b.images,
+            labels: Some(&b.labels),
+            n: b.n,
+        })?;
+        seen += b.n;
     }
     Ok(seen)
 }

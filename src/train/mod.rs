@@ -195,6 +195,22 @@ fn init_model(path: &Path, info: &ModelInfo, device: &Device) -> Result<(Graph, 
     Ok((g, arch))
 }
 
+/// What a model trained on `source` takes and gives (the architecture is
+/// `cfg.arch` until the model is built).
+fn source_info(cfg: &TrainConfig, source: &dyn crate::data::DataSource) -> ModelInfo {
+    let dims = source.input_dims();
+    let norm = source.normalize();
+    ModelInfo {
+        arch: cfg.arch.clone(),
+        in_channels: dims.channels,
+        num_classes: source.num_classes(),
+        class_names: source.class_names(),
+        mean: norm.mean().to_vec(),
+        std: norm.std().to_vec(),
+        input_hw: [dims.height, dims.width],
+    }
+}
+
 /// The model a new run starts from: `cfg.init`'s weights, or a fresh
 /// `cfg.arch` (its name recorded in `info`).
 fn new_model(cfg: &TrainConfig, info: &mut ModelInfo, device: &Device) -> Result<Graph> {
@@ -355,17 +371,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
         workers: cfg.workers,
     })?;
     eprintln!("data: {}", source.describe());
-    let dims = source.input_dims();
-    let norm = source.normalize();
-    let mut info = ModelInfo {
-        arch: cfg.arch.clone(),
-        in_channels: dims.channels,
-        num_classes: source.num_classes(),
-        class_names: source.class_names(),
-        mean: norm.mean().to_vec(),
-        std: norm.std().to_vec(),
-        input_hw: [dims.height, dims.width],
-    };
+    let mut info = source_info(cfg, source.as_ref());
     let steps_per_epoch = source.batches_per_epoch();
     if steps_per_epoch == 0 {
         bail!(

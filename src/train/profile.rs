@@ -15,7 +15,6 @@ use crate::backend::profile::{kind, OpTime, Phase};
 use crate::data::{DataSpec, SourceOptions};
 use crate::nn::{Mode, Module, QatFlags};
 use crate::optim::{Sgd, SgdConfig};
-use crate::saved_model::ModelInfo;
 use crate::{bail, ops, Device, Result, Tensor};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -143,17 +142,7 @@ pub fn profile(cfg: &TrainConfig, device: &Device, steps: usize) -> Result<StepP
         val_limit: Some(1),
         workers: cfg.workers,
     })?;
-    let dims = source.input_dims();
-    let norm = source.normalize();
-    let mut info = ModelInfo {
-        arch: cfg.arch.clone(),
-        in_channels: dims.channels,
-        num_classes: source.num_classes(),
-        class_names: source.class_names(),
-        mean: norm.mean().to_vec(),
-        std: norm.std().to_vec(),
-        input_hw: [dims.height, dims.width],
-    };
+    let mut info = super::source_info(cfg, source.as_ref());
     let (dev, prof) = device.profiled();
     let mut model = super::new_model(cfg, &mut info, &dev)?;
     super::prepare_quantizers(&mut model, cfg, source.as_ref(), &dev, false)?;
