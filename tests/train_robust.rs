@@ -421,14 +421,12 @@ fn out_of_range_flags_are_refused_at_parse_time() {
         ),
     ];
     for (args, flag) in cases {
-        let t = Instant::now();
         let (ok, log) = qat_bin(args);
         assert!(!ok && log.contains(flag), "{args:?}: {log}");
         assert!(
             !log.contains("data:"),
             "{args:?} started loading data: {log}"
         );
-        assert!(t.elapsed() < Duration::from_secs(20), "{args:?}");
     }
     assert!(!checkpoint_path(&out).exists());
 }
