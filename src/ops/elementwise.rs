@@ -38,7 +38,9 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         .backend()
         .relu_fwd(&x.storage(), &mut y.storage_mut())?;
     if y.tracked() {
-        let (x, y_saved) = (x.clone(), y.detach_copy()?);
+        // The backward reads `y` itself (no copy): op outputs are never
+        // written after the op, only gradients are accumulated in place.
+        let (x, y_saved) = (x.clone(), y.clone());
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
             let dx = grad_like(&x)?;
             x.device().backend().relu_bwd(

@@ -8,7 +8,10 @@
 mod conv;
 pub mod depthwise;
 pub mod gemm;
+mod isa;
 mod loss;
+mod map;
+mod memory;
 mod norm;
 mod pool;
 mod quant;
@@ -25,15 +28,9 @@ pub struct CpuBackend;
 
 impl CpuBackend {
     pub fn new() -> Self {
+        memory::keep_freed_memory_mapped();
         CpuBackend
     }
-}
-
-/// Applies `f` elementwise in parallel: `y[i] = f(a[i], b[i])`.
-fn zip_map(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
-    y.par_iter_mut()
-        .zip(a.par_iter().zip(b.par_iter()))
-        .for_each(|(o, (&x, &z))| *o = f(x, z));
 }
 
 /// `x` clamped to `[lo, hi]`, NaN kept (`f32::clamp` would too, but panics
@@ -72,29 +69,23 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
-        zip_map(a.host()?, b.host()?, y.host_mut()?, |x, z| x + z);
+        map::map2(a.host()?, b.host()?, y.host_mut()?, |x, z| x + z);
         Ok(())
     }
     fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()> {
-        y.host_mut()?
-            .par_iter_mut()
-            .zip(x.host()?.par_iter())
-            .for_each(|(o, &v)| *o += alpha * v);
+        map::update(y.host_mut()?, x.host()?, |o, v| o + alpha * v);
         Ok(())
     }
     fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()> {
-        x.host_mut()?.par_iter_mut().for_each(|v| *v *= alpha);
+        map::map_in_place(x.host_mut()?, |v| v * alpha);
         Ok(())
     }
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()> {
-        y.host_mut()?
-            .par_iter_mut()
-            .zip(x.host()?.par_iter())
-            .for_each(|(o, &v)| *o = v.max(0.0));
+        map::map1(x.host()?, y.host_mut()?, |v| v.max(0.0));
         Ok(())
     }
     fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
-        zip_map(y.host()?, dy.host()?, dx.host_mut()?, |v, d| {
+        map::map2(y.host()?, dy.host()?, dx.host_mut()?, |v, d| {
             if v > 0.0 {
                 d
             } else {
@@ -104,10 +95,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn clamp_fwd(&self, lo: f32, hi: f32, x: &Storage, y: &mut Storage) -> Result<()> {
-        y.host_mut()?
-            .par_iter_mut()
-            .zip(x.host()?.par_iter())
-            .for_each(|(o, &v)| *o = clamp(v, lo, hi));
+        map::map1(x.host()?, y.host_mut()?, |v| clamp(v, lo, hi));
         Ok(())
     }
     fn clamp_bwd(
@@ -118,7 +106,7 @@ impl Backend for CpuBackend {
         dy: &Storage,
         dx: &mut Storage,
     ) -> Result<()> {
-        zip_map(x.host()?, dy.host()?, dx.host_mut()?, |v, d| {
+        map::map2(x.host()?, dy.host()?, dx.host_mut()?, |v, d| {
             if lo < v && v < hi {
                 d
             } else {
@@ -409,7 +397,7 @@ impl Backend for CpuBackend {
     }
 
     fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
-        Ok(quant::min_max(x.host()?))
+        Ok(map::min_max(x.host()?))
     }
     fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
         quant::fake_quant_tensor_fwd(q, x.host()?, y.host_mut()?);
@@ -457,7 +445,7 @@ impl Backend for CpuBackend {
         s: &Storage,
         y: &mut Storage,
     ) -> Result<()> {
-        quant::channel_scale(c, inner, x.host()?, s.host()?, y.host_mut()?);
+        map::channel_scale(c, inner, x.host()?, s.host()?, y.host_mut()?);
         Ok(())
     }
     fn channel_dot(

@@ -6,6 +6,7 @@
 use super::conv::{col_len, im2col};
 use super::depthwise;
 use super::gemm::dgemm;
+use super::map;
 use crate::backend::{Conv2dGeom, FqTensor, QAddArgs, QConvArgs, QGapArgs};
 use crate::quant::fake::{dequantize, fake_quant, quantize, ste_mask};
 use crate::quant::params::{weight_scale, ACT_QMAX, ACT_QMIN, W_QMAX, W_QMIN};
@@ -13,28 +14,16 @@ use crate::quant::Requant;
 use crate::Result;
 use rayon::prelude::*;
 
-pub fn min_max(x: &[f32]) -> (f32, f32) {
-    x.par_iter()
-        .fold(
-            || (f32::INFINITY, f32::NEG_INFINITY),
-            |(lo, hi), &v| (lo.min(v), hi.max(v)),
-        )
-        .reduce(
-            || (f32::INFINITY, f32::NEG_INFINITY),
-            |a, b| (a.0.min(b.0), a.1.max(b.1)),
-        )
-}
-
 pub fn fake_quant_tensor_fwd(q: &FqTensor, x: &[f32], y: &mut [f32]) {
-    y.par_iter_mut()
-        .zip(x.par_iter())
-        .for_each(|(o, &v)| *o = fake_quant(v, q.scale, q.zero_point, q.qmin, q.qmax));
+    map::map1(x, y, |v| {
+        fake_quant(v, q.scale, q.zero_point, q.qmin, q.qmax)
+    });
 }
 
 pub fn fake_quant_tensor_bwd(q: &FqTensor, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    dx.par_iter_mut()
-        .zip(x.par_iter().zip(dy.par_iter()))
-        .for_each(|(o, (&v, &d))| *o = d * ste_mask(v, q.scale, q.zero_point, q.qmin, q.qmax));
+    map::map2(x, dy, dx, |v, d| {
+        d * ste_mask(v, q.scale, q.zero_point, q.qmin, q.qmax)
+    });
 }
 
 pub fn fake_quant_channel_fwd(inner: usize, w: &[f32], y: &mut [f32], scales: &mut [f32]) {
@@ -57,16 +46,6 @@ pub fn fake_quant_channel_bwd(inner: usize, w: &[f32], scales: &[f32], dy: &[f32
             for ((o, &v), &d) in dc.iter_mut().zip(wc).zip(dyc) {
                 *o = d * ste_mask(v, s, 0, W_QMIN, W_QMAX);
             }
-        });
-}
-
-pub fn channel_scale(c: usize, inner: usize, x: &[f32], s: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(inner)
-        .zip(x.par_chunks(inner))
-        .enumerate()
-        .for_each(|(p, (yp, xp))| {
-            let k = s[p % c];
-            yp.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * k);
         });
 }
 
