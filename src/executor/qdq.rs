@@ -30,7 +30,10 @@
 //!   quantized tensor directly (both are dropped); a `Relu` / `Clip` group
 //!   of that kind that the quantization makes redundant (above) is the
 //!   identity (ORT removes the Relu before such a QuantizeLinear, then the
-//!   DequantizeLinear -> QuantizeLinear pair, which is exact).
+//!   DequantizeLinear -> QuantizeLinear pair, which is exact), and on int8
+//!   any other one is an int8 `Clip` to the quantized bounds (exact: see
+//!   `int8_clip_bounds`; the ReLU of symmetric activations, which ORT
+//!   computes in float between the two, with the same result).
 //!
 //! DequantizeLinear nodes left without a consumer are then removed.
 
@@ -270,6 +273,33 @@ impl<'a> Graph<'a> {
         lo <= (qmin - z) as f32 * s && hi >= (qmax - z) as f32 * s
     }
 
+    /// The int8 bounds of `DequantizeLinear -> clip -> QuantizeLinear` with
+    /// one scale `s` and zero point `z` on int8: `Q(clamp(v, lo, hi))` is
+    /// `clamp(Q(v), Q(lo), Q(hi))` because `Q` is monotonic, and
+    /// `Q(DQ(q)) = q`, so the group is exactly an int8 clamp to
+    /// `[Q(lo), Q(hi)]` (a ReLU: `[z, 127]`). None for uint8 or bounds that
+    /// are not constant scalars.
+    fn int8_clip_bounds(&self, clip: &NodeProto, q: &NodeProto, ty: ElemType) -> Option<(i8, i8)> {
+        if ty != ElemType::I8 {
+            return None;
+        }
+        let s = self.f32_scalar(input(q, 1))?;
+        let z = self.zp_value(q, ty)?;
+        let quant = |v: f32| crate::quant::fake::quantize(v, s, z, -128, 127) as i8;
+        if is_op(clip, "Relu") {
+            return Some((quant(0.0), 127));
+        }
+        if !clip.attribute.is_empty() {
+            return None;
+        }
+        let bound = |i: usize, default: f32| match input(clip, i) {
+            None => Some(default),
+            Some(t) => self.f32_scalar(Some(t)),
+        };
+        let (lo, hi) = (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?);
+        (lo <= hi).then(|| (quant(lo), quant(hi)))
+    }
+
     /// The DequantizeLinear inputs `idx` of `n` (None if one is not).
     fn dqs(&self, n: &NodeProto, idx: &[usize]) -> Option<Vec<&'a NodeProto>> {
         idx.iter().map(|&i| self.dq(input(n, i)?)).collect()
@@ -303,13 +333,31 @@ impl<'a> Graph<'a> {
                 && self.zp_value(dq, ty).is_some()
                 && self.zp_value(dq, ty) == self.zp_value(q, ty)
                 && self.f32_scalar(input(q, 1)).is_some_and(|s| s > 0.0);
-            if !same || (clip && !self.clip_is_redundant(t, q)) {
+            if !same {
                 return None;
             }
             let mut n = t.clone();
             n.input[0] = dq.input[0].clone();
             n.output = vec![q.output[0].clone()];
-            if clip {
+            if clip && !self.clip_is_redundant(t, q) {
+                // A clamp the quantization does not make redundant (the
+                // ReLU of symmetric int8 activations): an int8 Clip.
+                let (lo, hi) = self.int8_clip_bounds(t, q, ty)?;
+                let mut bound = |which: &str, v: i8| {
+                    let name = format!("{}::{which}", q.output[0]);
+                    self.extra.push((
+                        name.clone(),
+                        Const {
+                            dims: vec![],
+                            data: Data::I8(vec![v]),
+                        },
+                    ));
+                    name
+                };
+                n.op_type = "Clip".into();
+                n.input = vec![dq.input[0].clone(), bound("min", lo), bound("max", hi)];
+                n.attribute.clear();
+            } else if clip {
                 // DequantizeLinear -> Relu -> QuantizeLinear with one scale
                 // and zero point, the zero point the type's minimum: the
                 // identity on the quantized tensor.
