@@ -33,6 +33,20 @@ fn map2_loop(a: &[f32], b: &[f32], y: &mut [f32], f: &impl Fn(f32, f32) -> f32) 
     }
 }
 
+#[inline(always)]
+fn in_place_loop(y: &mut [f32], f: &impl Fn(f32) -> f32) {
+    for o in y.iter_mut() {
+        *o = f(*o);
+    }
+}
+
+#[inline(always)]
+fn update_loop(y: &mut [f32], x: &[f32], f: &impl Fn(f32, f32) -> f32) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = f(*o, v);
+    }
+}
+
 /// Lanes of the min/max accumulators (one AVX-512 register).
 const LANES: usize = 16;
 
@@ -56,7 +70,7 @@ fn min_max_loop(x: &[f32]) -> (f32, f32) {
     (lo, hi)
 }
 
-/// One `#[target_feature]` build of the three loops.
+/// One `#[target_feature]` build of the loops.
 macro_rules! builds {
     ($name:ident $(, $feat:literal)?) => {
         mod $name {
@@ -73,6 +87,14 @@ macro_rules! builds {
                 f: &impl Fn(f32, f32) -> f32,
             ) {
                 map2_loop(a, b, y, f)
+            }
+            $(#[target_feature(enable = $feat)])?
+            pub(super) unsafe fn in_place(y: &mut [f32], f: &impl Fn(f32) -> f32) {
+                in_place_loop(y, f)
+            }
+            $(#[target_feature(enable = $feat)])?
+            pub(super) unsafe fn update(y: &mut [f32], x: &[f32], f: &impl Fn(f32, f32) -> f32) {
+                update_loop(y, x, f)
             }
             $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn min_max(x: &[f32]) -> (f32, f32) {
@@ -115,14 +137,8 @@ pub fn map1(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
 
 /// `y[i] = f(y[i])`, in place.
 pub fn map_in_place(y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
-    y.par_chunks_mut(CHUNK).for_each(|y| {
-        let mut tmp = [0.0f32; 1024];
-        for y in y.chunks_mut(tmp.len()) {
-            let t = &mut tmp[..y.len()];
-            t.copy_from_slice(y);
-            dispatch!(map1(t, y, &f));
-        }
-    });
+    y.par_chunks_mut(CHUNK)
+        .for_each(|y| dispatch!(in_place(y, &f)));
 }
 
 /// `y[i] = f(a[i], b[i])`.
@@ -138,14 +154,7 @@ pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     assert_eq!(x.len(), y.len());
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            let mut tmp = [0.0f32; 1024];
-            for (y, x) in y.chunks_mut(tmp.len()).zip(x.chunks(tmp.len())) {
-                let t = &mut tmp[..y.len()];
-                t.copy_from_slice(y);
-                dispatch!(map2(t, x, y, &f));
-            }
-        });
+        .for_each(|(y, x)| dispatch!(update(y, x, &f)));
 }
 
 /// `y = x * s[c]` where `x` is `outer x channels x inner` (row-major) and
