@@ -235,6 +235,22 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// The float bounds `[lo, hi]` of a Relu (`[0, inf]`) or of a Clip with
+    /// constant scalar bounds (missing ones infinite); None otherwise.
+    fn clip_bounds(&self, clip: &NodeProto) -> Option<(f32, f32)> {
+        if is_op(clip, "Relu") {
+            return Some((0.0, f32::INFINITY));
+        }
+        if !clip.attribute.is_empty() {
+            return None;
+        }
+        let bound = |i: usize, default: f32| match input(clip, i) {
+            None => Some(default),
+            Some(t) => self.f32_scalar(Some(t)),
+        };
+        Some((bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?))
+    }
+
     /// ReLU before a QuantizeLinear whose zero point is the type's minimum,
     /// or a Clip with constant bounds covering the quantized range, changes
     /// nothing after quantization.
@@ -253,24 +269,8 @@ impl<'a> Graph<'a> {
         if is_op(clip, "Relu") {
             return z == qmin;
         }
-        if !clip.attribute.is_empty() {
-            return false;
-        }
-        let lo = match input(clip, 1) {
-            None => f32::NEG_INFINITY,
-            Some(t) => match self.f32_scalar(Some(t)) {
-                Some(v) => v,
-                None => return false,
-            },
-        };
-        let hi = match input(clip, 2) {
-            None => f32::INFINITY,
-            Some(t) => match self.f32_scalar(Some(t)) {
-                Some(v) => v,
-                None => return false,
-            },
-        };
-        lo <= (qmin - z) as f32 * s && hi >= (qmax - z) as f32 * s
+        self.clip_bounds(clip)
+            .is_some_and(|(lo, hi)| lo <= (qmin - z) as f32 * s && hi >= (qmax - z) as f32 * s)
     }
 
     /// The int8 bounds of `DequantizeLinear -> clip -> QuantizeLinear` with
@@ -286,17 +286,7 @@ impl<'a> Graph<'a> {
         let s = self.f32_scalar(input(q, 1))?;
         let z = self.zp_value(q, ty)?;
         let quant = |v: f32| crate::quant::fake::quantize(v, s, z, -128, 127) as i8;
-        if is_op(clip, "Relu") {
-            return Some((quant(0.0), 127));
-        }
-        if !clip.attribute.is_empty() {
-            return None;
-        }
-        let bound = |i: usize, default: f32| match input(clip, i) {
-            None => Some(default),
-            Some(t) => self.f32_scalar(Some(t)),
-        };
-        let (lo, hi) = (bound(1, f32::NEG_INFINITY)?, bound(2, f32::INFINITY)?);
+        let (lo, hi) = self.clip_bounds(clip)?;
         (lo <= hi).then(|| (quant(lo), quant(hi)))
     }
 
