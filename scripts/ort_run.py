@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """ONNX Runtime beside the int8 executor, for `qat run --against ort`.
 
-Usage: ort_run.py MODEL.onnx
+Usage: ort_run.py MODEL.onnx [KEY=VALUE ...]
+
+Each KEY=VALUE is an ONNX Runtime session config entry
+(`SessionOptions.add_session_config_entry`), e.g.
+session.qdqisint8allowed=1.
 
 `qat run` starts this script once and talks to it over stdin/stdout, one
 line each way:
@@ -90,7 +94,7 @@ def int_tensors(model, TensorProto, shape_inference):
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         fail("usage: ort_run.py MODEL.onnx")
     try:
         import numpy as np
@@ -111,6 +115,14 @@ def main() -> None:
             model.graph.output.append(helper.make_tensor_value_info(name, t, None))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for entry in sys.argv[2:]:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            fail(f"session config entry {entry!r} is not KEY=VALUE")
+        try:
+            opts.add_session_config_entry(key, value)
+        except Exception as e:  # noqa: BLE001
+            fail(f"ONNX Runtime refuses session config entry {entry!r}: {e}")
     try:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001

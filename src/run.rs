@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub dump: Option<PathBuf>,
     /// Run ONNX Runtime on the same images and compare.
     pub against_ort: bool,
+    /// ONNX Runtime session config entries (key, value) for `against_ort`.
+    pub ort_config: Vec<(String, String)>,
     /// Print a progress line at most this often (seconds; `None`: never).
     pub progress_secs: Option<f32>,
 }
@@ -286,7 +288,7 @@ pub fn run_graph(onnx: &Path, data: &Path, opts: &RunOptions) -> Result<RunRepor
     let exec = Executor::load(onnx)?;
     let info = input_info(&exec, opts.mean.as_deref(), opts.std.as_deref())?;
     let mut ort = if opts.against_ort {
-        Some(OrtSession::start(onnx)?)
+        Some(OrtSession::start(onnx, &opts.ort_config)?)
     } else {
         None
     };
@@ -583,7 +585,7 @@ mod tempdir {
 }
 
 impl OrtSession {
-    fn start(onnx: &Path) -> Result<Self> {
+    fn start(onnx: &Path, config: &[(String, String)]) -> Result<Self> {
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |e| Error::Io { path: p, source: e }
@@ -599,6 +601,7 @@ impl OrtSession {
         let mut child = Command::new(&py)
             .arg(&script)
             .arg(onnx)
+            .args(config.iter().map(|(k, v)| format!("{k}={v}")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

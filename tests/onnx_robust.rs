@@ -39,6 +39,19 @@ fn ort_graph(name: &str) -> ModelProto {
     qat::executor::load::read_model(&path).unwrap()
 }
 
+/// The table and layout op graphs of `scripts/gen_executor_op_graphs.py`.
+fn op_graphs() -> Vec<ModelProto> {
+    ["qop_int8", "qop_uint8", "qdq_int8", "qdq_uint8"]
+        .iter()
+        .map(|g| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/executor_ops")
+                .join(format!("{g}.onnx"));
+            qat::executor::load::read_model(&path).unwrap()
+        })
+        .collect()
+}
+
 fn ort_graphs() -> &'static [ModelProto; 3] {
     static M: OnceLock<[ModelProto; 3]> = OnceLock::new();
     M.get_or_init(|| {
@@ -504,6 +517,10 @@ fn mutate(m: &mut ModelProto, rng: &mut Rng) {
                 "QLinearAdd",
                 "DequantizeLinear",
                 "Relu",
+                "Transpose",
+                "Reshape",
+                "QLinearLeakyRelu",
+                "QLinearSigmoid",
             ];
             g.node[i].op_type = ops[pick(rng, ops.len())].into();
         }
@@ -559,8 +576,14 @@ fn fuzz_loader_random_mutations() {
         .unwrap_or(8);
     let deadline = Instant::now() + Duration::from_secs(secs);
     // Our export and ONNX Runtime's QOperator (uint8, QGemm, weight zero
-    // points) and QDQ graphs of the fixture model.
-    let models: Vec<&ModelProto> = std::iter::once(valid()).chain(ort_graphs()).collect();
+    // points) and QDQ graphs of the fixture model, and the graphs of the
+    // table and layout ops (LeakyRelu, Sigmoid, broadcasting add,
+    // Transpose, Reshape).
+    let ops = op_graphs();
+    let models: Vec<&ModelProto> = std::iter::once(valid())
+        .chain(ort_graphs())
+        .chain(&ops)
+        .collect();
     let bases: Vec<Vec<u8>> = models.iter().map(|m| m.write_to_bytes().unwrap()).collect();
     let (x, _) = images(2, 2);
     let (mut cases, mut accepted) = (0u64, 0u64);

@@ -23,6 +23,8 @@ pub enum ElemType {
     /// computes exactly: see docs/INT8.md, "uint8 tensors".
     U8,
     I32,
+    /// int64: only as a constant (a Reshape's shape).
+    I64,
 }
 
 impl ElemType {
@@ -32,6 +34,7 @@ impl ElemType {
             DataType::INT8 => Some(ElemType::I8),
             DataType::UINT8 => Some(ElemType::U8),
             DataType::INT32 => Some(ElemType::I32),
+            DataType::INT64 => Some(ElemType::I64),
             _ => None,
         }
     }
@@ -41,6 +44,7 @@ impl ElemType {
             ElemType::I8 => "int8",
             ElemType::U8 => "uint8",
             ElemType::I32 => "int32",
+            ElemType::I64 => "int64",
         }
     }
 }
@@ -60,6 +64,7 @@ pub enum Data {
     I8(Vec<i8>),
     U8(Vec<u8>),
     I32(Vec<i32>),
+    I64(Vec<i64>),
 }
 
 impl Data {
@@ -69,6 +74,7 @@ impl Data {
             Data::I8(_) => ElemType::I8,
             Data::U8(_) => ElemType::U8,
             Data::I32(_) => ElemType::I32,
+            Data::I64(_) => ElemType::I64,
         }
     }
 }
@@ -167,7 +173,7 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
     let Some(ty) = ElemType::from_onnx(t.data_type) else {
         bail!(
             Onnx,
-            "{what}: element type {} is not supported (float, int8, uint8, int32 only)",
+            "{what}: element type {} is not supported (float, int8, uint8, int32, int64 only)",
             onnx_type_name(t.data_type)
         );
     };
@@ -176,10 +182,12 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
     let size = match ty {
         ElemType::I8 | ElemType::U8 => 1,
         ElemType::F32 | ElemType::I32 => 4,
+        ElemType::I64 => 8,
     };
     let typed_len = match ty {
         ElemType::F32 => t.float_data.len(),
         ElemType::I8 | ElemType::U8 | ElemType::I32 => t.int32_data.len(),
+        ElemType::I64 => t.int64_data.len(),
     };
     if !raw.is_empty() && typed_len != 0 {
         bail!(Onnx, "{what}: has both raw_data and typed data");
@@ -233,6 +241,12 @@ pub fn decode_tensor(t: &TensorProto) -> Result<Const> {
                 .collect::<Result<_>>()?,
         ),
         ElemType::U8 => Data::U8(raw.clone()),
+        ElemType::I64 if raw.is_empty() => Data::I64(t.int64_data.clone()),
+        ElemType::I64 => Data::I64(
+            raw.chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        ),
     };
     Ok(Const { dims, data })
 }

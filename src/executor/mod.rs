@@ -18,23 +18,31 @@
 //!   run time) and the vectorized R1 that QLinearConv runs on.
 //!
 //! - [`qdq`]: the fusion of QDQ groups (DequantizeLinear -> op ->
-//!   QuantizeLinear) into QLinear ops, as ONNX Runtime's QDQ transformer does.
+//!   QuantizeLinear) into QLinear ops, as ONNX Runtime's QDQ transformer does;
+//! - [`lookup`]: the 256-entry tables of QLinearLeakyRelu and QLinearSigmoid,
+//!   built with ONNX Runtime's float formulas;
+//! - [`layout`]: Transpose, Reshape's shape rules, broadcasting QLinearAdd.
 //!
 //! Supported, int8 or uint8 (a uint8 tensor is held as int8 `v - 128` with
 //! its zero points shifted alike, which every op here computes exactly):
 //! QuantizeLinear, DequantizeLinear, QLinearConv (per-tensor or per-channel
 //! weight scales and zero points, int32 bias, `auto_pad`), QLinearMatMul,
-//! MaxPool (`ceil_mode`, dilations), Flatten from the standard domain
-//! (opsets 10-23), and QLinearAdd, QGemm, QLinearAveragePool, QLinearConcat
-//! (channel axis) and QLinearGlobalAveragePool from `com.microsoft` version
-//! 1; QDQ graphs of Conv, Gemm, MatMul, Add, pooling, Concat and Flatten. A
+//! MaxPool (`ceil_mode`, dilations), Flatten, Reshape (constant shape),
+//! Transpose (batch axis kept), Clip and Identity from the standard domain
+//! (opsets 10-23), and QLinearAdd (with broadcasting and constant inputs),
+//! QGemm, QLinearAveragePool, QLinearConcat (channel axis),
+//! QLinearGlobalAveragePool, QLinearLeakyRelu and QLinearSigmoid from
+//! `com.microsoft` version 1; QDQ graphs of Conv, Gemm, MatMul, Add,
+//! pooling, Concat, LeakyRelu, Sigmoid, Flatten, Reshape and Transpose. A
 //! float op between quantized ones is an error (`not integer-only: node ...
 //! computes in float`). A malformed or unsupported file is an error naming
 //! the node and the problem, never a panic; sizes in the file are checked
 //! before they decide any allocation.
 
 pub mod gemm;
+pub mod layout;
 pub mod load;
+pub mod lookup;
 pub mod ops;
 pub mod qdq;
 pub mod validate;
@@ -248,6 +256,24 @@ impl Executor {
                         Value::I8(get_i8(0)?.iter().map(|v| (*v).clamp(*lo, *hi)).collect())
                     }
                     Op::Flatten => Value::I8(get_i8(0)?.to_vec()),
+                    Op::Transpose(t) => {
+                        let mut y = vec![0i8; len];
+                        t.run(get_i8(0)?, n, &mut y);
+                        Value::I8(y)
+                    }
+                    Op::BroadcastAdd(add) => {
+                        let xs = (0..st.inputs.len())
+                            .map(get_i8)
+                            .collect::<Result<Vec<_>>>()?;
+                        let mut y = vec![0i8; len];
+                        add.run(&xs, n, &mut y)?;
+                        Value::I8(y)
+                    }
+                    Op::Lookup(table) => {
+                        let mut y = vec![0i8; len];
+                        lookup::apply(table, get_i8(0)?, &mut y);
+                        Value::I8(y)
+                    }
                     Op::Dequantize { scale, zero_point } => {
                         let mut y = vec![0f32; len];
                         ops::dequantize_output(get_i8(0)?, *scale, *zero_point, &mut y);

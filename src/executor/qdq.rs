@@ -17,9 +17,9 @@
 //!   assumes the scale `s_x * s_w`).
 //! - `Gemm` (beta 1 with a bias) becomes com.microsoft `QGemm`, `MatMul`
 //!   with a constant B becomes `QLinearMatMul`, `Add` becomes
-//!   com.microsoft `QLinearAdd` (all types equal), `GlobalAveragePool` and
-//!   `AveragePool` their com.microsoft QLinear forms, `Concat` with every
-//!   input dequantized `QLinearConcat`.
+//!   com.microsoft `QLinearAdd` (all types equal), `GlobalAveragePool`,
+//!   `AveragePool`, `LeakyRelu` and `Sigmoid` their com.microsoft QLinear
+//!   forms, `Concat` with every input dequantized `QLinearConcat`.
 //! - A `Relu` between the op and its QuantizeLinear is dropped when the
 //!   quantization makes it redundant (the output zero point is the type's
 //!   minimum, so the clamp at zero is the integer range's own), likewise a
@@ -365,9 +365,12 @@ impl<'a> Graph<'a> {
             "GlobalAveragePool" => ("QLinearGlobalAveragePool", "com.microsoft"),
             "AveragePool" => ("QLinearAveragePool", "com.microsoft"),
             "Concat" => ("QLinearConcat", "com.microsoft"),
+            "LeakyRelu" => ("QLinearLeakyRelu", "com.microsoft"),
+            "Sigmoid" => ("QLinearSigmoid", "com.microsoft"),
             _ => return None,
         };
-        let (q, removed) = self.q_after(t, true)?;
+        let unary = matches!(op, "LeakyRelu" | "Sigmoid");
+        let (q, removed) = self.q_after(t, !unary)?;
         let ty_y = self.q_type(q)?;
         let y = [q.input[1].clone(), self.zero_point(q, ty_y)];
         let mut attrs: Vec<AttributeProto> = t.attribute.clone();
@@ -427,7 +430,7 @@ impl<'a> Graph<'a> {
                 let b = self.dq_triple(dqs[1], tb);
                 a.into_iter().chain(b).chain(y).collect()
             }
-            "GlobalAveragePool" | "AveragePool" => {
+            "GlobalAveragePool" | "AveragePool" | "LeakyRelu" | "Sigmoid" => {
                 if t.input.len() != 1 {
                     return None;
                 }

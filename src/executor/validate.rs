@@ -4,9 +4,11 @@
 //! checked arithmetic and bounded sizes). Any problem is an error naming the
 //! node and what is wrong.
 
+use super::layout::{reshape_dims, BroadcastAdd, Shape, Transpose};
 use super::load::{
     checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS,
 };
+use super::lookup;
 use super::ops::{ConcatInput, ConvOp, PoolOp};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::{pool, AddRequant, Requant};
@@ -75,7 +77,13 @@ pub enum Op {
         lo: i8,
         hi: i8,
     },
+    /// A copy with new per-image dimensions (Flatten, Reshape, Identity).
     Flatten,
+    Transpose(Transpose),
+    /// QLinearAdd with broadcasting or a constant input.
+    BroadcastAdd(Box<BroadcastAdd>),
+    /// QLinearLeakyRelu / QLinearSigmoid: `y = table[x as u8]`.
+    Lookup(Box<[i8; 256]>),
     Dequantize {
         scale: f32,
         zero_point: i32,
@@ -783,31 +791,44 @@ overflow the int32 accumulator"
             ("" | "ai.onnx", "QLinearConv") => self.qlinear_conv(n, label),
             ("com.microsoft", "QGemm") => self.qgemm(n, label),
             ("" | "ai.onnx", "QLinearMatMul") => self.qlinear_matmul(n, label),
-            ("com.microsoft", "QLinearAdd") => {
-                Self::arity(n, 8, 8)?;
-                Attrs::new(n, &[])?;
-                let (a, ta) = self.qact(n, 0)?;
-                let (b, tb) = self.qact(n, 3)?;
-                if self.slots[a].dims != self.slots[b].dims {
+            ("com.microsoft", "QLinearAdd") => self.qlinear_add(n, label),
+            ("com.microsoft", "QLinearLeakyRelu" | "QLinearSigmoid") => {
+                self.qlinear_lookup(n, label)
+            }
+            ("" | "ai.onnx", "Transpose") => {
+                Self::arity(n, 1, 1)?;
+                let attrs = Attrs::new(n, &["perm"])?;
+                let (x, ty) = self.qact(n, 0)?;
+                let perm = match attrs.0.get("perm") {
+                    None => None,
+                    Some(a) if a.type_.value() == AttributeType::INTS as i32 => {
+                        Some(a.ints.as_slice())
+                    }
+                    Some(_) => bail!(Onnx, "attribute 'perm' must be a list of ints"),
+                };
+                let t = Transpose::new(perm, &self.slots[x].dims)?;
+                let dims = t.out_dims.clone();
+                self.push(n, label, Op::Transpose(t), vec![x], ty, dims)
+            }
+            ("" | "ai.onnx", "Reshape") => {
+                Self::arity(n, 2, 2)?;
+                let attrs = Attrs::new(n, &["allowzero"])?;
+                let (x, ty) = self.qact(n, 0)?;
+                let c = self.konst(n, 1)?;
+                let Data::I64(shape) = &c.data else {
                     bail!(
                         Onnx,
-                        "inputs of shapes {:?} and {:?} per image: broadcasting is not supported",
-                        self.slots[a].dims,
-                        self.slots[b].dims
+                        "shape input 1 '{}' is {}, expected an int64 initializer",
+                        n.input[1],
+                        c.data.elem_type().name()
                     );
+                };
+                if c.dims.len() != 1 {
+                    bail!(Onnx, "shape input 1 '{}' must be 1-D", n.input[1]);
                 }
-                let (z_c, ty) = self.zero_point_typed(n, 7)?;
-                let rq = AddRequant::new(
-                    self.scale(n, 1)?,
-                    self.zero_point_for(n, 2, ta)?,
-                    self.scale(n, 4)?,
-                    self.zero_point_for(n, 5, tb)?,
-                    self.scale(n, 6)?,
-                    z_c,
-                    false,
-                )?;
-                let dims = self.slots[a].dims.clone();
-                self.push(n, label, Op::Add(rq), vec![a, b], ty, dims)
+                let dims =
+                    reshape_dims(shape, &self.slots[x].dims, attrs.int("allowzero", 0)? != 0)?;
+                self.push(n, label, Op::Flatten, vec![x], ty, dims)
             }
             ("" | "ai.onnx", "MaxPool") => self.max_pool(n, label),
             ("com.microsoft", "QLinearGlobalAveragePool") => {
@@ -912,13 +933,100 @@ overflow the int32 accumulator"
                 bail!(
                     Onnx,
                     "op {op} of domain {d} is not supported by the int8 executor (supported: \
-QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul, MaxPool, Flatten and, from \
-com.microsoft, QLinearAdd, QGemm, QLinearGlobalAveragePool, QLinearAveragePool, \
-QLinearConcat; and DequantizeLinear -> op -> QuantizeLinear groups of Conv, Gemm, MatMul, Add, \
+QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul, MaxPool, Flatten, Reshape, \
+Transpose, Clip, Identity and, from com.microsoft, QLinearAdd, QGemm, QLinearGlobalAveragePool, \
+QLinearAveragePool, QLinearConcat, QLinearLeakyRelu, QLinearSigmoid; and DequantizeLinear -> op -> QuantizeLinear groups of Conv, Gemm, MatMul, Add, \
 GlobalAveragePool, AveragePool, MaxPool, Concat, Flatten, which are fused into those)"
                 )
             }
         }
+    }
+
+    /// Input `i` of a binary QLinear op: computed (int8 or uint8), or an
+    /// int8 / uint8 initializer (uint8 values shifted into the int8 domain).
+    fn qoperand(&self, n: &NodeProto, i: usize) -> Result<(Shape<'_>, ElemType)> {
+        if let Some(c) = self.consts.get(&n.input[i]) {
+            let v = match &c.data {
+                Data::I8(v) => v.clone(),
+                Data::U8(v) => v.iter().map(|&u| (u as i32 - 128) as i8).collect(),
+                other => bail!(
+                    Onnx,
+                    "input {i} '{}' is a {} initializer, expected int8 or uint8",
+                    n.input[i],
+                    other.elem_type().name()
+                ),
+            };
+            return Ok((Shape::Constant(&c.dims, v), c.data.elem_type()));
+        }
+        let (s, ty) = self.qact(n, i)?;
+        Ok((Shape::Computed(&self.slots[s].dims), ty))
+    }
+
+    /// com.microsoft QLinearAdd: elementwise on equal shapes, else numpy
+    /// broadcasting (either input may be a constant).
+    fn qlinear_add(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 8, 8)?;
+        Attrs::new(n, &[])?;
+        let (sa, ta) = self.qoperand(n, 0)?;
+        let (sb, tb) = self.qoperand(n, 3)?;
+        let (z_c, ty) = self.zero_point_typed(n, 7)?;
+        let rq = AddRequant::new(
+            self.scale(n, 1)?,
+            self.zero_point_for(n, 2, ta)?,
+            self.scale(n, 4)?,
+            self.zero_point_for(n, 5, tb)?,
+            self.scale(n, 6)?,
+            z_c,
+            false,
+        )?;
+        if let (Shape::Computed(da), Shape::Computed(db)) = (&sa, &sb) {
+            if da == db {
+                let dims = da.to_vec();
+                let inputs = vec![self.by_name[&n.input[0]], self.by_name[&n.input[3]]];
+                return self.push(n, label, Op::Add(rq), inputs, ty, dims);
+            }
+        }
+        if matches!((&sa, &sb), (Shape::Constant(..), Shape::Constant(..))) {
+            bail!(Onnx, "both inputs are constants: nothing is computed");
+        }
+        let inputs: Vec<usize> = [0, 3]
+            .iter()
+            .filter_map(|&i| self.by_name.get(&n.input[i]).copied())
+            .collect();
+        let op = BroadcastAdd::new(rq, sa, sb)?;
+        let dims = op.out_dims.clone();
+        self.push(n, label, Op::BroadcastAdd(Box::new(op)), inputs, ty, dims)
+    }
+
+    /// com.microsoft QLinearLeakyRelu / QLinearSigmoid: inputs X, X_scale,
+    /// X_zero_point (optional), Y_scale, Y_zero_point (optional), one type
+    /// for X and Y; run as ONNX Runtime's 256-entry table.
+    fn qlinear_lookup(&mut self, n: &NodeProto, label: &str) -> Result<()> {
+        Self::arity(n, 4, 5)?;
+        let leaky = n.op_type == "QLinearLeakyRelu";
+        let attrs = Attrs::new(n, if leaky { &["alpha"] } else { &[] })?;
+        let (x, ty) = self.qact(n, 0)?;
+        let zero = |i: usize| -> Result<i32> {
+            if n.input.len() > i && !n.input[i].is_empty() {
+                self.zero_point_for(n, i, ty)
+            } else {
+                Ok(if ty == ElemType::U8 { -128 } else { 0 })
+            }
+        };
+        let (s_x, z_x) = (self.scale(n, 1)?, zero(2)?);
+        let (s_y, z_y) = (self.scale(n, 3)?, zero(4)?);
+        let act = if leaky {
+            let alpha = attrs.float("alpha", 0.01)?;
+            if !alpha.is_finite() {
+                bail!(Onnx, "alpha {alpha} is not finite");
+            }
+            lookup::Activation::LeakyRelu { alpha }
+        } else {
+            lookup::Activation::Sigmoid
+        };
+        let table = lookup::build_table(act, s_x, z_x, s_y, z_y);
+        let dims = self.slots[x].dims.clone();
+        self.push(n, label, Op::Lookup(table), vec![x], ty, dims)
     }
 
     fn qlinear_conv(&mut self, n: &NodeProto, label: &str) -> Result<()> {

@@ -93,6 +93,13 @@ struct RunArgs {
     /// table; fails when they differ beyond the documented limits.
     #[arg(long, value_parser = ["ort"])]
     against: Option<String>,
+    /// An ONNX Runtime session config entry for --against ort, KEY=VALUE
+    /// (repeatable), as the deployment sets it: e.g.
+    /// `session.qdqisint8allowed=1`, without which ORT on x86 leaves QDQ
+    /// groups with int8 (S8S8) activations unfused and runs their Conv in
+    /// float [default: none, ORT's defaults].
+    #[arg(long = "ort-config", value_name = "KEY=VALUE", value_parser = parse::key_value, requires = "against")]
+    ort_config: Vec<(String, String)>,
     /// Executor threads (>= 1) [default: all cores].
     #[arg(long, value_parser = parse::at_least_one)]
     threads: Option<usize>,
@@ -474,6 +481,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 std: a.std,
                 dump: a.dump.clone(),
                 against_ort: a.against.is_some(),
+                ort_config: a.ort_config.clone(),
                 progress_secs: Some(train::DEFAULT_PROGRESS_SECS / 3.0),
             };
             let report = qat::run::run_graph(&a.model, &a.data, &opts)?;

@@ -58,6 +58,14 @@ pub fn weight(s: &str) -> Result<f32, String> {
     }
 }
 
+/// `KEY=VALUE` with a non-empty key.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +84,16 @@ mod tests {
         assert!(fraction("1").is_err() && fraction("-5").is_err());
         assert_eq!(weight("1"), Ok(1.0));
         assert!(weight("0").is_err() && weight("1.5").is_err());
+    }
+
+    #[test]
+    fn key_value_needs_a_key_and_an_equals_sign() {
+        assert_eq!(
+            key_value("session.qdqisint8allowed=1").unwrap(),
+            ("session.qdqisint8allowed".to_string(), "1".to_string())
+        );
+        assert_eq!(key_value("k=").unwrap(), ("k".to_string(), String::new()));
+        assert!(key_value("novalue").is_err());
+        assert!(key_value("=1").is_err());
     }
 }
