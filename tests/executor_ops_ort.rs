@@ -258,4 +258,16 @@ fn malformed_table_and_layout_nodes_are_errors_naming_the_node() {
         load_err(&dir, "qop_int8", |m| node(m, "sigmoid").input.truncate(3)),
         &["sigmoid", "inputs"],
     );
+    // ONNX Runtime's dynamic quantization ops: named, with what to do.
+    check(
+        load_err(&dir, "qop_int8", |m| {
+            node(m, "conv").op_type = "ConvInteger".into()
+        }),
+        &[
+            "conv",
+            "ConvInteger",
+            "dynamic quantization",
+            "quantize_static",
+        ],
+    );
 }

@@ -919,6 +919,13 @@ overflow the int32 accumulator"
                 };
                 self.push(n, label, Op::Flatten, vec![x], ty, dims)
             }
+            ("" | "ai.onnx", "ConvInteger" | "MatMulInteger") => bail!(
+                Onnx,
+                "{} writes int32 for float ops to rescale (ONNX Runtime's dynamic \
+quantization, with DynamicQuantizeLinear computing scales at run time), so the graph is not a \
+static int8 one; quantize it statically (quantize_static, QOperator or QDQ) for the executor",
+                n.op_type
+            ),
             (d, op) => {
                 // A float op between quantized ones (an input computed in
                 // float, i.e. after a DequantizeLinear).
