@@ -4,6 +4,7 @@
 //! values without changing them, so it is exact by construction; per image
 //! dimensions exclude the batch, which is always axis 0.
 
+use super::ops::AddTable;
 use crate::quant::AddRequant;
 use crate::{bail, Result};
 use rayon::prelude::*;
@@ -217,7 +218,7 @@ impl Operand {
 /// `QLinearAdd` of two operands of different shapes (numpy broadcasting).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BroadcastAdd {
-    pub rq: AddRequant,
+    pub rq: AddTable,
     pub out_dims: Vec<usize>,
     pub a: Operand,
     pub b: Operand,
@@ -294,7 +295,12 @@ with another axis, which is not supported",
             Shape::Constant(d, v) => Operand::new(d, Some(v), &out_dims),
         };
         let (a, b) = (operand(a), operand(b));
-        Ok(BroadcastAdd { rq, out_dims, a, b })
+        Ok(BroadcastAdd {
+            rq: AddTable::new(rq),
+            out_dims,
+            a,
+            b,
+        })
     }
 
     /// Runs `n` images; `inputs` are the computed operands' values in
@@ -319,7 +325,7 @@ with another axis, which is not supported",
             for_each_offset(
                 &self.out_dims,
                 [&self.a.strides, &self.b.strides],
-                |i, [oa, ob]| y[i] = self.rq.apply(xa[oa], xb[ob]),
+                |i, [oa, ob]| y[i] = self.rq.get(xa[oa], xb[ob]),
             );
         });
         Ok(())

@@ -219,9 +219,9 @@ impl Executor {
                         c.run(&st.node, get_i8(0)?, n, &mut y)?;
                         Value::I8(y)
                     }
-                    Op::Add(rq) => {
+                    Op::Add(t) => {
                         let mut y = vec![0i8; len];
-                        ops::add(rq, get_i8(0)?, get_i8(1)?, &mut y)?;
+                        t.run(get_i8(0)?, get_i8(1)?, &mut y)?;
                         Value::I8(y)
                     }
                     Op::MaxPool(pool) => {

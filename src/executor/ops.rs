@@ -226,8 +226,14 @@ impl ConvOp {
                         let srow = &src[iy as usize * w..][..w];
                         let srow = &srow[(cols.start as isize * s1 as isize + off) as usize..];
                         let drow = &mut dst[r * w_ph..][cols.clone()];
-                        for (d, &v) in drow.iter_mut().zip(srow.iter().step_by(s1)) {
-                            *d = v as u8 ^ 0x80;
+                        if s1 == 1 {
+                            for (d, &v) in drow.iter_mut().zip(srow) {
+                                *d = v as u8 ^ 0x80;
+                            }
+                        } else {
+                            for (d, &v) in drow.iter_mut().zip(srow.iter().step_by(s1)) {
+                                *d = v as u8 ^ 0x80;
+                            }
                         }
                     }
                 }
@@ -438,8 +444,14 @@ impl ConvOp {
                     let src = &x[iy as usize * op.w..][..op.w];
                     let src = &src[(cols.start as isize * s1 as isize + off) as usize..];
                     let drow = &mut dst[r * w_ph..][cols.clone()];
-                    for (d, &v) in drow.iter_mut().zip(src.iter().step_by(s1)) {
-                        *d = (v as i32 - op.z_x) as i16;
+                    if s1 == 1 {
+                        for (d, &v) in drow.iter_mut().zip(src) {
+                            *d = (v as i32 - op.z_x) as i16;
+                        }
+                    } else {
+                        for (d, &v) in drow.iter_mut().zip(src.iter().step_by(s1)) {
+                            *d = (v as i32 - op.z_x) as i16;
+                        }
                     }
                 }
             }
@@ -688,26 +700,46 @@ impl ConvOp {
     /// `g0..g0 + vals.len()` into the output, dropping the extra columns.
     fn scatter(&self, out: OutPtr, o: usize, g0: usize, w_ph: usize, vals: &[i8]) {
         let (p_img, p_wide) = (self.out_h * self.out_w, self.out_h * w_ph);
+        let (mut img, rem) = (g0 / p_wide, g0 % p_wide);
+        // SAFETY (both copies): `check` verified the output length, so each
+        // run lies inside image `img`'s plane `o`; tasks own disjoint
+        // (channel, pixel) sets.
+        let copy = |src: &[i8], img: usize, at: usize| unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                out.at((img * self.c_out + o) * p_img + at),
+                src.len(),
+            );
+        };
+        if w_ph == self.out_w {
+            // No extra columns: runs up to the end of each image's plane.
+            let (mut p, mut pos) = (rem, 0);
+            while pos < vals.len() {
+                let run = (vals.len() - pos).min(p_wide - p);
+                copy(&vals[pos..pos + run], img, p);
+                (pos, p) = (pos + run, 0);
+                img += 1;
+            }
+            return;
+        }
+        let (mut oy, mut ox) = (rem / w_ph, rem % w_ph);
         let mut pos = 0;
         while pos < vals.len() {
-            let g = g0 + pos;
-            let (img, p) = (g / p_wide, g % p_wide);
-            let (oy, ox) = (p / w_ph, p % w_ph);
             let run = (vals.len() - pos).min(w_ph - ox);
             if ox < self.out_w {
                 let len = run.min(self.out_w - ox);
-                // SAFETY: `check` verified the output length, so the run
-                // lies inside row `oy` of image `img`'s plane `o`; tasks
-                // own disjoint (channel, pixel) sets.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        vals[pos..].as_ptr(),
-                        out.at((img * self.c_out + o) * p_img + oy * self.out_w + ox),
-                        len,
-                    );
-                }
+                copy(&vals[pos..pos + len], img, oy * self.out_w + ox);
             }
             pos += run;
+            ox += run;
+            if ox == w_ph {
+                ox = 0;
+                oy += 1;
+                if oy == self.out_h {
+                    oy = 0;
+                    img += 1;
+                }
+            }
         }
     }
 }
@@ -892,37 +924,60 @@ pub fn concat(parts: &[(&ConcatInput, &[i8])], y: &mut [i8], n: usize) {
         });
 }
 
-/// QLinearAdd (S7), element-wise. On large tensors the 65,536 possible
-/// results are computed first (by the same [`AddRequant::apply`]) and then
-/// looked up, which gives the same bytes at a fraction of the cost.
-pub fn add(rq: &AddRequant, a: &[i8], b: &[i8], y: &mut [i8]) -> Result<()> {
-    const CHUNK: usize = 1 << 14;
-    if a.len() != y.len() || b.len() != y.len() || y.len() < 1 << 17 {
-        return y
-            .par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .try_for_each(|(y, (a, b))| rq.apply_slice(a, b, y));
-    }
-    let table = add_table(rq);
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = table[(a as u8 as usize) << 8 | b as u8 as usize];
-            }
-        });
-    Ok(())
+/// QLinearAdd (S7) as a table: the 65,536 possible results, computed once
+/// when the graph is loaded by the same [`AddRequant::apply`], then looked
+/// up, which gives the same bytes at a fraction of the cost of the exact
+/// division per element.
+#[derive(Clone, PartialEq)]
+pub struct AddTable {
+    pub rq: AddRequant,
+    table: Vec<i8>,
 }
 
-/// `table[(a as u8) << 8 | b as u8] = rq.apply(a, b)` for every pair.
-fn add_table(rq: &AddRequant) -> Vec<i8> {
-    let mut table = vec![0i8; 1 << 16];
-    table.par_chunks_mut(256).enumerate().for_each(|(hi, row)| {
-        for (lo, t) in row.iter_mut().enumerate() {
-            *t = rq.apply(hi as u8 as i8, lo as u8 as i8);
+impl std::fmt::Debug for AddTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddTable").field("rq", &self.rq).finish()
+    }
+}
+
+impl AddTable {
+    pub fn new(rq: AddRequant) -> Self {
+        let mut table = vec![0i8; 1 << 16];
+        table.par_chunks_mut(256).enumerate().for_each(|(hi, row)| {
+            for (lo, t) in row.iter_mut().enumerate() {
+                *t = rq.apply(hi as u8 as i8, lo as u8 as i8);
+            }
+        });
+        AddTable { rq, table }
+    }
+
+    /// `rq.apply(a, b)`.
+    #[inline(always)]
+    pub fn get(&self, a: i8, b: i8) -> i8 {
+        self.table[(a as u8 as usize) << 8 | b as u8 as usize]
+    }
+
+    /// Element-wise over equally long slices.
+    pub fn run(&self, a: &[i8], b: &[i8], y: &mut [i8]) -> Result<()> {
+        const CHUNK: usize = 1 << 14;
+        if a.len() != y.len() || b.len() != y.len() {
+            bail!(
+                Shape,
+                "add of {} and {} elements into {}",
+                a.len(),
+                b.len(),
+                y.len()
+            );
         }
-    });
-    table
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = self.get(a, b);
+                }
+            });
+        Ok(())
+    }
 }
 
 /// QuantizeLinear at the graph input (S8): `clamp(RNE(x / s) + z)`.
@@ -1181,7 +1236,7 @@ mod tests {
     #[test]
     fn add_table_equals_the_spec_routine() {
         let mut rng = Rng::new(7);
-        // Every (a, b) pair, four times over: more than the table threshold.
+        // Every (a, b) pair, four times over.
         let a: Vec<i8> = (0..1 << 18).map(|i| (i >> 8) as u8 as i8).collect();
         let b: Vec<i8> = (0..1 << 18).map(|i| i as u8 as i8).collect();
         for relu in [false, true] {
@@ -1189,7 +1244,7 @@ mod tests {
             let z = [0; 3].map(|_| rng.below(256) as i32 - 128);
             let rq = AddRequant::new(s[0], z[0], s[1], z[1], s[2], z[2], relu).unwrap();
             let mut y = vec![0i8; a.len()];
-            add(&rq, &a, &b, &mut y).unwrap();
+            AddTable::new(rq).run(&a, &b, &mut y).unwrap();
             for i in 0..a.len() {
                 assert_eq!(
                     y[i],

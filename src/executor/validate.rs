@@ -9,7 +9,7 @@ use super::load::{
     checked_dims, decode_tensor, onnx_type_name, Const, Data, ElemType, MAX_ELEMENTS,
 };
 use super::lookup;
-use super::ops::{ConcatInput, ConvOp, PoolOp};
+use super::ops::{AddTable, ConcatInput, ConvOp, PoolOp};
 use crate::quant::params::{ACT_QMAX, ACT_QMIN};
 use crate::quant::{pool, AddRequant, Requant};
 use crate::{bail, Error, Result};
@@ -55,7 +55,7 @@ pub enum Op {
         zero_point: i32,
     },
     Conv(Box<ConvOp>),
-    Add(AddRequant),
+    Add(Box<AddTable>),
     MaxPool(PoolOp),
     Gap {
         hw: usize,
@@ -990,7 +990,7 @@ GlobalAveragePool, AveragePool, MaxPool, Concat, Flatten, which are fused into t
             if da == db {
                 let dims = da.to_vec();
                 let inputs = vec![self.by_name[&n.input[0]], self.by_name[&n.input[3]]];
-                return self.push(n, label, Op::Add(rq), inputs, ty, dims);
+                return self.push(n, label, Op::Add(Box::new(AddTable::new(rq))), inputs, ty, dims);
             }
         }
         if matches!((&sa, &sb), (Shape::Constant(..), Shape::Constant(..))) {
