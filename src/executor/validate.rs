@@ -990,7 +990,14 @@ GlobalAveragePool, AveragePool, MaxPool, Concat, Flatten, which are fused into t
             if da == db {
                 let dims = da.to_vec();
                 let inputs = vec![self.by_name[&n.input[0]], self.by_name[&n.input[3]]];
-                return self.push(n, label, Op::Add(Box::new(AddTable::new(rq))), inputs, ty, dims);
+                return self.push(
+                    n,
+                    label,
+                    Op::Add(Box::new(AddTable::new(rq))),
+                    inputs,
+                    ty,
+                    dims,
+                );
             }
         }
         if matches!((&sa, &sb), (Shape::Constant(..), Shape::Constant(..))) {
