@@ -27,37 +27,12 @@ fn fixtures() -> PathBuf {
 }
 
 /// Writes the graphs into `dir` with `$QAT_PYTHON`; false (recorded as
-/// skipped) when Python, numpy, onnx or onnxruntime is missing.
+/// skipped) when ONNX Runtime cannot referee ([`common::ort_available`]).
 fn generate(dir: &Path) -> bool {
-    let python = common::python();
-    let probe = Command::new(&python)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            let line = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-            common::skip(
-                CHECK,
-                &format!(
-                    "`{python}` cannot import numpy, onnx and onnxruntime ({line}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            return false;
-        }
-        Err(e) => {
-            common::skip(
-                CHECK,
-                &format!(
-                    "cannot run `{python}` ({e}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            return false;
-        }
+    if !common::ort_available(CHECK) {
+        return false;
     }
+    let python = common::python();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/gen_executor_op_graphs.py"

@@ -98,40 +98,11 @@ fn fp32_case(dir: &Path, name: &str, m: &Graph, arch: Arch) -> serde_json::Value
 #[test]
 fn onnx_runtime_agrees_with_the_executor() {
     const CHECK: &str = "onnx_ort";
-    if std::env::var("QAT_SKIP_ORT").is_ok_and(|v| v == "1") {
-        common::skip(CHECK, "QAT_SKIP_ORT=1 is set");
+    // The packages first, before the minutes of training below.
+    if !common::ort_available(CHECK) {
         return;
     }
-    // The packages first, before the minutes of training below.
     let python = common::python();
-    let probe = Command::new(&python)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    match probe {
-        Err(e) => {
-            common::skip(
-                CHECK,
-                &format!(
-                    "cannot run `{python}` ({e}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            return;
-        }
-        Ok(out) if !out.status.success() => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let error = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-            common::skip(
-                CHECK,
-                &format!(
-                    "`{python}` cannot import numpy, onnx and onnxruntime ({error}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            return;
-        }
-        Ok(_) => {}
-    }
     let dev = Device::cpu();
     let dir = temp_dir("ort");
     let small = trained(Arch::Small, true, 12, 1, &dev);

@@ -105,24 +105,10 @@ fn build(arch: &str, dev: &Device, seed: u64) -> Graph {
 
 #[test]
 fn qdq_export_fuses_in_onnx_runtime_and_matches_qoperator() {
-    if std::env::var("QAT_SKIP_ORT").is_ok_and(|v| v == "1") {
-        common::skip(CHECK, "QAT_SKIP_ORT=1 is set");
+    if !common::ort_available(CHECK) {
         return;
     }
     let python = common::python();
-    let probe = Command::new(&python)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        common::skip(
-            CHECK,
-            &format!(
-                "`{python}` cannot import numpy, onnx and onnxruntime; {}",
-                common::skip::INSTALL_PYTHON
-            ),
-        );
-        return;
-    }
     let dev = Device::cpu();
     let dir = common::temp_dir("qdq");
     let meta_small = info(Arch::Small);

@@ -21,40 +21,6 @@ use std::process::Command;
 
 const N: usize = 48;
 
-/// Whether `$QAT_PYTHON` (else python3) imports numpy, onnx and
-/// onnxruntime; records `check` as skipped when not.
-fn ort_available(check: &str) -> bool {
-    let python = common::python();
-    match Command::new(&python)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output()
-    {
-        Ok(o) if o.status.success() => true,
-        Ok(o) => {
-            let err = String::from_utf8_lossy(&o.stderr);
-            let line = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
-            common::skip(
-                check,
-                &format!(
-                    "`{python}` cannot import numpy, onnx and onnxruntime ({line}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            false
-        }
-        Err(e) => {
-            common::skip(
-                check,
-                &format!(
-                    "cannot run `{python}` ({e}); {}",
-                    common::skip::INSTALL_PYTHON
-                ),
-            );
-            false
-        }
-    }
-}
-
 /// The first `n` test images of `dir` normalized as the exported metadata
 /// says, with their labels.
 fn test_images(dir: &Path, n: usize) -> (Vec<f32>, Vec<u32>) {
@@ -186,7 +152,7 @@ fn run_reports_the_models_accuracy_dumps_its_tensors_and_agrees_with_ort() {
     );
 
     const CHECK: &str = "run_graph (qat run --against ort)";
-    if ort_available(CHECK) {
+    if common::ort_available(CHECK) {
         let (ok, log) = qat_bin(&[
             "run",
             o,

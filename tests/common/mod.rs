@@ -296,3 +296,29 @@ pub fn small_train_config(
         calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
     }
 }
+
+/// Whether ONNX Runtime can referee: `QAT_SKIP_ORT` is not `1` and
+/// `$QAT_PYTHON` (else python3) imports numpy, onnx and onnxruntime.
+/// Otherwise records `check` as skipped, with what to install, and returns
+/// false.
+pub fn ort_available(check: &str) -> bool {
+    if std::env::var("QAT_SKIP_ORT").is_ok_and(|v| v == "1") {
+        skip(check, "QAT_SKIP_ORT=1 is set");
+        return false;
+    }
+    let python = python();
+    let reason = match std::process::Command::new(&python)
+        .args(["-c", "import numpy, onnx, onnxruntime"])
+        .output()
+    {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let line = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+            format!("`{python}` cannot import numpy, onnx and onnxruntime ({line})")
+        }
+        Err(e) => format!("cannot run `{python}` ({e})"),
+    };
+    skip(check, &format!("{reason}; {}", skip::INSTALL_PYTHON));
+    false
+}
