@@ -5,7 +5,7 @@
 
 use super::runtime::KernelRuntime;
 use crate::{bail, Result};
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::{alloc, dealloc, Layout};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::sync::Mutex;
@@ -64,10 +64,15 @@ impl KernelRuntime for EmuRuntime {
         let layout = Layout::from_size_align(bytes.max(1), ALIGN)
             .map_err(|e| crate::Error::Device(e.to_string()))?;
         // SAFETY: the layout has non-zero size.
-        let p = unsafe { alloc_zeroed(layout) };
+        let p = unsafe { alloc(layout) };
         if p.is_null() {
             bail!(Device, "cuda-emu: out of memory allocating {bytes} bytes");
         }
+        // A GPU hands out memory holding whatever was there; poison it so
+        // that a kernel reading before writing shows up: every byte 0xFF is
+        // a NaN as f32 and -1 as an integer.
+        // SAFETY: `p` points to `layout.size()` freshly allocated bytes.
+        unsafe { std::ptr::write_bytes(p, 0xFF, layout.size()) };
         self.allocs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -149,5 +154,24 @@ impl KernelRuntime for EmuRuntime {
 
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_allocations_hold_nan_not_zeros() {
+        let rt = EmuRuntime::new();
+        let p = rt.alloc(4 * 1000).unwrap();
+        let mut v = vec![0.0f32; 1000];
+        rt.download(p, &mut v).unwrap();
+        assert!(v.iter().all(|x| x.is_nan()), "fresh emulated memory must be poisoned");
+        rt.upload(p, &[1.0; 1000]).unwrap();
+        rt.download(p, &mut v).unwrap();
+        assert!(v.iter().all(|&x| x == 1.0));
+        // SAFETY: allocated above with this size, not used afterwards.
+        unsafe { rt.free(p, 4 * 1000) };
     }
 }
