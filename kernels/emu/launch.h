@@ -5,6 +5,7 @@
 #include "shim.h"
 
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -75,10 +76,18 @@ inline int launch(Thunk t, dim3 grid, dim3 block, unsigned shared_bytes, void **
 
     const unsigned nthreads = block.x * block.y * block.z;
     if (nthreads == 0 || nthreads > 1024 || grid.x == 0 || grid.y == 0 || grid.z == 0) return 2;
+    // A launch gets at most 48 KiB of dynamic shared memory unless the
+    // kernel opted in (cuFuncSetAttribute), which the backend never does.
+    if (shared_bytes > 48u * 1024u) return 3;
     const unsigned nwarps = (nthreads + 31) / 32;
     const unsigned long long nblocks = 1ull * grid.x * grid.y * grid.z;
 
     std::unique_ptr<std::max_align_t[]> dyn(new std::max_align_t[shared_bytes / sizeof(std::max_align_t) + 1]);
+    // Shared memory starts as garbage on a GPU, and another block's values
+    // are no valid starting point either: poison the dynamic part (0xFF
+    // bytes: NaN as float, -1 as an integer) before every block.
+    auto poison = [&] { std::memset(dyn.get(), 0xFF, shared_bytes); };
+    poison();
     Barrier block_bar(nthreads);
     std::vector<Barrier> warp_bars(nwarps);
     std::vector<Warp> warps(nwarps);
@@ -91,6 +100,7 @@ inline int launch(Thunk t, dim3 grid, dim3 block, unsigned shared_bytes, void **
     // the last thread while the others wait) re-arms the barriers that the
     // finished threads dropped out of.
     Barrier block_end(nthreads, [&] {
+        poison();
         block_bar.reset(nthreads);
         for (unsigned w = 0; w < nwarps; ++w) warp_bars[w].reset(warp_size(w));
     });

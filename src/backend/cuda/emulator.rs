@@ -145,6 +145,11 @@ impl KernelRuntime for EmuRuntime {
         match rc {
             0 => Ok(()),
             1 => bail!(Device, "cuda-emu: no kernel named {kernel}"),
+            3 => bail!(
+                Device,
+                "cuda-emu: launch of {kernel} asks for {shared_bytes} bytes of dynamic shared \
+memory, above the 48 KiB a launch gets without opting in"
+            ),
             _ => bail!(
                 Device,
                 "cuda-emu: invalid launch of {kernel}: grid {grid:?}, block {block:?}"
@@ -167,11 +172,43 @@ mod tests {
         let p = rt.alloc(4 * 1000).unwrap();
         let mut v = vec![0.0f32; 1000];
         rt.download(p, &mut v).unwrap();
-        assert!(v.iter().all(|x| x.is_nan()), "fresh emulated memory must be poisoned");
+        assert!(
+            v.iter().all(|x| x.is_nan()),
+            "fresh emulated memory must be poisoned"
+        );
         rt.upload(p, &[1.0; 1000]).unwrap();
         rt.download(p, &mut v).unwrap();
         assert!(v.iter().all(|&x| x == 1.0));
         // SAFETY: allocated above with this size, not used afterwards.
         unsafe { rt.free(p, 4 * 1000) };
+    }
+
+    #[test]
+    fn launches_above_the_dynamic_shared_limit_are_refused() {
+        let rt = EmuRuntime::new();
+        let y = rt.alloc(4 * 32).unwrap();
+        let (mut ptr, mut value, mut n) = (y, 2.0f32, 32i32);
+        let mut args: Vec<*mut c_void> = vec![
+            (&mut ptr as *mut u64).cast(),
+            (&mut value as *mut f32).cast(),
+            (&mut n as *mut i32).cast(),
+        ];
+        // SAFETY: the arguments match fill_fwd_f32(float *y, float value, int n).
+        let ok = unsafe { rt.launch("fill_fwd_f32", (1, 1, 1), (32, 1, 1), 48 * 1024, &mut args) };
+        assert!(ok.is_ok());
+        let err = unsafe {
+            rt.launch(
+                "fill_fwd_f32",
+                (1, 1, 1),
+                (32, 1, 1),
+                48 * 1024 + 4,
+                &mut args,
+            )
+        }
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("48 KiB"), "{err}");
+        // SAFETY: allocated above with this size, not used afterwards.
+        unsafe { rt.free(y, 4 * 32) };
     }
 }
