@@ -56,7 +56,8 @@ fn main() {
     cpp.push_str(
         r#"};
 
-// 0: ran; 1: no kernel of that name; 2: invalid launch configuration.
+// 0: ran; 1: no kernel of that name; 2: invalid launch configuration; 3: more
+// than 48 KiB of dynamic shared memory.
 extern "C" int qat_emu_launch(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                               unsigned bz, unsigned shared_bytes, void **args) {
     for (const auto &e : qat_emu_table) {

@@ -17,8 +17,8 @@
 //
 // Limits (kernels must stay inside them):
 // - no inline PTX, no tensor cores, no cooperative groups, no textures;
-// - warp shuffles need every lane of the warp to call them (full mask), and
-//   value types of at most 8 bytes;
+// - warp shuffles need every lane of the warp to call them, and value types
+//   of at most 8 bytes (mask and width follow the programming guide);
 // - dynamic shared memory only through QAT_DYN_SHARED(type, name);
 // - __shared__ arrays must not have initializers, and must not be read before
 //   written (they keep the previous block's values, as real shared memory may);
@@ -32,6 +32,8 @@
 #include <functional>
 #include <mutex>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -131,20 +133,52 @@ inline void __syncthreads() { qat_emu::ctx.block_bar->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { qat_emu::ctx.warp->bar->arrive_and_wait(); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
+// The CUDA programming guide's rules, with `width` (a power of two up to 32)
+// splitting the warp into segments: __shfl_sync reads lane `src % width` of
+// the caller's segment; __shfl_up/down return the caller's own value when
+// the source falls outside its segment; __shfl_xor lets a lane read earlier
+// segments but returns its own value for a later one. Every lane of the warp
+// must call (the emulator's limit); a caller outside `mask` aborts, and a
+// value read from a lane outside `mask` is undefined on a GPU, poisoned
+// (all bits set) here.
 template <class T>
-inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int = 32) {
-    return qat_emu::shfl_exchange(v, qat_emu::ctx.lane ^ unsigned(lane_mask));
+inline T qat_emu_shfl(unsigned mask, T v, int src, int width) {
+    const unsigned lane = qat_emu::ctx.lane;
+    if (width <= 0 || width > 32 || (width & (width - 1)) != 0 || !(mask >> lane & 1u)) {
+        std::fprintf(stderr, "cuda-emu: shuffle with width %d or mask %#x not containing lane %u\n", width, mask,
+                     lane);
+        std::abort();
+    }
+    T got = qat_emu::shfl_exchange(v, unsigned(src) & 31u);
+    if (!(mask >> (unsigned(src) & 31u) & 1u)) std::memset(&got, 0xFF, sizeof(T));
+    return got;
 }
 template <class T>
-inline T __shfl_down_sync(unsigned, T v, unsigned delta, int = 32) {
-    unsigned src = qat_emu::ctx.lane + delta;
-    // Out-of-range lanes keep their own value, as on the GPU.
-    T other = qat_emu::shfl_exchange(v, src < 32 ? src : qat_emu::ctx.lane);
-    return src < 32 ? other : v;
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    const int base = int(qat_emu::ctx.lane) & ~(width - 1);
+    return qat_emu_shfl(mask, v, base + (src_lane & (width - 1)), width);
 }
 template <class T>
-inline T __shfl_sync(unsigned, T v, int src_lane, int = 32) {
-    return qat_emu::shfl_exchange(v, unsigned(src_lane));
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    const int lane = int(qat_emu::ctx.lane);
+    const int src = lane ^ lane_mask;
+    const bool later = src >= (lane & ~(width - 1)) + width;
+    const T other = qat_emu_shfl(mask, v, later ? lane : src, width);
+    return later ? v : other;
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = int(qat_emu::ctx.lane);
+    const bool out = (lane & (width - 1)) + int(delta) >= width;
+    const T other = qat_emu_shfl(mask, v, out ? lane : lane + int(delta), width);
+    return out ? v : other;
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    const int lane = int(qat_emu::ctx.lane);
+    const bool out = (lane & (width - 1)) < int(delta);
+    const T other = qat_emu_shfl(mask, v, out ? lane : lane - int(delta), width);
+    return out ? v : other;
 }
 
 template <class T>

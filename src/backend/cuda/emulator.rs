@@ -211,4 +211,40 @@ mod tests {
         // SAFETY: allocated above with this size, not used afterwards.
         unsafe { rt.free(y, 4 * 32) };
     }
+
+    /// `kernels/selfcheck.cu`'s shuffles against the programming guide's
+    /// rules for every width, written out here lane by lane.
+    #[test]
+    fn warp_shuffles_follow_the_documented_width_rules() {
+        let rt = EmuRuntime::new();
+        let out = rt.alloc(4 * 16 * 32).unwrap();
+        let mut ptr = out;
+        let mut args: Vec<*mut c_void> = vec![(&mut ptr as *mut u64).cast()];
+        // SAFETY: the argument matches shfl_semantics_i32(int *out).
+        unsafe { rt.launch("shfl_semantics_i32", (1, 1, 1), (32, 1, 1), 0, &mut args) }.unwrap();
+        let mut raw = vec![0f32; 16 * 32];
+        rt.download(out, &mut raw).unwrap();
+        let got: Vec<i32> = raw.iter().map(|v| v.to_bits() as i32).collect();
+        for k in 0..4 {
+            let w = 32 >> k;
+            for l in 0..32i32 {
+                let seg = l & !(w - 1);
+                let own = 100 + l;
+                let idx = l + 3;
+                let xor = l ^ 5;
+                let want = [
+                    100 + seg + (idx & (w - 1)),
+                    if xor >= seg + w { own } else { 100 + xor },
+                    if (l & (w - 1)) + 3 >= w { own } else { own + 3 },
+                    if (l & (w - 1)) < 3 { own } else { own - 3 },
+                ];
+                for (f, want) in want.iter().enumerate() {
+                    let g = got[((k * 4 + f) * 32) as usize + l as usize];
+                    assert_eq!(g, *want, "width {w}, lane {l}, shuffle {f}");
+                }
+            }
+        }
+        // SAFETY: allocated above with this size, not used afterwards.
+        unsafe { rt.free(out, 4 * 16 * 32) };
+    }
 }
