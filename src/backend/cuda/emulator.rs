@@ -239,7 +239,7 @@ mod tests {
                     if (l & (w - 1)) < 3 { own } else { own - 3 },
                 ];
                 for (f, want) in want.iter().enumerate() {
-                    let g = got[((k * 4 + f) * 32) as usize + l as usize];
+                    let g = got[(k * 4 + f) * 32 + l as usize];
                     assert_eq!(g, *want, "width {w}, lane {l}, shuffle {f}");
                 }
             }
