@@ -95,7 +95,7 @@ def int_tensors(model, TensorProto, shape_inference):
 
 def main() -> None:
     if len(sys.argv) < 2:
-        fail("usage: ort_run.py MODEL.onnx")
+        fail("usage: ort_run.py MODEL.onnx [KEY=VALUE ...]")
     try:
         import numpy as np
         import onnx

@@ -942,8 +942,9 @@ static int8 one; quantize it statically (quantize_static, QOperator or QDQ) for 
                     "op {op} of domain {d} is not supported by the int8 executor (supported: \
 QuantizeLinear, DequantizeLinear, QLinearConv, QLinearMatMul, MaxPool, Flatten, Reshape, \
 Transpose, Clip, Identity and, from com.microsoft, QLinearAdd, QGemm, QLinearGlobalAveragePool, \
-QLinearAveragePool, QLinearConcat, QLinearLeakyRelu, QLinearSigmoid; and DequantizeLinear -> op -> QuantizeLinear groups of Conv, Gemm, MatMul, Add, \
-GlobalAveragePool, AveragePool, MaxPool, Concat, Flatten, which are fused into those)"
+QLinearAveragePool, QLinearConcat, QLinearLeakyRelu, QLinearSigmoid; and DequantizeLinear -> \
+op -> QuantizeLinear groups of Conv, Gemm, MatMul, Add, GlobalAveragePool, AveragePool, \
+LeakyRelu, Sigmoid, MaxPool, Concat, Flatten, Reshape, Transpose, which are fused into those)"
                 )
             }
         }
