@@ -77,6 +77,16 @@ impl Data {
             Data::I64(_) => ElemType::I64,
         }
     }
+
+    /// int8 or uint8 values in the int8 domain the executor computes in
+    /// (uint8 shifted by -128, see [`ElemType::U8`]); `None` for other types.
+    pub fn to_int8_domain(&self) -> Option<Vec<i8>> {
+        match self {
+            Data::I8(v) => Some(v.clone()),
+            Data::U8(v) => Some(v.iter().map(|&u| (u as i32 - 128) as i8).collect()),
+            _ => None,
+        }
+    }
 }
 
 /// A decoded initializer.

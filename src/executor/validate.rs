@@ -954,15 +954,13 @@ LeakyRelu, Sigmoid, MaxPool, Concat, Flatten, Reshape, Transpose, which are fuse
     /// int8 / uint8 initializer (uint8 values shifted into the int8 domain).
     fn qoperand(&self, n: &NodeProto, i: usize) -> Result<(Shape<'_>, ElemType)> {
         if let Some(c) = self.consts.get(&n.input[i]) {
-            let v = match &c.data {
-                Data::I8(v) => v.clone(),
-                Data::U8(v) => v.iter().map(|&u| (u as i32 - 128) as i8).collect(),
-                other => bail!(
+            let Some(v) = c.data.to_int8_domain() else {
+                bail!(
                     Onnx,
                     "input {i} '{}' is a {} initializer, expected int8 or uint8",
                     n.input[i],
-                    other.elem_type().name()
-                ),
+                    c.data.elem_type().name()
+                );
             };
             return Ok((Shape::Constant(&c.dims, v), c.data.elem_type()));
         }
@@ -1068,15 +1066,13 @@ LeakyRelu, Sigmoid, MaxPool, Concat, Flatten, Reshape, Transpose, which are fuse
         }
         let (c_in, h, w) = (d[0], d[1], d[2]);
         let wc = self.konst(n, 3)?;
-        let weight: Vec<i8> = match &wc.data {
-            Data::I8(v) => v.clone(),
-            Data::U8(v) => v.iter().map(|&w| (w as i32 - 128) as i8).collect(),
-            other => bail!(
+        let Some(weight) = wc.data.to_int8_domain() else {
+            bail!(
                 Onnx,
                 "weight '{}' is {}, expected int8 or uint8",
                 n.input[3],
-                other.elem_type().name()
-            ),
+                wc.data.elem_type().name()
+            );
         };
         if wc.dims.len() != 4 {
             bail!(
@@ -1233,15 +1229,13 @@ LeakyRelu, Sigmoid, MaxPool, Concat, Flatten, Reshape, Transpose, which are fuse
         trans_b: bool,
     ) -> Result<(Vec<i8>, ElemType, usize)> {
         let c = self.konst(n, i)?;
-        let v: Vec<i8> = match &c.data {
-            Data::I8(v) => v.clone(),
-            Data::U8(v) => v.iter().map(|&w| (w as i32 - 128) as i8).collect(),
-            other => bail!(
+        let Some(v) = c.data.to_int8_domain() else {
+            bail!(
                 Onnx,
                 "B '{}' is {}, expected int8 or uint8",
                 n.input[i],
-                other.elem_type().name()
-            ),
+                c.data.elem_type().name()
+            );
         };
         let (rows, cols) = match c.dims[..] {
             [r, c] => (r, c),
