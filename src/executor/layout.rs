@@ -190,15 +190,10 @@ pub struct Operand {
 }
 
 impl Operand {
-    /// A computed input of per-image dimensions `dims`, or (with `konst`) a
-    /// constant of dimensions `dims` (all axes; a leading axis aligned with
-    /// the batch must be 1), broadcast to the per-image `out` dimensions.
+    /// An input of per-image dimensions `dims` (at most `out`'s rank),
+    /// broadcast to the per-image `out` dimensions: computed, or (with
+    /// `konst`) a constant, one copy for every image.
     fn new(dims: &[usize], konst: Option<Vec<i8>>, out: &[usize]) -> Self {
-        let dims: &[usize] = match &konst {
-            // The batch axis of a full-rank constant is 1 (checked).
-            Some(_) if dims.len() > out.len() => &dims[dims.len() - out.len()..],
-            _ => dims,
-        };
         let s = strides(dims);
         let pad = out.len() - dims.len();
         let strides = (0..out.len())
@@ -238,12 +233,6 @@ impl BroadcastAdd {
     /// (its batch axis cannot line up with another axis); a constant's axis
     /// lined up with the batch must be 1.
     pub fn new(rq: AddRequant, a: Shape, b: Shape) -> Result<Self> {
-        let per_image = |s: &Shape| -> Vec<usize> {
-            match s {
-                Shape::Computed(d) => d.to_vec(),
-                Shape::Constant(d, _) => d.to_vec(),
-            }
-        };
         let rank = |s: &Shape| match s {
             Shape::Computed(d) => d.len() + 1,
             Shape::Constant(d, _) => d.len(),
@@ -265,13 +254,17 @@ with another axis, which is not supported",
                 _ => {}
             }
         }
-        // Per-image (rank r - 1) views, right-aligned.
+        // Per-image dimensions: a full-rank constant without its batch axis
+        // (1, checked above).
+        let per_image = |s: &Shape| -> Vec<usize> {
+            match s {
+                Shape::Constant(d, _) if d.len() == r => d[1..].to_vec(),
+                Shape::Computed(d) | Shape::Constant(d, _) => d.to_vec(),
+            }
+        };
+        // Right-aligned at rank r - 1.
         let view = |s: &Shape| -> Vec<usize> {
             let d = per_image(s);
-            let d = match s {
-                Shape::Constant(..) if d.len() == r => d[1..].to_vec(),
-                _ => d,
-            };
             let mut v = vec![1; r - 1 - d.len()];
             v.extend(d);
             v
@@ -290,9 +283,12 @@ with another axis, which is not supported",
                 ),
             })
             .collect::<Result<Vec<_>>>()?;
-        let operand = |s: Shape| match s {
-            Shape::Computed(d) => Operand::new(d, None, &out_dims),
-            Shape::Constant(d, v) => Operand::new(d, Some(v), &out_dims),
+        let operand = |s: Shape| {
+            let d = per_image(&s);
+            match s {
+                Shape::Computed(_) => Operand::new(&d, None, &out_dims),
+                Shape::Constant(_, v) => Operand::new(&d, Some(v), &out_dims),
+            }
         };
         let (a, b) = (operand(a), operand(b));
         Ok(BroadcastAdd {
