@@ -73,17 +73,29 @@ struct FwdStore {
     }
 };
 
-// grid (ceil(N*OH*OW / 128), ceil(O/groups / 128), groups), block 256: row tiles
-// on x (up to 2^31 - 1 blocks), and consecutive blocks share a weight tile.
-extern "C" __global__ void __launch_bounds__(TG_THREADS)
-    conv2d_fwd_f32(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,
-                   float *__restrict__ y, ConvGeom g) {
+template <bool TC>
+__device__ __forceinline__ void conv2d_fwd(const float *__restrict__ x, const float *__restrict__ w,
+                                           const float *__restrict__ bias, float *__restrict__ y, ConvGeom g) {
     const int grp = blockIdx.z;
     const int M = g.n * g.oh * g.ow, Kc = g.cg() * g.kh * g.kw;
     const FwdLoadX la{x, g, M, grp};
     const FwdLoadW lb{w, Kc, g.og(), grp};
     const FwdStore st{y, bias, g, grp};
-    tile_gemm(M, g.og(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
+    tile_gemm<TC>(M, g.og(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
+}
+
+// grid (ceil(N*OH*OW / 128), ceil(O/groups / 128), groups), block 256: row tiles
+// on x (up to 2^31 - 1 blocks), and consecutive blocks share a weight tile.
+// FP32 and TF32.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_fwd_f32(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,
+                   float *__restrict__ y, ConvGeom g) {
+    conv2d_fwd<false>(x, w, bias, y, g);
+}
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_fwd_tf32(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,
+                    float *__restrict__ y, ConvGeom g) {
+    conv2d_fwd<true>(x, w, bias, y, g);
 }
 
 // ---- backward data -------------------------------------------------------------
@@ -154,15 +166,26 @@ struct BwdDataStore {
     }
 };
 
-// grid (ceil(N*H*W / 128), ceil(C/groups / 128), groups), block 256.
-extern "C" __global__ void __launch_bounds__(TG_THREADS)
-    conv2d_bwd_data_f32(const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, ConvGeom g) {
+template <bool TC>
+__device__ __forceinline__ void conv2d_bwd_data(const float *__restrict__ dy, const float *__restrict__ w,
+                                                float *__restrict__ dx, ConvGeom g) {
     const int grp = blockIdx.z;
     const int M = g.n * g.h * g.w, Kc = g.og() * g.kh * g.kw;
     const BwdDataLoadDy la{dy, g, M, grp};
     const BwdDataLoadW lb{w, g, grp};
     const BwdDataStore st{dx, g, grp};
-    tile_gemm(M, g.cg(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
+    tile_gemm<TC>(M, g.cg(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
+}
+
+// grid (ceil(N*H*W / 128), ceil(C/groups / 128), groups), block 256; FP32 and
+// TF32.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_data_f32(const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, ConvGeom g) {
+    conv2d_bwd_data<false>(dy, w, dx, g);
+}
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_data_tf32(const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, ConvGeom g) {
+    conv2d_bwd_data<true>(dy, w, dx, g);
 }
 
 // ---- backward weight -------------------------------------------------------------
@@ -222,10 +245,9 @@ struct BwdWStore {
 // split the result goes straight to dw, else split s writes
 // ws[s][O][Kc] and conv2d_bwd_weight_reduce_f32 sums the slices in order
 // (deterministic, no atomics).
-// grid (ceil(O/groups / 128), ceil(Kc / 128), groups * splits), block 256.
-extern "C" __global__ void __launch_bounds__(TG_THREADS)
-    conv2d_bwd_weight_f32(const float *__restrict__ x, const float *__restrict__ dy, float *__restrict__ out,
-                          ConvGeom g, int splits, int chunk) {
+template <bool TC>
+__device__ __forceinline__ void conv2d_bwd_weight(const float *__restrict__ x, const float *__restrict__ dy,
+                                                  float *__restrict__ out, ConvGeom g, int chunk) {
     const int grp = blockIdx.z % g.groups, split = blockIdx.z / g.groups;
     const int R = g.n * g.oh * g.ow, Kc = g.cg() * g.kh * g.kw;
     const int k_begin = split * chunk;
@@ -234,7 +256,21 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
     const BwdWLoadDy la{dy, g, grp};
     const BwdWLoadX lb{x, g, Kc, grp};
     const BwdWStore st{dst, Kc, g.og(), grp};
-    tile_gemm(g.og(), Kc, blockIdx.x * TG_BM, blockIdx.y * TG_BN, k_begin, k_end, la, lb, st);
+    tile_gemm<TC>(g.og(), Kc, blockIdx.x * TG_BM, blockIdx.y * TG_BN, k_begin, k_end, la, lb, st);
+}
+
+// grid (ceil(O/groups / 128), ceil(Kc / 128), groups * splits), block 256;
+// FP32 and TF32.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_weight_f32(const float *__restrict__ x, const float *__restrict__ dy, float *__restrict__ out,
+                          ConvGeom g, int splits, int chunk) {
+    conv2d_bwd_weight<false>(x, dy, out, g, chunk);
+    (void)splits;
+}
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    conv2d_bwd_weight_tf32(const float *__restrict__ x, const float *__restrict__ dy, float *__restrict__ out,
+                           ConvGeom g, int splits, int chunk) {
+    conv2d_bwd_weight<true>(x, dy, out, g, chunk);
     (void)splits;
 }
 

@@ -24,14 +24,25 @@ struct GemmStore {
     }
 };
 
-// grid (ceil(M / 128), ceil(N / 128)), block 256.
-extern "C" __global__ void __launch_bounds__(TG_THREADS)
-    gemm_fwd_f32(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c, int M, int N, int K,
-                 int trans_a, int trans_b, float alpha, float beta) {
+template <bool TC>
+__device__ __forceinline__ void gemm_fwd(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c,
+                                         int M, int N, int K, int trans_a, int trans_b, float alpha, float beta) {
     // op(A)(m, k) is a[m * K + k], or a[k * M + m] when transposed;
     // op(B)(k, n) is b[k * N + n], or b[n * K + k] when transposed.
     const GemmOperand la{a, trans_a ? M : K, M, !trans_a};
     const GemmOperand lb{b, trans_b ? K : N, N, trans_b != 0};
     const GemmStore st{c, N, alpha, beta};
-    tile_gemm(M, N, blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, K, la, lb, st);
+    tile_gemm<TC>(M, N, blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, K, la, lb, st);
+}
+
+// grid (ceil(M / 128), ceil(N / 128)), block 256; FP32 and TF32.
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    gemm_fwd_f32(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c, int M, int N, int K,
+                 int trans_a, int trans_b, float alpha, float beta) {
+    gemm_fwd<false>(a, b, c, M, N, K, trans_a, trans_b, alpha, beta);
+}
+extern "C" __global__ void __launch_bounds__(TG_THREADS)
+    gemm_fwd_tf32(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ c, int M, int N, int K,
+                  int trans_a, int trans_b, float alpha, float beta) {
+    gemm_fwd<true>(a, b, c, M, N, K, trans_a, trans_b, alpha, beta);
 }

@@ -1,8 +1,9 @@
 // Self-check kernels: they compute nothing for training, only results whose
-// values the CUDA programming guide defines, so that the host emulator's
+// values the CUDA programming guide or the PTX ISA defines, so that the host emulator's
 // semantics can be compared with the documented ones (and with a GPU's).
 
 #include "common.cuh"
+#include "mma.cuh"
 
 // One warp. For each width w in {32, 16, 8, 4} (index k), lane l writes
 //   out[(k * 4 + 0) * 32 + l] = __shfl_sync(full, 100 + l, l + 3, w)
@@ -19,4 +20,26 @@ extern "C" __global__ void shfl_semantics_i32(int *__restrict__ out) {
         out[(k * 4 + 2) * 32 + l] = __shfl_down_sync(0xffffffffu, v, 3u, w);
         out[(k * 4 + 3) * 32 + l] = __shfl_up_sync(0xffffffffu, v, 3u, w);
     }
+}
+
+// One warp, compute capability 8.0+: d = c + a b for a (16 x 8), b (8 x 8)
+// and c (16 x 8), all row-major, through one mma.m16n8k8 TF32 with each lane
+// loading and storing its fragments as kernels/mma.cuh documents them.
+extern "C" __global__ void mma_tf32_semantics(const float *__restrict__ a, const float *__restrict__ b,
+                                              const float *__restrict__ c, float *__restrict__ d) {
+    const int l = threadIdx.x, g = l / 4, t = l % 4;
+    const unsigned fa[4] = {qat_tf32(a[g * 8 + t]), qat_tf32(a[(g + 8) * 8 + t]), qat_tf32(a[g * 8 + t + 4]),
+                            qat_tf32(a[(g + 8) * 8 + t + 4])};
+    const unsigned fb[2] = {qat_tf32(b[t * 8 + g]), qat_tf32(b[(t + 4) * 8 + g])};
+    float fd[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t], c[(g + 8) * 8 + 2 * t + 1]};
+    qat_mma_tf32(fd, fa, fb);
+    d[g * 8 + 2 * t] = fd[0];
+    d[g * 8 + 2 * t + 1] = fd[1];
+    d[(g + 8) * 8 + 2 * t] = fd[2];
+    d[(g + 8) * 8 + 2 * t + 1] = fd[3];
+}
+
+// out[i] = the bits of cvt.rna.tf32.f32(x[i]), for i < n (one block).
+extern "C" __global__ void tf32_round_semantics(const float *__restrict__ x, float *__restrict__ out, int n) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = __int_as_float(int(qat_tf32(x[i])));
 }

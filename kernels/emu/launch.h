@@ -113,6 +113,7 @@ inline int launch(Thunk t, dim3 grid, dim3 block, unsigned shared_bytes, void **
         ctx.dyn_smem = reinterpret_cast<unsigned char *>(dyn.get());
         ctx.block_bar = &block_bar;
         ctx.warp = &warps[tid / 32];
+        ctx.mma_calls = 0;
         for (unsigned long long b = 0; b < nblocks; ++b) {
             blockIdx = dim3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (1ull * grid.x * grid.y))};
             t(args);

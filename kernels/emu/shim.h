@@ -16,7 +16,8 @@
 //   a per-warp scratch array and a per-warp barrier.
 //
 // Limits (kernels must stay inside them):
-// - no inline PTX, no tensor cores, no cooperative groups, no textures;
+// - no inline PTX (tensor cores only through kernels/mma.cuh, emulated
+//   below), no cooperative groups, no textures;
 // - warp shuffles need every lane of the warp to call them, and value types
 //   of at most 8 bytes (mask and width follow the programming guide);
 // - dynamic shared memory only through QAT_DYN_SHARED(type, name);
@@ -88,6 +89,9 @@ class Barrier {
 struct Warp {
     Barrier *bar;
     uint64_t slot[32];
+    // mma.sync operands of each lane, and the call number that wrote them.
+    uint32_t mma_a[32][4], mma_b[32][2];
+    uint64_t mma_call[32];
 };
 
 struct ThreadCtx {
@@ -95,6 +99,8 @@ struct ThreadCtx {
     Warp *warp = nullptr;
     unsigned lane = 0;
     unsigned char *dyn_smem = nullptr;
+    // mma.sync calls this thread made in the current launch.
+    uint64_t mma_calls = 0;
 };
 
 inline thread_local ThreadCtx ctx;
@@ -112,6 +118,68 @@ inline T shfl_exchange(T v, unsigned src_lane) {
     T out;
     std::memcpy(&out, &got, sizeof(T));
     return out;
+}
+
+// cvt.rna.tf32.f32: x rounded to 10 explicit mantissa bits, to nearest with
+// ties away from zero; the 13 low bits of the result are 0. Infinities stay,
+// NaN becomes the canonical NaN.
+inline uint32_t tf32_rna(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (u & 0x007fffffu) ? 0x7fffffffu : u;
+    // Adding half a TF32 unit to the magnitude bits and truncating rounds
+    // half away from zero (a carry into the exponent is the correct result,
+    // up to infinity).
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+// The value a TF32 operand register stands for: its 19 high bits (sign,
+// exponent, 10 mantissa bits); the tensor core ignores the low 13.
+inline float tf32_value(uint32_t r) {
+    r &= 0xffffe000u;
+    float f;
+    std::memcpy(&f, &r, 4);
+    return f;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with D = C (in d):
+// each lane publishes its A and B fragments, then computes its own four
+// elements of D from the gathered 16x8 and 8x8 matrices (layouts in
+// kernels/mma.cuh). The products of TF32 values are exact in double, and each
+// sum is rounded to float once: a GPU may round in between, within the
+// tolerance the tests state. Every lane of a full warp must call it, the same
+// number of times (a warp-synchronous instruction); anything else aborts.
+inline void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    Warp *w = ctx.warp;
+    const unsigned lane = ctx.lane;
+    const uint64_t call = ++ctx.mma_calls;
+    std::memcpy(w->mma_a[lane], a, sizeof(w->mma_a[lane]));
+    std::memcpy(w->mma_b[lane], b, sizeof(w->mma_b[lane]));
+    w->mma_call[lane] = call;
+    w->bar->arrive_and_wait();
+    for (unsigned l = 0; l < 32; ++l) {
+        if (w->mma_call[l] != call) {
+            std::fprintf(stderr,
+                         "cuda-emu: mma.sync call %llu of lane %u: lane %u of its warp did not make the same "
+                         "call (every lane of a full warp must execute it)\n",
+                         (unsigned long long)call, lane, l);
+            std::abort();
+        }
+    }
+    const unsigned g = lane / 4, t = lane % 4;
+    // A(row, k): lane 4 * (row % 8) + k % 4, register (row / 8) + 2 * (k / 4).
+    auto A = [&](unsigned row, unsigned k) { return tf32_value(w->mma_a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]); };
+    // B(k, col): lane 4 * col + k % 4, register k / 4.
+    auto B = [&](unsigned k, unsigned col) { return tf32_value(w->mma_b[4 * col + k % 4][k / 4]); };
+    float out[4];
+    for (unsigned r = 0; r < 4; ++r) {
+        const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+        double s = d[r];
+        for (unsigned k = 0; k < 8; ++k) s += double(A(row, k)) * double(B(k, col));
+        out[r] = float(s);
+    }
+    w->bar->arrive_and_wait();
+    std::memcpy(d, out, sizeof(out));
 }
 
 }  // namespace qat_emu

@@ -380,6 +380,39 @@ fn reason(e: crate::Error) -> String {
     }
 }
 
+/// What a CUDA device's matrix products (GEMM and the three convolution
+/// passes) compute in. The CPU backend always computes FP32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// FP32 on CUDA cores: the reference path.
+    #[default]
+    Fp32 = 0,
+    /// TF32 tensor cores (compute capability 8.0+): operands rounded to 10
+    /// mantissa bits, products accumulated in FP32, as PyTorch's default for
+    /// convolutions on such GPUs.
+    Tf32 = 1,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            other => bail!(Usage, "unknown precision '{other}': use fp32 or tf32"),
+        }
+    }
+}
+
 /// A handle on a backend; cheap to clone. Tensors remember their device.
 #[derive(Clone)]
 pub struct Device(Arc<dyn Backend>);
@@ -420,24 +453,34 @@ impl Device {
     /// [`Device::parse`], with a one-line description of the choice for the
     /// user (`cpu (auto; no usable GPU: ...)`).
     pub fn choose(spec: &str) -> Result<(Device, String)> {
+        Device::choose_with(spec, Precision::Fp32)
+    }
+
+    /// [`Device::choose`] with the CUDA devices' matrix products in
+    /// `precision` (the CPU ignores it).
+    pub fn choose_with(spec: &str, precision: Precision) -> Result<(Device, String)> {
+        let tag = |name: String| match precision {
+            Precision::Fp32 => name,
+            p => format!("{name}, {}", p.name()),
+        };
         match spec {
             "cpu" => Ok((Device::cpu(), "cpu".into())),
-            "cuda" | "cuda:0" => cuda::gpu_device()
+            "cuda" | "cuda:0" => cuda::gpu_device_with(precision)
                 .map(|d| {
-                    let name = d.backend().name().to_string();
+                    let name = tag(d.backend().name());
                     (d, name)
                 })
                 .map_err(|e| {
                     crate::Error::Device(format!("--device cuda: no usable GPU: {}", reason(e)))
                 }),
             "cuda-emu" => {
-                let d = cuda::emulated_device();
-                let name = d.backend().name().to_string();
+                let d = cuda::emulated_device_with(precision);
+                let name = tag(d.backend().name());
                 Ok((d, name))
             }
-            "auto" => match cuda::gpu_device() {
+            "auto" => match cuda::gpu_device_with(precision) {
                 Ok(d) => {
-                    let line = format!("{} (auto)", d.backend().name());
+                    let line = format!("{} (auto)", tag(d.backend().name()));
                     Ok((d, line))
                 }
                 Err(e) => Ok((

@@ -34,6 +34,7 @@ pub struct DriverRuntime {
     name: String,
     /// `sm_XY` of this GPU.
     arch: String,
+    capability: (u32, u32),
     modules: Mutex<HashMap<&'static str, Module>>,
     funcs: Mutex<HashMap<&'static str, Func>>,
     /// Freed allocations by size, for reuse. `cuMemFree` synchronizes the
@@ -62,10 +63,16 @@ impl DriverRuntime {
             ctx,
             name: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
             arch: format!("sm_{major}{minor}"),
+            capability: (major as u32, minor as u32),
             modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Compute capability `(major, minor)`.
+    pub fn capability(&self) -> (u32, u32) {
+        self.capability
     }
 
     fn bind(&self) -> Result<()> {

@@ -21,7 +21,7 @@ pub use runtime::{Arg, DeviceBuffer, KernelRuntime};
 
 use super::{
     AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom,
-    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
+    Precision, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
 use crate::quant::Requant;
 use crate::{bail, Result};
@@ -34,6 +34,10 @@ const TILE: usize = 128;
 
 pub struct CudaBackend {
     rt: Arc<dyn KernelRuntime>,
+    /// What the matrix products (GEMM, the three convolution passes) run in.
+    precision: Precision,
+    /// Compute capability `(major, minor)`; `None` on the emulator.
+    capability: Option<(u32, u32)>,
     /// Most blocks of a grid-stride 1-d launch.
     max_blocks_1d: usize,
     /// Blocks wanted in flight for split-K (about two per SM on a GPU).
@@ -56,6 +60,8 @@ impl CudaBackend {
     pub fn emulated() -> Self {
         CudaBackend {
             rt: Arc::new(emulator::EmuRuntime::new()),
+            precision: Precision::Fp32,
+            capability: None,
             max_blocks_1d: 4,
             target_blocks: 4,
             reduce_block: 64,
@@ -74,8 +80,11 @@ impl CudaBackend {
             )
             .unwrap_or(80)
             .max(1) as usize;
+        let capability = rt.capability();
         Ok(CudaBackend {
             rt: Arc::new(rt),
+            precision: Precision::Fp32,
+            capability: Some(capability),
             max_blocks_1d: 32 * sms,
             target_blocks: 2 * sms,
             reduce_block: BLOCK,
@@ -86,6 +95,45 @@ impl CudaBackend {
 
     pub fn runtime(&self) -> &Arc<dyn KernelRuntime> {
         &self.rt
+    }
+
+    /// This device with its matrix products in `precision`: the same
+    /// runtime (buffers move freely between the two), its own workspace.
+    /// TF32 needs tensor cores: compute capability 8.0 or later.
+    pub fn with_precision(&self, precision: Precision) -> Result<Self> {
+        if let (Precision::Tf32, Some((major, minor))) = (precision, self.capability) {
+            if major < 8 {
+                bail!(
+                    Device,
+                    "--precision tf32 needs TF32 tensor cores (compute capability 8.0 or later); \
+                     {} has {major}.{minor}: use --precision fp32",
+                    self.rt.name()
+                );
+            }
+        }
+        Ok(CudaBackend {
+            rt: self.rt.clone(),
+            precision,
+            capability: self.capability,
+            max_blocks_1d: self.max_blocks_1d,
+            target_blocks: self.target_blocks,
+            reduce_block: self.reduce_block,
+            min_chunk: self.min_chunk,
+            workspace: Mutex::new(None),
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The entry point of a matrix-product kernel (`gemm_fwd`, `conv2d_fwd`,
+    /// ...) in this backend's precision.
+    fn mm_kernel(&self, base: &str) -> String {
+        match self.precision {
+            Precision::Fp32 => format!("{base}_f32"),
+            Precision::Tf32 => format!("{base}_tf32"),
+        }
     }
 
     /// The device address of `s`, checking that it lives on this backend and
@@ -512,7 +560,12 @@ impl Backend for CudaBackend {
         ];
         i32_of(g.m * g.k.max(g.n), "gemm operand size")?;
         i32_of(g.k * g.n, "gemm operand size")?;
-        self.launch("gemm_fwd_f32", grid_tiles(g.m, g.n, 1)?, 256, args)
+        self.launch(
+            &self.mm_kernel("gemm_fwd"),
+            grid_tiles(g.m, g.n, 1)?,
+            256,
+            args,
+        )
     }
     fn add_row_bias(
         &self,
@@ -568,7 +621,7 @@ impl Backend for CudaBackend {
             conv_geom(g)?,
         ];
         self.launch(
-            "conv2d_fwd_f32",
+            &self.mm_kernel("conv2d_fwd"),
             grid_tiles(m, g.c_out_per_group(), g.groups)?,
             256,
             args,
@@ -596,7 +649,7 @@ impl Backend for CudaBackend {
             conv_geom(g)?,
         ];
         self.launch(
-            "conv2d_bwd_data_f32",
+            &self.mm_kernel("conv2d_bwd_data"),
             grid_tiles(m, g.c_in_per_group(), g.groups)?,
             256,
             args,
@@ -641,7 +694,7 @@ impl Backend for CudaBackend {
                     Arg::I32(i32_of(chunk, "split-K chunk")?),
                 ];
                 self.launch(
-                    "conv2d_bwd_weight_f32",
+                    &self.mm_kernel("conv2d_bwd_weight"),
                     grid_tiles(og, kc, g.groups * splits)?,
                     256,
                     args,
@@ -1257,24 +1310,51 @@ impl Backend for CudaBackend {
     }
 }
 
-/// The process-wide emulated CUDA device (`--device cuda-emu`).
+/// The process-wide emulated CUDA device (`--device cuda-emu`), FP32.
 pub fn emulated_device() -> Device {
-    static EMU: OnceLock<Device> = OnceLock::new();
-    EMU.get_or_init(|| Device::new(Arc::new(CudaBackend::emulated())))
+    emulated_device_with(Precision::Fp32)
+}
+
+/// The emulated CUDA device with its matrix products in `precision`; the
+/// devices of both precisions share one emulated runtime.
+pub fn emulated_device_with(precision: Precision) -> Device {
+    static EMU: OnceLock<CudaBackend> = OnceLock::new();
+    static DEVICES: [OnceLock<Device>; 2] = [OnceLock::new(), OnceLock::new()];
+    DEVICES[precision as usize]
+        .get_or_init(|| {
+            let base = EMU.get_or_init(CudaBackend::emulated);
+            // The emulator has no compute capability to refuse TF32 on.
+            let b = base.with_precision(precision).expect("emulated precision");
+            Device::new(Arc::new(b))
+        })
         .clone()
 }
 
-/// The process-wide device for GPU 0 (`--device cuda`), or why there is none.
+/// The process-wide device for GPU 0 (`--device cuda`), FP32, or why there is
+/// none.
 pub fn gpu_device() -> Result<Device> {
-    static GPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        CudaBackend::gpu(0)
-            .map(|b| Device::new(Arc::new(b)))
-            .map_err(|e| match e {
-                crate::Error::Device(m) => m,
-                other => other.to_string(),
-            })
-    })
-    .clone()
-    .map_err(crate::Error::Device)
+    gpu_device_with(Precision::Fp32)
+}
+
+/// GPU 0 with its matrix products in `precision`, or why it cannot be used.
+pub fn gpu_device_with(precision: Precision) -> Result<Device> {
+    static GPU: OnceLock<std::result::Result<CudaBackend, String>> = OnceLock::new();
+    static DEVICES: [OnceLock<std::result::Result<Device, String>>; 2] =
+        [OnceLock::new(), OnceLock::new()];
+    let message = |e: crate::Error| match e {
+        crate::Error::Device(m) => m,
+        other => other.to_string(),
+    };
+    DEVICES[precision as usize]
+        .get_or_init(|| {
+            let base = GPU
+                .get_or_init(|| CudaBackend::gpu(0).map_err(message))
+                .as_ref()
+                .map_err(|e| e.clone())?;
+            base.with_precision(precision)
+                .map(|b| Device::new(Arc::new(b)))
+                .map_err(message)
+        })
+        .clone()
+        .map_err(crate::Error::Device)
 }
