@@ -3,8 +3,11 @@
 //! MobileNetV2 depthwise and pointwise shapes (batch 32), and batch norm.
 //! Each case is warmed up, then timed with CUDA events over several runs
 //! (median reported). GEMM-like kernels report TFLOP/s and the ratio to cuBLAS
-//! SGEMM (FP32, no TF32) on the same M x N x K, which for a convolution is the
-//! size of its implicit GEMM: a reference, not an equal task. Batch norm
+//! SGEMM on the same M x N x K, which for a convolution is the size of its
+//! implicit GEMM: a reference, not an equal task. GEMM and the ResNet-18
+//! convolutions run twice: FP32 (CUDA cores) against cuBLAS SGEMM in its
+//! default FP32 math, and TF32 (`--precision tf32`, tensor cores) against
+//! cuBLAS SGEMM with `CUBLAS_TF32_TENSOR_OP_MATH`. Batch norm
 //! reports effective GB/s (bytes each kernel must read and write).
 //!
 //! `cargo bench --bench cuda_kernels`; without a GPU it prints that it was
@@ -12,7 +15,7 @@
 
 use cudarc::driver::{result, sys};
 use qat::backend::cuda::{probe, CudaBackend};
-use qat::backend::{Backend, BnGeom, Conv2dGeom, GemmGeom, Storage};
+use qat::backend::{Backend, BnGeom, Conv2dGeom, GemmGeom, Precision, Storage};
 
 struct Timer {
     start: sys::CUevent,
@@ -65,6 +68,16 @@ impl Cublas {
             return None;
         }
         cudarc::cublas::result::create_handle().ok().map(Cublas)
+    }
+    /// FP32 math (cuBLAS's default) or TF32 tensor-core math.
+    fn set_precision(&self, p: Precision) {
+        use cudarc::cublas::sys::cublasMath_t::{CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH};
+        let mode = match p {
+            Precision::Fp32 => CUBLAS_DEFAULT_MATH,
+            Precision::Tf32 => CUBLAS_TF32_TENSOR_OP_MATH,
+        };
+        // SAFETY: a valid handle.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(self.0, mode) };
     }
     fn sgemm(&self, m: usize, n: usize, k: usize, a: u64, b: u64, c: u64) {
         use cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
@@ -128,9 +141,19 @@ fn main() {
             .collect()
     };
     let mut rows: Vec<Row> = Vec::new();
+    // The TF32 twin of the backend (same context and buffers), where the
+    // GPU has tensor cores for it.
+    let be_tf32 = be.with_precision(Precision::Tf32);
+    if let Err(e) = &be_tf32 {
+        println!("(no TF32 rows: {e})");
+    }
+    let precisions: Vec<(Precision, &CudaBackend)> = std::iter::once((Precision::Fp32, &be))
+        .chain(be_tf32.as_ref().ok().map(|b| (Precision::Tf32, b)))
+        .collect();
 
-    let cublas_ms = |m: usize, n: usize, k: usize| -> Option<f64> {
+    let cublas_ms = |m: usize, n: usize, k: usize, p: Precision| -> Option<f64> {
         let cb = cublas.as_ref()?;
+        cb.set_precision(p);
         let (a, b, c) = (
             be.zeros(m * k).unwrap(),
             be.zeros(k * n).unwrap(),
@@ -141,29 +164,31 @@ fn main() {
     };
 
     // ---- GEMM -------------------------------------------------------------------
-    for (m, n, k) in [
-        (1024, 1024, 1024),
-        (4096, 4096, 4096),
-        (4095, 4097, 1000),
-        (32, 1000, 512),
-    ] {
-        let g = GemmGeom::new(m, n, k);
-        let (a, b) = (
-            be.upload(&rand(m * k)).unwrap(),
-            be.upload(&rand(k * n)).unwrap(),
-        );
-        let mut c = be.zeros(m * n).unwrap();
-        let ms = timer.median_ms(warm, reps, || be.gemm(&g, &a, &b, &mut c).unwrap());
-        let tf = g.flops() / ms / 1e9;
-        let vs = cublas_ms(m, n, k)
-            .map(|r| format!("{:.2}", r / ms))
-            .unwrap_or("-".into());
-        rows.push(Row {
-            name: format!("gemm {m}x{n}x{k}"),
-            ms,
-            rate: format!("{tf:.2} TFLOP/s"),
-            vs_cublas: vs,
-        });
+    for &(p, mm) in &precisions {
+        for (m, n, k) in [
+            (1024, 1024, 1024),
+            (4096, 4096, 4096),
+            (4095, 4097, 1000),
+            (32, 1000, 512),
+        ] {
+            let g = GemmGeom::new(m, n, k);
+            let (a, b) = (
+                be.upload(&rand(m * k)).unwrap(),
+                be.upload(&rand(k * n)).unwrap(),
+            );
+            let mut c = be.zeros(m * n).unwrap();
+            let ms = timer.median_ms(warm, reps, || mm.gemm(&g, &a, &b, &mut c).unwrap());
+            let tf = g.flops() / ms / 1e9;
+            let vs = cublas_ms(m, n, k, p)
+                .map(|r| format!("{:.2}", r / ms))
+                .unwrap_or("-".into());
+            rows.push(Row {
+                name: format!("gemm {m}x{n}x{k} {}", p.name()),
+                ms,
+                rate: format!("{tf:.2} TFLOP/s"),
+                vs_cublas: vs,
+            });
+        }
     }
 
     // ---- convolution at ResNet-18 shapes, batch 32 ----------------------------------
@@ -191,50 +216,53 @@ fn main() {
         conv("layer4 3x3 512->512 @7", 512, 7, 512, 3, 1, 1),
         conv("down 1x1/2 128->256 @28", 128, 28, 256, 1, 2, 0),
     ];
-    for (name, g) in &convs {
-        let x = be.upload(&rand(g.x_len())).unwrap();
-        let w = be.upload(&rand(g.w_len())).unwrap();
-        let dy = be.upload(&rand(g.y_len())).unwrap();
-        let (mut y, mut dx, mut dw) = (
-            be.zeros(g.y_len()).unwrap(),
-            be.zeros(g.x_len()).unwrap(),
-            be.zeros(g.w_len()).unwrap(),
-        );
-        let (m, n, k) = (g.n * g.out_h() * g.out_w(), g.c_out, g.c_in * g.kh * g.kw);
-        let reference = cublas_ms(m, n, k);
-        let tf = |ms: f64| format!("{:.2} TFLOP/s", g.flops() / ms / 1e9);
-        let vs = |ms: f64| {
-            reference
-                .map(|r| format!("{:.2}", r / ms))
-                .unwrap_or("-".into())
-        };
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} fwd"),
-            ms,
-            rate: tf(ms),
-            vs_cublas: vs(ms),
-        });
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} bwd-data"),
-            ms,
-            rate: tf(ms),
-            vs_cublas: vs(ms),
-        });
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} bwd-weight"),
-            ms,
-            rate: tf(ms),
-            vs_cublas: vs(ms),
-        });
+    for &(p, mm) in &precisions {
+        for (name, g) in &convs {
+            let name = format!("{name} {}", p.name());
+            let x = be.upload(&rand(g.x_len())).unwrap();
+            let w = be.upload(&rand(g.w_len())).unwrap();
+            let dy = be.upload(&rand(g.y_len())).unwrap();
+            let (mut y, mut dx, mut dw) = (
+                be.zeros(g.y_len()).unwrap(),
+                be.zeros(g.x_len()).unwrap(),
+                be.zeros(g.w_len()).unwrap(),
+            );
+            let (m, n, k) = (g.n * g.out_h() * g.out_w(), g.c_out, g.c_in * g.kh * g.kw);
+            let reference = cublas_ms(m, n, k, p);
+            let tf = |ms: f64| format!("{:.2} TFLOP/s", g.flops() / ms / 1e9);
+            let vs = |ms: f64| {
+                reference
+                    .map(|r| format!("{:.2}", r / ms))
+                    .unwrap_or("-".into())
+            };
+            let ms = timer.median_ms(warm, reps, || {
+                mm.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
+            });
+            rows.push(Row {
+                name: format!("{name} fwd"),
+                ms,
+                rate: tf(ms),
+                vs_cublas: vs(ms),
+            });
+            let ms = timer.median_ms(warm, reps, || {
+                mm.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
+            });
+            rows.push(Row {
+                name: format!("{name} bwd-data"),
+                ms,
+                rate: tf(ms),
+                vs_cublas: vs(ms),
+            });
+            let ms = timer.median_ms(warm, reps, || {
+                mm.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
+            });
+            rows.push(Row {
+                name: format!("{name} bwd-weight"),
+                ms,
+                rate: tf(ms),
+                vs_cublas: vs(ms),
+            });
+        }
     }
 
     // ---- depthwise and pointwise convolution at MobileNetV2 shapes, batch 32 ----------
@@ -289,7 +317,7 @@ fn main() {
             }
         };
         let reference = (!g.is_depthwise())
-            .then(|| cublas_ms(g.n * g.h * g.w, g.c_out, g.c_in))
+            .then(|| cublas_ms(g.n * g.h * g.w, g.c_out, g.c_in, Precision::Fp32))
             .flatten();
         let vs = |ms: f64| {
             reference

@@ -28,6 +28,7 @@ step() { # step NAME TIMEOUT_S COMMAND...
 step nvrtc_compile 90 bin/nvrtc_compile --nocapture
 step parity_gpu 100 env QAT_PARITY_DEVICES=gpu bin/cuda_parity --nocapture --test-threads=4
 step training_gpu 60 env QAT_PARITY_DEVICES=gpu bin/cuda_training --nocapture
+step tf32_gpu 60 env QAT_PARITY_DEVICES=gpu bin/cuda_tf32 --nocapture
 step parity_all 100 bin/cuda_parity --test-threads=4
 step bench 130 env QAT_BENCH_QUICK=${QAT_BENCH_QUICK:-0} bin/cuda_kernels
 
@@ -39,7 +40,7 @@ for i in "${!names[@]}"; do
     printf "%-16s %-16s %8s\n" "${names[$i]}" "${results[$i]}" "${times[$i]}"
     [ "${results[$i]}" = PASS ] || fail=1
 done
-grep -h "^test .* \(ok\|FAILED\)$" log-parity_gpu.txt 2>/dev/null | sed 's/^/  gpu: /'
+grep -h "^test .* \(ok\|FAILED\)$" log-parity_gpu.txt log-tf32_gpu.txt 2>/dev/null | sed 's/^/  gpu: /'
 echo
 grep -h "^|" log-bench.txt 2>/dev/null
 exit $fail

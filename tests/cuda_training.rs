@@ -62,7 +62,13 @@ fn devices() -> Vec<Device> {
         .map_err(qat::Error::Device)
         .and_then(|_| cuda::gpu_device())
     {
-        Ok(d) => out.push(d),
+        Ok(d) => {
+            out.push(d);
+            // The tensor-core path too, where the GPU has one.
+            if let Ok(t) = cuda::gpu_device_with(qat::backend::Precision::Tf32) {
+                out.push(t);
+            }
+        }
         Err(e) => {
             if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
@@ -95,9 +101,15 @@ fn small_resnet_steps_match_cpu_fp32_and_qat() {
             let steps = if emulated { 2 } else { 4 };
             let want = losses(&Device::cpu(), quantize, steps);
             let got = losses(&dev, quantize, steps);
+            // TF32 products err by up to 2^-10 relative, so the losses of
+            // the first step agree to 5e-3 there (the later QAT bound
+            // already exceeds that).
+            let tf32 = dev.backend().name().contains("tf32");
             for (step, (g, w)) in got.iter().zip(&want).enumerate() {
                 let rtol = match (quantize, step) {
+                    (false, _) if tf32 => 5e-3,
                     (false, _) => 1e-4,
+                    (true, 0) if tf32 => 5e-3,
                     (true, 0) => 2e-3,
                     (true, _) => 2e-2,
                 };

@@ -459,15 +459,11 @@ impl Device {
     /// [`Device::choose`] with the CUDA devices' matrix products in
     /// `precision` (the CPU ignores it).
     pub fn choose_with(spec: &str, precision: Precision) -> Result<(Device, String)> {
-        let tag = |name: String| match precision {
-            Precision::Fp32 => name,
-            p => format!("{name}, {}", p.name()),
-        };
         match spec {
             "cpu" => Ok((Device::cpu(), "cpu".into())),
             "cuda" | "cuda:0" => cuda::gpu_device_with(precision)
                 .map(|d| {
-                    let name = tag(d.backend().name());
+                    let name = d.backend().name();
                     (d, name)
                 })
                 .map_err(|e| {
@@ -475,12 +471,12 @@ impl Device {
                 }),
             "cuda-emu" => {
                 let d = cuda::emulated_device_with(precision);
-                let name = tag(d.backend().name());
+                let name = d.backend().name();
                 Ok((d, name))
             }
             "auto" => match cuda::gpu_device_with(precision) {
                 Ok(d) => {
-                    let line = format!("{} (auto)", tag(d.backend().name()));
+                    let line = format!("{} (auto)", d.backend().name());
                     Ok((d, line))
                 }
                 Err(e) => Ok((

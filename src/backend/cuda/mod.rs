@@ -393,7 +393,10 @@ fn concat_args(g: &ConcatGeom) -> Result<Vec<Arg>> {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        self.rt.name()
+        match self.precision {
+            Precision::Fp32 => self.rt.name(),
+            p => format!("{} ({})", self.rt.name(), p.name()),
+        }
     }
 
     // ---- memory -------------------------------------------------------------

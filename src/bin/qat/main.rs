@@ -147,6 +147,14 @@ struct CalibrateArgs {
     /// auto, cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Matrix products (GEMM, convolutions) on CUDA devices: fp32 (CUDA
+    /// cores, the reference path) or tf32 (tensor cores, compute capability
+    /// 8.0+: operands rounded to 10 mantissa bits, FP32 accumulation, as
+    /// PyTorch's default for convolutions). The CPU always computes FP32.
+    /// Default fp32 until the TF32 path has been measured on a GPU
+    /// (docs/GPU_CHECK.md).
+    #[arg(long, default_value = "fp32")]
+    precision: qat::backend::Precision,
 }
 
 #[derive(Args)]
@@ -231,6 +239,14 @@ struct VerifyArgs {
     /// Device of the QAT model's forward: auto, cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Matrix products (GEMM, convolutions) on CUDA devices: fp32 (CUDA
+    /// cores, the reference path) or tf32 (tensor cores, compute capability
+    /// 8.0+: operands rounded to 10 mantissa bits, FP32 accumulation, as
+    /// PyTorch's default for convolutions). The CPU always computes FP32.
+    /// Default fp32 until the TF32 path has been measured on a GPU
+    /// (docs/GPU_CHECK.md).
+    #[arg(long, default_value = "fp32")]
+    precision: qat::backend::Precision,
 }
 
 #[derive(Args)]
@@ -245,6 +261,14 @@ struct EvalArgs {
     /// auto, cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Matrix products (GEMM, convolutions) on CUDA devices: fp32 (CUDA
+    /// cores, the reference path) or tf32 (tensor cores, compute capability
+    /// 8.0+: operands rounded to 10 mantissa bits, FP32 accumulation, as
+    /// PyTorch's default for convolutions). The CPU always computes FP32.
+    /// Default fp32 until the TF32 path has been measured on a GPU
+    /// (docs/GPU_CHECK.md).
+    #[arg(long, default_value = "fp32")]
+    precision: qat::backend::Precision,
     /// Evaluate the first N test images only, N >= 1 (image folders: N
     /// evenly spaced ones).
     #[arg(long, value_parser = parse::at_least_one)]
@@ -277,7 +301,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             train_cmd::run(a, m)
         }
         Command::Eval(a) => {
-            let (device, line) = Device::choose(&a.device)?;
+            let (device, line) = Device::choose_with(&a.device, a.precision)?;
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
             let (model, info) = qat::saved_model::load(&ck, &device)?;
@@ -371,7 +395,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                 _ => qat::quant::calibrate::Method::Percentile(a.percentile),
             };
             let scheme: qat::quant::params::Scheme = a.scheme.parse()?;
-            let (device, line) = Device::choose(&a.device)?;
+            let (device, line) = Device::choose_with(&a.device, a.precision)?;
             eprintln!("device: {line}");
             let ck = Checkpoint::load(&a.checkpoint)?;
             let (mut model, info) = qat::saved_model::load(&ck, &device)?;
@@ -497,7 +521,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
             }
         }
         Command::Verify(a) => {
-            let (device, line) = Device::choose(&a.device)?;
+            let (device, line) = Device::choose_with(&a.device, a.precision)?;
             eprintln!("device: {line}");
             let report = qat::verify::verify_checkpoint(
                 &a.checkpoint,

@@ -126,6 +126,14 @@ pub struct TrainArgs {
     /// auto (CUDA when a GPU works, else CPU), cpu, cuda or cuda-emu.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Matrix products (GEMM, convolutions) on CUDA devices: fp32 (CUDA
+    /// cores, the reference path) or tf32 (tensor cores, compute capability
+    /// 8.0+: operands rounded to 10 mantissa bits, FP32 accumulation, as
+    /// PyTorch's default for convolutions). The CPU always computes FP32.
+    /// Default fp32 until the TF32 path has been measured on a GPU
+    /// (docs/GPU_CHECK.md).
+    #[arg(long, default_value = "fp32")]
+    precision: qat::backend::Precision,
     /// Output folder: checkpoint.safetensors, metrics.jsonl, curves.png; one
     /// run at a time (train.lock) [default: runs/fmnist; runs/imagenet for
     /// imagenet:ROOT].
@@ -298,7 +306,7 @@ pub fn run(a: TrainArgs, m: &ArgMatches) -> qat::Result<()> {
         fresh
     };
     cfg.validate()?;
-    let (device, line) = Device::choose(&a.device)?;
+    let (device, line) = Device::choose_with(&a.device, a.precision)?;
     eprintln!("device: {line}");
     eprintln!(
         "recipe: {} {}, {} epochs, batch {}, lr {} (cosine, {} warm-up epochs), momentum {}, wd {}{}",
