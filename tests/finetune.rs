@@ -24,6 +24,7 @@ fn finetune_config(data: &Path, out: PathBuf, init: &Path, epochs: usize) -> Tra
         arch: "custom".into(),
         init: Some(init.to_path_buf()),
         calibration_images: 64,
+        calibration_method: qat::train::DEFAULT_CALIBRATION_METHOD.into(),
         lr: 0.002,
         warmup_epochs: 0.0,
         qat: Some(QatSchedule::fine_tune(epochs)),
@@ -114,6 +115,8 @@ fn cli_finetune_export_verify() {
         "32",
         "--calibration-images",
         "64",
+        "--calibration-method",
+        "mse",
         "--out",
         run.to_str().unwrap(),
         "--quiet",
@@ -122,9 +125,11 @@ fn cli_finetune_export_verify() {
     ]);
     assert!(ok, "{log}");
     assert!(
-        log.contains("calibrated") && log.contains("lr 0.001"),
+        log.contains("calibrated") && log.contains("images (mse)") && log.contains("lr 0.001"),
         "{log}"
     );
+    let (ok, log) = qat_bin(&["train", "--calibration-method", "entropy", "--data", d]);
+    assert!(!ok && log.contains("entropy"), "{log}");
     let ck = run.join("checkpoint.safetensors");
     let ck = ck.to_str().unwrap();
     let (ok, log) = qat_export_verify(ck, &out.join("ft.onnx"), d, "64");

@@ -246,6 +246,7 @@ fn folder_config(root: &Path, out: PathBuf) -> TrainConfig {
         workers: 2,
         init: None,
         calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
+        calibration_method: qat::train::DEFAULT_CALIBRATION_METHOD.into(),
     }
 }
 
@@ -329,6 +330,7 @@ fn finetune_from_onnx_on_an_image_folder() {
         qat: Some(QatSchedule::fine_tune(2)),
         init: Some(onnx.clone()),
         calibration_images: 6,
+        calibration_method: qat::train::DEFAULT_CALIBRATION_METHOD.into(),
         ..folder_config(&root, out)
     };
     let full_out = temp_dir("ft-folder-full");

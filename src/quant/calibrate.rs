@@ -27,6 +27,19 @@ pub enum Method {
 }
 
 impl Method {
+    /// `minmax`, `percentile` (99.99, the anchors' choice) or `mse`.
+    pub fn parse(name: &str) -> crate::Result<Method> {
+        match name {
+            "minmax" => Ok(Method::MinMax),
+            "percentile" => Ok(Method::Percentile(99.99)),
+            "mse" => Ok(Method::Mse),
+            other => crate::bail!(
+                Usage,
+                "unknown calibration method '{other}': use minmax, percentile or mse"
+            ),
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Method::MinMax => "minmax".into(),

@@ -75,9 +75,20 @@ pub struct TrainConfig {
     #[serde(default)]
     pub init: Option<PathBuf>,
     /// QAT from an FP32 `init`: training images the activation quantizers
-    /// are calibrated on (percentile 99.99) before the first step.
+    /// are calibrated on before the first step.
     #[serde(default = "default_calibration_images")]
     pub calibration_images: usize,
+    /// How those ranges are chosen: `minmax`, `percentile` (99.99) or `mse`
+    /// ([`crate::quant::calibrate::Method::parse`]).
+    #[serde(default = "default_calibration_method")]
+    pub calibration_method: String,
+}
+
+/// The default of [`TrainConfig::calibration_method`].
+pub const DEFAULT_CALIBRATION_METHOD: &str = "percentile";
+
+fn default_calibration_method() -> String {
+    DEFAULT_CALIBRATION_METHOD.into()
 }
 
 /// The default of [`TrainConfig::calibration_images`].
@@ -270,8 +281,8 @@ fn prepare_quantizers(
     Ok(())
 }
 
-/// Calibrates an FP32 model's quantizers (percentile 99.99) on the first
-/// `cfg.calibration_images` training images of epoch 0's order.
+/// Calibrates an FP32 model's quantizers (`cfg.calibration_method`) on the
+/// first `cfg.calibration_images` training images of epoch 0's order.
 fn calibrate_from_source(
     model: &mut Graph,
     source: &dyn crate::data::DataSource,
@@ -280,7 +291,7 @@ fn calibrate_from_source(
     scheme: Scheme,
     device: &Device,
 ) -> Result<()> {
-    let method = crate::quant::calibrate::Method::Percentile(99.99);
+    let method = crate::quant::calibrate::Method::parse(&cfg.calibration_method)?;
     let (ranges, used) = crate::calibrate::calibrate_on_source(
         model,
         source,

@@ -41,6 +41,7 @@ pub const SETTING_FLAGS: &[&str] = &[
     "--val-limit",
     "--init",
     "--calibration-images",
+    "--calibration-method",
 ];
 
 impl TrainConfig {
@@ -83,6 +84,7 @@ impl TrainConfig {
                 p.components().collect::<PathBuf>().display().to_string()
             }),
             self.calibration_images.to_string(),
+            self.calibration_method.clone(),
         ];
         SETTING_FLAGS.iter().copied().zip(values).collect()
     }

@@ -294,6 +294,7 @@ pub fn small_train_config(
         workers: 0,
         init: None,
         calibration_images: qat::train::DEFAULT_CALIBRATION_IMAGES,
+        calibration_method: qat::train::DEFAULT_CALIBRATION_METHOD.into(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 /// The flags that may differ from the checkpoint's run on `--resume`.
 const RESUMABLE_FLAGS: &str =
-    "--resume takes every training setting from the checkpoint; only --out, --device, \
+    "--resume takes every training setting from the checkpoint; only --out, --device, --precision, \
      --workers, --quiet, --progress-secs and --stop-after may be given with it";
 
 #[derive(Args)]
@@ -37,10 +37,15 @@ pub struct TrainArgs {
     #[arg(long)]
     init: Option<PathBuf>,
     /// With --init and QAT from an FP32 model: training images (epoch 0's
-    /// order) the activation quantizers are calibrated on, percentile 99.99
-    /// (>= 1).
+    /// order) the activation quantizers are calibrated on (see
+    /// --calibration-method; >= 1).
     #[arg(long, default_value_t = train::DEFAULT_CALIBRATION_IMAGES, value_parser = parse::at_least_one)]
     calibration_images: usize,
+    /// With --init and QAT from an FP32 model: how the activation ranges are
+    /// calibrated: minmax, percentile (99.99) or mse, as `qat calibrate
+    /// --method`.
+    #[arg(long, default_value = train::DEFAULT_CALIBRATION_METHOD, value_parser = ["minmax", "percentile", "mse"])]
+    calibration_method: String,
     /// Quantization-aware training (the default).
     #[arg(long, conflicts_with = "fp32")]
     qat: bool,
@@ -265,6 +270,7 @@ impl TrainArgs {
             workers: self.workers.unwrap_or(0),
             init: self.init.clone(),
             calibration_images: self.calibration_images,
+            calibration_method: self.calibration_method.clone(),
         }
     }
 }
