@@ -14,34 +14,50 @@ struct ConvGeom {
 
 // ---- forward -----------------------------------------------------------------
 
-// im2col(x)(pixel, k) for one group; each thread keeps one pixel for the whole
-// reduction, so its (n, oh, ow) decode happens once.
-struct FwdLoadX {
-    const float *x;
-    ConvGeom g;
-    int M, grp;
-    __device__ void load(TgTile *S, int m0, int k0, int k_end) const {
-        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
-        const int m = m0 + mm;
-        const int khw = g.kh * g.kw;
-        int n = 0, oh = 0, ow = 0;
-        if (m < M) {
-            ow = m % g.ow;
-            oh = (m / g.ow) % g.oh;
-            n = m / (g.ow * g.oh);
+// Steps a reduction index k = (c, kh, kw) (row-major over kh x kw taps) to
+// k + 1 without dividing.
+__device__ __forceinline__ void conv_next_tap(int &c, int &kh, int &kw, const ConvGeom &g) {
+    if (++kw == g.kw) {
+        kw = 0;
+        if (++kh == g.kh) {
+            kh = 0;
+            ++c;
         }
-        const float *xb = x + ((long long)n * g.c + (long long)grp * g.cg()) * g.h * g.w;
+    }
+}
+
+// im2col(x)(pixel, k) for one group. Each thread keeps one pixel for the
+// whole reduction (the block's rows are fixed), so its (n, oh, ow) decode
+// happens once, at construction; each load decodes its first k once and
+// steps to the next three.
+struct FwdLoadX {
+    const float *xb;  // this thread's image and group; null past the last pixel
+    int ih0, iw0;     // input position of tap (0, 0)
+    ConvGeom g;
+    __device__ FwdLoadX(const float *x, ConvGeom g_, int M, int grp, int m0) : xb(nullptr), ih0(0), iw0(0), g(g_) {
+        const int m = m0 + threadIdx.x % TG_BM;
+        if (m < M) {
+            const int ow = m % g.ow, oh = (m / g.ow) % g.oh, n = m / (g.ow * g.oh);
+            xb = x + ((long long)n * g.c + (long long)grp * g.cg()) * g.h * g.w;
+            ih0 = oh * g.sh - g.ph;
+            iw0 = ow * g.sw - g.pw;
+        }
+    }
+    __device__ void load(TgTile *S, int, int k0, int k_end) const {
+        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
+        const int khw = g.kh * g.kw;
+        int k = k0 + kb;
+        int ci = k / khw, r = k - ci * khw;
+        int kh = r / g.kw, kw = r - kh * g.kw;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int k = k0 + kb + j;
+        for (int j = 0; j < 4; ++j, ++k) {
             float v = 0.0f;
-            if (m < M && k < k_end) {
-                const int ci = k / khw, r = k % khw;
-                const int ih = oh * g.sh - g.ph + (r / g.kw) * g.dh;
-                const int iw = ow * g.sw - g.pw + (r % g.kw) * g.dw;
+            if (xb && k < k_end) {
+                const int ih = ih0 + kh * g.dh, iw = iw0 + kw * g.dw;
                 if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w) v = xb[((long long)ci * g.h + ih) * g.w + iw];
             }
             S[kb + j][mm] = v;
+            conv_next_tap(ci, kh, kw, g);
         }
     }
 };
@@ -78,7 +94,7 @@ __device__ __forceinline__ void conv2d_fwd(const float *__restrict__ x, const fl
                                            const float *__restrict__ bias, float *__restrict__ y, ConvGeom g) {
     const int grp = blockIdx.z;
     const int M = g.n * g.oh * g.ow, Kc = g.cg() * g.kh * g.kw;
-    const FwdLoadX la{x, g, M, grp};
+    const FwdLoadX la(x, g, M, grp, blockIdx.x * TG_BM);
     const FwdLoadW lb{w, Kc, g.og(), grp};
     const FwdStore st{y, bias, g, grp};
     tile_gemm<TC>(M, g.og(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
@@ -102,35 +118,47 @@ extern "C" __global__ void __launch_bounds__(TG_THREADS)
 
 // dy gathered at input pixel (n, ih, iw) for k = (co, kh, kw): the output
 // position that read x[ih][iw] through tap (kh, kw), or 0 when there is none.
+// As in FwdLoadX, the pixel is decoded once and k stepped without dividing;
+// only strides above 1 divide (by the stride).
 struct BwdDataLoadDy {
-    const float *dy;
+    const float *db;  // this thread's image and group; null past the last pixel
+    int th0, tw0;     // ih + ph, iw + pw
     ConvGeom g;
-    int M, grp;
-    __device__ void load(TgTile *S, int m0, int k0, int k_end) const {
-        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
-        const int m = m0 + mm;
-        const int khw = g.kh * g.kw;
-        int n = 0, ih = 0, iw = 0;
+    __device__ BwdDataLoadDy(const float *dy, ConvGeom g_, int M, int grp, int m0)
+        : db(nullptr), th0(0), tw0(0), g(g_) {
+        const int m = m0 + threadIdx.x % TG_BM;
         if (m < M) {
-            iw = m % g.w;
-            ih = (m / g.w) % g.h;
-            n = m / (g.w * g.h);
+            const int iw = m % g.w, ih = (m / g.w) % g.h, n = m / (g.w * g.h);
+            db = dy + ((long long)n * g.o + (long long)grp * g.og()) * g.oh * g.ow;
+            th0 = ih + g.ph;
+            tw0 = iw + g.pw;
         }
-        const float *db = dy + ((long long)n * g.o + (long long)grp * g.og()) * g.oh * g.ow;
+    }
+    __device__ void load(TgTile *S, int, int k0, int k_end) const {
+        const int mm = threadIdx.x % TG_BM, kb = (threadIdx.x / TG_BM) * 4;
+        const int khw = g.kh * g.kw;
+        const bool unit = g.sh == 1 && g.sw == 1;
+        int k = k0 + kb;
+        int co = k / khw, r = k - co * khw;
+        int kh = r / g.kw, kw = r - kh * g.kw;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int k = k0 + kb + j;
+        for (int j = 0; j < 4; ++j, ++k) {
             float v = 0.0f;
-            if (m < M && k < k_end) {
-                const int co = k / khw, r = k % khw;
-                const int th = ih + g.ph - (r / g.kw) * g.dh;
-                const int tw = iw + g.pw - (r % g.kw) * g.dw;
-                if (th >= 0 && tw >= 0 && th % g.sh == 0 && tw % g.sw == 0) {
-                    const int oh = th / g.sh, ow = tw / g.sw;
-                    if (oh < g.oh && ow < g.ow) v = db[((long long)co * g.oh + oh) * g.ow + ow];
+            if (db && k < k_end) {
+                const int th = th0 - kh * g.dh, tw = tw0 - kw * g.dw;
+                if (th >= 0 && tw >= 0) {
+                    int oh = th, ow = tw;
+                    bool hit = true;
+                    if (!unit) {
+                        oh = th / g.sh;
+                        ow = tw / g.sw;
+                        hit = oh * g.sh == th && ow * g.sw == tw;
+                    }
+                    if (hit && oh < g.oh && ow < g.ow) v = db[((long long)co * g.oh + oh) * g.ow + ow];
                 }
             }
             S[kb + j][mm] = v;
+            conv_next_tap(co, kh, kw, g);
         }
     }
 };
@@ -143,15 +171,17 @@ struct BwdDataLoadW {
     __device__ void load(TgTile *S, int n0, int k0, int k_end) const {
         const int cc = threadIdx.x % TG_BN, kb = (threadIdx.x / TG_BN) * 4;
         const int ci = n0 + cc, khw = g.kh * g.kw, cg = g.cg();
+        int k = k0 + kb;
+        int co = k / khw, r = k - co * khw;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int k = k0 + kb + j;
+        for (int j = 0; j < 4; ++j, ++k) {
             float v = 0.0f;
-            if (ci < cg && k < k_end) {
-                const int co = k / khw, r = k % khw;
-                v = w[((long long)(grp * g.og() + co) * cg + ci) * khw + r];
-            }
+            if (ci < cg && k < k_end) v = w[((long long)(grp * g.og() + co) * cg + ci) * khw + r];
             S[kb + j][cc] = v;
+            if (++r == khw) {
+                r = 0;
+                ++co;
+            }
         }
     }
 };
@@ -171,7 +201,7 @@ __device__ __forceinline__ void conv2d_bwd_data(const float *__restrict__ dy, co
                                                 float *__restrict__ dx, ConvGeom g) {
     const int grp = blockIdx.z;
     const int M = g.n * g.h * g.w, Kc = g.og() * g.kh * g.kw;
-    const BwdDataLoadDy la{dy, g, M, grp};
+    const BwdDataLoadDy la(dy, g, M, grp, blockIdx.x * TG_BM);
     const BwdDataLoadW lb{w, g, grp};
     const BwdDataStore st{dx, g, grp};
     tile_gemm<TC>(M, g.cg(), blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, Kc, la, lb, st);
@@ -208,26 +238,43 @@ struct BwdWLoadDy {
     }
 };
 
-// im2col(x)(r = (n, oh, ow), col = (ci, kh, kw)); each thread keeps one column.
+// im2col(x)(r = (n, oh, ow), col = (ci, kh, kw)). Each thread keeps one
+// column (the block's columns are fixed), decoded once at construction; each
+// load decodes its first r once and steps (n, oh, ow) for the next three.
 struct BwdWLoadX {
-    const float *x;
+    const float *xc;  // channel ci of image 0 in this group; null past Kc
+    int dh0, dw0;     // kh * dh - ph, kw * dw - pw
     ConvGeom g;
-    int Kc, grp;
-    __device__ void load(TgTile *S, int n0, int k0, int k_end) const {
+    __device__ BwdWLoadX(const float *x, ConvGeom g_, int Kc, int grp, int n0)
+        : xc(nullptr), dh0(0), dw0(0), g(g_) {
+        const int col = n0 + threadIdx.x % TG_BN, khw = g.kh * g.kw;
+        if (col < Kc) {
+            const int ci = col / khw, r = col % khw, kh = r / g.kw, kw = r % g.kw;
+            xc = x + ((long long)grp * g.cg() + ci) * g.h * g.w;
+            dh0 = kh * g.dh - g.ph;
+            dw0 = kw * g.dw - g.pw;
+        }
+    }
+    __device__ void load(TgTile *S, int, int k0, int k_end) const {
         const int cc = threadIdx.x % TG_BN, kb = (threadIdx.x / TG_BN) * 4;
-        const int col = n0 + cc, khw = g.kh * g.kw;
-        const int ci = col / khw, r = col % khw, kh = r / g.kw, kw = r % g.kw;
+        int rr = k0 + kb;
+        int ow = rr % g.ow, oh = (rr / g.ow) % g.oh, n = rr / (g.ow * g.oh);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int rr = k0 + kb + j;
+        for (int j = 0; j < 4; ++j, ++rr) {
             float v = 0.0f;
-            if (col < Kc && rr < k_end) {
-                const int ow = rr % g.ow, oh = (rr / g.ow) % g.oh, n = rr / (g.ow * g.oh);
-                const int ih = oh * g.sh - g.ph + kh * g.dh, iw = ow * g.sw - g.pw + kw * g.dw;
+            if (xc && rr < k_end) {
+                const int ih = oh * g.sh + dh0, iw = ow * g.sw + dw0;
                 if (ih >= 0 && ih < g.h && iw >= 0 && iw < g.w)
-                    v = x[(((long long)n * g.c + grp * g.cg() + ci) * g.h + ih) * g.w + iw];
+                    v = xc[((long long)n * g.c * g.h + ih) * g.w + iw];
             }
             S[kb + j][cc] = v;
+            if (++ow == g.ow) {
+                ow = 0;
+                if (++oh == g.oh) {
+                    oh = 0;
+                    ++n;
+                }
+            }
         }
     }
 };
@@ -254,7 +301,7 @@ __device__ __forceinline__ void conv2d_bwd_weight(const float *__restrict__ x, c
     const int k_end = min(R, k_begin + chunk);
     float *dst = out + (long long)split * g.o * Kc;
     const BwdWLoadDy la{dy, g, grp};
-    const BwdWLoadX lb{x, g, Kc, grp};
+    const BwdWLoadX lb(x, g, Kc, grp, blockIdx.y * TG_BN);
     const BwdWStore st{dst, Kc, g.og(), grp};
     tile_gemm<TC>(g.og(), Kc, blockIdx.x * TG_BM, blockIdx.y * TG_BN, k_begin, k_end, la, lb, st);
 }
