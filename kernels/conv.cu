@@ -330,17 +330,3 @@ extern "C" __global__ void conv2d_bwd_weight_reduce_f32(const float *__restrict_
         dw[i] = s;
     }
 }
-
-// dbias[o] = sum over n and pixels of dy[n][o][:]: one block per channel.
-extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
-    conv2d_bwd_bias_f32(const float *__restrict__ dy, float *__restrict__ db, int n, int o, int hw) {
-    __shared__ float red[32];
-    const int oc = blockIdx.x;
-    float s = 0.0f;
-    for (int b = 0; b < n; ++b) {
-        const float *row = dy + ((long long)b * o + oc) * hw;
-        for (int i = threadIdx.x; i < hw; i += blockDim.x) s += row[i];
-    }
-    s = qat_block_sum(s, red);
-    if (threadIdx.x == 0) db[oc] = s;
-}

@@ -48,6 +48,9 @@ pub struct CudaBackend {
     reduce_block: u32,
     /// Shortest reduction chunk of one split-K block.
     min_chunk: usize,
+    /// Values of one plane per block of the per-channel sums (a multiple of
+    /// 4, for float4 loads): the chunk of the channel x chunk grid.
+    channel_chunk: usize,
     /// Scratch memory (split-K partial sums, per-row losses), grown on
     /// demand and reused so that steady-state steps do not allocate.
     workspace: Mutex<Option<DeviceBuffer>>,
@@ -66,6 +69,7 @@ impl CudaBackend {
             target_blocks: 4,
             reduce_block: 64,
             min_chunk: 16,
+            channel_chunk: 8,
             workspace: Mutex::new(None),
         }
     }
@@ -89,6 +93,7 @@ impl CudaBackend {
             target_blocks: 2 * sms,
             reduce_block: BLOCK,
             min_chunk: 256,
+            channel_chunk: 4096,
             workspace: Mutex::new(None),
         })
     }
@@ -119,12 +124,60 @@ impl CudaBackend {
             target_blocks: self.target_blocks,
             reduce_block: self.reduce_block,
             min_chunk: self.min_chunk,
+            channel_chunk: self.channel_chunk,
             workspace: Mutex::new(None),
         })
     }
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The channel x chunk grid of a per-channel sum over an N x C x HW view:
+    /// `(splits, seg)` with `splits` chunks of `seg` values per plane, so
+    /// `P = n * splits` partial sums per channel (grid.y at most 65535).
+    fn channel_grid(&self, n: usize, hw: usize) -> Result<(usize, usize)> {
+        if n > 65535 {
+            bail!(
+                Shape,
+                "per-channel sum over {n} images exceeds the CUDA grid limit (65535)"
+            );
+        }
+        let mut seg = self.channel_chunk;
+        if n * hw.div_ceil(seg) > 65535 {
+            seg = hw.div_ceil(65535 / n).div_ceil(4) * 4;
+        }
+        Ok((hw.div_ceil(seg).max(1), seg))
+    }
+
+    /// Launches `kernel` (one of the `channel_*_part_f32` of
+    /// kernels/batchnorm.cu: `args`, then part, c, hw, splits, seg) on the
+    /// channel x chunk grid with a workspace of `rows * c * P` partial sums,
+    /// then `finish(part, P)`.
+    fn channel_sums(
+        &self,
+        kernel: &str,
+        mut args: Vec<Arg>,
+        (n, c, hw): (usize, usize, usize),
+        rows: usize,
+        finish: impl FnOnce(u64, usize) -> Result<()>,
+    ) -> Result<()> {
+        let (splits, seg) = self.channel_grid(n, hw)?;
+        let p = n * splits;
+        i32_of(rows * c * p.max(1), "per-channel partial sums")?;
+        self.with_workspace(rows * c * p.max(1), |ws| {
+            if p > 0 {
+                args.extend([
+                    Arg::Ptr(ws),
+                    Arg::I32(i32_of(c, "channels")?),
+                    Arg::I32(i32_of(hw, "plane")?),
+                    Arg::I32(splits as i32),
+                    Arg::I32(seg as i32),
+                ]);
+                self.launch(kernel, (c as u32, p as u32, 1), self.reduce_block, args)?;
+            }
+            finish(ws, p)
+        })
     }
 
     /// The entry point of a matrix-product kernel (`gemm_fwd`, `conv2d_fwd`,
@@ -720,19 +773,17 @@ impl Backend for CudaBackend {
         }
         if let Some(db) = dbias {
             if g.c_out > 0 {
-                let hw = g.out_h() * g.out_w();
-                let args = vec![
-                    Arg::Ptr(dyp),
-                    Arg::Ptr(self.ptr(db, g.c_out, "conv2d dbias")?),
-                    Arg::I32(g.n as i32),
-                    Arg::I32(g.c_out as i32),
-                    Arg::I32(hw as i32),
-                ];
-                self.launch(
-                    "conv2d_bwd_bias_f32",
-                    (g.c_out as u32, 1, 1),
-                    self.reduce_block,
-                    args,
+                let dbp = self.ptr(db, g.c_out, "conv2d dbias")?;
+                let view = (g.n, g.c_out, g.out_h() * g.out_w());
+                self.channel_sums(
+                    "channel_sum_part_f32",
+                    vec![Arg::Ptr(dyp)],
+                    view,
+                    1,
+                    |ws, p| {
+                        let args = vec![Arg::Ptr(ws), Arg::Ptr(dbp), Arg::I32(p as i32)];
+                        self.launch("channel_sum_finish_f32", (g.c_out as u32, 1, 1), 32, args)
+                    },
                 )?;
             }
         }
@@ -763,24 +814,44 @@ impl Backend for CudaBackend {
             self.ptr(save_mean, g.c, "bn mean")?,
             self.ptr(save_invstd, g.c, "bn invstd")?,
         );
-        let args = vec![
-            Arg::Ptr(xp),
-            Arg::Ptr(mean),
-            Arg::Ptr(invstd),
-            Arg::Ptr(self.ptr(running_mean, g.c, "bn running mean")?),
-            Arg::Ptr(self.ptr(running_var, g.c, "bn running var")?),
-            Arg::I32(n),
-            Arg::I32(c),
-            Arg::I32(hw),
-            Arg::F32(g.eps),
-            Arg::F32(g.momentum),
-        ];
-        self.launch(
-            "batchnorm_stats_fwd_f32",
-            (g.c as u32, 1, 1),
-            self.reduce_block,
-            args,
+        let (rm, rv) = (
+            self.ptr(running_mean, g.c, "bn running mean")?,
+            self.ptr(running_var, g.c, "bn running var")?,
+        );
+        let view = (g.n, g.c, g.hw);
+        let count = g.n as f32 * g.hw as f32;
+        let grid = (g.c as u32, 1, 1);
+        // Two passes: the mean, then the squared deviations from it.
+        self.channel_sums(
+            "channel_sum_part_f32",
+            vec![Arg::Ptr(xp)],
+            view,
+            1,
+            |ws, p| {
+                let args = vec![
+                    Arg::Ptr(ws),
+                    Arg::Ptr(mean),
+                    Arg::I32(p as i32),
+                    Arg::F32(count),
+                ];
+                self.launch("batchnorm_mean_fwd_f32", grid, 32, args)
+            },
         )?;
+        let part = vec![Arg::Ptr(xp), Arg::Ptr(mean)];
+        self.channel_sums("channel_sqdev_part_f32", part, view, 1, |ws, p| {
+            let args = vec![
+                Arg::Ptr(ws),
+                Arg::Ptr(mean),
+                Arg::Ptr(invstd),
+                Arg::Ptr(rm),
+                Arg::Ptr(rv),
+                Arg::I32(p as i32),
+                Arg::F32(count),
+                Arg::F32(g.eps),
+                Arg::F32(g.momentum),
+            ];
+            self.launch("batchnorm_var_fwd_f32", grid, 32, args)
+        })?;
         let args = vec![
             Arg::Ptr(xp),
             Arg::Ptr(mean),
@@ -838,26 +909,47 @@ impl Backend for CudaBackend {
         if g.c == 0 {
             return Ok(());
         }
+        i32_of(len, "batch norm size")?;
+        let (xp, dyp) = (self.ptr(x, len, "bn x")?, self.ptr(dy, len, "bn dy")?);
+        let (mean, invstd) = (
+            self.ptr(save_mean, g.c, "bn mean")?,
+            self.ptr(save_invstd, g.c, "bn invstd")?,
+        );
+        let (dg, db) = (
+            self.ptr(dgamma, g.c, "bn dgamma")?,
+            self.ptr(dbeta, g.c, "bn dbeta")?,
+        );
+        let part = vec![
+            Arg::Ptr(dyp),
+            Arg::Ptr(xp),
+            Arg::Ptr(mean),
+            Arg::Ptr(invstd),
+        ];
+        let view = (g.n, g.c, g.hw);
+        self.channel_sums("channel_sum_xhat_part_f32", part, view, 2, |ws, p| {
+            let args = vec![
+                Arg::Ptr(ws),
+                Arg::Ptr(dg),
+                Arg::Ptr(db),
+                Arg::I32(g.c as i32),
+                Arg::I32(p as i32),
+            ];
+            self.launch("batchnorm_bwd_sums_f32", (g.c as u32, 1, 1), 32, args)
+        })?;
         let args = vec![
-            Arg::Ptr(self.ptr(x, len, "bn x")?),
-            Arg::Ptr(self.ptr(dy, len, "bn dy")?),
+            Arg::Ptr(xp),
+            Arg::Ptr(dyp),
             Arg::Ptr(self.ptr(gamma, g.c, "bn gamma")?),
-            Arg::Ptr(self.ptr(save_mean, g.c, "bn mean")?),
-            Arg::Ptr(self.ptr(save_invstd, g.c, "bn invstd")?),
+            Arg::Ptr(mean),
+            Arg::Ptr(invstd),
+            Arg::Ptr(dg),
+            Arg::Ptr(db),
             Arg::Ptr(self.ptr(dx, len, "bn dx")?),
-            Arg::Ptr(self.ptr(dgamma, g.c, "bn dgamma")?),
-            Arg::Ptr(self.ptr(dbeta, g.c, "bn dbeta")?),
             Arg::I32(i32_of(g.n, "n")?),
             Arg::I32(i32_of(g.c, "c")?),
             Arg::I32(i32_of(g.hw, "hw")?),
         ];
-        i32_of(len, "batch norm size")?;
-        self.launch(
-            "batchnorm_bwd_f32",
-            (g.c as u32, 1, 1),
-            self.reduce_block,
-            args,
-        )
+        self.launch_1d("batchnorm_bwd_dx_f32", len, args)
     }
 
     // ---- pooling ------------------------------------------------------------
