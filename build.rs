@@ -34,10 +34,14 @@ fn main() {
     headers.sort();
 
     let mut kernels: Vec<(String, String)> = Vec::new();
+    // The first argument of each kernel's `__launch_bounds__` (a C++
+    // expression: the emulator's registry evaluates it), 1024 without one.
+    let mut bounds: Vec<String> = Vec::new();
     for f in &files {
         let src = std::fs::read_to_string(f).unwrap();
-        for name in entry_points(&src) {
+        for (name, max_threads) in entry_points(&src) {
             kernels.push((name, file_name(f)));
+            bounds.push(max_threads.unwrap_or_else(|| "1024".into()));
         }
     }
 
@@ -50,19 +54,24 @@ fn main() {
         writeln!(cpp, "#include \"{}\"", f.display()).unwrap();
     }
     cpp.push_str("\nstatic const qat_emu::Entry qat_emu_table[] = {\n");
-    for (name, _) in &kernels {
-        writeln!(cpp, "    {{\"{name}\", &qat_emu::thunk<&{name}>}},").unwrap();
+    for ((name, _), max_threads) in kernels.iter().zip(&bounds) {
+        writeln!(
+            cpp,
+            "    {{\"{name}\", &qat_emu::thunk<&{name}>, unsigned({max_threads})}},"
+        )
+        .unwrap();
     }
     cpp.push_str(
         r#"};
 
 // 0: ran; 1: no kernel of that name; 2: invalid launch configuration; 3: more
-// than 48 KiB of dynamic shared memory.
+// than 48 KiB of dynamic shared memory; 4: a block larger than the kernel's
+// __launch_bounds__.
 extern "C" int qat_emu_launch(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                               unsigned bz, unsigned shared_bytes, void **args) {
     for (const auto &e : qat_emu_table) {
         if (std::strcmp(e.name, name) == 0)
-            return qat_emu::launch(e.thunk, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared_bytes, args);
+            return qat_emu::launch(e.thunk, e.max_threads, dim3{gx, gy, gz}, dim3{bx, by, bz}, shared_bytes, args);
     }
     return 1;
 }
@@ -91,6 +100,9 @@ extern "C" int qat_emu_launch(const char *name, unsigned gx, unsigned gy, unsign
         .cpp(true)
         .std("c++20")
         .flag("-pthread")
+        // Every multiply and add rounded on its own, on every host CPU (see
+        // nvrtc::OPTIONS for the GPU side).
+        .flag("-ffp-contract=off")
         .opt_level(2)
         .warnings(true)
         .extra_warnings(false)
@@ -133,15 +145,19 @@ fn file_name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
 
-/// Names following `extern "C" __global__ void`, skipping `__launch_bounds__(..)`.
-fn entry_points(src: &str) -> Vec<String> {
+/// Names following `extern "C" __global__ void`, with the first argument of
+/// their `__launch_bounds__(..)` when they have one.
+fn entry_points(src: &str) -> Vec<(String, Option<String>)> {
     const MARK: &str = "extern \"C\" __global__ void";
     let mut names = Vec::new();
     let mut rest = src;
     while let Some(pos) = rest.find(MARK) {
         let mut s = rest[pos + MARK.len()..].trim_start();
+        let mut max_threads = None;
         if let Some(after) = s.strip_prefix("__launch_bounds__") {
             let close = after.find(')').expect("unclosed __launch_bounds__");
+            let args = after[..close].trim_start().trim_start_matches('(');
+            max_threads = Some(args.split(',').next().unwrap().trim().to_string());
             s = after[close + 1..].trim_start();
         }
         let name: String = s
@@ -149,7 +165,7 @@ fn entry_points(src: &str) -> Vec<String> {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
         assert!(!name.is_empty(), "kernel without a name after {MARK}");
-        names.push(name);
+        names.push((name, max_threads));
         rest = &rest[pos + MARK.len()..];
     }
     names

@@ -43,3 +43,14 @@ extern "C" __global__ void mma_tf32_semantics(const float *__restrict__ a, const
 extern "C" __global__ void tf32_round_semantics(const float *__restrict__ x, float *__restrict__ out, int n) {
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[i] = __int_as_float(int(qat_tf32(x[i])));
 }
+
+// out[0] = the sum of x[0..n) through qat_block_sum, by one block declared for
+// at most QAT_BLOCK threads (the emulator's launch-bounds check uses it).
+extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
+    block_sum_check_f32(const float *__restrict__ x, float *__restrict__ out, int n) {
+    __shared__ float red[32];
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
+    s = qat_block_sum(s, red);
+    if (threadIdx.x == 0) out[0] = s;
+}

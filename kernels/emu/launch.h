@@ -19,6 +19,8 @@ using Thunk = void (*)(void **);
 struct Entry {
     const char *name;
     Thunk thunk;
+    // The first argument of the kernel's __launch_bounds__ (1024 without).
+    unsigned max_threads;
 };
 
 // Unpacks the driver-style `void **args` (one pointer per kernel parameter)
@@ -68,7 +70,7 @@ class Pool {
     std::atomic<unsigned> gen_{0}, remaining_{0};
 };
 
-inline int launch(Thunk t, dim3 grid, dim3 block, unsigned shared_bytes, void **args) {
+inline int launch(Thunk t, unsigned max_threads, dim3 grid, dim3 block, unsigned shared_bytes, void **args) {
     // Static "shared" arrays belong to the kernel function, so only one block
     // of one launch may run at a time in the whole process.
     static std::mutex lock;
@@ -79,6 +81,9 @@ inline int launch(Thunk t, dim3 grid, dim3 block, unsigned shared_bytes, void **
     // A launch gets at most 48 KiB of dynamic shared memory unless the
     // kernel opted in (cuFuncSetAttribute), which the backend never does.
     if (shared_bytes > 48u * 1024u) return 3;
+    // A GPU refuses a block larger than __launch_bounds__ promised (the
+    // compiler may have used the registers that promise left).
+    if (nthreads > max_threads) return 4;
     const unsigned nwarps = (nthreads + 31) / 32;
     const unsigned long long nblocks = 1ull * grid.x * grid.y * grid.z;
 

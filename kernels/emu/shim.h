@@ -191,6 +191,7 @@ inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __host__
 #define __forceinline__
 #define __noinline__
+// Checked at launch instead (launch.h): build.rs records each kernel's bound.
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __constant__ static const

@@ -150,6 +150,11 @@ impl KernelRuntime for EmuRuntime {
                 "cuda-emu: launch of {kernel} asks for {shared_bytes} bytes of dynamic shared \
 memory, above the 48 KiB a launch gets without opting in"
             ),
+            4 => bail!(
+                Device,
+                "cuda-emu: launch of {kernel} with a block of {block:?} threads, more than its \
+__launch_bounds__ allow (a GPU refuses it too)"
+            ),
             _ => bail!(
                 Device,
                 "cuda-emu: invalid launch of {kernel}: grid {grid:?}, block {block:?}"
@@ -210,6 +215,48 @@ mod tests {
         assert!(err.contains("48 KiB"), "{err}");
         // SAFETY: allocated above with this size, not used afterwards.
         unsafe { rt.free(y, 4 * 32) };
+    }
+
+    /// A block larger than the kernel's `__launch_bounds__` is refused
+    /// before it runs, as a GPU refuses it; at the bound it runs.
+    #[test]
+    fn blocks_beyond_launch_bounds_are_refused() {
+        let rt = EmuRuntime::new();
+        let n = 4usize;
+        let x = rt.alloc(4 * n).unwrap();
+        rt.upload(x, &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let out = rt.alloc(4).unwrap();
+        let (mut px, mut po, mut len) = (x, out, n as i32);
+        let mut args: Vec<*mut c_void> = vec![
+            (&mut px as *mut u64).cast(),
+            (&mut po as *mut u64).cast(),
+            (&mut len as *mut i32).cast(),
+        ];
+        // block_sum_check_f32: __launch_bounds__(QAT_BLOCK), QAT_BLOCK = 256.
+        for (threads, ok) in [(256, true), (288, false), (1024, false)] {
+            // SAFETY: the arguments match block_sum_check_f32(x, out, n).
+            let r = unsafe {
+                rt.launch(
+                    "block_sum_check_f32",
+                    (1, 1, 1),
+                    (threads, 1, 1),
+                    0,
+                    &mut args,
+                )
+            };
+            assert_eq!(r.is_ok(), ok, "{threads} threads: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("__launch_bounds__"), "{e}");
+            }
+        }
+        let mut got = [0f32];
+        rt.download(out, &mut got).unwrap();
+        assert_eq!(got[0], 10.0);
+        // SAFETY: allocated above with these sizes, not used afterwards.
+        unsafe {
+            rt.free(x, 4 * n);
+            rt.free(out, 4);
+        }
     }
 
     /// `kernels/selfcheck.cu`'s shuffles against the programming guide's

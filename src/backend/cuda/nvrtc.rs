@@ -8,9 +8,21 @@ use cudarc::nvrtc::sys;
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 
-/// Options every kernel file is compiled with. No fast math: parity with the
-/// CPU reference matters more than the last few percent.
-pub const OPTIONS: &[&str] = &["-std=c++17"];
+/// Options every kernel file is compiled with, the floating-point ones
+/// pinned rather than left to NVRTC's defaults: no fast math (parity with the
+/// CPU reference matters more than the last few percent). IEEE division and
+/// square root and no flush-to-zero, as the host build of the emulator;
+/// multiply-adds may fuse into FMA (`--fmad=true`, as PyTorch's kernels),
+/// which the host build does not do (`-ffp-contract=off`): the float parity
+/// tests' tolerances cover that difference, and the bit-exact kernels
+/// (quantization, integer layers) contain no multiply-add to fuse.
+pub const OPTIONS: &[&str] = &[
+    "-std=c++17",
+    "--fmad=true",
+    "--prec-div=true",
+    "--prec-sqrt=true",
+    "--ftz=false",
+];
 
 /// What NVRTC produced for one file.
 pub struct Compiled {
