@@ -96,6 +96,32 @@ extern "C" int qat_emu_launch(const char *name, unsigned gx, unsigned gy, unsign
         );
         println!("cargo:rustc-link-lib=static=stdc++");
     }
+    // QAT_EMU_SANITIZE=thread builds the emulated kernels under
+    // ThreadSanitizer (docs/EMULATOR.md): every CUDA thread is a host thread,
+    // so a missing __syncthreads() is a data race it reports.
+    println!("cargo:rerun-if-env-changed=QAT_EMU_SANITIZE");
+    match std::env::var("QAT_EMU_SANITIZE").as_deref() {
+        Ok("thread") => {
+            build.flag("-fsanitize=thread").flag("-g");
+            // rustc links with -nodefaultlibs, so the runtime is named here.
+            let out = std::process::Command::new("g++")
+                .arg("-print-file-name=libtsan.so")
+                .output()
+                .expect("g++ -print-file-name=libtsan.so");
+            let lib = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            assert!(
+                lib.is_absolute(),
+                "QAT_EMU_SANITIZE=thread: g++ has no libtsan.so (install libtsan2)"
+            );
+            println!(
+                "cargo:rustc-link-search=native={}",
+                lib.parent().unwrap().display()
+            );
+            println!("cargo:rustc-link-lib=dylib=tsan");
+        }
+        Ok("") | Err(_) => {}
+        Ok(other) => panic!("QAT_EMU_SANITIZE={other}: only 'thread' is supported"),
+    }
     build
         .cpp(true)
         .std("c++20")

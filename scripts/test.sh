@@ -9,7 +9,7 @@
 #   - with apt-get (sudo when not root): dataset-fashion-mnist (the training
 #     smoke tests) and fonts-dejavu-core (text in the plots); python3,
 #     python3-venv and python3-pip when python3 cannot make a virtual
-#     environment;
+#     environment; libtsan2 when g++ has no ThreadSanitizer runtime;
 #   - a virtual environment in target/test-venv with numpy, onnx, onnxruntime
 #     (the ONNX Runtime referee, scripts/ort_check.py) and
 #     nvidia-cuda-nvrtc 13.0 (NVRTC compiles every CUDA kernel without a GPU);
@@ -17,11 +17,14 @@
 # QAT_TEST_NO_INSTALL=1 installs nothing (checks whose tools are missing are
 # then skipped, or fail under CI=true).
 #
-# Then `cargo test --release --no-fail-fast` with the arguments given. A check
+# Then `cargo test --release --no-fail-fast` with the arguments given and,
+# without arguments, scripts/tsan_kernels.sh (the emulated kernels under
+# ThreadSanitizer, built in target/tsan). A check
 # that cannot run records itself in target/test-report/skipped.txt
 # (tests/common/skip.rs); the last lines printed are `N checks skipped:` and
 # each of them. Under CI=true only the checks on a real GPU may skip; any
-# other fails its test. The exit status is cargo's.
+# other fails its test. The exit status is cargo's, or 1 when the
+# ThreadSanitizer check found a race.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -75,6 +78,12 @@ if [ "${QAT_TEST_NO_INSTALL:-0}" != 1 ]; then
     # fonts-dejavu-core: text in the metrics plots (drawn without text when no
     # font is found, so only the plots' labels depend on it).
     apt_install dataset-fashion-mnist fonts-dejavu-core
+    # ThreadSanitizer's runtime for scripts/tsan_kernels.sh (a dependency of
+    # g++ on Debian already; installed here where it is missing).
+    case "$(g++ -print-file-name=libtsan.so 2>/dev/null)" in
+        /*) ;;
+        *) apt_install libtsan2 ;;
+    esac
     if ! venv_ready; then
         if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then
             apt_install python3 python3-venv python3-pip
@@ -104,6 +113,12 @@ rm -f "$QAT_SKIP_LOG" "$QAT_ORT_REPORT"
 
 rc=0
 cargo test --release --no-fail-fast "$@" || rc=$?
+# A full run also runs the emulated kernels under ThreadSanitizer: a missing
+# barrier is a data race there even when the results come out right.
+if [ $# = 0 ]; then
+    echo
+    scripts/tsan_kernels.sh || rc=1
+fi
 
 if [ -s "$QAT_ORT_REPORT" ]; then
     echo

@@ -46,7 +46,10 @@ class Pool {
     // thread has seen this job (idle ones only acknowledge it), so no thread
     // can lag into the next job. Callers are serialized by the launch lock.
     void run(unsigned n, const std::function<void(unsigned)> &f) {
-        while (threads_ < n) std::thread(&Pool::worker, this, threads_++).detach();
+        // A new thread starts at the current generation, so it waits for
+        // this job instead of taking the previous one's (ThreadSanitizer
+        // found the race when new threads started from generation 0).
+        while (threads_ < n) std::thread(&Pool::worker, this, threads_++, gen_.load()).detach();
         job_ = &f;
         active_ = n;
         remaining_.store(threads_);
@@ -56,8 +59,7 @@ class Pool {
     }
 
   private:
-    void worker(unsigned id) {
-        unsigned seen = 0;
+    void worker(unsigned id, unsigned seen) {
         for (;;) {
             for (unsigned g; (g = gen_.load(std::memory_order_acquire)) == seen;) gen_.wait(g);
             seen = gen_.load(std::memory_order_acquire);
