@@ -68,11 +68,21 @@ fn runtimes() -> Vec<Arc<dyn KernelRuntime>> {
     if !gpu_only() {
         out.push(CudaBackend::emulated().runtime().clone());
     }
-    if probe::cuda_driver().is_ok() {
-        if let Ok(b) = CudaBackend::gpu(0).and_then(|b| b.with_precision(Precision::Tf32)) {
-            out.push(b.runtime().clone());
+    let gpu = probe::cuda_driver()
+        .map_err(qat::Error::Device)
+        .and_then(|_| CudaBackend::gpu(0))
+        .and_then(|b| b.with_precision(Precision::Tf32));
+    match gpu {
+        Ok(b) => out.push(b.runtime().clone()),
+        Err(e) if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("QAT_REQUIRE_GPU=1 but no TF32-capable GPU: {e}")
         }
+        Err(e) => common::skip_gpu(
+            "cuda_tf32 instructions on a real GPU",
+            &format!("no usable TF32 GPU ({e}); checked on the emulator only"),
+        ),
     }
+    assert!(!out.is_empty(), "no device to check the instructions on");
     out
 }
 
