@@ -15,8 +15,8 @@ mod common;
 
 use qat::backend::cuda::{self, probe};
 use qat::backend::{
-    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, QAddArgs,
-    QConvArgs, QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, Precision,
+    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
 use qat::rng::Rng;
 use qat::Device;
@@ -27,25 +27,10 @@ fn devices() -> Vec<Device> {
     if !only_gpu {
         out.push(cuda::emulated_device());
     }
-    match probe::cuda_driver()
-        .map_err(qat::Error::Device)
-        .and_then(|_| cuda::gpu_device())
-    {
-        Ok(d) => out.push(d),
-        Err(e) => {
-            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            // Once per test binary: every test here asks for the devices.
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                common::skip_gpu(
-                    "cuda_parity on a real GPU",
-                    &format!("no usable GPU ({e}); ran on the emulator only"),
-                )
-            });
-        }
-    }
+    out.extend(common::gpu_or_skip(
+        "cuda_parity on a real GPU",
+        Precision::Fp32,
+    ));
     out
 }
 

@@ -41,23 +41,8 @@ fn devices() -> Vec<(Device, Device)> {
             cuda::emulated_device(),
         ));
     }
-    let gpu = probe::cuda_driver()
-        .map_err(qat::Error::Device)
-        .and_then(|_| cuda::gpu_device_with(Precision::Tf32));
-    match gpu {
-        Ok(d) => out.push((d, cuda::gpu_device().unwrap())),
-        Err(e) => {
-            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QAT_REQUIRE_GPU=1 but no TF32-capable GPU: {e}");
-            }
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                common::skip_gpu(
-                    "cuda_tf32 on a real GPU",
-                    &format!("no usable TF32 GPU ({e}); ran on the emulator only"),
-                )
-            });
-        }
+    if let Some(d) = common::gpu_or_skip("cuda_tf32 on a real GPU", Precision::Tf32) {
+        out.push((d, cuda::gpu_device().unwrap()));
     }
     out
 }

@@ -13,7 +13,8 @@
 
 mod common;
 
-use qat::backend::cuda::{self, probe};
+use qat::backend::cuda;
+use qat::backend::Precision;
 use qat::models::{self, Arch};
 use qat::nn::{Mode, Module};
 use qat::optim::{Sgd, SgdConfig};
@@ -58,28 +59,11 @@ fn devices() -> Vec<Device> {
     if !std::env::var("QAT_PARITY_DEVICES").is_ok_and(|v| v == "gpu") {
         out.push(cuda::emulated_device());
     }
-    match probe::cuda_driver()
-        .map_err(qat::Error::Device)
-        .and_then(|_| cuda::gpu_device())
-    {
-        Ok(d) => {
-            out.push(d);
-            // The tensor-core path too, where the GPU has one.
-            if let Ok(t) = cuda::gpu_device_with(qat::backend::Precision::Tf32) {
-                out.push(t);
-            }
-        }
-        Err(e) => {
-            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("QAT_REQUIRE_GPU=1 but no GPU: {e}");
-            }
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| {
-                common::skip_gpu(
-                    "cuda_training on a real GPU",
-                    &format!("no usable GPU ({e}); ran on the emulator only"),
-                )
-            });
+    if let Some(d) = common::gpu_or_skip("cuda_training on a real GPU", Precision::Fp32) {
+        out.push(d);
+        // The tensor-core path too, where the GPU has one.
+        if let Ok(t) = cuda::gpu_device_with(Precision::Tf32) {
+            out.push(t);
         }
     }
     out

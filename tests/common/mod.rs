@@ -10,6 +10,29 @@ pub mod skip;
 #[allow(unused_imports)]
 pub use skip::{skip, skip_gpu};
 
+/// GPU 0 with its matrix products in `precision`, when one works. Otherwise
+/// `QAT_REQUIRE_GPU=1` (the GPU check) makes it a failure, and else `check`
+/// is recorded as skipped (the log keeps one line per check) and the caller
+/// runs on the emulator only.
+pub fn gpu_or_skip(check: &str, precision: qat::backend::Precision) -> Option<Device> {
+    let gpu = qat::backend::cuda::probe::cuda_driver()
+        .map_err(qat::Error::Device)
+        .and_then(|_| qat::backend::cuda::gpu_device_with(precision));
+    match gpu {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("QAT_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("QAT_REQUIRE_GPU=1 but no usable GPU for {check}: {e}");
+            }
+            skip_gpu(
+                check,
+                &format!("no usable GPU ({e}); ran on the emulator only"),
+            );
+            None
+        }
+    }
+}
+
 /// The Python interpreter for the outside references: `$QAT_PYTHON`
 /// (`scripts/test.sh` points it at its virtual environment), else `python3`.
 pub fn python() -> String {
