@@ -389,10 +389,11 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> qat::Result<()> {
                     path.display()
                 );
             }
-            let method = match a.method.as_str() {
-                "minmax" => qat::quant::calibrate::Method::MinMax,
-                "mse" => qat::quant::calibrate::Method::Mse,
-                _ => qat::quant::calibrate::Method::Percentile(a.percentile),
+            let method = match qat::quant::calibrate::Method::parse(&a.method)? {
+                qat::quant::calibrate::Method::Percentile(_) => {
+                    qat::quant::calibrate::Method::Percentile(a.percentile)
+                }
+                m => m,
             };
             let scheme: qat::quant::params::Scheme = a.scheme.parse()?;
             let (device, line) = Device::choose_with(&a.device, a.precision)?;
