@@ -81,6 +81,11 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Host-device copies, synchronizations and launches so far, on devices
+    /// that have them (`None` on the CPU).
+    fn transfer_counts(&self) -> Option<cuda::TransferCounts> {
+        None
+    }
 
     // ---- elementwise --------------------------------------------------------
     /// `y = a + b`.

@@ -143,6 +143,10 @@ impl Backend for Profiler {
         self.inner.synchronize()
     }
 
+    fn transfer_counts(&self) -> Option<super::cuda::TransferCounts> {
+        self.inner.transfer_counts()
+    }
+
     timed! {
         fn zeros(&self, len: usize) -> Result<Storage>;
         fn upload(&self, data: &[f32]) -> Result<Storage>;

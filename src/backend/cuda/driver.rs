@@ -3,7 +3,7 @@
 //! capability, and are cached per context (loaded modules) and on disk.
 
 use super::kernels::KERNELS;
-use super::runtime::KernelRuntime;
+use super::runtime::{KernelRuntime, Transfers};
 use super::{nvrtc, probe};
 use crate::{bail, Error, Result};
 use cudarc::driver::{result, sys, CudaContext};
@@ -43,6 +43,7 @@ pub struct DriverRuntime {
     /// work runs in order on one stream: a kernel that writes a reused block
     /// runs after every kernel that used it before.
     cache: Mutex<HashMap<usize, Vec<u64>>>,
+    transfers: Transfers,
 }
 
 /// Allocation granularity of the cache (sizes are rounded up to it).
@@ -67,6 +68,7 @@ impl DriverRuntime {
             modules: Mutex::new(HashMap::new()),
             funcs: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
+            transfers: Transfers::default(),
         })
     }
 
@@ -160,12 +162,14 @@ impl KernelRuntime for DriverRuntime {
 
     fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
         self.bind()?;
+        self.transfers.host_to_device();
         // SAFETY: `dst` is an allocation of at least `src.len()` floats.
         unsafe { result::memcpy_htod_sync(dst, src) }.map_err(|e| derr("copy to device", e))
     }
 
     fn download(&self, src: u64, dst: &mut [f32]) -> Result<()> {
         self.bind()?;
+        self.transfers.device_to_host();
         // SAFETY: `src` is an allocation of at least `dst.len()` floats.
         unsafe { result::memcpy_dtoh_sync(dst, src) }
             .map_err(|e| derr("copy to host (or an earlier kernel)", e))
@@ -187,6 +191,7 @@ impl KernelRuntime for DriverRuntime {
     ) -> Result<()> {
         self.bind()?;
         let f = self.function(kernel)?;
+        self.transfers.launch();
         // SAFETY: the caller guarantees `args` match the kernel's parameters;
         // the null stream orders this launch with the synchronous copies.
         unsafe { result::launch_kernel(f, grid, block, shared_bytes, std::ptr::null_mut(), args) }
@@ -200,6 +205,11 @@ impl KernelRuntime for DriverRuntime {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        self.transfers.synchronization();
         result::ctx::synchronize().map_err(|e| derr("synchronize", e))
+    }
+
+    fn transfers(&self) -> &Transfers {
+        &self.transfers
     }
 }

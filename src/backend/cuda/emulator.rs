@@ -3,7 +3,7 @@
 //! shim in `kernels/emu/shim.h`; see docs/EMULATOR.md). The CUDA backend's
 //! launch code runs unchanged on top of it.
 
-use super::runtime::KernelRuntime;
+use super::runtime::{KernelRuntime, Transfers};
 use crate::{bail, Result};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::HashMap;
@@ -32,6 +32,7 @@ pub struct EmuRuntime {
     /// Live allocations and their sizes, to free with the right layout and to
     /// reject foreign pointers in copies.
     allocs: Mutex<HashMap<u64, usize>>,
+    transfers: Transfers,
 }
 
 impl EmuRuntime {
@@ -99,6 +100,7 @@ impl KernelRuntime for EmuRuntime {
 
     fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
         self.check(dst, std::mem::size_of_val(src))?;
+        self.transfers.host_to_device();
         // SAFETY: the destination range was checked to be allocated.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut f32, src.len()) };
         Ok(())
@@ -106,6 +108,7 @@ impl KernelRuntime for EmuRuntime {
 
     fn download(&self, src: u64, dst: &mut [f32]) -> Result<()> {
         self.check(src, std::mem::size_of_val(dst))?;
+        self.transfers.device_to_host();
         // SAFETY: the source range was checked to be allocated.
         unsafe { std::ptr::copy_nonoverlapping(src as *const f32, dst.as_mut_ptr(), dst.len()) };
         Ok(())
@@ -128,6 +131,7 @@ impl KernelRuntime for EmuRuntime {
         args: &mut [*mut c_void],
     ) -> Result<()> {
         let name = CString::new(kernel).map_err(|e| crate::Error::Device(e.to_string()))?;
+        self.transfers.launch();
         // SAFETY: the caller guarantees `args` match the kernel's parameters.
         let rc = unsafe {
             qat_emu_launch(
@@ -163,7 +167,12 @@ __launch_bounds__ allow (a GPU refuses it too)"
     }
 
     fn synchronize(&self) -> Result<()> {
+        self.transfers.synchronization();
         Ok(())
+    }
+
+    fn transfers(&self) -> &Transfers {
+        &self.transfers
     }
 }
 

@@ -17,7 +17,7 @@ pub mod kernels {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-pub use runtime::{Arg, DeviceBuffer, KernelRuntime};
+pub use runtime::{Arg, DeviceBuffer, KernelRuntime, TransferCounts, Transfers};
 
 use super::{
     AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom,
@@ -497,6 +497,9 @@ impl Backend for CudaBackend {
     }
     fn synchronize(&self) -> Result<()> {
         self.rt.synchronize()
+    }
+    fn transfer_counts(&self) -> Option<TransferCounts> {
+        Some(self.rt.transfers().counts())
     }
 
     // ---- elementwise --------------------------------------------------------

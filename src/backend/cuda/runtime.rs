@@ -6,7 +6,64 @@
 
 use crate::Result;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// What a runtime has done that makes the host wait for the device: copies
+/// to and from the host (synchronous on the null stream) and explicit
+/// synchronizations; launches for scale. A training step that keeps its
+/// state on the device makes one device-to-host copy (the loss).
+#[derive(Debug, Default)]
+pub struct Transfers {
+    host_to_device: AtomicU64,
+    device_to_host: AtomicU64,
+    synchronizations: AtomicU64,
+    launches: AtomicU64,
+}
+
+/// A snapshot of [`Transfers`]; `b - a` is what happened in between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferCounts {
+    pub host_to_device: u64,
+    pub device_to_host: u64,
+    pub synchronizations: u64,
+    pub launches: u64,
+}
+
+impl std::ops::Sub for TransferCounts {
+    type Output = TransferCounts;
+    fn sub(self, o: TransferCounts) -> TransferCounts {
+        TransferCounts {
+            host_to_device: self.host_to_device - o.host_to_device,
+            device_to_host: self.device_to_host - o.device_to_host,
+            synchronizations: self.synchronizations - o.synchronizations,
+            launches: self.launches - o.launches,
+        }
+    }
+}
+
+impl Transfers {
+    pub fn host_to_device(&self) {
+        self.host_to_device.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn device_to_host(&self) {
+        self.device_to_host.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn synchronization(&self) {
+        self.synchronizations.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn launch(&self) {
+        self.launches.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn counts(&self) -> TransferCounts {
+        TransferCounts {
+            host_to_device: self.host_to_device.load(Ordering::Relaxed),
+            device_to_host: self.device_to_host.load(Ordering::Relaxed),
+            synchronizations: self.synchronizations.load(Ordering::Relaxed),
+            launches: self.launches.load(Ordering::Relaxed),
+        }
+    }
+}
 
 /// Memory and launches on one device. Device addresses are `u64`, as in the
 /// driver API; the emulator's are host addresses.
@@ -38,6 +95,8 @@ pub trait KernelRuntime: Send + Sync {
         args: &mut [*mut c_void],
     ) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// The counts of copies, synchronizations and launches so far.
+    fn transfers(&self) -> &Transfers;
 }
 
 /// A device allocation of `len` f32 values, freed on drop.
