@@ -112,6 +112,59 @@ struct Row {
     vs_cublas: String,
 }
 
+/// Times the forward, backward-data and backward-weight passes of `g` on
+/// `be` (random inputs), one row each, labelled `name` and with the rate and
+/// cuBLAS columns that `rate` and `vs` make of the median milliseconds.
+fn conv_rows(
+    be: &CudaBackend,
+    timer: &Timer,
+    (warm, reps): (usize, usize),
+    name: &str,
+    g: &Conv2dGeom,
+    rate: &dyn Fn(f64) -> String,
+    vs: &dyn Fn(f64) -> String,
+) -> Vec<Row> {
+    let rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect()
+    };
+    let x = be.upload(&rand(g.x_len())).unwrap();
+    let w = be.upload(&rand(g.w_len())).unwrap();
+    let dy = be.upload(&rand(g.y_len())).unwrap();
+    let (mut y, mut dx, mut dw) = (
+        be.zeros(g.y_len()).unwrap(),
+        be.zeros(g.x_len()).unwrap(),
+        be.zeros(g.w_len()).unwrap(),
+    );
+    let row = |pass: &str, ms: f64| Row {
+        name: format!("{name} {pass}"),
+        ms,
+        rate: rate(ms),
+        vs_cublas: vs(ms),
+    };
+    vec![
+        row(
+            "fwd",
+            timer.median_ms(warm, reps, || {
+                be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
+            }),
+        ),
+        row(
+            "bwd-data",
+            timer.median_ms(warm, reps, || {
+                be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
+            }),
+        ),
+        row(
+            "bwd-weight",
+            timer.median_ms(warm, reps, || {
+                be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
+            }),
+        ),
+    ]
+}
+
 fn main() {
     // The GPU check sets QAT_REQUIRE_GPU=1: there, no GPU is a failure.
     let skip = |why: String| {
@@ -219,14 +272,6 @@ fn main() {
     for &(p, mm) in &precisions {
         for (name, g) in &convs {
             let name = format!("{name} {}", p.name());
-            let x = be.upload(&rand(g.x_len())).unwrap();
-            let w = be.upload(&rand(g.w_len())).unwrap();
-            let dy = be.upload(&rand(g.y_len())).unwrap();
-            let (mut y, mut dx, mut dw) = (
-                be.zeros(g.y_len()).unwrap(),
-                be.zeros(g.x_len()).unwrap(),
-                be.zeros(g.w_len()).unwrap(),
-            );
             let (m, n, k) = (g.n * g.out_h() * g.out_w(), g.c_out, g.c_in * g.kh * g.kw);
             let reference = cublas_ms(m, n, k, p);
             let tf = |ms: f64| format!("{:.2} TFLOP/s", g.flops() / ms / 1e9);
@@ -235,33 +280,7 @@ fn main() {
                     .map(|r| format!("{:.2}", r / ms))
                     .unwrap_or("-".into())
             };
-            let ms = timer.median_ms(warm, reps, || {
-                mm.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
-            });
-            rows.push(Row {
-                name: format!("{name} fwd"),
-                ms,
-                rate: tf(ms),
-                vs_cublas: vs(ms),
-            });
-            let ms = timer.median_ms(warm, reps, || {
-                mm.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
-            });
-            rows.push(Row {
-                name: format!("{name} bwd-data"),
-                ms,
-                rate: tf(ms),
-                vs_cublas: vs(ms),
-            });
-            let ms = timer.median_ms(warm, reps, || {
-                mm.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
-            });
-            rows.push(Row {
-                name: format!("{name} bwd-weight"),
-                ms,
-                rate: tf(ms),
-                vs_cublas: vs(ms),
-            });
+            rows.extend(conv_rows(mm, &timer, (warm, reps), &name, g, &tf, &vs));
         }
     }
 
@@ -300,14 +319,6 @@ fn main() {
         mobile("pw 1x1 960->320 @7", 960, 7, 320, 1, 1, 1),
     ];
     for (name, g) in &mobiles {
-        let x = be.upload(&rand(g.x_len())).unwrap();
-        let w = be.upload(&rand(g.w_len())).unwrap();
-        let dy = be.upload(&rand(g.y_len())).unwrap();
-        let (mut y, mut dx, mut dw) = (
-            be.zeros(g.y_len()).unwrap(),
-            be.zeros(g.x_len()).unwrap(),
-            be.zeros(g.w_len()).unwrap(),
-        );
         let bytes = 4.0 * (g.x_len() + g.y_len()) as f64;
         let rate = |ms: f64| {
             if g.is_depthwise() {
@@ -324,33 +335,7 @@ fn main() {
                 .map(|r| format!("{:.2}", r / ms))
                 .unwrap_or("-".into())
         };
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_fwd(g, &x, &w, None, &mut y).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} fwd"),
-            ms,
-            rate: rate(ms),
-            vs_cublas: vs(ms),
-        });
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_bwd_data(g, &dy, &w, &mut dx).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} bwd-data"),
-            ms,
-            rate: rate(ms),
-            vs_cublas: vs(ms),
-        });
-        let ms = timer.median_ms(warm, reps, || {
-            be.conv2d_bwd_weight(g, &x, &dy, &mut dw, None).unwrap()
-        });
-        rows.push(Row {
-            name: format!("{name} bwd-weight"),
-            ms,
-            rate: rate(ms),
-            vs_cublas: vs(ms),
-        });
+        rows.extend(conv_rows(&be, &timer, (warm, reps), name, g, &rate, &vs));
     }
 
     // ---- batch norm ---------------------------------------------------------------------
