@@ -23,6 +23,30 @@ extern "C" __global__ void scale_fwd_f32(float alpha, float *__restrict__ x, int
     QAT_FOR(i, n) x[i] *= alpha;
 }
 
+// y = op(a, b) for the per-channel factors of the batch-norm fold (PairMap in
+// src/backend/geom.rs, whose codes these are). No operation here has an
+// addition next to a product, so --fmad cannot contract anything: the bits
+// are those of the host expressions.
+extern "C" __global__ void pair_map_f32(const float *__restrict__ a, const float *__restrict__ b,
+                                        float *__restrict__ y, int n, int op, float param) {
+    QAT_FOR(i, n) {
+        const float u = a[i];
+        float v;
+        switch (op) {
+            case 0: v = sqrtf(u + param); break;
+            case 1: v = u / b[i]; break;
+            case 2: v = u * (1.0f / b[i]); break;
+            case 3: v = -u * b[i]; break;
+            case 4: v = 1.0f / u; break;
+            default: {
+                const float w = b[i];
+                v = u * (-1.0f / (w * w));
+            }
+        }
+        y[i] = v;
+    }
+}
+
 extern "C" __global__ void relu_fwd_f32(const float *__restrict__ x, float *__restrict__ y, int n) {
     QAT_FOR(i, n) y[i] = fmaxf(x[i], 0.0f);
 }

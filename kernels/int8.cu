@@ -65,33 +65,106 @@ struct QConvArgs {
     int lo, hi;
 };
 
-// One thread per output element: acc = sum (q_x - z_x) * w_q over the
-// window, in 64-bit integers, + bias_q, clamped to int32 (S10.2), then R1
-// with the channel's (mult, exp). w_q holds int8 values as f32, bias_q and
-// mult/exp int32 bit patterns.
-extern "C" __global__ void qconv2d_fwd_f32(const float *__restrict__ x, const float *__restrict__ w_q,
-                                           const float *__restrict__ bias_q, const float *__restrict__ mult,
-                                           const float *__restrict__ exps, float *__restrict__ y, QConvGeom g,
-                                           QConvArgs q) {
-    const int cg = g.c / g.groups, og = g.o / g.groups;
+// The integer-exact convolution runs in three kernels on int8 data packed
+// four channels to a 32-bit word, so that the main loop is DP4A (four int8
+// products summed into an int32, sm_61+) with no division and no float:
+// 1. qconv_pack_x_f32 recovers every input q once per layer (not once per
+//    multiply-add) into [n][group][h][w][cg4] bytes, channels of a group
+//    padded to a multiple of 4 with z_x;
+// 2. qconv_pack_w_f32 packs the weights as [o][kh][kw][cg4] bytes (padding
+//    0) and sums each output channel's weights;
+// 3. qconv2d_dp4a_f32 sums q * w over the whole window, reading z_x for
+//    every tap outside the image, and subtracts z_x * sum(w):
+//    sum_valid (q - z_x) w = sum_window q' w - z_x sum(w) with q' = z_x at
+//    padding, an integer identity, so the bits are the reference's.
+// |q w| <= 128 * 127, so one tap of up to 2^14 words stays far inside int32;
+// taps are accumulated in 64 bits, then + bias_q, clamped to int32 (S10.2),
+// then R1 with the channel's (mult, exp).
+
+__device__ __forceinline__ int qat_pack4(int a, int b, int c, int d) {
+    return int((unsigned(a) & 0xffu) | ((unsigned(b) & 0xffu) << 8) | ((unsigned(c) & 0xffu) << 16) |
+               ((unsigned(d) & 0xffu) << 24));
+}
+
+// One thread per packed word of x: (n, group, ih, iw, word).
+extern "C" __global__ void qconv_pack_x_f32(const float *__restrict__ x, int *__restrict__ xq, QConvGeom g,
+                                            int cgw, float s_x, int z_x) {
+    const int cg = g.c / g.groups;
+    const long long total = (long long)g.n * g.groups * g.h * g.w * cgw;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        const int word = int(i % cgw);
+        long long r = i / cgw;
+        const int iw = int(r % g.w);
+        r /= g.w;
+        const int ih = int(r % g.h);
+        r /= g.h;
+        const int grp = int(r % g.groups);
+        const long long n = r / g.groups;
+        int q[4];
+        for (int j = 0; j < 4; ++j) {
+            const int ci = word * 4 + j;
+            q[j] = ci < cg ? i8_recover(x[((n * g.c + (long long)grp * cg + ci) * g.h + ih) * g.w + iw], s_x, z_x)
+                           : z_x;
+        }
+        xq[i] = qat_pack4(q[0], q[1], q[2], q[3]);
+    }
+}
+
+// One thread per output channel: its packed words and the sum of its weights.
+extern "C" __global__ void qconv_pack_w_f32(const float *__restrict__ w_q, int *__restrict__ wp,
+                                            int *__restrict__ wsum, QConvGeom g, int cgw) {
+    const int cg = g.c / g.groups;
+    QAT_FOR(o, g.o) {
+        const float *wo = w_q + (long long)o * cg * g.kh * g.kw;
+        int *out = wp + (long long)o * g.kh * g.kw * cgw;
+        int sum = 0;
+        for (int a = 0; a < g.kh; ++a)
+            for (int b = 0; b < g.kw; ++b)
+                for (int word = 0; word < cgw; ++word) {
+                    int v[4];
+                    for (int j = 0; j < 4; ++j) {
+                        const int ci = word * 4 + j;
+                        v[j] = ci < cg ? int(wo[(ci * g.kh + a) * g.kw + b]) : 0;
+                        sum += v[j];
+                    }
+                    out[(a * g.kw + b) * cgw + word] = qat_pack4(v[0], v[1], v[2], v[3]);
+                }
+        wsum[o] = sum;
+    }
+}
+
+// One thread per output element (ow fastest, so a warp reads neighbouring
+// pixels of the same channels).
+extern "C" __global__ void qconv2d_dp4a_f32(const int *__restrict__ xq, const int *__restrict__ wp,
+                                            const int *__restrict__ wsum, const float *__restrict__ bias_q,
+                                            const float *__restrict__ mult, const float *__restrict__ exps,
+                                            float *__restrict__ y, QConvGeom g, QConvArgs q, int cgw) {
+    const int og = g.o / g.groups;
+    const int zword = qat_pack4(q.z_x, q.z_x, q.z_x, q.z_x);
     QAT_FOR(i, g.n * g.o * g.oh * g.ow) {
         const int ow = i % g.ow, oh = (i / g.ow) % g.oh, o = (i / (g.ow * g.oh)) % g.o, n = i / (g.ow * g.oh * g.o);
         const int grp = o / og;
-        const float *xb = x + ((long long)n * g.c + (long long)grp * cg) * g.h * g.w;
-        const float *wb = w_q + (long long)o * cg * g.kh * g.kw;
+        const int *xb = xq + ((long long)n * g.groups + grp) * g.h * g.w * cgw;
+        const int *wb = wp + (long long)o * g.kh * g.kw * cgw;
         long long acc = 0;
-        for (int ci = 0; ci < cg; ++ci)
-            for (int a = 0; a < g.kh; ++a) {
-                const int ih = oh * g.sh - g.ph + a * g.dh;
-                if (ih < 0 || ih >= g.h) continue;
-                for (int b = 0; b < g.kw; ++b) {
-                    const int iw = ow * g.sw - g.pw + b * g.dw;
-                    if (iw < 0 || iw >= g.w) continue;
-                    const int qx = i8_recover(xb[((long long)ci * g.h + ih) * g.w + iw], q.s_x, q.z_x) - q.z_x;
-                    acc += (long long)qx * (long long)wb[(ci * g.kh + a) * g.kw + b];
+        for (int a = 0; a < g.kh; ++a) {
+            const int ih = oh * g.sh - g.ph + a * g.dh;
+            const bool row_in = ih >= 0 && ih < g.h;
+            for (int b = 0; b < g.kw; ++b) {
+                const int iw = ow * g.sw - g.pw + b * g.dw;
+                const int *wt = wb + (a * g.kw + b) * cgw;
+                int tap = 0;
+                if (row_in && iw >= 0 && iw < g.w) {
+                    const int *xt = xb + ((long long)ih * g.w + iw) * cgw;
+                    for (int k = 0; k < cgw; ++k) tap = __dp4a(xt[k], wt[k], tap);
+                } else {
+                    for (int k = 0; k < cgw; ++k) tap = __dp4a(zword, wt[k], tap);
                 }
+                acc += tap;
             }
-        long long total = acc + __float_as_int(bias_q[o]);
+        }
+        long long total = acc - (long long)q.z_x * wsum[o] + __float_as_int(bias_q[o]);
         total = total < -2147483648ll ? -2147483648ll : (total > 2147483647ll ? 2147483647ll : total);
         const int qy = rq_apply(int(total), unsigned(__float_as_int(mult[o])), __float_as_int(exps[o]), q.z_y, q.lo,
                                 q.hi);

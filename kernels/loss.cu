@@ -52,3 +52,30 @@ extern "C" __global__ void softmax_xent_bwd_f32(const float *__restrict__ probs,
         dlogits[i] = k * (probs[i] - xent_target(j, int(labels[r]), classes, eps));
     }
 }
+
+// The step summary a trainer downloads in one copy: out = [loss, top-1 hits,
+// top-5 hits]. One block, a row per thread: the rank of the label is the
+// number of classes scoring higher plus those scoring equal at a lower index
+// (src/accuracy.rs). The counts are integers below 2^24, exact in any order.
+extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
+    label_hits_f32(const float *__restrict__ logits, const float *__restrict__ labels,
+                   const float *__restrict__ loss, float *__restrict__ out, int rows, int classes) {
+    __shared__ float red[32];
+    float top1 = 0.0f, top5 = 0.0f;
+    for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+        const float *z = logits + (long long)r * classes;
+        const int label = int(labels[r]);
+        const float t = z[label];
+        int rank = 0;
+        for (int j = 0; j < classes; ++j) rank += (z[j] > t || (z[j] == t && j < label)) ? 1 : 0;
+        top1 += rank == 0 ? 1.0f : 0.0f;
+        top5 += rank < 5 ? 1.0f : 0.0f;
+    }
+    top1 = qat_block_sum(top1, red);
+    top5 = qat_block_sum(top5, red);
+    if (threadIdx.x == 0) {
+        out[0] = loss[0];
+        out[1] = top1;
+        out[2] = top5;
+    }
+}

@@ -41,6 +41,95 @@ extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
     }
 }
 
+// The words of an activation observer, as src/quant/observer_words.rs lays
+// them out and computes them (the reference this matches bit for bit).
+#define QAT_OBS_MIN 0
+#define QAT_OBS_MAX 1
+#define QAT_OBS_INITIALIZED 2
+#define QAT_OBS_STATUS 3
+#define QAT_OBS_SCALE 4
+#define QAT_OBS_ZERO_POINT 5
+#define QAT_OBS_BAD_LO 6
+#define QAT_OBS_BAD_HI 7
+#define QAT_OBS_BAD_BATCH 1.0f
+#define QAT_OBS_BAD_RANGE 2.0f
+#define QAT_MIN_SCALE (1.0f / 8388608.0f)
+
+__device__ __forceinline__ bool qat_finite(float v) { return fabsf(v) <= 3.40282347e38f; }
+
+__device__ __forceinline__ void qat_obs_record(float *w, float status, float lo, float hi) {
+    if (w[QAT_OBS_STATUS] == 0.0f) {
+        w[QAT_OBS_STATUS] = status;
+        w[QAT_OBS_BAD_LO] = lo;
+        w[QAT_OBS_BAD_HI] = hi;
+    }
+}
+
+// The second pass of an observer step: one block reduces the per-block
+// minima and maxima of min_max_fwd_f32, then thread 0 folds the batch range
+// into the words (EMA with `momentum`, the first batch copied) and writes the
+// scale and zero point of the new range (S2, or S2s when `symmetric`). The
+// EMA is written with __f*_rn so that --fmad cannot fuse it into an FMA the
+// host reference does not have.
+extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
+    observe_act_finish_f32(const float *__restrict__ lo, const float *__restrict__ hi, int blocks,
+                           float *__restrict__ w, float momentum, int symmetric) {
+    __shared__ float red[32];
+    const float inf = __int_as_float(0x7f800000);
+    float a = inf, b = -inf;
+    for (int i = threadIdx.x; i < blocks; i += blockDim.x) {
+        a = fminf(a, lo[i]);
+        b = fmaxf(b, hi[i]);
+    }
+    a = -qat_block_max(-a, red);
+    b = qat_block_max(b, red);
+    if (threadIdx.x != 0) return;
+    if (!qat_finite(a) || !qat_finite(b) || a > b) {
+        qat_obs_record(w, QAT_OBS_BAD_BATCH, a, b);
+        return;
+    }
+    float mn = a, mx = b;
+    if (w[QAT_OBS_INITIALIZED] != 0.0f) {
+        mn = __fadd_rn(w[QAT_OBS_MIN], __fmul_rn(momentum, __fsub_rn(a, w[QAT_OBS_MIN])));
+        mx = __fadd_rn(w[QAT_OBS_MAX], __fmul_rn(momentum, __fsub_rn(b, w[QAT_OBS_MAX])));
+    }
+    float s;
+    int z = 0;
+    if (symmetric) {
+        s = fmaxf(fmaxf(fabsf(mn), fabsf(mx)) / 127.0f, QAT_MIN_SCALE);
+    } else {
+        const float l = fminf(mn, 0.0f), h = fmaxf(mx, 0.0f);
+        s = fmaxf((h - l) / 255.0f, QAT_MIN_SCALE);
+        if (qat_finite(s)) z = min(max(-128 - int(rintf(l / s)), -128), 127);
+    }
+    if (!qat_finite(mn) || !qat_finite(mx) || mn > mx || !qat_finite(s)) {
+        qat_obs_record(w, QAT_OBS_BAD_RANGE, mn, mx);
+        return;
+    }
+    w[QAT_OBS_MIN] = mn;
+    w[QAT_OBS_MAX] = mx;
+    w[QAT_OBS_INITIALIZED] = 1.0f;
+    w[QAT_OBS_SCALE] = s;
+    w[QAT_OBS_ZERO_POINT] = float(z);
+}
+
+// Per-tensor fake quantization with the scale and zero point in force in an
+// observer's words (the training forward; no parameter crosses to the host).
+extern "C" __global__ void fake_quant_act_fwd_f32(const float *__restrict__ x, float *__restrict__ y, int n,
+                                                  const float *__restrict__ w, int qmin, int qmax) {
+    const float s = w[QAT_OBS_SCALE];
+    const int z = int(w[QAT_OBS_ZERO_POINT]);
+    QAT_FOR(i, n) y[i] = fq_value(x[i], s, z, qmin, qmax);
+}
+
+extern "C" __global__ void fake_quant_act_bwd_f32(const float *__restrict__ x, const float *__restrict__ dy,
+                                                  float *__restrict__ dx, int n, const float *__restrict__ w,
+                                                  int qmin, int qmax) {
+    const float s = w[QAT_OBS_SCALE];
+    const int z = int(w[QAT_OBS_ZERO_POINT]);
+    QAT_FOR(i, n) dx[i] = dy[i] * fq_mask(x[i], s, z, qmin, qmax);
+}
+
 extern "C" __global__ void fake_quant_tensor_fwd_f32(const float *__restrict__ x, float *__restrict__ y, int n,
                                                      float s, int z, int qmin, int qmax) {
     QAT_FOR(i, n) y[i] = fq_value(x[i], s, z, qmin, qmax);

@@ -31,6 +31,12 @@ impl Accuracy {
             self.top5 += (rank < 5) as usize;
         }
     }
+    /// Adds the counts of another batch (or run).
+    pub fn merge(&mut self, other: &Accuracy) {
+        self.seen += other.seen;
+        self.top1 += other.top1;
+        self.top5 += other.top5;
+    }
     pub fn top1(&self) -> f64 {
         100.0 * self.top1 as f64 / self.seen.max(1) as f64
     }

@@ -179,6 +179,6 @@ pub fn checkpoint(
             "bn_frozen": true
         },
     });
-    ck.extra = checkpoint_extra(g, info, config);
+    ck.extra = checkpoint_extra(g, info, config)?;
     Ok(ck)
 }

@@ -144,15 +144,15 @@ pub fn checkpoint_extra(
     g: &Graph,
     info: &ModelInfo,
     config: serde_json::Value,
-) -> serde_json::Value {
+) -> Result<serde_json::Value> {
     let mut extra = serde_json::json!({ "model": info, "config": config });
     if info.arch == CUSTOM_ARCH {
         extra["graph"] = serde_json::to_value(g.spec()).unwrap_or_default();
     }
     if g.is_quantized() {
-        extra["quantizers"] = serde_json::to_value(g.save_quantizers()).unwrap_or_default();
+        extra["quantizers"] = serde_json::to_value(g.save_quantizers()?).unwrap_or_default();
     }
-    extra
+    Ok(extra)
 }
 
 /// Refuses model metadata that cannot describe the checkpoint's tensors

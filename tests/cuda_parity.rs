@@ -15,9 +15,12 @@ mod common;
 
 use qat::backend::cuda::{self, probe};
 use qat::backend::{
-    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, Precision,
-    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, PairMap, Pool2dGeom,
+    Precision, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
+use qat::quant::observer_words;
+use qat::quant::params::Scheme;
+use qat::quant::EmaObserver;
 use qat::rng::Rng;
 use qat::Device;
 
@@ -1410,6 +1413,158 @@ fn quantization_primitives() {
                 &hv(&want),
                 1e-6,
                 1e-6,
+            );
+        }
+    }
+}
+
+/// The step summary: the loss copied, top-1/top-5 hits counted as
+/// `Accuracy` counts them, on logits with ties (rounded to a coarse grid) and
+/// class counts below and above 5.
+#[test]
+fn label_hits_count_like_accuracy() {
+    let c = cpu();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(13);
+        for &(rows, classes) in &[(1, 1), (7, 3), (300, 10), (33, 1000)] {
+            let logits: Vec<f32> = randn(&mut rng, rows * classes)
+                .iter()
+                .map(|v| (v * 2.0).round())
+                .collect();
+            let labels: Vec<f32> = (0..rows)
+                .map(|_| rng.below(classes as u64) as f32)
+                .collect();
+            let loss = [2.5f32];
+            let (mut want, mut got) = (host(&[0.0; 3]), poison(&dev, 3));
+            r.label_hits(
+                rows,
+                classes,
+                &host(&logits),
+                &host(&labels),
+                &host(&loss),
+                &mut want,
+            )
+            .unwrap();
+            b.label_hits(
+                rows,
+                classes,
+                &up(&dev, &logits),
+                &up(&dev, &labels),
+                &up(&dev, &loss),
+                &mut got,
+            )
+            .unwrap();
+            let mut acc = qat::accuracy::Accuracy::default();
+            let l: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
+            acc.add(&logits, &l);
+            assert_eq!(hv(&want), vec![2.5, acc.top1 as f32, acc.top5 as f32]);
+            assert_eq!(
+                down(&dev, &got),
+                hv(&want),
+                "{}: {rows} x {classes}",
+                dev.backend().name()
+            );
+        }
+    }
+}
+
+/// The device-resident parts of a QAT step, bit for bit: the batch-norm fold
+/// maps ([`PairMap`], each the host expression), and the observer step on
+/// the device words (EMA, scale, zero point for both schemes; an invalid
+/// batch recorded and skipped) with the fake quantization that reads them.
+#[test]
+fn device_resident_qat_step_parts() {
+    let c = cpu();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for dev in devices() {
+        let (b, r) = (dev.backend(), c.backend());
+        let mut rng = Rng::new(12);
+        for &n in LENS {
+            let x: Vec<f32> = randn(&mut rng, n).iter().map(|v| v.abs() + 0.01).collect();
+            let z = randn(&mut rng, n);
+            for op in [
+                PairMap::SqrtAdd(1e-5),
+                PairMap::Div,
+                PairMap::MulRecip,
+                PairMap::NegMul,
+                PairMap::Recip,
+                PairMap::MulNegRecipSq,
+            ] {
+                let (mut want, mut got) = (host(&vec![0.0; n]), poison(&dev, n));
+                r.pair_map(op, &host(&z), &host(&x), &mut want).unwrap();
+                b.pair_map(op, &up(&dev, &z), &up(&dev, &x), &mut got)
+                    .unwrap();
+                let want = hv(&want);
+                let expect: Vec<f32> = z.iter().zip(&x).map(|(&a, &y)| op.apply(a, y)).collect();
+                assert_eq!(bits(&want), bits(&expect), "cpu pair_map {op:?}, n = {n}");
+                assert_eq!(
+                    bits(&down(&dev, &got)),
+                    bits(&want),
+                    "{}: pair_map {op:?}, n = {n}",
+                    dev.backend().name()
+                );
+            }
+        }
+        for scheme in [Scheme::Asymmetric, Scheme::Symmetric] {
+            let start = observer_words::encode(&EmaObserver::new(0.1), None, scheme);
+            let (mut want, mut got) = (host(&start), up(&dev, &start));
+            for (step, &n) in LENS.iter().enumerate() {
+                let shift = if step % 2 == 0 { 1.5 } else { -0.25 };
+                let x: Vec<f32> = randn(&mut rng, n).iter().map(|v| 2.0 * v + shift).collect();
+                r.observe_act(&host(&x), 0.1, scheme, &mut want).unwrap();
+                b.observe_act(&up(&dev, &x), 0.1, scheme, &mut got).unwrap();
+                let w = hv(&want);
+                assert_eq!(
+                    bits(&down(&dev, &got)),
+                    bits(&w),
+                    "{}: observe {scheme:?} step {step}",
+                    dev.backend().name()
+                );
+                let q = observer_words::qparams(&w);
+                assert_eq!(q, scheme.qparams(w[0], w[1]).unwrap());
+                let dy = randn(&mut rng, n);
+                let (mut fw, mut fg) = (host(&vec![0.0; n]), poison(&dev, n));
+                r.fake_quant_act_fwd(&want, -128, 127, &host(&x), &mut fw)
+                    .unwrap();
+                b.fake_quant_act_fwd(&got, -128, 127, &up(&dev, &x), &mut fg)
+                    .unwrap();
+                assert_eq!(bits(&down(&dev, &fg)), bits(&hv(&fw)), "fake_quant_act_fwd");
+                let fq = FqTensor {
+                    scale: q.scale,
+                    zero_point: q.zero_point,
+                    qmin: -128,
+                    qmax: 127,
+                };
+                let mut direct = host(&vec![0.0; n]);
+                r.fake_quant_tensor_fwd(&fq, &host(&x), &mut direct)
+                    .unwrap();
+                assert_eq!(bits(&hv(&fw)), bits(&hv(&direct)));
+                let (mut bw, mut bg) = (host(&vec![0.0; n]), poison(&dev, n));
+                r.fake_quant_act_bwd(&want, -128, 127, &host(&x), &host(&dy), &mut bw)
+                    .unwrap();
+                b.fake_quant_act_bwd(&got, -128, 127, &up(&dev, &x), &up(&dev, &dy), &mut bg)
+                    .unwrap();
+                assert_eq!(bits(&down(&dev, &bg)), bits(&hv(&bw)), "fake_quant_act_bwd");
+            }
+            // An infinite activation: the CPU says so at once, the device
+            // records it; both keep the previous range.
+            let before = hv(&want);
+            let bad = vec![1.0, f32::INFINITY, -2.0];
+            assert!(r.observe_act(&host(&bad), 0.1, scheme, &mut want).is_err());
+            b.observe_act(&up(&dev, &bad), 0.1, scheme, &mut got)
+                .unwrap_or(());
+            let (w, g) = (hv(&want), down(&dev, &got));
+            assert_eq!(
+                bits(&g),
+                bits(&w),
+                "{}: invalid batch",
+                dev.backend().name()
+            );
+            assert_eq!(bits(&w[..3]), bits(&before[..3]));
+            assert_eq!(
+                observer_words::status(&g).unwrap(),
+                "invalid batch range [-2, inf]"
             );
         }
     }

@@ -149,7 +149,7 @@ fn cli_finetune_export_verify() {
         input_hw: [28, 28],
     };
     let mut rgb = Checkpoint::from_module(&g).unwrap();
-    rgb.extra = checkpoint_extra(&g, &info, serde_json::json!({}));
+    rgb.extra = checkpoint_extra(&g, &info, serde_json::json!({})).unwrap();
     let rgb_path = out.join("rgb.safetensors");
     rgb.save(&rgb_path).unwrap();
     let (ok, log) = qat_bin(&[

@@ -666,7 +666,7 @@ fn save_checkpoint(
 #[test]
 fn export_refuses_invalid_quantizer_states() {
     let model = trained(Arch::Small, true, 4, 31, &Device::cpu());
-    let good = model.save_quantizers();
+    let good = model.save_quantizers().unwrap();
     let dir = std::env::temp_dir().join(format!("qat-robust-export-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ck, out) = (dir.join("checkpoint.safetensors"), dir.join("model.onnx"));
@@ -789,7 +789,7 @@ fn export_int8_refuses_what_the_executor_refuses() {
 #[test]
 fn check_quantizers_refuses_nan_and_inf() {
     let model = trained(Arch::Small, true, 4, 31, &Device::cpu());
-    let good = model.save_quantizers();
+    let good = model.save_quantizers().unwrap();
     qat::onnx::check_quantizers(&model).unwrap();
     for (quantizer, scale) in [("gap", f32::NAN), ("input", f32::INFINITY), ("fc", 0.0)] {
         let mut states = good.clone();

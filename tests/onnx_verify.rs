@@ -47,7 +47,7 @@ fn verify_graph(label: &str, build: impl Fn(&Device) -> Graph, model: Graph, arc
         .unwrap();
     let exec = Executor::from_bytes(&bytes).unwrap();
     let ck = qat::checkpoint::Checkpoint::from_module(&model).unwrap();
-    let states = model.save_quantizers();
+    let states = model.save_quantizers().unwrap();
     for (name, dev) in devices() {
         // The same trained model, moved to `dev`.
         let mut m = build(&dev);

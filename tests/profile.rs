@@ -68,11 +68,11 @@ fn the_profile_accounts_for_every_primitive_of_a_step() {
         if qat {
             // Every conv weight and the classifier's, per channel.
             assert_eq!(fq, convs + 1.0);
-            assert!(calls(&p, Phase::Forward, "min_max") > 0.0);
+            assert!(calls(&p, Phase::Forward, "observe_act") > 0.0);
             assert!(p.table().starts_with("QAT training on cpu"));
         } else {
             assert_eq!(fq, 0.0);
-            assert_eq!(calls(&p, Phase::Forward, "min_max"), 0.0);
+            assert_eq!(calls(&p, Phase::Forward, "observe_act"), 0.0);
         }
         assert!(p.images_per_sec() > 0.0);
     }

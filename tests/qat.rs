@@ -71,7 +71,7 @@ fn folding_equals_unfused_conv_bn_in_eval() {
 }
 
 #[test]
-fn scale_channels_and_small_maps_gradients() {
+fn scale_channels_and_fold_factor_gradients() {
     let mut rng = Rng::new(2);
     let inputs = vec![
         (randn(&mut rng, 2 * 3 * 4), vec![2, 3, 4]),
@@ -84,9 +84,34 @@ fn scale_channels_and_small_maps_gradients() {
         randn(&mut rng, 4).iter().map(|v| v.abs() + 0.5).collect(),
         vec![4],
     )];
-    gradcheck(3, &inputs, 4, 1e-3, 2e-3, 1e-2, |t| {
-        ops::map_small(&t[0], |v, _| 1.0 / v, |v, _| -1.0 / (v * v))
+    gradcheck(3, &inputs, 4, 1e-3, 2e-3, 1e-2, |t| ops::reciprocal(&t[0]));
+    // The fold factor and the bias shift: gradients reach gamma and the
+    // factor; the running statistics are constants.
+    let var: Vec<f32> = randn(&mut rng, 4).iter().map(|v| v * v + 0.1).collect();
+    let mean = randn(&mut rng, 4);
+    let constant = |v: &[f32]| Tensor::from_vec(v.to_vec(), [4], &Device::cpu()).unwrap();
+    gradcheck(4, &inputs, 4, 1e-3, 2e-3, 1e-2, |t| {
+        ops::bn_fold_factor(&t[0], &constant(&var), 1e-5)
     });
+    gradcheck(4, &inputs, 4, 1e-3, 2e-3, 1e-2, |t| {
+        ops::neg_mul(&t[0], &constant(&mean))
+    });
+    // The values are the host expressions, bit for bit.
+    let gamma = constant(&inputs[0].0);
+    let sf = ops::bn_fold_factor(&gamma, &constant(&var), 1e-5).unwrap();
+    let expect: Vec<f32> = inputs[0]
+        .0
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + 1e-5f32).sqrt())
+        .collect();
+    assert_eq!(sf.to_vec().unwrap(), expect);
+    let shift = ops::neg_mul(&sf, &constant(&mean))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let expect: Vec<f32> = expect.iter().zip(&mean).map(|(s, m)| -s * m).collect();
+    assert_eq!(shift, expect);
 }
 
 fn tiny_batch(rng: &mut Rng, n: usize, hw: usize) -> (Tensor, Vec<u32>) {

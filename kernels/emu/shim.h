@@ -268,6 +268,11 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+// Round-to-nearest arithmetic that NVRTC never contracts into an FMA; the host
+// build contracts nothing (-ffp-contract=off), so plain operators match.
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __int_as_float(int i) {
     float f;
     std::memcpy(&f, &i, 4);
@@ -279,6 +284,13 @@ inline int __float_as_int(float f) {
     return i;
 }
 inline int __float2int_rn(float x) { return int(std::nearbyint(x)); }
+// Signed DP4A: c + the four products of the int8 lanes of a and b.
+inline int __dp4a(int a, int b, int c) {
+    for (int j = 0; j < 32; j += 8)
+        c += int(static_cast<int8_t>(static_cast<uint32_t>(a) >> j)) *
+             int(static_cast<int8_t>(static_cast<uint32_t>(b) >> j));
+    return c;
+}
 
 template <class T>
 inline T min(T a, T b) { return b < a ? b : a; }

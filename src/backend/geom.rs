@@ -363,6 +363,55 @@ pub struct SgdStep {
     pub nesterov: bool,
 }
 
+/// An elementwise function of one or two equally long vectors, computed on
+/// the device; the batch-norm fold (S4) builds its per-channel factors and
+/// their gradients from these, so that a training step keeps them on the
+/// device. Each is written exactly as the host expression it replaces, so
+/// every backend gives the same bits (IEEE division and square root, no
+/// contraction).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PairMap {
+    /// `y = sqrt(a + eps)` (`b` unused).
+    SqrtAdd(f32),
+    /// `y = a / b`.
+    Div,
+    /// `y = a * (1 / b)`.
+    MulRecip,
+    /// `y = -a * b`.
+    NegMul,
+    /// `y = 1 / a` (`b` unused).
+    Recip,
+    /// `y = a * (-1 / (b * b))`.
+    MulNegRecipSq,
+}
+
+impl PairMap {
+    /// The value at one element, the reference every backend matches.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            PairMap::SqrtAdd(eps) => (a + eps).sqrt(),
+            PairMap::Div => a / b,
+            PairMap::MulRecip => a * (1.0 / b),
+            PairMap::NegMul => -a * b,
+            PairMap::Recip => 1.0 / a,
+            PairMap::MulNegRecipSq => a * (-1.0 / (b * b)),
+        }
+    }
+
+    /// The operation code of the CUDA kernel `pair_map_f32`, and its
+    /// parameter.
+    pub fn code(self) -> (i32, f32) {
+        match self {
+            PairMap::SqrtAdd(eps) => (0, eps),
+            PairMap::Div => (1, 0.0),
+            PairMap::MulRecip => (2, 0.0),
+            PairMap::NegMul => (3, 0.0),
+            PairMap::Recip => (4, 0.0),
+            PairMap::MulNegRecipSq => (5, 0.0),
+        }
+    }
+}
+
 /// Per-tensor fake quantization parameters (S3): `q = clamp(RNE(x / scale) +
 /// zero_point, qmin, qmax)`.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,10 +11,11 @@ pub mod geom;
 pub mod profile;
 
 pub use geom::{
-    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom, PoolSpan,
-    QAddArgs, QConvArgs, QGapArgs, SgdStep,
+    AvgPool2dGeom, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, PairMap, Pool2dGeom,
+    PoolSpan, QAddArgs, QConvArgs, QGapArgs, SgdStep,
 };
 
+use crate::quant::params::Scheme;
 use crate::{bail, Result};
 use std::fmt;
 use std::sync::Arc;
@@ -94,6 +95,9 @@ pub trait Backend: Send + Sync {
     fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()>;
     /// `x *= alpha` in place.
     fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()>;
+    /// `y[i] = op(a[i], b[i])` ([`PairMap`]; the unary maps ignore `b`,
+    /// which may then be `a`).
+    fn pair_map(&self, op: PairMap, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()>;
     /// `y = max(x, 0)`.
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()>;
     /// `dx = dy * [y > 0]`, with `y` the forward output.
@@ -254,6 +258,24 @@ pub trait Backend: Send + Sync {
         dlogits: &mut Storage,
     ) -> Result<()>;
 
+    /// The step summary a trainer reads in one copy: `out = [loss[0], top-1
+    /// hits, top-5 hits]` over `rows` rows of `logits` against `labels`
+    /// (class indices as f32), ranking as [`crate::accuracy::Accuracy`]
+    /// (ties broken by class index).
+    #[allow(clippy::too_many_arguments)]
+    fn label_hits(
+        &self,
+        rows: usize,
+        classes: usize,
+        logits: &Storage,
+        labels: &Storage,
+        loss: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let _ = (rows, classes, logits, labels, loss, out);
+        Err(unsupported(self, "label_hits"))
+    }
+
     // ---- quantization-aware training (QUANT_SPEC S2, S3, S4) -------------
     /// `(min, max)` over all elements (observers).
     fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
@@ -275,6 +297,50 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         let _ = (q, x, dy, dx);
         Err(unsupported(self, "fake_quant_tensor_bwd"))
+    }
+    /// One activation observer step on the device (S2): folds the `(min,
+    /// max)` of `x` into `words` (the layout of [`observer_words`], updated
+    /// in place) with `momentum`, and writes the scale and zero point of the
+    /// new range under `scheme` there. An invalid batch range is recorded in
+    /// the words and skipped; backends that can also return it as an error.
+    ///
+    /// [`observer_words`]: crate::quant::observer_words
+    fn observe_act(
+        &self,
+        x: &Storage,
+        momentum: f32,
+        scheme: Scheme,
+        words: &mut Storage,
+    ) -> Result<()> {
+        let _ = (x, momentum, scheme, words);
+        Err(unsupported(self, "observe_act"))
+    }
+    /// [`Backend::fake_quant_tensor_fwd`] with the scale and zero point in
+    /// force in `words` (read on the device).
+    fn fake_quant_act_fwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (words, qmin, qmax, x, y);
+        Err(unsupported(self, "fake_quant_act_fwd"))
+    }
+    /// The straight-through gradient of [`Backend::fake_quant_act_fwd`].
+    #[allow(clippy::too_many_arguments)]
+    fn fake_quant_act_bwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let _ = (words, qmin, qmax, x, dy, dx);
+        Err(unsupported(self, "fake_quant_act_bwd"))
     }
     /// Per-channel symmetric fake quantization of `channels x inner` weights
     /// (z = 0, [-127, 127]): writes each channel's scale

@@ -7,9 +7,10 @@
 //! breakdown.
 
 use super::{
-    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom,
-    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, PairMap,
+    Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
+use crate::quant::params::Scheme;
 use crate::Result;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,10 +57,11 @@ pub fn kind(op: &str) -> &'static str {
     match op {
         "zeros" | "upload" | "download" | "fill" | "copy" => "memory",
         "gemm" | "add_row_bias" | "sum_rows" => "gemm",
-        "min_max" => "observers",
+        "min_max" | "observe_act" => "observers",
+        "pair_map" => "fake-quant",
         "sgd_step" => "optimizer",
         "qconv2d" | "qadd" | "qgap" => "integer eval",
-        "softmax_xent_fwd" | "softmax_xent_bwd" => "loss",
+        "softmax_xent_fwd" | "softmax_xent_bwd" | "label_hits" => "loss",
         "add" | "axpy" | "scale" | "relu_fwd" | "relu_bwd" | "clamp_fwd" | "clamp_bwd"
         | "concat_fwd" | "concat_bwd" => "elementwise",
         _ if op.starts_with("conv2d") => "convolution",
@@ -162,6 +164,7 @@ impl Backend for Profiler {
         fn clamp_bwd(&self, lo: f32, hi: f32, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
         fn concat_fwd(&self, g: &ConcatGeom, x: &Storage, y: &mut Storage) -> Result<()>;
         fn concat_bwd(&self, g: &ConcatGeom, dy: &Storage, dx: &mut Storage) -> Result<()>;
+        fn pair_map(&self, op: PairMap, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()>;
         fn gemm(&self, g: &GemmGeom, a: &Storage, b: &Storage, c: &mut Storage) -> Result<()>;
         fn add_row_bias(&self, rows: usize, cols: usize, bias: &Storage, y: &mut Storage) -> Result<()>;
         fn sum_rows(&self, rows: usize, cols: usize, dy: &Storage, db: &mut Storage) -> Result<()>;
@@ -179,9 +182,13 @@ impl Backend for Profiler {
         fn global_avgpool_bwd(&self, n: usize, c: usize, hw: usize, dy: &Storage, dx: &mut Storage) -> Result<()>;
         fn softmax_xent_fwd(&self, rows: usize, classes: usize, eps: f32, logits: &Storage, labels: &Storage, loss: &mut Storage, probs: &mut Storage) -> Result<()>;
         fn softmax_xent_bwd(&self, rows: usize, classes: usize, eps: f32, probs: &Storage, labels: &Storage, dloss: &Storage, dlogits: &mut Storage) -> Result<()>;
+        fn label_hits(&self, rows: usize, classes: usize, logits: &Storage, labels: &Storage, loss: &Storage, out: &mut Storage) -> Result<()>;
         fn min_max(&self, x: &Storage) -> Result<(f32, f32)>;
         fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()>;
         fn fake_quant_tensor_bwd(&self, q: &FqTensor, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+        fn observe_act(&self, x: &Storage, momentum: f32, scheme: Scheme, words: &mut Storage) -> Result<()>;
+        fn fake_quant_act_fwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, y: &mut Storage) -> Result<()>;
+        fn fake_quant_act_bwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
         fn fake_quant_channel_fwd(&self, channels: usize, inner: usize, w: &Storage, y: &mut Storage, scales: &mut Storage) -> Result<()>;
         fn fake_quant_channel_bwd(&self, channels: usize, inner: usize, w: &Storage, scales: &Storage, dy: &Storage, dw: &mut Storage) -> Result<()>;
         fn channel_scale(&self, outer: usize, c: usize, inner: usize, x: &Storage, s: &Storage, y: &mut Storage) -> Result<()>;

@@ -201,10 +201,10 @@ impl Graph {
     }
 
     /// Observer states by quantizer name (for checkpoints).
-    pub fn save_quantizers(&self) -> BTreeMap<String, ActQuantState> {
+    pub fn save_quantizers(&self) -> Result<BTreeMap<String, ActQuantState>> {
         self.quantizers()
             .into_iter()
-            .map(|(n, q)| (n.to_string(), q.save()))
+            .map(|(n, q)| Ok((n.to_string(), q.save()?)))
             .collect()
     }
 

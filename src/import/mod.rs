@@ -86,7 +86,7 @@ pub fn import_torchvision(
     let mut ck = Checkpoint::from_module(&g)?;
     let source =
         serde_json::json!({ "source": "torchvision import", "file": path.display().to_string() });
-    ck.extra = checkpoint_extra(&g, &info, source);
+    ck.extra = checkpoint_extra(&g, &info, source)?;
     let params: usize = ck.model.values().map(|a| a.values.len()).sum();
     let summary = format!(
         "{}: torchvision {} weights, {} tensors mapped ({params} values)
@@ -167,7 +167,7 @@ the per-channel mean and standard deviation of pixels / 255 the model was traine
     };
     let mut ck = Checkpoint::from_module(&imp.graph)?;
     let source = serde_json::json!({ "source": "onnx import", "file": path.display().to_string() });
-    ck.extra = checkpoint_extra(&imp.graph, &info, source);
+    ck.extra = checkpoint_extra(&imp.graph, &info, source)?;
     let params: usize = ck.model.values().map(|a| a.values.len()).sum();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for n in imp.graph.nodes().iter().skip(1) {

@@ -2,11 +2,11 @@
 //! per-tensor fake quantization, with the schedule flags that turn each part
 //! on and off.
 
-use crate::backend::FqTensor;
+use crate::backend::Device;
 use crate::nn::Mode;
 use crate::ops;
 use crate::quant::params::{Scheme, ACT_QMAX, ACT_QMIN};
-use crate::quant::{EmaObserver, QParams};
+use crate::quant::{observer_words, EmaObserver, QParams};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -48,16 +48,52 @@ pub struct ActQuantState {
 /// One activation quantizer; interior mutability because the forward pass
 /// updates the observer. Its [`Scheme`] turns the observed range into a
 /// scale and zero point (S2, or S2s for the symmetric scheme).
+///
+/// In training the observer lives on the device of the activations, as the
+/// words of [`observer_words`]: each step's range reduction, EMA update and
+/// new parameters run there, and the fake quantization reads them there, so
+/// a step sends nothing to the host. The host copy is brought up to date
+/// when it is read (checkpoints, export, freezing).
 #[derive(Debug)]
 pub struct ActQuant {
-    state: Mutex<(EmaObserver, Option<QParams>)>,
+    state: Mutex<State>,
     scheme: Scheme,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The host copy of the observer; stale while `words` holds newer data.
+    obs: EmaObserver,
+    /// Scale and zero point fixed at the freeze.
+    frozen: Option<QParams>,
+    /// The device words, authoritative when present.
+    words: Option<Tensor>,
+    /// A batch was sent to the device observer since `words` was made.
+    observed: bool,
+}
+
+impl State {
+    /// Brings the host copy up to date with the device words and returns
+    /// the problem they recorded, if any.
+    fn sync(&mut self) -> Result<Option<String>> {
+        let Some(t) = &self.words else {
+            return Ok(None);
+        };
+        let w = t.to_vec()?;
+        self.obs = observer_words::decode(&w, &self.obs);
+        Ok(observer_words::status(&w))
+    }
 }
 
 impl ActQuant {
     pub fn new(momentum: f32, scheme: Scheme) -> Self {
         ActQuant {
-            state: Mutex::new((EmaObserver::new(momentum), None)),
+            state: Mutex::new(State {
+                obs: EmaObserver::new(momentum),
+                frozen: None,
+                words: None,
+                observed: false,
+            }),
             scheme,
         }
     }
@@ -66,80 +102,117 @@ impl ActQuant {
         self.scheme
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (EmaObserver, Option<QParams>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The scale and zero point in force: the frozen ones, else those of the
     /// observed range.
     pub fn qparams(&self) -> Result<QParams> {
-        let st = self.lock();
-        if let Some(q) = st.1 {
+        let mut st = self.lock();
+        if let Some(q) = st.frozen {
             return Ok(q);
         }
-        if !st.0.initialized {
+        if let Some(problem) = st.sync()? {
+            bail!(Numerical, "{problem}");
+        }
+        if !st.obs.initialized {
             bail!(Usage, "an activation quantizer has not observed any data yet: train at least one step first");
         }
-        self.scheme.qparams(st.0.min, st.0.max)
+        self.scheme.qparams(st.obs.min, st.obs.max)
     }
 
-    /// Fixes the scale and zero point from now on (S2).
+    /// What went wrong in the device observer, if anything: the first batch
+    /// range it could not use (a NaN or infinite activation), which it skipped.
+    pub fn problem(&self) -> Result<Option<String>> {
+        self.lock().sync()
+    }
+
+    /// Fixes the scale and zero point from now on (S2). The device words
+    /// already hold them: they are those of the same range.
     pub fn freeze(&self) -> Result<()> {
         let q = self.qparams()?;
         let mut st = self.lock();
-        st.0.frozen = true;
-        st.1 = Some(q);
+        st.obs.frozen = true;
+        st.frozen = Some(q);
         Ok(())
     }
 
     pub fn is_frozen(&self) -> bool {
-        self.lock().1.is_some()
+        self.lock().frozen.is_some()
     }
 
-    pub fn save(&self) -> ActQuantState {
-        let st = self.lock();
-        ActQuantState {
-            min: st.0.min,
-            max: st.0.max,
-            momentum: st.0.momentum,
-            initialized: st.0.initialized,
-            frozen: st.1.map(|q| (q.scale, q.zero_point)),
-        }
+    pub fn save(&self) -> Result<ActQuantState> {
+        let mut st = self.lock();
+        st.sync()?;
+        Ok(ActQuantState {
+            min: st.obs.min,
+            max: st.obs.max,
+            momentum: st.obs.momentum,
+            initialized: st.obs.initialized,
+            frozen: st.frozen.map(|q| (q.scale, q.zero_point)),
+        })
     }
 
     pub fn load(&self, s: &ActQuantState) {
         let mut st = self.lock();
-        st.0 = EmaObserver {
+        st.obs = EmaObserver {
             min: s.min,
             max: s.max,
             momentum: s.momentum,
             initialized: s.initialized,
             frozen: s.frozen.is_some(),
         };
-        st.1 = s
+        st.frozen = s
             .frozen
             .map(|(scale, zero_point)| QParams { scale, zero_point });
+        st.words = None;
+        st.observed = false;
+    }
+
+    /// The device words on `device` (made from the host copy on first use,
+    /// or when the activations moved to another device), and whether the
+    /// observer has seen data.
+    fn words_on(&self, st: &mut State, device: &Device) -> Result<Tensor> {
+        if let Some(t) = &st.words {
+            if t.device().same(device) {
+                return Ok(t.clone());
+            }
+            st.sync()?;
+        }
+        let w = observer_words::encode(&st.obs, st.frozen, self.scheme);
+        let t = Tensor::from_vec(w.to_vec(), [observer_words::LEN], device)?;
+        st.words = Some(t.clone());
+        st.observed = false;
+        Ok(t)
     }
 
     /// Training forward: observe (unless frozen or disabled), then
-    /// fake-quantize when activation quantization is on.
+    /// fake-quantize when activation quantization is on, all on the
+    /// activations' device.
     pub fn forward(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
-        if mode == Mode::Train && flags.observe && !self.is_frozen() {
-            let (lo, hi) = x.device().backend().min_max(&x.storage())?;
-            self.lock().0.observe_range(lo, hi)?;
+        let mut st = self.lock();
+        let observe = mode == Mode::Train && flags.observe && st.frozen.is_none();
+        if !observe && !flags.quantize_acts {
+            return Ok(x.clone());
+        }
+        let words = self.words_on(&mut st, x.device())?;
+        if observe {
+            x.device().backend().observe_act(
+                &x.storage(),
+                st.obs.momentum,
+                self.scheme,
+                &mut words.storage_mut(),
+            )?;
+            st.observed = true;
         }
         if !flags.quantize_acts {
             return Ok(x.clone());
         }
-        let q = self.qparams()?;
-        ops::fake_quant_tensor(
-            x,
-            FqTensor {
-                scale: q.scale,
-                zero_point: q.zero_point,
-                qmin: ACT_QMIN,
-                qmax: ACT_QMAX,
-            },
-        )
+        if st.frozen.is_none() && !st.obs.initialized && !st.observed {
+            bail!(Usage, "an activation quantizer has not observed any data yet: train at least one step first");
+        }
+        drop(st);
+        ops::fake_quant_act(x, &words, ACT_QMIN, ACT_QMAX)
     }
 }

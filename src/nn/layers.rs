@@ -246,25 +246,16 @@ impl ConvBn {
         quant: &ActQuant,
     ) -> Result<Tensor> {
         let bn = &self.bn;
-        let var = bn.running_var.to_vec()?;
-        let sigma: Vec<f32> = var.iter().map(|&v| (v + bn.eps).sqrt()).collect();
-        let sigma_c = sigma.clone();
-        let sf = ops::map_small(
-            &bn.weight,
-            |g, i| g / sigma[i],
-            move |_, i| 1.0 / sigma_c[i],
-        )?;
+        let sf = ops::bn_fold_factor(&bn.weight, &bn.running_var, bn.eps)?;
         let w_fold = ops::scale_channels(&self.conv.weight, &sf, 0)?;
         let (w_q, _) = ops::fake_quant_channel(&w_fold)?;
         let y = if flags.bn_frozen || mode == Mode::Eval {
-            let mean = bn.running_mean.to_vec()?;
-            let mean_c = mean.clone();
-            let shift = ops::map_small(&sf, |v, i| -v * mean[i], move |_, i| -mean_c[i])?;
+            let shift = ops::neg_mul(&sf, &bn.running_mean)?;
             let b_fold = ops::add(&bn.bias, &shift)?;
             ops::conv2d(x, &w_q, Some(&b_fold), self.conv.params)?
         } else {
             let y = ops::conv2d(x, &w_q, None, self.conv.params)?;
-            let inv = ops::map_small(&sf, |v, _| 1.0 / v, |v, _| -1.0 / (v * v))?;
+            let inv = ops::reciprocal(&sf)?;
             let t = ops::scale_channels(&y, &inv, 1)?;
             bn.forward(&t, Mode::Train)?
         };

@@ -8,6 +8,33 @@ use crate::{bail, Result};
 /// Mean cross-entropy of `logits: [N, K]` against class indices `labels`
 /// (PyTorch's `F.cross_entropy(logits, labels, label_smoothing=eps)`).
 pub fn cross_entropy(logits: &Tensor, labels: &[u32], eps: f32) -> Result<Tensor> {
+    Ok(cross_entropy_on_device(logits, labels, eps)?.0)
+}
+
+/// [`cross_entropy`] and the step summary `[loss, top-1 hits, top-5 hits]`
+/// (untracked, on the logits' device), so that a training step reads the
+/// loss and the accuracy in one copy.
+pub fn cross_entropy_with_hits(
+    logits: &Tensor,
+    labels: &[u32],
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (loss, labels_t) = cross_entropy_on_device(logits, labels, eps)?;
+    let (n, k) = logits.shape().matrix()?;
+    let summary = output([3], logits.device(), false)?;
+    logits.device().backend().label_hits(
+        n,
+        k,
+        &logits.storage(),
+        &labels_t.storage(),
+        &loss.storage(),
+        &mut summary.storage_mut(),
+    )?;
+    Ok((loss, summary))
+}
+
+/// The loss, and the labels as they were uploaded.
+fn cross_entropy_on_device(logits: &Tensor, labels: &[u32], eps: f32) -> Result<(Tensor, Tensor)> {
     let (n, k) = logits.shape().matrix()?;
     if labels.len() != n {
         bail!(
@@ -49,6 +76,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32], eps: f32) -> Result<Tensor
     )?;
     if loss.tracked() {
         let logits = logits.clone();
+        let labels_t = labels_t.clone();
         autograd::record(&loss, move |gy: &Tensor, grads: &mut Grads| {
             let d = grad_like(&logits)?;
             logits.device().backend().softmax_xent_bwd(
@@ -63,5 +91,5 @@ pub fn cross_entropy(logits: &Tensor, labels: &[u32], eps: f32) -> Result<Tensor
             grads.accumulate(&logits, d)
         });
     }
-    Ok(loss)
+    Ok((loss, labels_t))
 }

@@ -5,6 +5,7 @@
 mod concat;
 mod conv;
 mod elementwise;
+mod fold;
 mod linear;
 mod loss;
 mod norm;
@@ -14,13 +15,14 @@ mod quant;
 pub use concat::concat;
 pub use conv::{conv2d, Conv2dParams};
 pub use elementwise::{add, hardtanh, relu, relu6};
+pub use fold::{bn_fold_factor, neg_mul, reciprocal};
 pub use linear::{linear, matmul};
-pub use loss::cross_entropy;
+pub use loss::{cross_entropy, cross_entropy_with_hits};
 pub use norm::{batch_norm, BatchNormArgs};
 pub use pool::{
     avg_pool2d, flatten, global_avg_pool, max_pool2d, AvgPool2dParams, MaxPool2dParams,
 };
-pub use quant::{fake_quant_channel, fake_quant_tensor, map_small, scale_channels};
+pub use quant::{fake_quant_act, fake_quant_channel, fake_quant_tensor, scale_channels};
 
 use crate::autograd::{self, Grads};
 use crate::backend::{Backend, Device, Storage};

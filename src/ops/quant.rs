@@ -1,10 +1,10 @@
 //! Differentiable quantization ops for training (QUANT_SPEC S3, S4): fake
-//! quantization with the straight-through estimator, per-channel scaling, and
-//! small per-channel maps computed on the host.
+//! quantization with the straight-through estimator, and per-channel scaling.
 
 use super::{grad_like, output, unary_op};
 use crate::autograd::{self, Grads};
 use crate::backend::FqTensor;
+use crate::quant::observer_words;
 use crate::quant::params::{W_QMAX, W_QMIN};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -26,6 +26,34 @@ pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
         x.shape().clone(),
         |be, x, y| be.fake_quant_tensor_fwd(&q, x, y),
         move |be, x, gy, dx| be.fake_quant_tensor_bwd(&q, x, gy, dx),
+    )
+}
+
+/// [`fake_quant_tensor`] with the scale and zero point in force in an
+/// activation quantizer's device words ([`crate::quant::observer_words`]),
+/// read on the device. The backward uses a copy of the words taken here: a
+/// later observer step may change them before it runs.
+pub fn fake_quant_act(x: &Tensor, words: &Tensor, qmin: i32, qmax: i32) -> Result<Tensor> {
+    if words.numel() != observer_words::LEN || qmin > qmax {
+        bail!(
+            Shape,
+            "fake_quant_act: {} observer words (need {}) or range [{qmin}, {qmax}]",
+            words.numel(),
+            observer_words::LEN
+        );
+    }
+    x.check_same_device(words, "fake_quant_act")?;
+    // Only a tracked output records the backward that needs the copy.
+    let kept = if autograd::should_record(&[x]) {
+        words.detach_copy()?
+    } else {
+        words.clone()
+    };
+    unary_op(
+        x,
+        x.shape().clone(),
+        |be, x, y| be.fake_quant_act_fwd(&words.storage(), qmin, qmax, x, y),
+        move |be, x, gy, dx| be.fake_quant_act_bwd(&kept.storage(), qmin, qmax, x, gy, dx),
     )
 }
 
@@ -131,39 +159,5 @@ pub fn scale_channels(x: &Tensor, s: &Tensor, axis: usize) -> Result<Tensor> {
             Ok(())
         });
     }
-    Ok(y)
-}
-
-/// `y[i] = f(x[i], i)` for a small vector (per-channel factors), computed on
-/// the host; the backward multiplies by `df(x[i], i)`. Used for the batch-norm
-/// fold factors, which have one value per channel.
-pub fn map_small(
-    x: &Tensor,
-    f: impl Fn(f32, usize) -> f32,
-    df: impl Fn(f32, usize) -> f32 + 'static,
-) -> Result<Tensor> {
-    let xv = x.to_vec()?;
-    let yv: Vec<f32> = xv.iter().enumerate().map(|(i, &v)| f(v, i)).collect();
-    let y = Tensor::from_vec(yv, x.shape().clone(), x.device())?;
-    if !autograd::should_record(&[x]) {
-        return Ok(y);
-    }
-    let y = Tensor::from_storage(
-        x.device().backend().copy(&y.storage())?,
-        x.shape().clone(),
-        x.device().clone(),
-        true,
-    );
-    let x = x.clone();
-    autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-        let g = gy.to_vec()?;
-        let dx: Vec<f32> = xv
-            .iter()
-            .zip(&g)
-            .enumerate()
-            .map(|(i, (&v, &d))| d * df(v, i))
-            .collect();
-        grads.accumulate(&x, Tensor::from_vec(dx, x.shape().clone(), x.device())?)
-    });
     Ok(y)
 }

@@ -6,6 +6,8 @@
 //! The module is pure (no tensors, no devices, no allocation in per-element
 //! paths) and dependency-free:
 //! - [`params`]: scales and zero points (S1, S2) and the EMA observer;
+//! - [`observer_words`]: the observer as the eight words a device updates
+//!   in place during training;
 //! - [`fake`]: fake quantization and its straight-through gradient (S3), and
 //!   quantization to int8 (S3, S8);
 //! - [`requant`]: bias quantization and requantization R1 (S5), as a float32
@@ -20,6 +22,7 @@ pub mod add;
 pub mod calibrate;
 pub mod fake;
 pub mod fold;
+pub mod observer_words;
 pub mod params;
 pub mod pool;
 pub mod requant;

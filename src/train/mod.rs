@@ -266,7 +266,7 @@ fn prepare_quantizers(
             for (_, aq) in model.quantizers() {
                 aq.load(&crate::nn::ActQuantState {
                     frozen: None,
-                    ..aq.save()
+                    ..aq.save()?
                 });
             }
         }
@@ -526,7 +526,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
             let step = (epoch * steps_per_epoch + i) as u64;
             lr = schedule.lr(step as usize);
             let result = train_step(&model, &mut sgd, cfg, b, step, steps_per_epoch, lr, device);
-            let (loss_v, logits, labels) = match result {
+            let (loss_v, hits) = match result {
                 Ok(r) => r,
                 Err(Error::Numerical(msg)) => {
                     crate::autograd::clear_tape();
@@ -538,8 +538,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
                 }
                 Err(e) => return Err(e),
             };
-            loss_sum += loss_v as f64 * labels.len() as f64;
-            acc.add(&logits, &labels);
+            loss_sum += loss_v as f64 * hits.seen as f64;
+            acc.merge(&hits);
             bar.set_message(format!(
                 "loss {:.4} acc {:.2}% lr {lr:.4} {:.0} img/s",
                 loss_sum / acc.seen as f64,
@@ -609,9 +609,9 @@ pub fn train(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<Summary
     Ok(Summary { records })
 }
 
-/// One optimizer step on batch `b`: returns the loss, the logits and the
-/// labels (for the running accuracy). A non-finite loss is a
-/// [`Error::Numerical`].
+/// One optimizer step on batch `b`: returns the loss and the batch's
+/// top-1/top-5 hits (for the running accuracy), read from the device in one
+/// copy. A non-finite loss is a [`Error::Numerical`].
 #[allow(clippy::too_many_arguments)]
 fn train_step(
     model: &Graph,
@@ -622,7 +622,7 @@ fn train_step(
     steps_per_epoch: usize,
     lr: f32,
     device: &Device,
-) -> Result<(f32, Vec<f32>, Vec<u32>)> {
+) -> Result<(f32, Accuracy)> {
     if let Some(q) = cfg.qat {
         model.set_qat_flags(q.flags(step, steps_per_epoch));
         if q.freezes_observers_at(step, steps_per_epoch) {
@@ -632,14 +632,21 @@ fn train_step(
     let shape = b.shape();
     let x = Tensor::from_vec(b.images, shape, device)?;
     let logits = model.forward(&x, Mode::Train)?;
-    let loss = ops::cross_entropy(&logits, &b.labels, cfg.label_smoothing)?;
-    let loss_v = loss.item()?;
+    let (loss, summary) = ops::cross_entropy_with_hits(&logits, &b.labels, cfg.label_smoothing)?;
+    // The one copy from the device in a step: loss and hit counts together.
+    let summary = summary.to_vec()?;
+    let loss_v = summary[0];
     if !loss_v.is_finite() {
         bail!(Numerical, "the training loss became {loss_v}");
     }
     let grads = loss.backward()?;
     sgd.step(&grads, lr)?;
-    Ok((loss_v, logits.to_vec()?, b.labels))
+    let acc = Accuracy {
+        seen: b.labels.len(),
+        top1: summary[1] as usize,
+        top5: summary[2] as usize,
+    };
+    Ok((loss_v, acc))
 }
 
 /// The first tensor of the model state (parameters, batch-norm statistics)
@@ -650,7 +657,14 @@ fn first_non_finite(model: &Graph) -> Result<Option<String>> {
             return Ok(Some(format!("{} holds {v}", n.name)));
         }
     }
-    for (name, s) in model.save_quantizers() {
+    for (name, q) in model.quantizers() {
+        if let Some(problem) = q.problem()? {
+            return Ok(Some(format!(
+                "activation quantizer '{name}' skipped a batch: {problem}"
+            )));
+        }
+    }
+    for (name, s) in model.save_quantizers()? {
         if !(s.min.is_finite() && s.max.is_finite()) {
             return Ok(Some(format!(
                 "the range of activation quantizer '{name}' became [{}, {}]",
@@ -780,7 +794,7 @@ fn save_checkpoint(
     let extra = Extra {
         config: cfg.clone(),
         model: info.clone(),
-        quantizers: model.save_quantizers(),
+        quantizers: model.save_quantizers()?,
         metrics: Some(records.to_vec()),
         graph: (info.arch == saved_model::CUSTOM_ARCH).then(|| model.spec()),
     };

@@ -17,9 +17,11 @@ mod pool;
 mod quant;
 
 use super::{
-    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, Pool2dGeom,
-    QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, PairMap,
+    Pool2dGeom, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
+use crate::quant::observer_words;
+use crate::quant::params::Scheme;
 use crate::Result;
 use rayon::prelude::*;
 
@@ -70,6 +72,10 @@ impl Backend for CpuBackend {
 
     fn add(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
         map::map2(a.host()?, b.host()?, y.host_mut()?, |x, z| x + z);
+        Ok(())
+    }
+    fn pair_map(&self, op: PairMap, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        map::map2(a.host()?, b.host()?, y.host_mut()?, |x, z| op.apply(x, z));
         Ok(())
     }
     fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()> {
@@ -396,6 +402,21 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn label_hits(
+        &self,
+        rows: usize,
+        classes: usize,
+        logits: &Storage,
+        labels: &Storage,
+        loss: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let labels: Vec<u32> = labels.host()?[..rows].iter().map(|&l| l as u32).collect();
+        let mut acc = crate::accuracy::Accuracy::default();
+        acc.add(&logits.host()?[..rows * classes], &labels);
+        out.host_mut()?[..3].copy_from_slice(&[loss.host()?[0], acc.top1 as f32, acc.top5 as f32]);
+        Ok(())
+    }
     fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
         Ok(map::min_max(x.host()?))
     }
@@ -411,6 +432,45 @@ impl Backend for CpuBackend {
         dx: &mut Storage,
     ) -> Result<()> {
         quant::fake_quant_tensor_bwd(q, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
+    fn observe_act(
+        &self,
+        x: &Storage,
+        momentum: f32,
+        scheme: Scheme,
+        words: &mut Storage,
+    ) -> Result<()> {
+        let x = x.host()?;
+        if x.is_empty() {
+            return Ok(());
+        }
+        let (lo, hi) = map::min_max(x);
+        observer_words::observe(words.host_mut()?, lo, hi, momentum, scheme)
+    }
+    fn fake_quant_act_fwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let q = fq_of_words(words, qmin, qmax)?;
+        quant::fake_quant_tensor_fwd(&q, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn fake_quant_act_bwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let q = fq_of_words(words, qmin, qmax)?;
+        quant::fake_quant_tensor_bwd(&q, x.host()?, dy.host()?, dx.host_mut()?);
         Ok(())
     }
     fn fake_quant_channel_fwd(
@@ -488,4 +548,16 @@ impl Backend for CpuBackend {
     fn qgap(&self, q: &QGapArgs, x: &Storage, y: &mut Storage) -> Result<()> {
         quant::qgap(q, x.host()?, y.host_mut()?)
     }
+}
+
+/// The per-tensor fake quantization of the parameters in force in observer
+/// words.
+fn fq_of_words(words: &Storage, qmin: i32, qmax: i32) -> Result<FqTensor> {
+    let q = observer_words::qparams(words.host()?);
+    Ok(FqTensor {
+        scale: q.scale,
+        zero_point: q.zero_point,
+        qmin,
+        qmax,
+    })
 }

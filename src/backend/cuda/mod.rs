@@ -20,10 +20,11 @@ pub mod kernels {
 pub use runtime::{Arg, DeviceBuffer, KernelRuntime, TransferCounts, Transfers};
 
 use super::{
-    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, Device, FqTensor, GemmGeom, Pool2dGeom,
-    Precision, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
+    AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, Device, FqTensor, GemmGeom, PairMap,
+    Pool2dGeom, Precision, QAddArgs, QConvArgs, QGapArgs, SgdStep, Storage,
 };
-use crate::quant::Requant;
+use crate::quant::params::Scheme;
+use crate::quant::{observer_words, Requant};
 use crate::{bail, Result};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -512,6 +513,19 @@ impl Backend for CudaBackend {
             Arg::I32(i32_of(n, "add length")?),
         ];
         self.launch_1d("add_fwd_f32", n, args)
+    }
+    fn pair_map(&self, op: PairMap, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        let n = y.len();
+        let (code, param) = op.code();
+        let args = vec![
+            Arg::Ptr(self.ptr(a, n, "pair_map a")?),
+            Arg::Ptr(self.ptr(b, n, "pair_map b")?),
+            Arg::Ptr(self.ptr(y, n, "pair_map y")?),
+            Arg::I32(i32_of(n, "pair_map length")?),
+            Arg::I32(code),
+            Arg::F32(param),
+        ];
+        self.launch_1d("pair_map_f32", n, args)
     }
     fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()> {
         let n = y.len();
@@ -1116,6 +1130,27 @@ impl Backend for CudaBackend {
         self.launch_1d("softmax_xent_bwd_f32", n, args)
     }
 
+    fn label_hits(
+        &self,
+        rows: usize,
+        classes: usize,
+        logits: &Storage,
+        labels: &Storage,
+        loss: &Storage,
+        out: &mut Storage,
+    ) -> Result<()> {
+        let args = vec![
+            Arg::Ptr(self.ptr(logits, rows * classes, "label_hits logits")?),
+            Arg::Ptr(self.ptr(labels, rows, "label_hits labels")?),
+            Arg::Ptr(self.ptr(loss, 1, "label_hits loss")?),
+            Arg::Ptr(self.ptr(out, 3, "label_hits out")?),
+            Arg::I32(i32_of(rows, "rows")?),
+            Arg::I32(i32_of(classes, "classes")?),
+        ];
+        i32_of(rows * classes, "logits size")?;
+        self.launch("label_hits_f32", (1, 1, 1), self.reduce_block, args)
+    }
+
     // ---- quantization-aware training ------------------------------------------
     fn min_max(&self, x: &Storage) -> Result<(f32, f32)> {
         let n = x.len();
@@ -1153,6 +1188,90 @@ impl Backend for CudaBackend {
             self.rt.download(fin, &mut out)?;
             Ok((out[0], out[1]))
         })
+    }
+
+    fn observe_act(
+        &self,
+        x: &Storage,
+        momentum: f32,
+        scheme: Scheme,
+        words: &mut Storage,
+    ) -> Result<()> {
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let xp = self.ptr(x, n, "observe x")?;
+        let wp = self.ptr(words, observer_words::LEN, "observer words")?;
+        let blocks = n.div_ceil(BLOCK as usize).min(self.max_blocks_1d).min(1024);
+        let ni = i32_of(n, "observe length")?;
+        self.with_workspace(2 * blocks, |ws| {
+            let (lo, hi) = (ws, ws + 4 * blocks as u64);
+            let args = vec![
+                Arg::Ptr(xp),
+                Arg::Ptr(xp),
+                Arg::I32(ni),
+                Arg::Ptr(lo),
+                Arg::Ptr(hi),
+            ];
+            self.launch(
+                "min_max_fwd_f32",
+                (blocks as u32, 1, 1),
+                self.reduce_block,
+                args,
+            )?;
+            let args = vec![
+                Arg::Ptr(lo),
+                Arg::Ptr(hi),
+                Arg::I32(blocks as i32),
+                Arg::Ptr(wp),
+                Arg::F32(momentum),
+                Arg::I32(i32::from(scheme == Scheme::Symmetric)),
+            ];
+            self.launch("observe_act_finish_f32", (1, 1, 1), self.reduce_block, args)
+        })
+    }
+
+    fn fake_quant_act_fwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let n = y.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "fake_quant x")?),
+            Arg::Ptr(self.ptr(y, n, "fake_quant y")?),
+            Arg::I32(i32_of(n, "fake_quant length")?),
+            Arg::Ptr(self.ptr(words, observer_words::LEN, "observer words")?),
+            Arg::I32(qmin),
+            Arg::I32(qmax),
+        ];
+        self.launch_1d("fake_quant_act_fwd_f32", n, args)
+    }
+
+    fn fake_quant_act_bwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let n = dx.len();
+        let args = vec![
+            Arg::Ptr(self.ptr(x, n, "fake_quant x")?),
+            Arg::Ptr(self.ptr(dy, n, "fake_quant dy")?),
+            Arg::Ptr(self.ptr(dx, n, "fake_quant dx")?),
+            Arg::I32(i32_of(n, "fake_quant length")?),
+            Arg::Ptr(self.ptr(words, observer_words::LEN, "observer words")?),
+            Arg::I32(qmin),
+            Arg::I32(qmax),
+        ];
+        self.launch_1d("fake_quant_act_bwd_f32", n, args)
     }
 
     fn fake_quant_tensor_fwd(&self, q: &FqTensor, x: &Storage, y: &mut Storage) -> Result<()> {
@@ -1318,15 +1437,45 @@ impl Backend for CudaBackend {
             exp.push(f32::from_bits(r.exp as u32));
         }
         let (mult, exp) = (self.upload(&mult)?, self.upload(&exp)?);
-        let geom = conv_geom(g)?;
+        // kernels/int8.cu: the input recovered once into int8 words of four
+        // channels, the weights packed likewise, then the DP4A convolution.
+        let cg = g.c_in / g.groups.max(1);
+        let cgw = cg.div_ceil(4);
+        let taps = g.kh * g.kw;
+        let xq_len = g.n * g.groups * g.h * g.w * cgw;
+        i32_of(xq_len.max(g.c_out * taps * cgw), "qconv2d packed size")?;
+        let cgw_i = i32_of(cgw, "qconv2d channel words")?;
+        let (xq, wp, wsum) = (
+            self.alloc(xq_len)?,
+            self.alloc(g.c_out * taps * cgw)?,
+            self.alloc(g.c_out)?,
+        );
         let args = vec![
             Arg::Ptr(self.ptr(x, g.x_len(), "qconv2d x")?),
+            Arg::Ptr(self.ptr(&xq, xq_len, "qconv2d packed x")?),
+            conv_geom(g)?,
+            Arg::I32(cgw_i),
+            Arg::F32(q.s_x),
+            Arg::I32(q.z_x),
+        ];
+        self.launch_1d("qconv_pack_x_f32", xq_len, args)?;
+        let args = vec![
             Arg::Ptr(self.ptr(w_q, g.w_len(), "qconv2d w")?),
+            Arg::Ptr(self.ptr(&wp, g.c_out * taps * cgw, "qconv2d packed w")?),
+            Arg::Ptr(self.ptr(&wsum, g.c_out, "qconv2d weight sums")?),
+            conv_geom(g)?,
+            Arg::I32(cgw_i),
+        ];
+        self.launch_1d("qconv_pack_w_f32", g.c_out, args)?;
+        let args = vec![
+            Arg::Ptr(self.ptr(&xq, xq_len, "qconv2d packed x")?),
+            Arg::Ptr(self.ptr(&wp, g.c_out * taps * cgw, "qconv2d packed w")?),
+            Arg::Ptr(self.ptr(&wsum, g.c_out, "qconv2d weight sums")?),
             Arg::Ptr(self.ptr(bias_q, g.c_out, "qconv2d bias")?),
             Arg::Ptr(self.ptr(&mult, g.c_out, "qconv2d mult")?),
             Arg::Ptr(self.ptr(&exp, g.c_out, "qconv2d exp")?),
             Arg::Ptr(self.ptr(y, g.y_len(), "qconv2d y")?),
-            geom,
+            conv_geom(g)?,
             Arg::I32s(vec![
                 q.s_x.to_bits() as i32,
                 q.z_x,
@@ -1335,8 +1484,9 @@ impl Backend for CudaBackend {
                 q.lo,
                 q.hi,
             ]),
+            Arg::I32(cgw_i),
         ];
-        self.launch_1d("qconv2d_fwd_f32", g.y_len(), args)
+        self.launch_1d("qconv2d_dp4a_f32", g.y_len(), args)
     }
 
     fn qadd(&self, q: &QAddArgs, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
