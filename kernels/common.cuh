@@ -42,3 +42,20 @@ __device__ __forceinline__ float qat_block_max(float v, float *red) {
 
 // Grid-stride loop over [0, n).
 #define QAT_FOR(i, n) for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+
+// Division by a divisor fixed for a kernel (a layer's width, a stride) with a
+// multiply-high instead of a division instruction: for 1 <= d < 2^31 and
+// 0 <= n < 2^31, n / d = (umulhi(n, mul) + n) >> shift with shift =
+// ceil(log2 d) and mul = floor(2^32 (2^shift - d) / d) + 1 (the round-up
+// method of Granlund and Montgomery, "Division by invariant integers using
+// multiplication", 1994; n < 2^31 keeps the sum inside 32 bits). Built once
+// per thread, outside the loops that use it.
+struct QatDivisor {
+    int d, shift;
+    unsigned mul;
+    __device__ explicit QatDivisor(int d_) : d(d_), shift(0) {
+        while ((1u << shift) < unsigned(d)) ++shift;
+        mul = unsigned((4294967296ull * ((1ull << shift) - unsigned(d))) / unsigned(d) + 1ull);
+    }
+    __device__ int div(int n) const { return int((__umulhi(unsigned(n), mul) + unsigned(n)) >> shift); }
+};

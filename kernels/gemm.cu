@@ -5,11 +5,12 @@ struct GemmOperand {
     const float *p;
     int ld, rows;
     bool k_contig;  // element (r, k) at p[r * ld + k], else at p[k * ld + r]
+    template <bool ASYNC>
     __device__ void load(TgTile *S, int r0, int k0, int k_end) const {
         if (k_contig)
-            tg_load_k_contig(S, p, ld, rows, r0, k0, k_end);
+            tg_load_k_contig<ASYNC>(S, p, ld, rows, r0, k0, k_end);
         else
-            tg_load_r_contig(S, p, ld, rows, r0, k0, k_end);
+            tg_load_r_contig<ASYNC>(S, p, ld, rows, r0, k0, k_end);
     }
 };
 
@@ -29,8 +30,8 @@ __device__ __forceinline__ void gemm_fwd(const float *__restrict__ a, const floa
                                          int M, int N, int K, int trans_a, int trans_b, float alpha, float beta) {
     // op(A)(m, k) is a[m * K + k], or a[k * M + m] when transposed;
     // op(B)(k, n) is b[k * N + n], or b[n * K + k] when transposed.
-    const GemmOperand la{a, trans_a ? M : K, M, !trans_a};
-    const GemmOperand lb{b, trans_b ? K : N, N, trans_b != 0};
+    GemmOperand la{a, trans_a ? M : K, M, !trans_a};
+    GemmOperand lb{b, trans_b ? K : N, N, trans_b != 0};
     const GemmStore st{c, N, alpha, beta};
     tile_gemm<TC>(M, N, blockIdx.x * TG_BM, blockIdx.y * TG_BN, 0, K, la, lb, st);
 }

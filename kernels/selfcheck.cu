@@ -4,6 +4,7 @@
 
 #include "common.cuh"
 #include "mma.cuh"
+#include "async_copy.cuh"
 
 // One warp. For each width w in {32, 16, 8, 4} (index k), lane l writes
 //   out[(k * 4 + 0) * 32 + l] = __shfl_sync(full, 100 + l, l + 3, w)
@@ -53,4 +54,44 @@ extern "C" __global__ void __launch_bounds__(QAT_BLOCK)
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i];
     s = qat_block_sum(s, red);
     if (threadIdx.x == 0) out[0] = s;
+}
+
+// q[i] = n[i] / d[i] through QatDivisor, for i < len (one block).
+extern "C" __global__ void divisor_semantics_i32(const int *__restrict__ d, const int *__restrict__ n,
+                                                 int *__restrict__ q, int len) {
+    for (int i = threadIdx.x; i < len; i += blockDim.x) q[i] = QatDivisor(d[i]).div(n[i]);
+}
+
+// One warp, compute capability 8.0+: cp.async in three groups (4-byte copies
+// and a 4-byte zero fill; 16-byte copies; a 16-byte zero fill into shared
+// memory first set to NaN), each read after its wait and a barrier, from
+// another lane than the one that copied it. With l the lane and l' = (l + 1)
+// % 32, out (320 floats) gets src[l'] at [l], 0 at [32 + l], src[4 l' + j] at
+// [64 + 4 l + j] and 0 at [192 + 4 l + j] (j < 4); src has 128 floats.
+extern "C" __global__ void cp_async_semantics(const float *__restrict__ src, float *__restrict__ out) {
+    __shared__ __align__(16) float s0[64];
+    __shared__ __align__(16) float s1[128];
+    __shared__ __align__(16) float s2[128];
+    const int l = threadIdx.x, l1 = (l + 1) % 32;
+    const float nan = __int_as_float(0x7fffffff);
+    s0[32 + l] = nan;
+    for (int j = 0; j < 4; ++j) s2[4 * l + j] = nan;
+    __syncthreads();
+    qat_cp_async4(&s0[l], src + l, true);
+    qat_cp_async4(&s0[32 + l], src, false);
+    qat_cp_async_commit();
+    qat_cp_async16(&s1[4 * l], src + 4 * l, true);
+    qat_cp_async_commit();
+    qat_cp_async16(&s2[4 * l], src, false);
+    qat_cp_async_commit();
+    qat_cp_async_wait<2>();
+    __syncthreads();
+    out[l] = s0[l1];
+    out[32 + l] = s0[32 + l1];
+    qat_cp_async_wait<0>();
+    __syncthreads();
+    for (int j = 0; j < 4; ++j) {
+        out[64 + 4 * l + j] = s1[4 * l1 + j];
+        out[192 + 4 * l + j] = s2[4 * l1 + j];
+    }
 }

@@ -206,6 +206,96 @@ fn mma_m16n8k8_follows_the_documented_fragments() {
     }
 }
 
+/// cp.async (kernels/async_copy.cuh): 4- and 16-byte copies and zero fills
+/// land by the wait of their group and, after a barrier, are seen by the
+/// other lanes (the layout of `cp_async_semantics` in kernels/selfcheck.cu).
+#[test]
+fn cp_async_groups_copy_and_zero_fill() {
+    let src: Vec<f32> = (0..128).map(|i| 1.0 + i as f32).collect();
+    for rt in runtimes() {
+        let out = run_kernel(&rt, "cp_async_semantics", &[&src], 320, 32, None);
+        for l in 0..32 {
+            let l1 = (l + 1) % 32;
+            let mut want = vec![(l, src[l1]), (32 + l, 0.0)];
+            for j in 0..4 {
+                want.push((64 + 4 * l + j, src[4 * l1 + j]));
+                want.push((192 + 4 * l + j, 0.0));
+            }
+            for (i, w) in want {
+                assert!(
+                    out[i].to_bits() == w.to_bits(),
+                    "{}: out[{i}] = {}, want {w}",
+                    rt.name(),
+                    out[i]
+                );
+            }
+        }
+    }
+}
+
+/// `QatDivisor` (kernels/common.cuh) divides exactly like `/` over its whole
+/// documented range: divisors 1..2^31 (small ones, powers of two and their
+/// neighbours, the largest) with numerators at and around multiples of the
+/// divisor and at 2^31 - 1.
+#[test]
+fn divisor_matches_integer_division() {
+    let mut rng = Rng::new(31);
+    let mut ds: Vec<i32> = (1..=64).collect();
+    for e in 2..31 {
+        let p = 1i64 << e;
+        ds.extend(
+            [p - 1, p, p + 1]
+                .iter()
+                .map(|&v| v.min(i32::MAX as i64) as i32),
+        );
+    }
+    ds.extend([i32::MAX, i32::MAX - 1, 3 * 7 * 28, 224 * 224, 56 * 56]);
+    for _ in 0..64 {
+        ds.push(1 + rng.below(i32::MAX as u64) as i32);
+    }
+    let (mut d, mut n) = (Vec::new(), Vec::new());
+    for &dv in &ds {
+        let mut ns = vec![
+            0i64,
+            1,
+            dv as i64 - 1,
+            dv as i64,
+            dv as i64 + 1,
+            i32::MAX as i64,
+        ];
+        for _ in 0..8 {
+            let q = rng.below((i32::MAX / dv).max(1) as u64) as i64;
+            ns.extend([
+                q * dv as i64 - 1,
+                q * dv as i64,
+                q * dv as i64 + dv as i64 - 1,
+            ]);
+        }
+        for nv in ns
+            .into_iter()
+            .filter(|&v| (0..=i32::MAX as i64).contains(&v))
+        {
+            d.push(dv);
+            n.push(nv as i32);
+        }
+    }
+    let bits = |v: &[i32]| -> Vec<f32> { v.iter().map(|&x| f32::from_bits(x as u32)).collect() };
+    for rt in runtimes() {
+        let q = run_kernel(
+            &rt,
+            "divisor_semantics_i32",
+            &[&bits(&d), &bits(&n)],
+            d.len(),
+            256,
+            Some(d.len() as i32),
+        );
+        for i in 0..d.len() {
+            let got = q[i].to_bits() as i32;
+            assert_eq!(got, n[i] / d[i], "{}: {} / {}", rt.name(), n[i], d[i]);
+        }
+    }
+}
+
 fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
 }

@@ -124,6 +124,7 @@ inline int launch(Thunk t, unsigned max_threads, dim3 grid, dim3 block, unsigned
         for (unsigned long long b = 0; b < nblocks; ++b) {
             blockIdx = dim3{unsigned(b % grid.x), unsigned((b / grid.x) % grid.y), unsigned(b / (1ull * grid.x * grid.y))};
             t(args);
+            cp_async_check_drained();
             ctx.warp->bar->arrive_and_drop();
             ctx.block_bar->arrive_and_drop();
             block_end.arrive_and_wait();

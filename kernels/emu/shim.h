@@ -16,8 +16,9 @@
 //   a per-warp scratch array and a per-warp barrier.
 //
 // Limits (kernels must stay inside them):
-// - no inline PTX (tensor cores only through kernels/mma.cuh, emulated
-//   below), no cooperative groups, no textures;
+// - no inline PTX (tensor cores only through kernels/mma.cuh, asynchronous
+//   copies only through kernels/async_copy.cuh, both emulated below), no
+//   cooperative groups, no textures;
 // - warp shuffles need every lane of the warp to call them, and value types
 //   of at most 8 bytes (mask and width follow the programming guide);
 // - dynamic shared memory only through QAT_DYN_SHARED(type, name);
@@ -37,6 +38,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <deque>
+#include <vector>
 
 struct dim3 {
     unsigned x = 1, y = 1, z = 1;
@@ -101,6 +104,15 @@ struct ThreadCtx {
     unsigned char *dyn_smem = nullptr;
     // mma.sync calls this thread made in the current launch.
     uint64_t mma_calls = 0;
+    // cp.async copies in flight: issued since the last commit, and committed
+    // groups, oldest first (kernels/async_copy.cuh).
+    struct AsyncCopy {
+        unsigned char *dst;
+        unsigned char bytes[16];
+        unsigned n;
+    };
+    std::vector<AsyncCopy> async_open;
+    std::deque<std::vector<AsyncCopy>> async_groups;
 };
 
 inline thread_local ThreadCtx ctx;
@@ -180,6 +192,40 @@ inline void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2
     }
     w->bar->arrive_and_wait();
     std::memcpy(d, out, sizeof(out));
+}
+
+// cp.async: the source is read now, shared memory written when a wait
+// completes the copy's group (the latest moment a GPU may write it). Both
+// addresses must be aligned to the copy's size, as on a GPU.
+inline void cp_async(void *dst, const void *src, unsigned n, bool valid) {
+    if (reinterpret_cast<uintptr_t>(dst) % n != 0 || reinterpret_cast<uintptr_t>(src) % n != 0) {
+        std::fprintf(stderr, "cuda-emu: cp.async of %u bytes with a misaligned address (%p <- %p)\n", n, dst, src);
+        std::abort();
+    }
+    ThreadCtx::AsyncCopy c{static_cast<unsigned char *>(dst), {}, n};
+    if (valid) std::memcpy(c.bytes, src, n);
+    ctx.async_open.push_back(c);
+}
+inline void cp_async_commit() {
+    ctx.async_groups.push_back(std::move(ctx.async_open));
+    ctx.async_open.clear();
+}
+inline void cp_async_wait(int n) {
+    while (ctx.async_groups.size() > size_t(n < 0 ? 0 : n)) {
+        for (const auto &c : ctx.async_groups.front()) std::memcpy(c.dst, c.bytes, c.n);
+        ctx.async_groups.pop_front();
+    }
+}
+// Called when a thread leaves a block: copies still in flight are a kernel
+// bug (their shared memory belongs to the next block by then).
+inline void cp_async_check_drained() {
+    if (!ctx.async_open.empty() || !ctx.async_groups.empty()) {
+        std::fprintf(stderr,
+                     "cuda-emu: a thread left its block with cp.async copies in flight (%zu uncommitted, %zu "
+                     "groups); end with qat_cp_async_wait<0>()\n",
+                     ctx.async_open.size(), ctx.async_groups.size());
+        std::abort();
+    }
 }
 
 }  // namespace qat_emu
@@ -284,6 +330,7 @@ inline int __float_as_int(float f) {
     return i;
 }
 inline int __float2int_rn(float x) { return int(std::nearbyint(x)); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return unsigned((uint64_t(a) * b) >> 32); }
 // Signed DP4A: c + the four products of the int8 lanes of a and b.
 inline int __dp4a(int a, int b, int c) {
     for (int j = 0; j < 32; j += 8)

@@ -31,6 +31,22 @@ fn pair(op: PairMap, a: &Tensor, b: &Tensor, tracked: bool) -> Result<Tensor> {
     Ok(y)
 }
 
+/// Records the backward `d input = op(dy, other)` for `y`, a [`pair`] of
+/// `input` (the tensor that gets the gradient) and `other` (a constant).
+fn record_pair_grad(y: &Tensor, op: PairMap, input: &Tensor, other: Tensor) {
+    let input = input.clone();
+    autograd::record(y, move |gy: &Tensor, grads: &mut Grads| {
+        let dx = grad_like(&input)?;
+        input.device().backend().pair_map(
+            op,
+            &gy.storage(),
+            &other.storage(),
+            &mut dx.storage_mut(),
+        )?;
+        grads.accumulate(&input, dx)
+    });
+}
+
 /// `gamma / sqrt(running_var + eps)`, the factor that folds batch norm into
 /// the convolution weights; the gradient reaches `gamma` only (the running
 /// variance is a statistic), as `dy * (1 / sigma)`.
@@ -44,17 +60,7 @@ pub fn bn_fold_factor(gamma: &Tensor, running_var: &Tensor, eps: f32) -> Result<
         autograd::should_record(&[gamma]),
     )?;
     if y.tracked() {
-        let gamma = gamma.clone();
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dg = grad_like(&gamma)?;
-            gamma.device().backend().pair_map(
-                PairMap::MulRecip,
-                &gy.storage(),
-                &sigma.storage(),
-                &mut dg.storage_mut(),
-            )?;
-            grads.accumulate(&gamma, dg)
-        });
+        record_pair_grad(&y, PairMap::MulRecip, gamma, sigma);
     }
     Ok(y)
 }
@@ -65,18 +71,7 @@ pub fn neg_mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
     same_shape("neg_mul", x, c)?;
     let y = pair(PairMap::NegMul, x, c, autograd::should_record(&[x]))?;
     if y.tracked() {
-        let x = x.clone();
-        let c = c.detach_copy()?;
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dx = grad_like(&x)?;
-            x.device().backend().pair_map(
-                PairMap::NegMul,
-                &gy.storage(),
-                &c.storage(),
-                &mut dx.storage_mut(),
-            )?;
-            grads.accumulate(&x, dx)
-        });
+        record_pair_grad(&y, PairMap::NegMul, x, c.detach_copy()?);
     }
     Ok(y)
 }
@@ -85,17 +80,7 @@ pub fn neg_mul(x: &Tensor, c: &Tensor) -> Result<Tensor> {
 pub fn reciprocal(x: &Tensor) -> Result<Tensor> {
     let y = pair(PairMap::Recip, x, x, autograd::should_record(&[x]))?;
     if y.tracked() {
-        let x = x.clone();
-        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            let dx = grad_like(&x)?;
-            x.device().backend().pair_map(
-                PairMap::MulNegRecipSq,
-                &gy.storage(),
-                &x.storage(),
-                &mut dx.storage_mut(),
-            )?;
-            grads.accumulate(&x, dx)
-        });
+        record_pair_grad(&y, PairMap::MulNegRecipSq, x, x.clone());
     }
     Ok(y)
 }

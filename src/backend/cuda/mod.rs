@@ -232,6 +232,38 @@ impl CudaBackend {
         f(ws.as_ref().map(|b| b.ptr()).unwrap_or(0))
     }
 
+    /// The first pass of a min/max reduction over `n` floats at `xp`: each
+    /// block writes its minimum and maximum into the workspace, and `finish`
+    /// gets the block count and the two per-block arrays (followed by
+    /// `extra` spare words) to reduce them into its own result.
+    fn with_block_min_max<T>(
+        &self,
+        xp: u64,
+        n: usize,
+        extra: usize,
+        finish: impl FnOnce(usize, u64, u64) -> Result<T>,
+    ) -> Result<T> {
+        let blocks = n.div_ceil(BLOCK as usize).min(self.max_blocks_1d).min(1024);
+        let ni = i32_of(n, "min/max length")?;
+        self.with_workspace(2 * blocks + extra, |ws| {
+            let (lo, hi) = (ws, ws + 4 * blocks as u64);
+            let args = vec![
+                Arg::Ptr(xp),
+                Arg::Ptr(xp),
+                Arg::I32(ni),
+                Arg::Ptr(lo),
+                Arg::Ptr(hi),
+            ];
+            self.launch(
+                "min_max_fwd_f32",
+                (blocks as u32, 1, 1),
+                self.reduce_block,
+                args,
+            )?;
+            finish(blocks, lo, hi)
+        })
+    }
+
     fn launch(
         &self,
         kernel: &str,
@@ -1158,24 +1190,9 @@ impl Backend for CudaBackend {
             return Ok((f32::INFINITY, f32::NEG_INFINITY));
         }
         let xp = self.ptr(x, n, "min_max x")?;
-        let blocks = n.div_ceil(BLOCK as usize).min(self.max_blocks_1d).min(1024);
-        let ni = i32_of(n, "min_max length")?;
-        // workspace: per-block minima, maxima, then the final pair
-        self.with_workspace(2 * blocks + 2, |ws| {
-            let (lo, hi, fin) = (ws, ws + 4 * blocks as u64, ws + 8 * blocks as u64);
-            let args = vec![
-                Arg::Ptr(xp),
-                Arg::Ptr(xp),
-                Arg::I32(ni),
-                Arg::Ptr(lo),
-                Arg::Ptr(hi),
-            ];
-            self.launch(
-                "min_max_fwd_f32",
-                (blocks as u32, 1, 1),
-                self.reduce_block,
-                args,
-            )?;
+        // the workspace's last two words take the final pair
+        self.with_block_min_max(xp, n, 2, |blocks, lo, hi| {
+            let fin = hi + 4 * blocks as u64;
             let args = vec![
                 Arg::Ptr(lo),
                 Arg::Ptr(hi),
@@ -1203,23 +1220,7 @@ impl Backend for CudaBackend {
         }
         let xp = self.ptr(x, n, "observe x")?;
         let wp = self.ptr(words, observer_words::LEN, "observer words")?;
-        let blocks = n.div_ceil(BLOCK as usize).min(self.max_blocks_1d).min(1024);
-        let ni = i32_of(n, "observe length")?;
-        self.with_workspace(2 * blocks, |ws| {
-            let (lo, hi) = (ws, ws + 4 * blocks as u64);
-            let args = vec![
-                Arg::Ptr(xp),
-                Arg::Ptr(xp),
-                Arg::I32(ni),
-                Arg::Ptr(lo),
-                Arg::Ptr(hi),
-            ];
-            self.launch(
-                "min_max_fwd_f32",
-                (blocks as u32, 1, 1),
-                self.reduce_block,
-                args,
-            )?;
+        self.with_block_min_max(xp, n, 0, |blocks, lo, hi| {
             let args = vec![
                 Arg::Ptr(lo),
                 Arg::Ptr(hi),
