@@ -74,6 +74,19 @@ pub trait Backend: Send + Sync {
 
     // ---- memory -------------------------------------------------------------
     fn zeros(&self, len: usize) -> Result<Storage>;
+    /// A buffer for an output that the next primitive overwrites fully: its
+    /// contents are unspecified (a recycled buffer's old values; NaN when
+    /// `QAT_POISON_EMPTY=1` or in debug builds, so a primitive that leaves
+    /// part of its output unwritten fails the tests). Never pass it to a
+    /// primitive that accumulates.
+    fn empty(&self, len: usize) -> Result<Storage> {
+        self.zeros(len)
+    }
+    /// Takes back the storage of a tensor being dropped, for [`Backend::empty`]
+    /// to hand out again (the default frees it).
+    fn recycle(&self, s: Storage) {
+        drop(s);
+    }
     fn upload(&self, data: &[f32]) -> Result<Storage>;
     fn download(&self, s: &Storage) -> Result<Vec<f32>>;
     fn fill(&self, s: &mut Storage, value: f32) -> Result<()>;

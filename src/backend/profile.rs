@@ -55,7 +55,7 @@ impl Phase {
 /// What a primitive does, for the grouped table.
 pub fn kind(op: &str) -> &'static str {
     match op {
-        "zeros" | "upload" | "download" | "fill" | "copy" => "memory",
+        "zeros" | "empty" | "upload" | "download" | "fill" | "copy" => "memory",
         "gemm" | "add_row_bias" | "sum_rows" => "gemm",
         "min_max" | "observe_act" => "observers",
         "pair_map" => "fake-quant",
@@ -149,8 +149,13 @@ impl Backend for Profiler {
         self.inner.transfer_counts()
     }
 
+    fn recycle(&self, s: Storage) {
+        self.inner.recycle(s)
+    }
+
     timed! {
         fn zeros(&self, len: usize) -> Result<Storage>;
+        fn empty(&self, len: usize) -> Result<Storage>;
         fn upload(&self, data: &[f32]) -> Result<Storage>;
         fn download(&self, s: &Storage) -> Result<Vec<f32>>;
         fn fill(&self, s: &mut Storage, value: f32) -> Result<()>;

@@ -29,10 +29,12 @@ use crate::backend::{Backend, Device, Storage};
 use crate::tensor::{Shape, Tensor};
 use crate::{bail, Result};
 
-/// A fresh zero tensor for an op's output, tracked when the op records.
+/// A tensor for an op's output, tracked when the op records. Its contents are
+/// unspecified ([`Backend::empty`]): the primitive that follows must write
+/// every element (every primitive that does not say "accumulates" does).
 pub(crate) fn output(shape: impl Into<Shape>, device: &Device, tracked: bool) -> Result<Tensor> {
     let shape = shape.into();
-    let s = device.backend().zeros(shape.numel())?;
+    let s = device.backend().empty(shape.numel())?;
     Ok(Tensor::from_storage(s, shape, device.clone(), tracked))
 }
 

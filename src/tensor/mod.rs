@@ -34,6 +34,16 @@ struct Inner {
     tracked: bool,
 }
 
+impl Drop for Inner {
+    /// Hands the buffer back to its backend, which may reuse it for the next
+    /// output of the same size (the CPU backend does: `Backend::empty`).
+    fn drop(&mut self) {
+        let storage = self.storage.get_mut().unwrap_or_else(|e| e.into_inner());
+        let s = std::mem::replace(storage, Storage::Host(Vec::new()));
+        self.device.backend().recycle(s);
+    }
+}
+
 /// An f32 tensor, row-major (NCHW for images). Cloning shares the storage.
 #[derive(Clone)]
 pub struct Tensor(Arc<Inner>);

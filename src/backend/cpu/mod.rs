@@ -48,6 +48,14 @@ fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
     }
 }
 
+/// A copy of `data` in a recycled buffer (memory::take), so that copies
+/// reuse warm pages too.
+fn filled_from(data: &[f32]) -> Vec<f32> {
+    let mut v = memory::take(data.len());
+    v.copy_from_slice(data);
+    v
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -56,8 +64,16 @@ impl Backend for CpuBackend {
     fn zeros(&self, len: usize) -> Result<Storage> {
         Ok(Storage::Host(vec![0.0; len]))
     }
+    fn empty(&self, len: usize) -> Result<Storage> {
+        Ok(Storage::Host(memory::take(len)))
+    }
+    fn recycle(&self, s: Storage) {
+        if let Storage::Host(v) = s {
+            memory::give_back(v);
+        }
+    }
     fn upload(&self, data: &[f32]) -> Result<Storage> {
-        Ok(Storage::Host(data.to_vec()))
+        Ok(Storage::Host(filled_from(data)))
     }
     fn download(&self, s: &Storage) -> Result<Vec<f32>> {
         Ok(s.host()?.to_vec())
@@ -67,7 +83,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn copy(&self, src: &Storage) -> Result<Storage> {
-        Ok(Storage::Host(src.host()?.to_vec()))
+        Ok(Storage::Host(filled_from(src.host()?)))
     }
 
     fn add(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {

@@ -491,6 +491,11 @@ impl Backend for CudaBackend {
         self.fill(&mut s, 0.0)?;
         Ok(s)
     }
+    /// No fill kernel: the allocator's buffer as it is (garbage on a GPU,
+    /// NaN on the emulator, whose fresh memory is poisoned).
+    fn empty(&self, len: usize) -> Result<Storage> {
+        self.alloc(len)
+    }
     fn upload(&self, data: &[f32]) -> Result<Storage> {
         let s = self.alloc(data.len())?;
         if !data.is_empty() {
