@@ -23,28 +23,22 @@ __device__ __forceinline__ unsigned qat_smem_addr(const void *p) {
 #endif
 }
 
-// dst[0] = valid ? src[0] : 0, 4 bytes. When !valid nothing is read, but src
-// must still point into global memory (pass the tensor's base).
-__device__ __forceinline__ void qat_cp_async4(float *dst, const float *src, bool valid) {
+// BYTES (4 or 16) bytes from src to shared dst, or zeros when !valid (then
+// nothing is read, but src must still point into global memory: pass the
+// tensor's base). Both addresses aligned to BYTES (the emulator checks);
+// 16-byte copies bypass L1 (.cg), 4-byte ones may not (.ca only).
+template <int BYTES>
+__device__ __forceinline__ void qat_cp_async(float *dst, const float *src, bool valid) {
+    static_assert(BYTES == 4 || BYTES == 16, "cp.async of 4 or 16 bytes");
 #ifdef QAT_EMU
-    qat_emu::cp_async(dst, src, 4, valid);
+    qat_emu::cp_async(dst, src, BYTES, valid);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(qat_smem_addr(dst)), "l"(src),
-                 "r"(valid ? 4 : 0));
-#else
-    (void)dst, (void)src, (void)valid;
-    __trap();
-#endif
-}
-
-// dst[0..4] = valid ? src[0..4] : 0, 16 bytes; both addresses 16-byte
-// aligned (the emulator checks).
-__device__ __forceinline__ void qat_cp_async16(float *dst, const float *src, bool valid) {
-#ifdef QAT_EMU
-    qat_emu::cp_async(dst, src, 16, valid);
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(qat_smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(qat_smem_addr(dst)), "l"(src),
+                     "r"(valid ? 16 : 0));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(qat_smem_addr(dst)), "l"(src),
+                     "r"(valid ? 4 : 0));
 #else
     (void)dst, (void)src, (void)valid;
     __trap();
@@ -80,7 +74,7 @@ __device__ __forceinline__ void qat_cp_async_wait() {
 template <bool ASYNC>
 __device__ __forceinline__ void qat_tile_put(float *dst, const float *src, bool valid) {
     if constexpr (ASYNC)
-        qat_cp_async4(dst, src, valid);
+        qat_cp_async<4>(dst, src, valid);
     else
         *dst = valid ? *src : 0.0f;
 }

@@ -77,12 +77,12 @@ extern "C" __global__ void cp_async_semantics(const float *__restrict__ src, flo
     s0[32 + l] = nan;
     for (int j = 0; j < 4; ++j) s2[4 * l + j] = nan;
     __syncthreads();
-    qat_cp_async4(&s0[l], src + l, true);
-    qat_cp_async4(&s0[32 + l], src, false);
+    qat_cp_async<4>(&s0[l], src + l, true);
+    qat_cp_async<4>(&s0[32 + l], src, false);
     qat_cp_async_commit();
-    qat_cp_async16(&s1[4 * l], src + 4 * l, true);
+    qat_cp_async<16>(&s1[4 * l], src + 4 * l, true);
     qat_cp_async_commit();
-    qat_cp_async16(&s2[4 * l], src, false);
+    qat_cp_async<16>(&s2[4 * l], src, false);
     qat_cp_async_commit();
     qat_cp_async_wait<2>();
     __syncthreads();

@@ -201,7 +201,7 @@ __device__ __forceinline__ void tg_load_r_contig(TgTile *S, const float *__restr
     float *dst = &S[kk][rq];
     if (k < k_end && (ld % 4) == 0 && r + 4 <= R) {
         if constexpr (ASYNC) {
-            qat_cp_async16(dst, col + r, true);
+            qat_cp_async<16>(dst, col + r, true);
         } else {
             const float4 q = *reinterpret_cast<const float4 *>(col + r);
             *reinterpret_cast<float4 *>(dst) = q;
