@@ -1,7 +1,8 @@
 //! CPU kernel timings: square GEMM and the three convolution passes at
-//! ResNet-18 shapes and at MobileNetV2 shapes (batch 32: its depthwise 3x3
+//! ResNet-18 shapes, at MobileNetV2 shapes (batch 32: its depthwise 3x3
 //! layers, which run on the direct depthwise kernels, and four pointwise
-//! 1x1 projections), through the public `Backend` interface.
+//! 1x1 projections) and at the small Fashion-MNIST ResNet's (`fm_`, batch
+//! 128), through the public `Backend` interface.
 //!
 //! `cargo bench --bench cpu_kernels` (a few minutes on 2 cores). Every kernel
 //! is first checked against a naive reference on small shapes; the timings

@@ -71,11 +71,29 @@ pub fn depthwise(n: usize, c: usize, hw: usize, stride: usize) -> Conv2dGeom {
     }
 }
 
-/// Every timed convolution: ResNet-18's, then MobileNetV2's.
+/// Every timed convolution: ResNet-18's, MobileNetV2's, then the small
+/// Fashion-MNIST ResNet's.
 pub fn conv_shapes() -> Vec<(&'static str, Conv2dGeom)> {
     let mut v = resnet_shapes();
     v.extend(mobilenet_shapes());
+    v.extend(small_resnet_shapes());
     v
+}
+
+/// The small ResNet that `qat train` trains on Fashion-MNIST (28x28, widths
+/// 16-32-64), at its batch of 128: each distinct convolution once (a
+/// training step runs the `s1` shape 4 times, `s2` and `s3` 3 times each).
+pub fn small_resnet_shapes() -> Vec<(&'static str, Conv2dGeom)> {
+    vec![
+        ("fm_stem_1-16_28_k3_n128", conv(128, 1, 28, 16, 3, 1, 1)),
+        ("fm_s1_16-16_28_k3_n128", conv(128, 16, 28, 16, 3, 1, 1)),
+        ("fm_s2a_16-32_28_k3s2_n128", conv(128, 16, 28, 32, 3, 2, 1)),
+        ("fm_s2ds_16-32_28_k1s2_n128", conv(128, 16, 28, 32, 1, 2, 0)),
+        ("fm_s2_32-32_14_k3_n128", conv(128, 32, 14, 32, 3, 1, 1)),
+        ("fm_s3a_32-64_14_k3s2_n128", conv(128, 32, 14, 64, 3, 2, 1)),
+        ("fm_s3ds_32-64_14_k1s2_n128", conv(128, 32, 14, 64, 1, 2, 0)),
+        ("fm_s3_64-64_7_k3_n128", conv(128, 64, 7, 64, 3, 1, 1)),
+    ]
 }
 
 /// MobileNetV2 on 224x224, batch 32: the depthwise 3x3 layers (input size

@@ -1,10 +1,32 @@
-//! Convolution lowered to GEMM through per-image im2col (skipped for 1x1
-//! stride-1 convolutions; groups handled as
-//! separate GEMMs over slices of the column buffer).
+//! Convolution lowered to GEMM through im2col, on the register-tiled
+//! kernels of [`tile`]: the batch is cut into jobs of a few images (or
+//! bands of one image's output rows when an image is large), each job's
+//! column buffer (the images side by side) built in cache and multiplied
+//! there; groups are separate GEMMs over slices of it.
+//!
+//! - Forward: `y = W col` on the broadcast kernel, tiles stored into `y`
+//!   with the bias added.
+//! - Backward-data: `dcol = Wᵀ dy` on the broadcast kernel, `dy` gathered
+//!   into a band, then col2im (1x1 unit-stride convolutions write `dx`
+//!   directly).
+//! - Backward-weight: `dW = dy colᵀ` on the dot kernel (both operands run
+//!   along output positions): lane partials over a fixed run of jobs per
+//!   thread, reduced, and the threads' sums added in order.
+//!
+//! im2col and col2im of unit-stride convolutions whose output is as wide as
+//! the input (3x3 with padding 1) move each tap's row as one shifted block.
+//!
+//! Summation order (bit reproducibility): forward and backward-data
+//! elements are one fused multiply-add chain over the reduction in order,
+//! whatever the instruction set, job plan or thread count; col2im adds the
+//! taps in `(c, ki, kj)` order. A backward-weight element depends on the
+//! job plan and the thread count (the lanes and the runs), not on the
+//! instruction set or on scheduling.
 
-use super::gemm::sgemm_ld;
-use crate::backend::{Conv2dGeom, GemmGeom};
+use super::tile;
+use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::ops::Range;
 
 /// The output positions `o` in `0..out` whose input position
@@ -21,7 +43,8 @@ pub(super) fn inside(offset: isize, stride: usize, len: usize, out: usize) -> Ra
 /// Column buffer of one image and one group: rows are (c, ki, kj), columns
 /// are output positions.
 pub(super) fn im2col<T: Copy + Default>(g: &Conv2dGeom, x_img: &[T], group: usize, col: &mut [T]) {
-    im2col_rows(g, x_img, group, 0..g.out_h(), col);
+    let ohw = g.out_h() * g.out_w();
+    im2col_rows(g, x_img, group, 0..g.out_h(), (col, ohw, 0));
 }
 
 /// The input row read by output row `oy` at kernel row `ki` (when inside).
@@ -29,49 +52,108 @@ fn input_row(g: &Conv2dGeom, oy: usize, ki: usize) -> usize {
     oy * g.stride.0 + ki * g.dilation.0 - g.pad.0
 }
 
-/// [`im2col`] restricted to the output rows `oys`: the column buffer of
-/// that band of the output (`oys.len() * out_w` columns).
+/// Whether output row `oy` reads input row `oy + d` and output column `ox`
+/// input column `ox + e` for every tap (unit strides, output as wide as the
+/// input): then a column-buffer row is the input plane shifted by a constant
+/// flat offset, copied in one piece and fixed up at the left and right
+/// borders.
+fn flat(g: &Conv2dGeom) -> bool {
+    g.stride == (1, 1) && g.out_w() == g.w
+}
+
+/// For every tap `(ki, kj)` (index `ki * kw + kj`): the output rows and
+/// columns that read inside the image, and the offset of its input column
+/// from the output column.
+fn taps(g: &Conv2dGeom) -> Vec<(Range<usize>, Range<usize>, isize)> {
+    let mut t = Vec::with_capacity(g.kh * g.kw);
+    for ki in 0..g.kh {
+        let rows = inside(
+            (ki * g.dilation.0) as isize - g.pad.0 as isize,
+            g.stride.0,
+            g.h,
+            g.out_h(),
+        );
+        for kj in 0..g.kw {
+            let offset = (kj * g.dilation.1) as isize - g.pad.1 as isize;
+            t.push((
+                rows.clone(),
+                inside(offset, g.stride.1, g.w, g.out_w()),
+                offset,
+            ));
+        }
+    }
+    t
+}
+
+/// The column buffer of the output rows `oys` of one image and group,
+/// written into columns `j0..j0 + oys.len() * out_w` of the row-major `buf`
+/// (row stride `ld`).
 fn im2col_rows<T: Copy + Default>(
     g: &Conv2dGeom,
     x_img: &[T],
     group: usize,
     oys: Range<usize>,
-    col: &mut [T],
+    (buf, ld, j0): (&mut [T], usize, usize),
 ) {
     let ow = g.out_w();
-    let len = oys.len() * ow;
+    let np = oys.len() * ow;
     let cg = g.c_in_per_group();
+    let zero = T::default();
+    let (taps, flat) = (taps(g), flat(g));
     for c in 0..cg {
         let plane = &x_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
-            let rows = inside(
-                (ki * g.dilation.0) as isize - g.pad.0 as isize,
-                g.stride.0,
-                g.h,
-                g.out_h(),
-            );
             for kj in 0..g.kw {
-                let offset = (kj * g.dilation.1) as isize - g.pad.1 as isize;
-                let cols = inside(offset, g.stride.1, g.w, ow);
-                let row = &mut col[((c * g.kh + ki) * g.kw + kj) * len..][..len];
-                for (oy, out) in oys.clone().zip(row.chunks_exact_mut(ow)) {
+                let (rows, cols, offset) = taps[ki * g.kw + kj].clone();
+                let r = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut buf[r * ld + j0..][..np];
+                if flat {
+                    // The band's output rows that read inside the image.
+                    let lo = rows.start.clamp(oys.start, oys.end);
+                    let hi = rows.end.clamp(lo, oys.end);
+                    let (a, b) = ((lo - oys.start) * ow, (hi - oys.start) * ow);
+                    dst[..a].fill(zero);
+                    dst[b..].fill(zero);
+                    if a == b || cols.is_empty() {
+                        dst[a..b].fill(zero);
+                        continue;
+                    }
+                    // From (lo, cols.start) to (hi - 1, cols.end - 1), in one
+                    // copy; then the columns outside `cols` of every row.
+                    let (first, last) = (a + cols.start, b - ow + cols.end);
+                    let src0 = (input_row(g, lo, ki) * g.w + cols.start) as isize + offset;
+                    dst[first..last].copy_from_slice(&plane[src0 as usize..][..last - first]);
+                    for row in dst[a..b].chunks_exact_mut(ow) {
+                        row[..cols.start].fill(zero);
+                        row[cols.end..].fill(zero);
+                    }
+                    continue;
+                }
+                for (oy, out) in oys.clone().zip(dst.chunks_exact_mut(ow)) {
                     if !rows.contains(&oy) || cols.is_empty() {
-                        out.fill(T::default());
+                        out.fill(zero);
                         continue;
                     }
                     let src = &plane[input_row(g, oy, ki) * g.w..][..g.w];
-                    out[..cols.start].fill(T::default());
-                    out[cols.end..].fill(T::default());
+                    out[..cols.start].fill(zero);
+                    out[cols.end..].fill(zero);
                     // First input column read, for output column `cols.start`.
                     let x0 = (cols.start * g.stride.1) as isize + offset;
                     let src = &src[x0 as usize..];
                     let out = &mut out[cols.clone()];
-                    if g.stride.1 == 1 {
-                        out.copy_from_slice(&src[..out.len()]);
-                    } else {
-                        out.iter_mut()
-                            .zip(src.iter().step_by(g.stride.1))
-                            .for_each(|(o, &v)| *o = v);
+                    match g.stride.1 {
+                        1 => out.copy_from_slice(&src[..out.len()]),
+                        // A constant stride, which LLVM vectorizes.
+                        2 => {
+                            let src = &src[..2 * out.len() - 1];
+                            for (t, o) in out.iter_mut().enumerate() {
+                                *o = src[2 * t];
+                            }
+                        }
+                        s => out
+                            .iter_mut()
+                            .zip(src.iter().step_by(s))
+                            .for_each(|(o, &v)| *o = v),
                     }
                 }
             }
@@ -79,26 +161,48 @@ fn im2col_rows<T: Copy + Default>(
     }
 }
 
-/// Adds the column buffer of the output rows `oys` back into the image
-/// gradient (the adjoint of [`im2col_rows`]).
-fn col2im_rows(g: &Conv2dGeom, col: &[f32], group: usize, oys: Range<usize>, dx_img: &mut [f32]) {
+/// Adds columns `j0..j0 + oys.len() * out_w` of the row-major column buffer
+/// `col` (row stride `ld`), the output rows `oys` of one image, back into
+/// that image's gradient (the adjoint of [`im2col_rows`]). In the [`flat`]
+/// case the columns that read outside the image are zeroed in `col` first,
+/// so that each tap is one shifted add over the band.
+fn col2im_rows(
+    g: &Conv2dGeom,
+    (col, ld, j0): (&mut [f32], usize, usize),
+    group: usize,
+    oys: Range<usize>,
+    dx_img: &mut [f32],
+) {
     let ow = g.out_w();
-    let len = oys.len() * ow;
+    let np = oys.len() * ow;
     let cg = g.c_in_per_group();
+    let (taps, flat) = (taps(g), flat(g));
     for c in 0..cg {
         let plane = &mut dx_img[(group * cg + c) * g.h * g.w..][..g.h * g.w];
         for ki in 0..g.kh {
-            let rows = inside(
-                (ki * g.dilation.0) as isize - g.pad.0 as isize,
-                g.stride.0,
-                g.h,
-                g.out_h(),
-            );
             for kj in 0..g.kw {
-                let offset = (kj * g.dilation.1) as isize - g.pad.1 as isize;
-                let cols = inside(offset, g.stride.1, g.w, ow);
-                let row = &col[((c * g.kh + ki) * g.kw + kj) * len..][..len];
-                for (oy, src) in oys.clone().zip(row.chunks_exact(ow)) {
+                let (rows, cols, offset) = taps[ki * g.kw + kj].clone();
+                let src = &mut col[((c * g.kh + ki) * g.kw + kj) * ld + j0..][..np];
+                if flat {
+                    let lo = rows.start.clamp(oys.start, oys.end);
+                    let hi = rows.end.clamp(lo, oys.end);
+                    let (a, b) = ((lo - oys.start) * ow, (hi - oys.start) * ow);
+                    if a == b || cols.is_empty() {
+                        continue;
+                    }
+                    for row in src[a..b].chunks_exact_mut(ow) {
+                        row[..cols.start].fill(0.0);
+                        row[cols.end..].fill(0.0);
+                    }
+                    let (first, last) = (a + cols.start, b - ow + cols.end);
+                    let dst0 = (input_row(g, lo, ki) * g.w + cols.start) as isize + offset;
+                    plane[dst0 as usize..][..last - first]
+                        .iter_mut()
+                        .zip(&src[first..last])
+                        .for_each(|(d, &v)| *d += v);
+                    continue;
+                }
+                for (oy, src) in oys.clone().zip(src.chunks_exact(ow)) {
                     if !rows.contains(&oy) || cols.is_empty() {
                         continue;
                     }
@@ -118,159 +222,207 @@ pub(super) fn col_len(g: &Conv2dGeom) -> usize {
     g.c_in_per_group() * g.kh * g.kw * g.out_h() * g.out_w()
 }
 
-/// Column buffers are built for a band of output rows at a time, at most
-/// this many floats (512 KiB), so that im2col writes them into cache and the
-/// GEMM packs them from there instead of from memory...
-const COL_TILE_FLOATS: usize = 128 * 1024;
-/// ... but a band spans at least this many output positions, or the GEMMs
-/// get too narrow and re-pack the weights for every band.
-const MIN_BAND_COLS: usize = 1024;
+/// A job builds column buffers of at most about this many floats (512 KiB,
+/// a core's share of L2) at a time...
+const BAND_FLOATS: usize = 128 * 1024;
+/// ... but of at least this many output positions, or the tiles' padding to
+/// whole panels and the per-band packing dominate.
+const MIN_BAND_COLS: usize = 256;
 
-/// The bands of output rows that the lowering works on, one after the other.
-fn row_bands(g: &Conv2dGeom) -> impl Iterator<Item = Range<usize>> {
-    let oh = g.out_h();
-    let per_row = g.c_in_per_group() * g.kh * g.kw * g.out_w();
-    // A pointwise convolution reads the image in place: no buffer to bound.
-    let rows = if pointwise(g) {
-        oh
-    } else {
-        (COL_TILE_FLOATS / per_row)
-            .max(MIN_BAND_COLS.div_ceil(g.out_w()))
-            .clamp(1, oh)
-    };
-    (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+/// How a batch is cut into jobs: `images` consecutive images per job (the
+/// last job may have fewer), each walked in bands of `rows` output rows
+/// (all of them unless one image alone exceeds [`BAND_FLOATS`]); a band's
+/// column buffer spans the job's images side by side.
+#[derive(Clone, Copy)]
+struct Plan {
+    images: usize,
+    rows: usize,
 }
 
-/// Whether to parallelize over images (each GEMM single-threaded) or inside
-/// each GEMM.
-fn batch_parallel(g: &Conv2dGeom) -> bool {
-    g.n >= rayon::current_num_threads()
-}
-
-/// A 1x1 convolution with unit stride and no padding needs no im2col: each
-/// group's slice of the image (rows c, columns pixels) already is its
-/// column buffer.
-fn pointwise(g: &Conv2dGeom) -> bool {
-    g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0)
-}
-
-/// A zeroed column buffer for one band of output rows (empty for pointwise
-/// convolutions).
-fn scratch(g: &Conv2dGeom) -> Vec<f32> {
-    let rows = row_bands(g).next().map_or(0, |r| r.len());
-    let len = g.c_in_per_group() * g.kh * g.kw * rows * g.out_w();
-    vec![0.0; if pointwise(g) { 0 } else { len }]
-}
-
-/// The column buffer of image `x_img`, group `group`, output rows `oys`, as
-/// `(data, row stride)`: `col` filled by im2col, or the image slice itself
-/// for a pointwise convolution.
-fn columns<'a>(
-    g: &Conv2dGeom,
-    x_img: &'a [f32],
-    group: usize,
-    oys: Range<usize>,
-    col: &'a mut [f32],
-) -> (&'a [f32], usize) {
-    if pointwise(g) {
-        let len = g.c_in_per_group() * g.h * g.w;
-        return (&x_img[group * len + oys.start * g.w..], g.h * g.w);
+impl Plan {
+    fn new(g: &Conv2dGeom) -> Plan {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let kk = g.c_in_per_group() * g.kh * g.kw;
+        let per_image = kk * oh * ow;
+        // At least four jobs per thread, to balance them.
+        let cap = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        if per_image > BAND_FLOATS && oh * ow >= MIN_BAND_COLS {
+            let rows = (BAND_FLOATS / (kk * ow)).max(MIN_BAND_COLS.div_ceil(ow));
+            Plan {
+                images: 1,
+                rows: rows.clamp(1, oh),
+            }
+        } else {
+            let images = (BAND_FLOATS / per_image).max(MIN_BAND_COLS.div_ceil(oh * ow));
+            Plan {
+                images: images.clamp(1, cap),
+                rows: oh,
+            }
+        }
     }
-    let len = oys.len() * g.out_w();
-    im2col_rows(g, x_img, group, oys, col);
-    (col, len)
-}
 
-/// Runs `f(image_index, chunk, col, parallel_gemm)` over per-image chunks,
-/// in parallel over images or sequentially with parallel GEMMs inside. `col`
-/// is a scratch column buffer, allocated once per rayon job rather than once
-/// per image.
-fn per_image<F>(g: &Conv2dGeom, data: &mut [f32], chunk: usize, f: F)
-where
-    F: Fn(usize, &mut [f32], &mut [f32], bool) + Sync,
-{
-    if batch_parallel(g) {
-        data.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(|| scratch(g), |col, (i, c)| f(i, c, col, false));
-    } else {
-        let mut col = scratch(g);
-        data.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(i, c)| f(i, c, &mut col, true));
+    fn bands(self, g: &Conv2dGeom) -> impl Iterator<Item = Range<usize>> {
+        let (oh, rows) = (g.out_h(), self.rows);
+        (0..oh).step_by(rows).map(move |r| r..(r + rows).min(oh))
+    }
+
+    /// The most columns of one band.
+    fn max_cols(self, g: &Conv2dGeom) -> usize {
+        self.images * self.rows * g.out_w()
+    }
+
+    /// The image ranges of the jobs.
+    fn jobs(self, n: usize) -> impl Iterator<Item = Range<usize>> {
+        (0..n)
+            .step_by(self.images)
+            .map(move |i| i..(i + self.images).min(n))
     }
 }
 
-// Below, `p0..p0 + np` are the output positions of one band of rows; a
-// band's slice of the output (or of dy) is a `rows x np` matrix with row
-// stride `ohw`.
+thread_local! {
+    /// Each thread's job buffers (column buffers, gathered bands), kept
+    /// between calls and never cleared: a job writes every element it
+    /// reads, except the columns past its band that the last tiles read and
+    /// drop (the dot kernel's padding is zeroed by [`zero_tail`]).
+    static SCRATCH: RefCell<[Vec<f32>; 3]> = const { RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` on this thread's three job buffers, grown to `lens`.
+fn with_scratch<R>(lens: [usize; 3], f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|[a, b, c]| {
+        for (v, &len) in [&mut *a, &mut *b, &mut *c].into_iter().zip(&lens) {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        }
+        f(&mut a[..lens[0]], &mut b[..lens[1]], &mut c[..lens[2]])
+    })
+}
+
+/// Gathers channels `ch0..ch0 + rows` of the band `p0..p0 + np` of the
+/// NCHW images of `src` (`channels` channels of `plane` positions each)
+/// into the row-major `buf` (row stride `ld`), images side by side.
+fn gather_band(
+    src: &[f32],
+    (channels, plane, ch0, rows): (usize, usize, usize, usize),
+    (np, p0): (usize, usize),
+    (buf, ld): (&mut [f32], usize),
+) {
+    let images = src.len() / (channels * plane);
+    for b in 0..images {
+        for r in 0..rows {
+            let from = &src[(b * channels + ch0 + r) * plane + p0..][..np];
+            buf[r * ld + b * np..][..np].copy_from_slice(from);
+        }
+    }
+}
+
+/// Zeroes columns `cols..` of every row of a row-major buffer with row
+/// stride `ld` (the dot kernel's padding, left over from a wider band).
+fn zero_tail(buf: &mut [f32], rows: usize, ld: usize, cols: usize) {
+    for r in 0..rows {
+        buf[r * ld + cols..(r + 1) * ld].fill(0.0);
+    }
+}
+
+// Below, a band is output rows `oys` (positions `p0..p0 + np` of each
+// plane) of a job's images, `cols = images * np` columns.
 
 pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
-    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
-    let kk = cg * g.kh * g.kw;
-    let x_img_len = g.c_in * g.h * g.w;
-    per_image(g, y, g.c_out * ohw, |i, y_img, col, par| {
-        let x_img = &x[i * x_img_len..][..x_img_len];
-        for grp in 0..g.groups {
-            for oys in row_bands(g) {
-                let (p0, np) = (oys.start * ow, oys.len() * ow);
-                let cols = columns(g, x_img, grp, oys, col);
-                let y_band = &mut y_img[grp * og * ohw + p0..];
-                sgemm_ld(
-                    &GemmGeom::new(og, np, kk),
-                    (&w[grp * og * kk..], kk),
-                    cols,
-                    (y_band, ohw),
-                    par,
-                );
-            }
-        }
-        if let Some(b) = bias {
-            for (o, plane) in y_img.chunks_mut(ohw).enumerate() {
-                plane.iter_mut().for_each(|v| *v += b[o]);
-            }
-        }
-    });
+    let (og, kk) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw);
+    let (mr, nr) = tile::broadcast_tile();
+    let plan = Plan::new(g);
+    let ld_max = plan.max_cols(g).next_multiple_of(nr);
+    let packed: Vec<Vec<f32>> = (0..g.groups)
+        .map(|grp| tile::pack_rows(&w[grp * og * kk..], (kk, 1), og, kk, mr))
+        .collect();
+    let x_img = g.c_in * g.h * g.w;
+    let jobs: Vec<Range<usize>> = plan.jobs(g.n).collect();
+    y.par_chunks_mut(plan.images * g.c_out * ohw)
+        .zip(jobs)
+        .for_each(|(y_job, imgs)| {
+            with_scratch([kk * ld_max, 0, 0], |band, _, _| {
+                for grp in 0..g.groups {
+                    for oys in plan.bands(g) {
+                        let (p0, np) = (oys.start * ow, oys.len() * ow);
+                        let cols = imgs.len() * np;
+                        let ld = cols.next_multiple_of(nr);
+                        for (b, i) in imgs.clone().enumerate() {
+                            let x_i = &x[i * x_img..][..x_img];
+                            im2col_rows(g, x_i, grp, oys.clone(), (band, ld, b * np));
+                        }
+                        let dest = tile::Dest {
+                            c0: grp * og * ohw + p0,
+                            ldc: ohw,
+                            seg: np,
+                            seg_stride: g.c_out * ohw,
+                        };
+                        tile::broadcast_gemm(
+                            (og, cols, kk),
+                            &packed[grp],
+                            (band, ld),
+                            (y_job, dest),
+                            bias.map(|b| &b[grp * og..]),
+                        );
+                    }
+                }
+            })
+        });
 }
 
 pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
-    let dy_img_len = g.c_out * ohw;
-    per_image(g, dx, g.c_in * g.h * g.w, |i, dx_img, col, par| {
-        let dy_img = &dy[i * dy_img_len..][..dy_img_len];
-        if !pointwise(g) {
-            dx_img.fill(0.0); // col2im accumulates
-        }
-        for grp in 0..g.groups {
-            for oys in row_bands(g) {
-                let (p0, np) = (oys.start * ow, oys.len() * ow);
-                let gg = GemmGeom {
-                    trans_a: true,
-                    ..GemmGeom::new(kk, np, og)
-                };
-                let (w_grp, dy_band) = (
-                    (&w[grp * og * kk..], kk),
-                    (&dy_img[grp * og * ohw + p0..], ohw),
-                );
-                if pointwise(g) {
-                    // The GEMM writes this group's band of dx directly.
-                    sgemm_ld(
-                        &gg,
-                        w_grp,
-                        dy_band,
-                        (&mut dx_img[grp * kk * ohw + p0..], ohw),
-                        par,
-                    );
-                } else {
-                    sgemm_ld(&gg, w_grp, dy_band, (&mut col[..], np), par);
-                    col2im_rows(g, col, grp, oys, dx_img);
+    let (mr, nr) = tile::broadcast_tile();
+    let plan = Plan::new(g);
+    let ld_max = plan.max_cols(g).next_multiple_of(nr);
+    // Wᵀ (rows (c, ki, kj), reduction over the group's output channels).
+    let packed: Vec<Vec<f32>> = (0..g.groups)
+        .map(|grp| tile::pack_rows(&w[grp * og * kk..], (1, kk), kk, og, mr))
+        .collect();
+    let dy_img = g.c_out * ohw;
+    let x_img = g.c_in * g.h * g.w;
+    let direct = pointwise(g);
+    let jobs: Vec<Range<usize>> = plan.jobs(g.n).collect();
+    let dcol_len = if direct { 0 } else { kk * plan.max_cols(g) };
+    dx.par_chunks_mut(plan.images * x_img)
+        .zip(jobs)
+        .for_each(|(dx_job, imgs)| {
+            with_scratch([og * ld_max, dcol_len, 0], |band, dcol, _| {
+                if !direct {
+                    dx_job.fill(0.0); // col2im accumulates
                 }
-            }
-        }
-    });
+                let dy_job = &dy[imgs.start * dy_img..imgs.end * dy_img];
+                for (grp, w_grp) in packed.iter().enumerate() {
+                    for oys in plan.bands(g) {
+                        let (p0, np) = (oys.start * ow, oys.len() * ow);
+                        let cols = imgs.len() * np;
+                        let ld = cols.next_multiple_of(nr);
+                        gather_band(dy_job, (g.c_out, ohw, grp * og, og), (np, p0), (band, ld));
+                        let out = if direct {
+                            // Row `r` of `dcol` is input channel `grp * cg + r`.
+                            let dest = tile::Dest {
+                                c0: grp * cg * ohw + p0,
+                                ldc: ohw,
+                                seg: np,
+                                seg_stride: x_img,
+                            };
+                            (&mut dx_job[..], dest)
+                        } else {
+                            (&mut dcol[..], tile::Dest::rows(cols))
+                        };
+                        tile::broadcast_gemm((kk, cols, og), w_grp, (band, ld), out, None);
+                        if !direct {
+                            for (b, dx_i) in dx_job.chunks_exact_mut(x_img).enumerate() {
+                                col2im_rows(g, (dcol, cols, b * np), grp, oys.clone(), dx_i);
+                            }
+                        }
+                    }
+                }
+            })
+        });
 }
 
 pub fn backward_weight(
@@ -281,55 +433,76 @@ pub fn backward_weight(
     dbias: Option<&mut [f32]>,
 ) {
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
-    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
-    let kk = cg * g.kh * g.kw;
-    let (x_img_len, dy_img_len) = (g.c_in * g.h * g.w, g.c_out * ohw);
-    // Accumulate one image into `acc` (dw layout).
-    let add_image = |i: usize, acc: &mut [f32], col: &mut [f32], par: bool| {
-        let x_img = &x[i * x_img_len..][..x_img_len];
-        let dy_img = &dy[i * dy_img_len..][..dy_img_len];
-        for grp in 0..g.groups {
-            for oys in row_bands(g) {
-                let (p0, np) = (oys.start * ow, oys.len() * ow);
-                let cols = columns(g, x_img, grp, oys, col);
-                let gg = GemmGeom {
-                    trans_b: true,
-                    beta: 1.0,
-                    ..GemmGeom::new(og, kk, np)
-                };
-                let dy_band = (&dy_img[grp * og * ohw + p0..], ohw);
-                sgemm_ld(&gg, dy_band, cols, (&mut acc[grp * og * kk..], kk), par);
-            }
-        }
-    };
-    if batch_parallel(g) {
-        let threads = rayon::current_num_threads();
-        let per = g.n.div_ceil(threads);
-        let partials: Vec<Vec<f32>> = (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let mut acc = vec![0.0f32; dw.len()];
-                let mut col = scratch(g);
-                for i in (t * per)..((t + 1) * per).min(g.n) {
-                    add_image(i, &mut acc, &mut col, false);
+    let (og, kk) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw);
+    let plan = Plan::new(g);
+    let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * ohw);
+    let kp_max = plan.max_cols(g).next_multiple_of(tile::DOT_LANES);
+    // Accumulates the jobs `jobs` into `acc` (dw layout), one after another.
+    let part_len = tile::dot_partials_len(og, kk);
+    let add_jobs = |jobs: &[Range<usize>], acc: &mut [f32]| {
+        with_scratch(
+            [og * kp_max, kk * kp_max, g.groups * part_len],
+            |dy_band, col, parts| {
+                parts.fill(0.0);
+                for imgs in jobs {
+                    for grp in 0..g.groups {
+                        for oys in plan.bands(g) {
+                            let (p0, np) = (oys.start * ow, oys.len() * ow);
+                            let cols = imgs.len() * np;
+                            let kp = cols.next_multiple_of(tile::DOT_LANES);
+                            let dy_job = &dy[imgs.start * dy_img..imgs.end * dy_img];
+                            gather_band(
+                                dy_job,
+                                (g.c_out, ohw, grp * og, og),
+                                (np, p0),
+                                (dy_band, kp),
+                            );
+                            for (b, i) in imgs.clone().enumerate() {
+                                let x_i = &x[i * x_img..][..x_img];
+                                im2col_rows(g, x_i, grp, oys.clone(), (col, kp, b * np));
+                            }
+                            zero_tail(dy_band, og, kp, cols);
+                            zero_tail(col, kk, kp, cols);
+                            tile::dot_accumulate(
+                                (og, kk, kp),
+                                (dy_band, kp),
+                                (col, kp),
+                                &mut parts[grp * part_len..][..part_len],
+                            );
+                        }
+                    }
                 }
-                acc
-            })
-            .collect();
-        dw.fill(0.0);
-        for p in &partials {
-            dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
-        }
-    } else {
-        dw.fill(0.0);
-        let mut col = scratch(g);
-        for i in 0..g.n {
-            add_image(i, dw, &mut col, true);
-        }
+                for (grp, p) in parts.chunks_exact(part_len).enumerate() {
+                    tile::dot_reduce((og, kk), p, (&mut acc[grp * og * kk..], kk));
+                }
+            },
+        )
+    };
+    // Fixed runs of consecutive jobs per thread, their sums added in order:
+    // the same bits however rayon schedules them.
+    let jobs: Vec<Range<usize>> = plan.jobs(g.n).collect();
+    let per = jobs.len().div_ceil(rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = jobs
+        .par_chunks(per)
+        .map(|run| {
+            let mut acc = vec![0.0f32; dw.len()];
+            add_jobs(run, &mut acc);
+            acc
+        })
+        .collect();
+    dw.fill(0.0);
+    for p in &partials {
+        dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
     }
     if let Some(db) = dbias {
         bias_grad(g, dy, db);
     }
+}
+
+/// A 1x1 convolution with unit stride and no padding: backward-data writes
+/// each input channel's gradient directly, with no col2im.
+fn pointwise(g: &Conv2dGeom) -> bool {
+    g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0)
 }
 
 /// `db[o] = sum over images and pixels of dy[n][o]`, in f64, one channel per
@@ -353,17 +526,16 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// Direct convolution in f64, one output element at a time.
-    fn naive(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+    /// Calls `f(xi, wi, yi)` for every multiply-add of the direct
+    /// convolution: input, weight and output element indices.
+    fn each_tap(g: &Conv2dGeom, mut f: impl FnMut(usize, usize, usize)) {
         let (oh, ow) = (g.out_h(), g.out_w());
         let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
-        let mut y = vec![0.0f64; g.n * g.c_out * oh * ow];
         for n in 0..g.n {
             for o in 0..g.c_out {
                 let grp = o / og;
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let mut acc = bias.map_or(0.0, |b| b[o] as f64);
                         for c in 0..cg {
                             for ki in 0..g.kh {
                                 for kj in 0..g.kw {
@@ -379,68 +551,169 @@ mod tests {
                                         * g.w
                                         + ix as usize;
                                     let wi = ((o * cg + c) * g.kh + ki) * g.kw + kj;
-                                    acc += x[xi] as f64 * w[wi] as f64;
+                                    f(xi, wi, ((n * g.c_out + o) * oh + oy) * ow + ox);
                                 }
                             }
                         }
-                        y[((n * g.c_out + o) * oh + oy) * ow + ox] = acc;
                     }
                 }
             }
         }
+    }
+
+    /// Direct convolution in f64.
+    fn naive(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+        let ohw = g.out_h() * g.out_w();
+        let mut y: Vec<f64> = (0..g.n * g.c_out * ohw)
+            .map(|i| bias.map_or(0.0, |b| b[i / ohw % g.c_out] as f64))
+            .collect();
+        each_tap(g, |xi, wi, yi| y[yi] += x[xi] as f64 * w[wi] as f64);
         y
     }
 
-    /// The forward pass against a direct convolution in f64: small and
-    /// larger planes, odd batches, stride, unequal padding, dilation, groups
-    /// (and a 1x1 stride-2 case, which is not pointwise), with and without
-    /// bias. Outputs start as NaN to catch unwritten elements.
+    fn assert_close(what: &str, g: &Conv2dGeom, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&got, &want)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "{g:?} {what}[{i}] = {got}, want {want}"
+            );
+        }
+    }
+
+    fn geom(shape: Shape) -> Conv2dGeom {
+        let (n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups) = shape;
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride,
+            pad,
+            dilation,
+            groups,
+        }
+        .validate()
+        .unwrap()
+    }
+
+    type Shape = (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+        (usize, usize),
+        usize,
+    );
+
+    /// Small and larger planes, odd batches, stride, unequal padding,
+    /// dilation, groups, a 1x1 stride-2 case (not pointwise) and a 1x1
+    /// pointwise one, multi-image jobs of 7x7 planes, and one image large
+    /// enough to be cut into bands of rows.
+    #[rustfmt::skip]
+    const SHAPES: [Shape; 10] = [
+        // n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups
+        (7, 64, 7, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+        (9, 90, 5, 6, 4, 3, 2, (2, 1), (1, 0), (1, 1), 1),
+        (5, 57, 9, 8, 3, 3, 3, (1, 2), (2, 1), (2, 1), 1),
+        (3, 2, 4, 4, 5, 1, 1, (2, 2), (0, 0), (1, 1), 1),
+        (2, 4, 6, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),
+        (4, 3, 20, 17, 2, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+        (1, 3, 5, 5, 2, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+        (6, 12, 9, 7, 10, 1, 1, (1, 1), (0, 0), (1, 1), 2),
+        (40, 8, 7, 7, 9, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+        (2, 40, 30, 31, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    ];
+
+    /// The forward pass against a direct convolution in f64, with and
+    /// without bias. Outputs start as NaN to catch unwritten elements.
     #[test]
     fn forward_matches_direct_convolution() {
-        #[rustfmt::skip]
-        let shapes = [
-            // n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups
-            (7, 64, 7, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-            (9, 90, 5, 6, 4, 3, 2, (2, 1), (1, 0), (1, 1), 1),
-            (5, 57, 9, 8, 3, 3, 3, (1, 2), (2, 1), (2, 1), 1),
-            (3, 2, 4, 4, 5, 1, 1, (2, 2), (0, 0), (1, 1), 1),
-            (2, 4, 6, 6, 4, 3, 3, (1, 1), (1, 1), (1, 1), 2),
-            (4, 3, 20, 17, 2, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-            (1, 3, 5, 5, 2, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-        ];
         let mut rng = Rng::new(5);
-        for (n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups) in shapes {
-            let g = Conv2dGeom {
-                n,
-                c_in,
-                h,
-                w,
-                c_out,
-                kh,
-                kw,
-                stride,
-                pad,
-                dilation,
-                groups,
-            }
-            .validate()
-            .unwrap();
+        for shape in SHAPES {
+            let g = geom(shape);
             let mut draw =
                 |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
-            let x = draw(n * c_in * h * w);
-            let wt = draw(c_out * (c_in / groups) * kh * kw);
-            let b = draw(c_out);
+            let x = draw(g.n * g.c_in * g.h * g.w);
+            let wt = draw(g.c_out * g.c_in_per_group() * g.kh * g.kw);
+            let b = draw(g.c_out);
             for bias in [None, Some(&b[..])] {
-                let mut y = vec![f32::NAN; n * c_out * g.out_h() * g.out_w()];
+                let mut y = vec![f32::NAN; g.n * g.c_out * g.out_h() * g.out_w()];
                 forward(&g, &x, &wt, bias, &mut y);
-                let want = naive(&g, &x, &wt, bias);
-                for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{g:?} bias {}: y[{i}] = {got}, want {want}",
-                        bias.is_some()
-                    );
-                }
+                assert_close("y", &g, &y, &naive(&g, &x, &wt, bias));
+            }
+        }
+    }
+
+    /// Backward-data and backward-weight (and the bias gradient) against the
+    /// adjoints of the direct convolution in f64, outputs starting as NaN.
+    #[test]
+    fn backward_matches_direct_convolution() {
+        let mut rng = Rng::new(6);
+        for shape in SHAPES {
+            let g = geom(shape);
+            let mut draw =
+                |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
+            let (x_len, w_len) = (
+                g.n * g.c_in * g.h * g.w,
+                g.c_out * g.c_in_per_group() * g.kh * g.kw,
+            );
+            let ohw = g.out_h() * g.out_w();
+            let x = draw(x_len);
+            let wt = draw(w_len);
+            let dy = draw(g.n * g.c_out * ohw);
+            let (mut want_dx, mut want_dw) = (vec![0.0f64; x_len], vec![0.0f64; w_len]);
+            each_tap(&g, |xi, wi, yi| {
+                want_dx[xi] += dy[yi] as f64 * wt[wi] as f64;
+                want_dw[wi] += dy[yi] as f64 * x[xi] as f64;
+            });
+            let mut want_db = vec![0.0f64; g.c_out];
+            for (i, &v) in dy.iter().enumerate() {
+                want_db[i / ohw % g.c_out] += v as f64;
+            }
+            let mut dx = vec![f32::NAN; x_len];
+            backward_data(&g, &dy, &wt, &mut dx);
+            assert_close("dx", &g, &dx, &want_dx);
+            let (mut dw, mut db) = (vec![f32::NAN; w_len], vec![f32::NAN; g.c_out]);
+            backward_weight(&g, &x, &dy, &mut dw, Some(&mut db));
+            assert_close("dw", &g, &dw, &want_dw);
+            assert_close("db", &g, &db, &want_db);
+        }
+    }
+
+    /// A forward output element does not depend on the batch it is computed
+    /// in (jobs of other sizes, other bands): one image alone gives the same
+    /// bits as in a batch of 40.
+    #[test]
+    fn forward_bits_do_not_depend_on_the_batch() {
+        let mut rng = Rng::new(7);
+        for shape in SHAPES {
+            let g = geom(shape);
+            let g40 = Conv2dGeom { n: 40, ..g };
+            let x_img = g.c_in * g.h * g.w;
+            let y_img = g.c_out * g.out_h() * g.out_w();
+            let x: Vec<f32> = (0..40 * x_img).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+            let wt: Vec<f32> = (0..g.c_out * g.c_in_per_group() * g.kh * g.kw)
+                .map(|_| rng.uniform() - 0.5)
+                .collect();
+            let b: Vec<f32> = (0..g.c_out).map(|_| rng.uniform()).collect();
+            let mut y40 = vec![0.0f32; 40 * y_img];
+            forward(&g40, &x, &wt, Some(&b), &mut y40);
+            for i in [0, 17, 39] {
+                let g1 = Conv2dGeom { n: 1, ..g };
+                let mut y1 = vec![0.0f32; y_img];
+                forward(&g1, &x[i * x_img..][..x_img], &wt, Some(&b), &mut y1);
+                let want = &y40[i * y_img..][..y_img];
+                let same = y1.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{g:?}: image {i} alone differs from its batch");
             }
         }
     }

@@ -1,6 +1,9 @@
-//! Row-major SGEMM on top of the `gemm` crate's packed, blocked micro-kernels.
+//! Row-major SGEMM on the register-tiled kernels of [`tile`], and the
+//! float64 GEMM of the integer-exact convolution on the `gemm` crate.
 
+use super::tile;
 use crate::backend::GemmGeom;
+use rayon::prelude::*;
 
 /// Strides (row, column) of `op(X)` for a row-major matrix stored with row
 /// stride `ld`, untransposed or transposed.
@@ -17,24 +20,14 @@ fn fits(len: usize, rows: usize, cols: usize, ld: usize) -> bool {
     rows == 0 || cols == 0 || (ld >= cols && len >= (rows - 1) * ld + cols)
 }
 
-/// `c = alpha * op(a) op(b) + beta * c`. `parallel` lets the kernel split the
-/// work over rayon threads; pass false when the caller already parallelizes.
+/// `c = alpha * op(a) op(b) + beta * c`, row-major, on the broadcast kernel
+/// of [`tile`]: every element of `op(a) op(b)` is one fused multiply-add
+/// chain over `k` in order, so a row of `c` has the same bits whatever `m`,
+/// the split over threads or the instruction set (a batch of one image gives
+/// the bits it has in any larger batch). `c` is not read when `beta == 0`.
+/// `parallel` lets the rows be split over rayon threads; pass false when
+/// the caller already parallelizes.
 pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) {
-    let lda = if g.trans_a { g.m } else { g.k };
-    let ldb = if g.trans_b { g.k } else { g.n };
-    sgemm_ld(g, (a, lda), (b, ldb), (c, g.n), parallel);
-}
-
-/// [`sgemm`] on matrices stored with row strides of their own (`(data, ld)`,
-/// `ld` counted in the stored, untransposed layout), e.g. a block of columns
-/// of a wider matrix.
-pub fn sgemm_ld(
-    g: &GemmGeom,
-    (a, lda): (&[f32], usize),
-    (b, ldb): (&[f32], usize),
-    (c, ldc): (&mut [f32], usize),
-    parallel: bool,
-) {
     let GemmGeom {
         m,
         n,
@@ -44,52 +37,74 @@ pub fn sgemm_ld(
         alpha,
         beta,
     } = *g;
+    let lda = if trans_a { m } else { k };
+    let ldb = if trans_b { k } else { n };
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     assert!(
         fits(a.len(), a_rows, a_cols, lda)
             && fits(b.len(), b_rows, b_cols, ldb)
-            && fits(c.len(), m, n, ldc),
-        "sgemm: buffers too small for {g:?} with row strides {lda}, {ldb}, {ldc}"
+            && fits(c.len(), m, n, n),
+        "sgemm: buffers too small for {g:?}"
     );
     if m == 0 || n == 0 {
         return;
     }
+    let c = &mut c[..m * n];
     if k == 0 {
-        for row in c.chunks_mut(ldc).take(m) {
-            row[..n]
-                .iter_mut()
-                .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
-        }
+        c.iter_mut()
+            .for_each(|v| *v = if beta == 0.0 { 0.0 } else { *v * beta });
         return;
     }
-    let (a_rs, a_cs) = strides(trans_a, lda);
+    let (mr, nr) = tile::broadcast_tile();
+    // op(b) row-major, rows padded to whole tiles.
+    let ldp = n.next_multiple_of(nr);
     let (b_rs, b_cs) = strides(trans_b, ldb);
-    let par = parallelism(parallel, m, n, k);
-    // SAFETY: the assert above guarantees every index the strides reach is in
-    // bounds, and `c` does not alias `a` or `b` (Rust borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            beta != 0.0,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            par,
+    let mut bp = vec![0.0f32; k * ldp];
+    for (kk, row) in bp.chunks_exact_mut(ldp).enumerate() {
+        for (j, v) in row[..n].iter_mut().enumerate() {
+            *v = b[kk * b_rs as usize + j * b_cs as usize];
+        }
+    }
+    let (a_rs, a_cs) = strides(trans_a, lda);
+    let (a_rs, a_cs) = (a_rs as usize, a_cs as usize);
+    let threads = if parallel && m * n * k >= 64 * 64 * 64 {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let rows = m.div_ceil(4 * threads).next_multiple_of(mr);
+    let job = |(jb, c_rows): (usize, &mut [f32])| {
+        let (i0, mj) = (jb * rows, c_rows.len() / n);
+        let packed = tile::pack_rows(&a[i0 * a_rs..], (a_rs, a_cs), mj, k, mr);
+        let plain = alpha == 1.0 && beta == 0.0;
+        let mut t = if plain {
+            Vec::new()
+        } else {
+            vec![0.0f32; mj * n]
+        };
+        let out = if plain { &mut c_rows[..] } else { &mut t[..] };
+        tile::broadcast_gemm(
+            (mj, n, k),
+            &packed,
+            (&bp, ldp),
+            (out, tile::Dest::rows(n)),
+            None,
         );
+        if !plain {
+            for (v, &p) in c_rows.iter_mut().zip(&t) {
+                *v = if beta == 0.0 {
+                    alpha * p
+                } else {
+                    alpha * p + beta * *v
+                };
+            }
+        }
+    };
+    if threads > 1 {
+        c.par_chunks_mut(rows * n).enumerate().for_each(job);
+    } else {
+        c.chunks_mut(rows * n).enumerate().for_each(job);
     }
 }
 
@@ -139,5 +154,69 @@ pub fn dgemm(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64], 
             false,
             parallelism(parallel, m, n, k),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Every transpose combination, odd sizes, `alpha`/`beta`, against a
+    /// float64 reference; and each row of `c` has the same bits when its
+    /// row of `op(a)` is multiplied alone (`m = 1`).
+    #[test]
+    fn sgemm_matches_float64_and_rows_do_not_depend_on_m() {
+        let mut rng = Rng::new(3);
+        for (m, n, k) in [
+            (37usize, 53usize, 29usize),
+            (1, 7, 300),
+            (70, 10, 64),
+            (9, 130, 1),
+        ] {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 0.0), (-2.0, 0.75)] {
+                    let g = GemmGeom {
+                        trans_a,
+                        trans_b,
+                        alpha,
+                        beta,
+                        ..GemmGeom::new(m, n, k)
+                    };
+                    let mut draw = |len: usize| -> Vec<f32> {
+                        (0..len).map(|_| rng.uniform() - 0.5).collect()
+                    };
+                    let (a, b, c0) = (draw(m * k), draw(k * n), draw(m * n));
+                    let at = |i: usize, p: usize| if trans_a { a[p * m + i] } else { a[i * k + p] } as f64;
+                    let bt = |p: usize, j: usize| if trans_b { b[j * k + p] } else { b[p * n + j] } as f64;
+                    let mut c = c0.clone();
+                    sgemm(&g, &a, &b, &mut c, true);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let s: f64 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                            let want = alpha as f64 * s + beta as f64 * c0[i * n + j] as f64;
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{g:?} c[{i}][{j}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                    if trans_a || beta != 0.0 {
+                        continue;
+                    }
+                    for i in [0, m / 2, m - 1] {
+                        let mut row = vec![0.0f32; n];
+                        let g1 = GemmGeom { m: 1, ..g };
+                        sgemm(&g1, &a[i * k..][..k], &b, &mut row, true);
+                        let same = row
+                            .iter()
+                            .zip(&c[i * n..][..n])
+                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{g:?}: row {i} alone differs");
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The CPU backend: the readable reference implementation of every primitive,
-//! parallel over all cores with rayon. GEMM uses the packed micro-kernels of
-//! the `gemm` crate; the convolution lowering, normalization, pooling and loss
-//! are ours. Depthwise convolutions (`Conv2dGeom::is_depthwise`) run on the
+//! parallel over all cores with rayon. The plain GEMM uses the packed
+//! micro-kernels of the `gemm` crate; the convolution lowering (`conv`, on
+//! the register-tiled kernels of `tile`), normalization, pooling and loss are
+//! ours. Depthwise convolutions (`Conv2dGeom::is_depthwise`) run on the
 //! direct kernels of `depthwise`, every other convolution on the GEMM
 //! lowering of `conv`.
 
@@ -15,6 +16,7 @@ mod memory;
 mod norm;
 mod pool;
 mod quant;
+mod tile;
 
 use super::{
     AvgPool2dGeom, Backend, BnGeom, ConcatGeom, Conv2dGeom, FqTensor, GemmGeom, PairMap,

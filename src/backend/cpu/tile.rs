@@ -1,0 +1,635 @@
+//! Register-tiled SGEMM micro-kernels for the convolution lowering, one build
+//! per instruction set ([`Isa`]), in two forms:
+//!
+//! - *Broadcast* (`C = A B`, the reduction dimension outer in both
+//!   operands): `A` packed in panels of `MR` rows (`a[k * MR + i]`); each step broadcasts `MR`
+//!   values of `A` against `NR / LANES` vectors of `B` into an `MR x NR`
+//!   block of accumulators held in registers. `B` is row-major (row stride
+//!   `ldb`): a tile reads `NR` consecutive floats of each of its rows.
+//!   Forward and backward-data convolutions, `B` the column buffer or `dy`.
+//! - *Dot* (`C += A Bᵀ`, the reduction dimension contiguous in both
+//!   operands): `DR x DC` dot products at once, each kept as 16 lane partial
+//!   sums and reduced at the end. Backward-weight, where both `dy` and the
+//!   column buffer run along output positions.
+//!
+//! Summation order (bit reproducibility): a broadcast-kernel output element
+//! is one chain of fused multiply-adds over `k = 0, 1, ...` (continued from
+//! its previous value when accumulating), whatever the tile shape, so every
+//! build and every blocking gives the same bits. A dot-kernel element keeps
+//! 16 lane partials (`lane = k % 16`; the AVX2 build holds them in two
+//! registers) added in a fixed tree: also the same bits in every build.
+
+use super::isa::Isa;
+
+/// Lanes of the dot kernel's partial sums (in every build).
+pub const DOT_LANES: usize = 16;
+
+/// Rows and columns of the broadcast kernel's tile on this processor.
+pub fn broadcast_tile() -> (usize, usize) {
+    broadcast_tile_on(Isa::detected())
+}
+
+fn broadcast_tile_on(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx512 => (8, 48),
+        Isa::Avx2Fma => (4, 24),
+        Isa::Portable => (4, 16),
+    }
+}
+
+/// Rows (of `A`) and columns (rows of `B`) of the dot kernel's tile.
+fn dot_tile_on(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Avx512 => (4, 6),
+        Isa::Avx2Fma => (3, 2),
+        Isa::Portable => (2, 2),
+    }
+}
+
+/// Packs rows `0..m` of the row-major `src` (element `(i, k)` at
+/// `src[i * rs + k * cs]`, `k < kk`) into zero-padded panels of `mr` rows:
+/// element `(i, k)` at `dst[(i / mr) * kk * mr + k * mr + i % mr]`.
+pub fn pack_rows(
+    src: &[f32],
+    (rs, cs): (usize, usize),
+    m: usize,
+    kk: usize,
+    mr: usize,
+) -> Vec<f32> {
+    let panels = m.div_ceil(mr);
+    let mut dst = vec![0.0f32; panels * kk * mr];
+    for (p, panel) in dst.chunks_exact_mut(kk * mr).enumerate() {
+        for i in 0..mr.min(m - p * mr) {
+            let row = p * mr + i;
+            for k in 0..kk {
+                panel[k * mr + i] = src[row * rs + k * cs];
+            }
+        }
+    }
+    dst
+}
+
+/// Where a GEMM's `C` lives in a larger buffer: element `(i, j)` at
+/// `c0 + (j / seg) * seg_stride + i * ldc + j % seg`. Row-major with row
+/// stride `ldc` when one segment spans every column ([`Dest::rows`]); a
+/// band of NCHW images side by side otherwise (`seg` positions of each,
+/// images `seg_stride` apart, `ldc` the plane size).
+#[derive(Clone, Copy, Debug)]
+pub struct Dest {
+    pub c0: usize,
+    pub ldc: usize,
+    pub seg: usize,
+    pub seg_stride: usize,
+}
+
+impl Dest {
+    pub fn rows(ldc: usize) -> Dest {
+        Dest {
+            c0: 0,
+            ldc,
+            seg: usize::MAX,
+            seg_stride: 0,
+        }
+    }
+
+    fn at(&self, i: usize, j: usize) -> usize {
+        self.c0 + (j / self.seg) * self.seg_stride + i * self.ldc + j % self.seg
+    }
+}
+
+/// `C = A B + bias` (`bias[i]` added to row `i` after the sum, when given)
+/// for `A` of `m` rows packed by [`pack_rows`] with the [`broadcast_tile`]
+/// height and `B` of `n` columns, row-major with row stride `ldb` (at least
+/// `n` rounded up to the tile width: the last tiles read, and drop, the
+/// columns up to there). Whole tiles within one segment of `dest` are
+/// stored by the kernel; the others through a scratch tile.
+pub fn broadcast_gemm(
+    dims: (usize, usize, usize),
+    a: &[f32],
+    b: (&[f32], usize),
+    c: (&mut [f32], Dest),
+    bias: Option<&[f32]>,
+) {
+    broadcast_gemm_on(Isa::detected(), dims, a, b, c, bias)
+}
+
+fn broadcast_gemm_on(
+    isa: Isa,
+    (m, n, kk): (usize, usize, usize),
+    a: &[f32],
+    (b, ldb): (&[f32], usize),
+    (c, dest): (&mut [f32], Dest),
+    bias: Option<&[f32]>,
+) {
+    assert!(isa.supported(), "broadcast_gemm: {isa:?} does not run here");
+    let (mr, nr) = broadcast_tile_on(isa);
+    let (mp, np) = (m.div_ceil(mr), n.div_ceil(nr));
+    assert!(
+        a.len() >= mp * kk * mr
+            && ldb >= np * nr
+            && (kk == 0 || b.len() >= (kk - 1) * ldb + np * nr)
+            && bias.is_none_or(|b| b.len() >= m),
+        "broadcast_gemm: short operands"
+    );
+    let mut tile = [0.0f32; 8 * 48];
+    for jp in 0..np {
+        let j0 = jp * nr;
+        let nv = nr.min(n - j0);
+        for ip in 0..mp {
+            let i0 = ip * mr;
+            let mv = mr.min(m - i0);
+            let mut add = [0.0f32; 8];
+            if let Some(bias) = bias {
+                add[..mv].copy_from_slice(&bias[i0..i0 + mv]);
+            }
+            let whole = mv == mr && nv == nr && j0 / dest.seg == (j0 + nr - 1) / dest.seg;
+            let (out, ldc) = if whole {
+                let at = dest.at(i0, j0);
+                assert!(
+                    at + (mr - 1) * dest.ldc + nr <= c.len(),
+                    "broadcast_gemm: C too small"
+                );
+                (c[at..].as_mut_ptr(), dest.ldc)
+            } else {
+                (tile.as_mut_ptr(), nr)
+            };
+            let (a_panel, b_panel) = (a[ip * kk * mr..].as_ptr(), b[j0..].as_ptr());
+            // SAFETY: `a_panel` holds `kk` steps of `mr` values and `b_panel`
+            // `kk` rows of `nr` at stride `ldb` (the first assert), `out`
+            // `mr` rows of `nr` at stride `ldc` (the second, or the scratch
+            // tile), and `isa` runs on this processor (the first assert).
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => {
+                        x86::broadcast_avx512(kk, a_panel, (b_panel, ldb), (out, ldc), &add)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2Fma => {
+                        x86::broadcast_avx2(kk, a_panel, (b_panel, ldb), (out, ldc), &add)
+                    }
+                    _ => broadcast_portable(kk, a_panel, (b_panel, ldb), (out, ldc), &add),
+                }
+            }
+            if !whole {
+                for t in 0..mv {
+                    let mut j = j0;
+                    while j < j0 + nv {
+                        let len = (dest.seg - j % dest.seg).min(j0 + nv - j);
+                        let at = dest.at(i0 + t, j);
+                        c[at..at + len].copy_from_slice(&tile[t * nr + j - j0..][..len]);
+                        j += len;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Floats of the lane partials of an `m x n` block of dot products
+/// ([`dot_accumulate`]), to be zeroed before the first use.
+pub fn dot_partials_len(m: usize, n: usize) -> usize {
+    dot_partials_len_on(Isa::detected(), m, n)
+}
+
+fn dot_partials_len_on(isa: Isa, m: usize, n: usize) -> usize {
+    let (dr, dc) = dot_tile_on(isa);
+    m.next_multiple_of(dr) * n.next_multiple_of(dc) * DOT_LANES
+}
+
+/// Adds `Σ_k A[i][k] B[j][k]` (`i < m`, `j < n`, `k < kp`; `A` rows at
+/// `a[i * lda..]`, `B` rows at `b[j * ldb..]`) to the lane partials of
+/// `(i, j)`: lane `l` takes the `k` with `k % 16 == l`. `kp` must be a
+/// multiple of [`DOT_LANES`] (pad both operands with zeros). Call it once
+/// per block of `k`, then [`dot_reduce`] once.
+pub fn dot_accumulate(
+    dims: (usize, usize, usize),
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    partials: &mut [f32],
+) {
+    dot_accumulate_on(Isa::detected(), dims, a, b, partials)
+}
+
+fn dot_accumulate_on(
+    isa: Isa,
+    (m, n, kp): (usize, usize, usize),
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    partials: &mut [f32],
+) {
+    assert!(isa.supported(), "dot_accumulate: {isa:?} does not run here");
+    assert_eq!(
+        kp % DOT_LANES,
+        0,
+        "dot_accumulate: k not padded to the lanes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (m - 1) * lda + kp
+            && b.len() >= (n - 1) * ldb + kp
+            && partials.len() >= dot_partials_len_on(isa, m, n),
+        "dot_accumulate: buffers too small"
+    );
+    let (dr, dc) = dot_tile_on(isa);
+    let row_stride = n.next_multiple_of(dc) * DOT_LANES;
+    // Rows past the edge repeat the last one, into the partials' padding.
+    let rows = |i0: usize, count: usize, len: usize, ld: usize| -> [usize; 6] {
+        std::array::from_fn(|t| {
+            if t < count {
+                (i0 + t).min(len - 1) * ld
+            } else {
+                0
+            }
+        })
+    };
+    for j0 in (0..n).step_by(dc) {
+        let b_rows = rows(j0, dc, n, ldb);
+        for i0 in (0..m).step_by(dr) {
+            let a_rows = rows(i0, dr, m, lda);
+            let p = partials[i0 * row_stride + j0 * DOT_LANES..].as_mut_ptr();
+            let (a, b) = ((a.as_ptr(), &a_rows), (b.as_ptr(), &b_rows));
+            // SAFETY: every row offset plus `kp` is inside its operand and
+            // the `dr x dc` partials from `p` (row stride `row_stride`) are
+            // inside `partials` (the assert above; padded to whole tiles);
+            // `isa` runs on this processor (the first assert).
+            unsafe {
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => x86::dot_avx512(kp, a, b, (p, row_stride)),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2Fma => x86::dot_avx2(kp, a, b, (p, row_stride)),
+                    _ => dot_portable::<2, 2>(kp, a, b, (p, row_stride)),
+                }
+            }
+        }
+    }
+}
+
+/// `C[i][j] += ` the lane sum of the partials of `(i, j)` ([`lane_tree`]),
+/// `C` row-major with row stride `ldc`.
+pub fn dot_reduce(dims: (usize, usize), partials: &[f32], c: (&mut [f32], usize)) {
+    dot_reduce_on(Isa::detected(), dims, partials, c)
+}
+
+fn dot_reduce_on(
+    isa: Isa,
+    (m, n): (usize, usize),
+    partials: &[f32],
+    (c, ldc): (&mut [f32], usize),
+) {
+    let (_, dc) = dot_tile_on(isa);
+    let row_stride = n.next_multiple_of(dc) * DOT_LANES;
+    for i in 0..m {
+        for j in 0..n {
+            let lanes = &partials[i * row_stride + j * DOT_LANES..][..DOT_LANES];
+            c[i * ldc + j] += lane_tree(lanes.try_into().unwrap());
+        }
+    }
+}
+
+/// Adds 16 lane partials in the fixed tree of every build: halves folded
+/// onto each other (lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`, `+ 1`).
+#[inline(always)]
+fn lane_tree(mut v: [f32; DOT_LANES]) -> f32 {
+    let mut half = DOT_LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            v[l] += v[l + half];
+        }
+        half /= 2;
+    }
+    v[0]
+}
+
+/// 4 x 16 tile in plain loops (`mul_add`: a fused multiply-add, as in the
+/// vector builds).
+///
+/// # Safety
+/// As [`x86::broadcast_avx512`] for a 4 x 16 tile.
+unsafe fn broadcast_portable(
+    kk: usize,
+    a: *const f32,
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
+    add: &[f32; 8],
+) {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    let mut acc = [[0.0f32; NR]; MR];
+    for k in 0..kk {
+        let (av, bv) = (a.add(k * MR), b.add(k * ldb));
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (*av.add(i)).mul_add(*bv.add(j), *v);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            *c.add(i * ldc + j) = v + add[i];
+        }
+    }
+}
+
+/// `R x C` dot products in plain loops, 16 lane partials each.
+///
+/// # Safety
+/// As [`x86::dot_avx512`] for an `R x C` tile.
+unsafe fn dot_portable<const R: usize, const C: usize>(
+    kp: usize,
+    (a, a_rows): (*const f32, &[usize; 6]),
+    (b, b_rows): (*const f32, &[usize; 6]),
+    (p, ps): (*mut f32, usize),
+) {
+    for (i, &ar) in a_rows.iter().take(R).enumerate() {
+        for (j, &br) in b_rows.iter().take(C).enumerate() {
+            let part = p.add(i * ps + j * DOT_LANES);
+            for k in (0..kp).step_by(DOT_LANES) {
+                for l in 0..DOT_LANES {
+                    let (x, y) = (*a.add(ar + k + l), *b.add(br + k + l));
+                    *part.add(l) = x.mul_add(y, *part.add(l));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::DOT_LANES;
+    use std::arch::x86_64::*;
+
+    /// 8 x 48 tile: 24 accumulators, 3 loads of `B` and 8 broadcasts of
+    /// `A` per 24 FMAs; `add[i]` added to row `i` on the way out.
+    ///
+    /// # Safety
+    /// `a` holds `kk * 8` floats, `b` `kk` rows of 48 at stride `ldb`, `c`
+    /// 8 rows of 48 at stride `ldc`; the processor runs AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn broadcast_avx512(
+        kk: usize,
+        a: *const f32,
+        (b, ldb): (*const f32, usize),
+        (c, ldc): (*mut f32, usize),
+        add: &[f32; 8],
+    ) {
+        const MR: usize = 8;
+        const NV: usize = 3;
+        const L: usize = 16;
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kk {
+            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(v * L)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(i));
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = _mm512_fmadd_ps(av, bv[v], *r);
+                }
+            }
+            ap = ap.add(MR);
+            bp = bp.add(ldb);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let bias = _mm512_set1_ps(add[i]);
+            for (v, r) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + v * L), _mm512_add_ps(*r, bias));
+            }
+        }
+    }
+
+    /// 4 x 24 tile: 12 accumulators, 3 loads of `B` and 4 broadcasts of
+    /// `A` per 12 FMAs.
+    ///
+    /// # Safety
+    /// As [`broadcast_avx512`] for 4 x 24 (`a` holds `kk * 4`); the
+    /// processor runs AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn broadcast_avx2(
+        kk: usize,
+        a: *const f32,
+        (b, ldb): (*const f32, usize),
+        (c, ldc): (*mut f32, usize),
+        add: &[f32; 8],
+    ) {
+        const MR: usize = 4;
+        const NV: usize = 3;
+        const L: usize = 8;
+        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kk {
+            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * L)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*ap.add(i));
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = _mm256_fmadd_ps(av, bv[v], *r);
+                }
+            }
+            ap = ap.add(MR);
+            bp = bp.add(ldb);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let bias = _mm256_set1_ps(add[i]);
+            for (v, r) in row.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc + v * L), _mm256_add_ps(*r, bias));
+            }
+        }
+    }
+
+    /// 4 x 6 dot products, one register of 16 lane partials each, loaded
+    /// from and stored back to the partials at `p` (row stride `ps`).
+    ///
+    /// # Safety
+    /// `a + a_rows[i]` (`i < 4`) and `b + b_rows[j]` (`j < 6`) hold `kp`
+    /// floats; `p + i * ps + j * 16` 16 floats; AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(
+        kp: usize,
+        (a, a_rows): (*const f32, &[usize; 6]),
+        (b, b_rows): (*const f32, &[usize; 6]),
+        (p, ps): (*mut f32, usize),
+    ) {
+        const R: usize = 4;
+        const C: usize = 6;
+        let part = |i: usize, j: usize| p.add(i * ps + j * DOT_LANES);
+        let mut acc: [[__m512; C]; R] =
+            std::array::from_fn(|i| std::array::from_fn(|j| _mm512_loadu_ps(part(i, j))));
+        for k in (0..kp).step_by(DOT_LANES) {
+            let av: [__m512; R] = std::array::from_fn(|i| _mm512_loadu_ps(a.add(a_rows[i] + k)));
+            for j in 0..C {
+                let bv = _mm512_loadu_ps(b.add(b_rows[j] + k));
+                for i in 0..R {
+                    acc[i][j] = _mm512_fmadd_ps(av[i], bv, acc[i][j]);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(part(i, j), *v);
+            }
+        }
+    }
+
+    /// 3 x 2 dot products, each as two registers of 8 lanes (lanes 0-7 and
+    /// 8-15 of the 16 partials).
+    ///
+    /// # Safety
+    /// As [`dot_avx512`] for `i < 3`, `j < 2`; AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // `h` picks the half in `acc` and in memory
+    pub(super) unsafe fn dot_avx2(
+        kp: usize,
+        (a, a_rows): (*const f32, &[usize; 6]),
+        (b, b_rows): (*const f32, &[usize; 6]),
+        (p, ps): (*mut f32, usize),
+    ) {
+        const R: usize = 3;
+        const C: usize = 2;
+        let part = |i: usize, j: usize, h: usize| p.add(i * ps + j * DOT_LANES + h * 8);
+        let mut acc: [[[__m256; 2]; C]; R] = std::array::from_fn(|i| {
+            std::array::from_fn(|j| std::array::from_fn(|h| _mm256_loadu_ps(part(i, j, h))))
+        });
+        for k in (0..kp).step_by(DOT_LANES) {
+            for h in 0..2 {
+                let o = k + h * 8;
+                let av: [__m256; R] =
+                    std::array::from_fn(|i| _mm256_loadu_ps(a.add(a_rows[i] + o)));
+                for j in 0..C {
+                    let bv = _mm256_loadu_ps(b.add(b_rows[j] + o));
+                    for i in 0..R {
+                        acc[i][j][h] = _mm256_fmadd_ps(av[i], bv, acc[i][j][h]);
+                    }
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, halves) in row.iter().enumerate() {
+                for (h, v) in halves.iter().enumerate() {
+                    _mm256_storeu_ps(part(i, j, h), *v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn draw(rng: &mut Rng, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect()
+    }
+
+    /// Every build of the broadcast kernel gives, bit for bit, one fused
+    /// multiply-add chain per element over `k` in order, plus the bias:
+    /// edge tiles in both dimensions, segments (images side by side) that
+    /// split tiles, and a destination larger than `C` left untouched
+    /// outside it.
+    #[test]
+    fn broadcast_gemm_is_one_fma_chain_per_element_in_every_build() {
+        let mut rng = Rng::new(11);
+        for (m, n, kk, seg) in [
+            (8usize, 48usize, 5usize, usize::MAX),
+            (13, 100, 37, 49),
+            (3, 7, 1, 3),
+            (16, 96, 144, 96),
+        ] {
+            let a = draw(&mut rng, m * kk);
+            let ldb = n.next_multiple_of(48);
+            let b = draw(&mut rng, kk * ldb);
+            let bias = draw(&mut rng, m);
+            let images = n.div_ceil(seg.min(n));
+            let seg_stride = m * seg.min(n) + 5;
+            let dest = Dest {
+                c0: 3,
+                ldc: seg.min(n),
+                seg: seg.min(n),
+                seg_stride,
+            };
+            let len = 3 + images * seg_stride;
+            let mut want = vec![f32::NAN; len];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut acc = 0.0f32;
+                    for k in 0..kk {
+                        acc = a[i * kk + k].mul_add(b[k * ldb + j], acc);
+                    }
+                    want[dest.at(i, j)] = acc + bias[i];
+                }
+            }
+            for isa in Isa::available() {
+                let (mr, _) = broadcast_tile_on(isa);
+                let packed = pack_rows(&a, (kk, 1), m, kk, mr);
+                let mut c = vec![f32::NAN; len];
+                broadcast_gemm_on(
+                    isa,
+                    (m, n, kk),
+                    &packed,
+                    (&b, ldb),
+                    (&mut c, dest),
+                    Some(&bias),
+                );
+                for (t, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        got.to_bits() == w.to_bits() || (got.is_nan() && w.is_nan()),
+                        "{isa:?} {m}x{n}x{kk}: c[{t}] = {got}, want {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every build of the dot kernel gives the same bits as 16 lane
+    /// partials of fused multiply-adds (`lane = k % 16`, across two calls)
+    /// added in the fixed tree, on edge tiles in both dimensions.
+    #[test]
+    fn dot_kernel_lanes_and_tree_are_the_same_in_every_build() {
+        let mut rng = Rng::new(12);
+        for (m, n, kp) in [
+            (4usize, 6usize, 16usize),
+            (7, 13, 48),
+            (1, 1, 32),
+            (16, 144, 64),
+        ] {
+            let (lda, ldb) = (kp + 3, kp + 1);
+            let a = draw(&mut rng, m * lda);
+            let b = draw(&mut rng, n * ldb);
+            let half = kp / 2 / DOT_LANES * DOT_LANES;
+            let mut want = vec![0.5f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut lanes = [0.0f32; DOT_LANES];
+                    for k in 0..kp {
+                        let l = k % DOT_LANES;
+                        lanes[l] = a[i * lda + k].mul_add(b[j * ldb + k], lanes[l]);
+                    }
+                    want[i * n + j] += lane_tree(lanes);
+                }
+            }
+            for isa in Isa::available() {
+                let mut parts = vec![0.0f32; dot_partials_len_on(isa, m, n)];
+                // Two blocks of k: the partials carry over.
+                dot_accumulate_on(isa, (m, n, half), (&a, lda), (&b, ldb), &mut parts);
+                dot_accumulate_on(
+                    isa,
+                    (m, n, kp - half),
+                    (&a[half..], lda),
+                    (&b[half..], ldb),
+                    &mut parts,
+                );
+                let mut c = vec![0.5f32; m * n];
+                dot_reduce_on(isa, (m, n), &parts, (&mut c, n));
+                for (t, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        got.to_bits(),
+                        w.to_bits(),
+                        "{isa:?} {m}x{n}x{kp}: c[{t}] = {got}, want {w}"
+                    );
+                }
+            }
+        }
+    }
+}
