@@ -6,9 +6,10 @@
 //!
 //! - Forward: `y = W col` on the broadcast kernel, tiles stored into `y`
 //!   with the bias added.
-//! - Backward-data: `dcol = Wᵀ dy` on the broadcast kernel, `dy` gathered
-//!   into a band, then col2im (1x1 unit-stride convolutions write `dx`
-//!   directly).
+//! - Backward-data: with unit stride and dilation, the forward pass of a
+//!   convolution of `dy` with the flipped, transposed weight (no col2im);
+//!   otherwise `dcol = Wᵀ dy` on the broadcast kernel, `dy` gathered into a
+//!   band, then col2im.
 //! - Backward-weight: `dW = dy colᵀ` on the dot kernel (both operands run
 //!   along output positions): lane partials over a fixed run of jobs per
 //!   thread, reduced, and the threads' sums added in order.
@@ -18,8 +19,8 @@
 //!
 //! Summation order (bit reproducibility): forward and backward-data
 //! elements are one fused multiply-add chain over the reduction in order,
-//! whatever the instruction set, job plan or thread count; col2im adds the
-//! taps in `(c, ki, kj)` order. A backward-weight element depends on the
+//! whatever the instruction set, job plan or thread count (col2im then
+//! adds the taps in `(c, ki, kj)` order). A backward-weight element depends on the
 //! job plan and the thread count (the lanes and the runs), not on the
 //! instruction set or on scheduling.
 
@@ -371,7 +372,46 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
         });
 }
 
+/// The convolution whose forward pass is `g`'s backward-data, for unit
+/// stride and dilation: `dy` convolved with the flipped, transposed weight
+/// ([`flipped_weight`]) and padding `k - 1 - pad`, which gives `dx` with
+/// no col2im. `None` for the other geometries.
+fn transposed(g: &Conv2dGeom) -> Option<Conv2dGeom> {
+    let unit = g.stride == (1, 1) && g.dilation == (1, 1);
+    (unit && g.pad.0 < g.kh && g.pad.1 < g.kw).then(|| Conv2dGeom {
+        c_in: g.c_out,
+        h: g.out_h(),
+        w: g.out_w(),
+        c_out: g.c_in,
+        pad: (g.kh - 1 - g.pad.0, g.kw - 1 - g.pad.1),
+        ..*g
+    })
+}
+
+/// `w'[c][o][ki][kj] = w[o][c][kh-1-ki][kw-1-kj]` within each group: the
+/// weight of [`transposed`].
+fn flipped_weight(g: &Conv2dGeom, w: &[f32]) -> Vec<f32> {
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let taps = g.kh * g.kw;
+    let mut out = vec![0.0f32; w.len()];
+    for grp in 0..g.groups {
+        for o in 0..og {
+            for c in 0..cg {
+                let src = &w[((grp * og + o) * cg + c) * taps..][..taps];
+                let dst = &mut out[((grp * cg + c) * og + o) * taps..][..taps];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+    if let Some(t) = transposed(g) {
+        return forward(&t, dy, &flipped_weight(g, w), None, dx);
+    }
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
@@ -384,16 +424,13 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
         .collect();
     let dy_img = g.c_out * ohw;
     let x_img = g.c_in * g.h * g.w;
-    let direct = pointwise(g);
     let jobs: Vec<Range<usize>> = plan.jobs(g.n).collect();
-    let dcol_len = if direct { 0 } else { kk * plan.max_cols(g) };
+    let dcol_len = kk * plan.max_cols(g);
     dx.par_chunks_mut(plan.images * x_img)
         .zip(jobs)
         .for_each(|(dx_job, imgs)| {
             with_scratch([og * ld_max, dcol_len, 0], |band, dcol, _| {
-                if !direct {
-                    dx_job.fill(0.0); // col2im accumulates
-                }
+                dx_job.fill(0.0); // col2im accumulates
                 let dy_job = &dy[imgs.start * dy_img..imgs.end * dy_img];
                 for (grp, w_grp) in packed.iter().enumerate() {
                     for oys in plan.bands(g) {
@@ -401,23 +438,10 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
                         let cols = imgs.len() * np;
                         let ld = cols.next_multiple_of(nr);
                         gather_band(dy_job, (g.c_out, ohw, grp * og, og), (np, p0), (band, ld));
-                        let out = if direct {
-                            // Row `r` of `dcol` is input channel `grp * cg + r`.
-                            let dest = tile::Dest {
-                                c0: grp * cg * ohw + p0,
-                                ldc: ohw,
-                                seg: np,
-                                seg_stride: x_img,
-                            };
-                            (&mut dx_job[..], dest)
-                        } else {
-                            (&mut dcol[..], tile::Dest::rows(cols))
-                        };
+                        let out = (&mut dcol[..], tile::Dest::rows(cols));
                         tile::broadcast_gemm((kk, cols, og), w_grp, (band, ld), out, None);
-                        if !direct {
-                            for (b, dx_i) in dx_job.chunks_exact_mut(x_img).enumerate() {
-                                col2im_rows(g, (dcol, cols, b * np), grp, oys.clone(), dx_i);
-                            }
+                        for (b, dx_i) in dx_job.chunks_exact_mut(x_img).enumerate() {
+                            col2im_rows(g, (dcol, cols, b * np), grp, oys.clone(), dx_i);
                         }
                     }
                 }
@@ -497,12 +521,6 @@ pub fn backward_weight(
     if let Some(db) = dbias {
         bias_grad(g, dy, db);
     }
-}
-
-/// A 1x1 convolution with unit stride and no padding: backward-data writes
-/// each input channel's gradient directly, with no col2im.
-fn pointwise(g: &Conv2dGeom) -> bool {
-    g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0)
 }
 
 /// `db[o] = sum over images and pixels of dy[n][o]`, in f64, one channel per
@@ -619,7 +637,7 @@ mod tests {
     /// pointwise one, multi-image jobs of 7x7 planes, and one image large
     /// enough to be cut into bands of rows.
     #[rustfmt::skip]
-    const SHAPES: [Shape; 10] = [
+    const SHAPES: [Shape; 11] = [
         // n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups
         (7, 64, 7, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (9, 90, 5, 6, 4, 3, 2, (2, 1), (1, 0), (1, 1), 1),
@@ -631,6 +649,7 @@ mod tests {
         (6, 12, 9, 7, 10, 1, 1, (1, 1), (0, 0), (1, 1), 2),
         (40, 8, 7, 7, 9, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (2, 40, 30, 31, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+        (3, 5, 8, 8, 4, 3, 3, (1, 1), (2, 2), (2, 2), 1),
     ];
 
     /// The forward pass against a direct convolution in f64, with and
