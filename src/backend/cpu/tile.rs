@@ -362,81 +362,69 @@ mod x86 {
     use super::DOT_LANES;
     use std::arch::x86_64::*;
 
-    /// 8 x 48 tile: 24 accumulators, 3 loads of `B` and 8 broadcasts of
-    /// `A` per 24 FMAs; `add[i]` added to row `i` on the way out.
-    ///
-    /// # Safety
-    /// `a` holds `kk * 8` floats, `b` `kk` rows of 48 at stride `ldb`, `c`
-    /// 8 rows of 48 at stride `ldc`; the processor runs AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn broadcast_avx512(
-        kk: usize,
-        a: *const f32,
-        (b, ldb): (*const f32, usize),
-        (c, ldc): (*mut f32, usize),
-        add: &[f32; 8],
-    ) {
-        const MR: usize = 8;
-        const NV: usize = 3;
-        const L: usize = 16;
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kk {
-            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(v * L)));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*ap.add(i));
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_fmadd_ps(av, bv[v], *r);
+    /// One build of the broadcast kernel: `MR` rows of `NV` vectors of `L`
+    /// lanes, `kk` steps of one load per vector of `B`, one broadcast per
+    /// row of `A` and `MR * NV` FMAs; `add[i]` added to row `i` on the way
+    /// out.
+    macro_rules! broadcast_kernel {
+        ($(#[$doc:meta])* $name:ident, $feat:literal, $mr:literal, $nv:literal, $l:literal,
+         $vec:ty, $zero:ident, $load:ident, $set1:ident, $fma:ident, $add:ident, $store:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn $name(
+                kk: usize,
+                a: *const f32,
+                (b, ldb): (*const f32, usize),
+                (c, ldc): (*mut f32, usize),
+                add: &[f32; 8],
+            ) {
+                const MR: usize = $mr;
+                const NV: usize = $nv;
+                const L: usize = $l;
+                let mut acc = [[$zero(); NV]; MR];
+                let (mut ap, mut bp) = (a, b);
+                for _ in 0..kk {
+                    let bv: [$vec; NV] = std::array::from_fn(|v| $load(bp.add(v * L)));
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = $set1(*ap.add(i));
+                        for (v, r) in row.iter_mut().enumerate() {
+                            *r = $fma(av, bv[v], *r);
+                        }
+                    }
+                    ap = ap.add(MR);
+                    bp = bp.add(ldb);
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    let bias = $set1(add[i]);
+                    for (v, r) in row.iter().enumerate() {
+                        $store(c.add(i * ldc + v * L), $add(*r, bias));
+                    }
                 }
             }
-            ap = ap.add(MR);
-            bp = bp.add(ldb);
-        }
-        for (i, row) in acc.iter().enumerate() {
-            let bias = _mm512_set1_ps(add[i]);
-            for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_ps(c.add(i * ldc + v * L), _mm512_add_ps(*r, bias));
-            }
-        }
+        };
     }
 
-    /// 4 x 24 tile: 12 accumulators, 3 loads of `B` and 4 broadcasts of
-    /// `A` per 12 FMAs.
-    ///
-    /// # Safety
-    /// As [`broadcast_avx512`] for 4 x 24 (`a` holds `kk * 4`); the
-    /// processor runs AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn broadcast_avx2(
-        kk: usize,
-        a: *const f32,
-        (b, ldb): (*const f32, usize),
-        (c, ldc): (*mut f32, usize),
-        add: &[f32; 8],
-    ) {
-        const MR: usize = 4;
-        const NV: usize = 3;
-        const L: usize = 8;
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kk {
-            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * L)));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm256_fmadd_ps(av, bv[v], *r);
-                }
-            }
-            ap = ap.add(MR);
-            bp = bp.add(ldb);
-        }
-        for (i, row) in acc.iter().enumerate() {
-            let bias = _mm256_set1_ps(add[i]);
-            for (v, r) in row.iter().enumerate() {
-                _mm256_storeu_ps(c.add(i * ldc + v * L), _mm256_add_ps(*r, bias));
-            }
-        }
-    }
+    broadcast_kernel!(
+        /// 8 x 48 tile: 24 accumulators, 3 loads of `B` and 8 broadcasts of
+        /// `A` per 24 FMAs.
+        ///
+        /// # Safety
+        /// `a` holds `kk * 8` floats, `b` `kk` rows of 48 at stride `ldb`,
+        /// `c` 8 rows of 48 at stride `ldc`; the processor runs AVX-512F.
+        broadcast_avx512, "avx512f", 8, 3, 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps,
+        _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps
+    );
+
+    broadcast_kernel!(
+        /// 4 x 24 tile: 12 accumulators, 3 loads of `B` and 4 broadcasts of
+        /// `A` per 12 FMAs.
+        ///
+        /// # Safety
+        /// As [`broadcast_avx512`] for 4 x 24 (`a` holds `kk * 4`); the
+        /// processor runs AVX2 and FMA.
+        broadcast_avx2, "avx2,fma", 4, 3, 8, __m256, _mm256_setzero_ps, _mm256_loadu_ps,
+        _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps
+    );
 
     /// 4 x 6 dot products, one register of 16 lane partials each, loaded
     /// from and stored back to the partials at `p` (row stride `ps`).
