@@ -1,8 +1,8 @@
 //! The CPU backend: the readable reference implementation of every primitive,
-//! parallel over all cores with rayon. The plain GEMM uses the packed
-//! micro-kernels of the `gemm` crate; the convolution lowering (`conv`, on
-//! the register-tiled kernels of `tile`), normalization, pooling and loss are
-//! ours. Depthwise convolutions (`Conv2dGeom::is_depthwise`) run on the
+//! parallel over all cores with rayon. GEMM and the convolution lowering
+//! (`gemm`, `conv`) run on the register-tiled kernels of `tile` (the
+//! integer-exact convolution's float64 GEMM on the `gemm` crate);
+//! normalization, pooling and loss are ours too. Depthwise convolutions (`Conv2dGeom::is_depthwise`) run on the
 //! direct kernels of `depthwise`, every other convolution on the GEMM
 //! lowering of `conv`.
 
