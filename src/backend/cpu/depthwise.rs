@@ -41,6 +41,7 @@
 
 use super::conv::{bias_grad, inside};
 pub use super::isa::Isa;
+use super::tile::lane_tree;
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -929,19 +930,6 @@ fn cb_bwd_weight<const SIMD: bool>(
     }
 }
 
-/// The lanes of one accumulator, added in a fixed tree.
-fn lane_sum(a: &[f32; L]) -> f32 {
-    let mut s = *a;
-    let mut h = L / 2;
-    while h > 0 {
-        for i in 0..h {
-            s[i] += s[i + h];
-        }
-        h /= 2;
-    }
-    s[0]
-}
-
 // ---- one wrapper per instruction set ---------------------------------------------
 
 /// Most registers-worth of outputs (forward) and taps (backward-weight) per
@@ -1169,7 +1157,7 @@ pub fn backward_weight_with(
                 dispatch!(isa, bwd_weight(&p, g, c, x, dy, &mut acc, &mut s));
             }
             for (d, a) in dwc.iter_mut().zip(&acc) {
-                *d = lane_sum(a);
+                *d = lane_tree(*a);
             }
         });
     }

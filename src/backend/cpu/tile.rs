@@ -292,8 +292,9 @@ fn dot_reduce_on(
 
 /// Adds 16 lane partials in the fixed tree of every build: halves folded
 /// onto each other (lane `l` plus lane `l + 8`, then `+ 4`, `+ 2`, `+ 1`).
+/// The depthwise backward-weight reduces its lanes with it too.
 #[inline(always)]
-fn lane_tree(mut v: [f32; DOT_LANES]) -> f32 {
+pub(super) fn lane_tree(mut v: [f32; DOT_LANES]) -> f32 {
     let mut half = DOT_LANES / 2;
     while half > 0 {
         for l in 0..half {
