@@ -326,10 +326,170 @@ fn zero_tail(buf: &mut [f32], rows: usize, ld: usize, cols: usize) {
     }
 }
 
+/// Whether `g` keeps the image size with unit stride and dilation (an odd
+/// kernel padded by `(k - 1) / 2`, as 3x3 pad 1 and 1x1 pad 0): then it
+/// runs without im2col, on a [`Grid`].
+fn implicit(g: &Conv2dGeom) -> bool {
+    g.stride == (1, 1) && g.dilation == (1, 1) && g.kh == 2 * g.pad.0 + 1 && g.kw == 2 * g.pad.1 + 1
+}
+
+/// A job's images of one group, each channel laid out once with its
+/// padding, so that every column-buffer row of an [`implicit`] convolution
+/// is a shifted view of it: row `(c, ki, kj)` starts at
+/// `c * chan + ki * pitch + kj` ([`Grid::offsets`]), and GEMM column `j` is
+/// output pixel `(y, x) = (j % seg / pitch, j % seg % pitch)` of image
+/// `j / seg`. Each image row is followed by `pad.1` zeros (which serve as
+/// the next row's left padding too) and each image by `pad.0` zero rows
+/// (the next image's top padding); the columns of those are computed and
+/// dropped. Per channel: `lead = pad.0 * pitch + pad.1` zeros, then the
+/// images `seg` apart.
+#[derive(Clone, Copy)]
+struct Grid {
+    pitch: usize,
+    seg: usize,
+    lead: usize,
+    chan: usize,
+    images: usize,
+    /// GEMM columns: up to the last image's last pixel row.
+    cols: usize,
+}
+
+impl Grid {
+    fn new(g: &Conv2dGeom, images: usize) -> Grid {
+        let pitch = g.w + g.pad.1;
+        let seg = (g.h + g.pad.0) * pitch;
+        let lead = g.pad.0 * pitch + g.pad.1;
+        Grid {
+            pitch,
+            seg,
+            lead,
+            chan: lead + images * seg,
+            images,
+            cols: (images - 1) * seg + g.h * pitch,
+        }
+    }
+
+    /// Images per job: a grid of at most [`BAND_FLOATS`] (several images
+    /// of small planes; its rows are re-read `kh * kw` times from cache),
+    /// at least four jobs per thread.
+    fn images_per_job(g: &Conv2dGeom) -> usize {
+        let per_image = g.c_in_per_group() * (g.h + g.pad.0) * (g.w + g.pad.1);
+        let cap = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
+        (BAND_FLOATS / per_image).clamp(1, cap)
+    }
+
+    /// Floats of the grid of `cg` channels whose rows are read `ld` columns
+    /// long (the shifted views of the last channel run past it; zeros).
+    fn len(self, cg: usize, ld: usize) -> usize {
+        (cg - 1) * self.chan + 2 * self.lead + ld.max(self.cols)
+    }
+
+    /// The start of every column-buffer row, `(c, ki, kj)` in order.
+    fn offsets(self, g: &Conv2dGeom) -> Vec<usize> {
+        let mut o = Vec::with_capacity(g.c_in_per_group() * g.kh * g.kw);
+        for c in 0..g.c_in_per_group() {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    o.push(c * self.chan + ki * self.pitch + kj);
+                }
+            }
+        }
+        o
+    }
+
+    /// Lays out `channels` channels from `ch0` of the NCHW images `src`
+    /// (`c_img` channels of `h x w`) on the grid: channel `c` in
+    /// `dst[c * stride..][..stride]`, after `lead` zeros, zeros around and
+    /// after its images, and zeros past the last channel. The column
+    /// buffer's source is `(self.chan, self.lead)`; `dy` on the grid
+    /// (GEMM columns, rows of `ld >= cols`) is `(ld, 0)`.
+    fn lay_out(
+        self,
+        (h, w): (usize, usize),
+        src: &[f32],
+        (c_img, ch0, channels): (usize, usize, usize),
+        (dst, stride, lead): (&mut [f32], usize, usize),
+    ) {
+        let plane = h * w;
+        for c in 0..channels {
+            let chan = &mut dst[c * stride..][..stride];
+            chan[..lead].fill(0.0);
+            for b in 0..self.images {
+                let from = &src[(b * c_img + ch0 + c) * plane..][..plane];
+                let img = &mut chan[lead + b * self.seg..];
+                if self.pitch == w {
+                    img[..plane].copy_from_slice(from);
+                } else {
+                    let rows = img[..h * self.pitch].chunks_exact_mut(self.pitch);
+                    for (row, from) in rows.zip(from.chunks_exact(w)) {
+                        row[..w].copy_from_slice(from);
+                        row[w..].fill(0.0);
+                    }
+                }
+                let end = self.seg.min(img.len());
+                img[h * self.pitch..end].fill(0.0);
+            }
+            chan[lead + self.cols..].fill(0.0);
+        }
+        dst[channels * stride..].fill(0.0);
+    }
+}
+
+/// The forward pass of an [`implicit`] convolution: `y = W B` with `B`'s
+/// rows the shifted views of a [`Grid`], stored without its pad columns
+/// and rows. Each output element is the same fused multiply-add chain as
+/// through im2col (the same products, zeros where the tap falls outside).
+fn forward_implicit(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let hw = g.h * g.w;
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let kk = cg * g.kh * g.kw;
+    let (mr, nr) = tile::broadcast_tile();
+    let packed: Vec<Vec<f32>> = (0..g.groups)
+        .map(|grp| tile::pack_rows(&w[grp * og * kk..], (kk, 1), og, kk, mr))
+        .collect();
+    let images = Grid::images_per_job(g);
+    let x_img = g.c_in * hw;
+    y.par_chunks_mut(images * g.c_out * hw)
+        .zip(x.par_chunks(images * x_img))
+        .for_each(|(y_job, x_job)| {
+            let grid = Grid::new(g, x_job.len() / x_img);
+            let offsets = grid.offsets(g);
+            let ld = grid.cols.next_multiple_of(nr);
+            with_scratch([grid.len(cg, ld), 0, 0], |buf, _, _| {
+                for (grp, w_grp) in packed.iter().enumerate() {
+                    let dst = (&mut buf[..], grid.chan, grid.lead);
+                    grid.lay_out((g.h, g.w), x_job, (g.c_in, grp * cg, cg), dst);
+                    let dest = tile::Dest::padded(
+                        grp * og * hw,
+                        hw,
+                        (grid.seg, g.c_out * hw),
+                        (grid.pitch, g.w, g.h),
+                    );
+                    tile::broadcast_gemm(
+                        (og, grid.cols, kk),
+                        w_grp,
+                        (buf, tile::BRows::Offsets(&offsets)),
+                        (y_job, dest),
+                        bias.map(|b| &b[grp * og..]),
+                    );
+                }
+            })
+        });
+}
+
 // Below, a band is output rows `oys` (positions `p0..p0 + np` of each
 // plane) of a job's images, `cols = images * np` columns.
 
 pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if implicit(g) {
+        forward_implicit(g, x, w, bias, y)
+    } else {
+        forward_lowered(g, x, w, bias, y)
+    }
+}
+
+/// The forward pass through im2col.
+fn forward_lowered(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
     let (og, kk) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw);
     let (mr, nr) = tile::broadcast_tile();
@@ -353,16 +513,11 @@ pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
                             let x_i = &x[i * x_img..][..x_img];
                             im2col_rows(g, x_i, grp, oys.clone(), (band, ld, b * np));
                         }
-                        let dest = tile::Dest {
-                            c0: grp * og * ohw + p0,
-                            ldc: ohw,
-                            seg: np,
-                            seg_stride: g.c_out * ohw,
-                        };
+                        let dest = tile::Dest::images(grp * og * ohw + p0, ohw, np, g.c_out * ohw);
                         tile::broadcast_gemm(
                             (og, cols, kk),
                             &packed[grp],
-                            (band, ld),
+                            (band, tile::BRows::Strided(ld)),
                             (y_job, dest),
                             bias.map(|b| &b[grp * og..]),
                         );
@@ -439,7 +594,8 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
                         let ld = cols.next_multiple_of(nr);
                         gather_band(dy_job, (g.c_out, ohw, grp * og, og), (np, p0), (band, ld));
                         let out = (&mut dcol[..], tile::Dest::rows(cols));
-                        tile::broadcast_gemm((kk, cols, og), w_grp, (band, ld), out, None);
+                        let b = (&band[..], tile::BRows::Strided(ld));
+                        tile::broadcast_gemm((kk, cols, og), w_grp, b, out, None);
                         for (b, dx_i) in dx_job.chunks_exact_mut(x_img).enumerate() {
                             col2im_rows(g, (dcol, cols, b * np), grp, oys.clone(), dx_i);
                         }
@@ -457,54 +613,100 @@ pub fn backward_weight(
     dbias: Option<&mut [f32]>,
 ) {
     let (ow, ohw) = (g.out_w(), g.out_h() * g.out_w());
-    let (og, kk) = (g.c_out_per_group(), g.c_in_per_group() * g.kh * g.kw);
+    let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
+    let kk = cg * g.kh * g.kw;
     let plan = Plan::new(g);
     let (x_img, dy_img) = (g.c_in * g.h * g.w, g.c_out * ohw);
-    let kp_max = plan.max_cols(g).next_multiple_of(tile::DOT_LANES);
-    // Accumulates the jobs `jobs` into `acc` (dw layout), one after another.
     let part_len = tile::dot_partials_len(og, kk);
+    let lanes = tile::DOT_LANES;
+    // One job's images into the lane partials of every group.
+    let lowered_job = |imgs: &Range<usize>, [dy_band, col]: [&mut [f32]; 2], parts: &mut [f32]| {
+        let dy_job = &dy[imgs.start * dy_img..imgs.end * dy_img];
+        for grp in 0..g.groups {
+            for oys in plan.bands(g) {
+                let (p0, np) = (oys.start * ow, oys.len() * ow);
+                let cols = imgs.len() * np;
+                let kp = cols.next_multiple_of(lanes);
+                gather_band(
+                    dy_job,
+                    (g.c_out, ohw, grp * og, og),
+                    (np, p0),
+                    (dy_band, kp),
+                );
+                for (b, i) in imgs.clone().enumerate() {
+                    let x_i = &x[i * x_img..][..x_img];
+                    im2col_rows(g, x_i, grp, oys.clone(), (col, kp, b * np));
+                }
+                zero_tail(dy_band, og, kp, cols);
+                zero_tail(col, kk, kp, cols);
+                tile::dot_accumulate(
+                    (og, kk, kp),
+                    (dy_band, kp),
+                    (col, tile::BRows::Strided(kp)),
+                    &mut parts[grp * part_len..][..part_len],
+                );
+            }
+        }
+    };
+    // The same on a grid: `dy` laid out on it too (zeros at the pad
+    // columns and rows), the column buffer's rows its shifted views.
+    let implicit_job = |imgs: &Range<usize>, [dy_grid, buf]: [&mut [f32]; 2], parts: &mut [f32]| {
+        let grid = Grid::new(g, imgs.len());
+        let kp = grid.cols.next_multiple_of(lanes);
+        let offsets = grid.offsets(g);
+        let (x_job, dy_job) = (
+            &x[imgs.start * x_img..imgs.end * x_img],
+            &dy[imgs.start * dy_img..imgs.end * dy_img],
+        );
+        let (hw, buf) = ((g.h, g.w), &mut buf[..grid.len(cg, kp)]);
+        for grp in 0..g.groups {
+            grid.lay_out(
+                hw,
+                x_job,
+                (g.c_in, grp * cg, cg),
+                (buf, grid.chan, grid.lead),
+            );
+            let dst = (&mut dy_grid[..og * kp], kp, 0);
+            grid.lay_out(hw, dy_job, (g.c_out, grp * og, og), dst);
+            tile::dot_accumulate(
+                (og, kk, kp),
+                (dy_grid, kp),
+                (buf, tile::BRows::Offsets(&offsets)),
+                &mut parts[grp * part_len..][..part_len],
+            );
+        }
+    };
+    let (images, lens) = if implicit(g) {
+        let images = Grid::images_per_job(g);
+        let grid = Grid::new(g, images);
+        let kp = grid.cols.next_multiple_of(lanes);
+        (images, [og * kp, grid.len(cg, kp)])
+    } else {
+        let kp = plan.max_cols(g).next_multiple_of(lanes);
+        (plan.images, [og * kp, kk * kp])
+    };
+    // Accumulates the jobs `jobs` into `acc` (dw layout), one after another.
     let add_jobs = |jobs: &[Range<usize>], acc: &mut [f32]| {
-        with_scratch(
-            [og * kp_max, kk * kp_max, g.groups * part_len],
-            |dy_band, col, parts| {
-                parts.fill(0.0);
-                for imgs in jobs {
-                    for grp in 0..g.groups {
-                        for oys in plan.bands(g) {
-                            let (p0, np) = (oys.start * ow, oys.len() * ow);
-                            let cols = imgs.len() * np;
-                            let kp = cols.next_multiple_of(tile::DOT_LANES);
-                            let dy_job = &dy[imgs.start * dy_img..imgs.end * dy_img];
-                            gather_band(
-                                dy_job,
-                                (g.c_out, ohw, grp * og, og),
-                                (np, p0),
-                                (dy_band, kp),
-                            );
-                            for (b, i) in imgs.clone().enumerate() {
-                                let x_i = &x[i * x_img..][..x_img];
-                                im2col_rows(g, x_i, grp, oys.clone(), (col, kp, b * np));
-                            }
-                            zero_tail(dy_band, og, kp, cols);
-                            zero_tail(col, kk, kp, cols);
-                            tile::dot_accumulate(
-                                (og, kk, kp),
-                                (dy_band, kp),
-                                (col, kp),
-                                &mut parts[grp * part_len..][..part_len],
-                            );
-                        }
-                    }
+        with_scratch([lens[0], lens[1], g.groups * part_len], |a, b, parts| {
+            parts.fill(0.0);
+            for imgs in jobs {
+                if implicit(g) {
+                    implicit_job(imgs, [&mut *a, &mut *b], parts);
+                } else {
+                    lowered_job(imgs, [&mut *a, &mut *b], parts);
                 }
-                for (grp, p) in parts.chunks_exact(part_len).enumerate() {
-                    tile::dot_reduce((og, kk), p, (&mut acc[grp * og * kk..], kk));
-                }
-            },
-        )
+            }
+            for (grp, p) in parts.chunks_exact(part_len).enumerate() {
+                tile::dot_reduce((og, kk), p, (&mut acc[grp * og * kk..], kk));
+            }
+        })
     };
     // Fixed runs of consecutive jobs per thread, their sums added in order:
     // the same bits however rayon schedules them.
-    let jobs: Vec<Range<usize>> = plan.jobs(g.n).collect();
+    let jobs: Vec<Range<usize>> = (0..g.n)
+        .step_by(images)
+        .map(|i| i..(i + images).min(g.n))
+        .collect();
     let per = jobs.len().div_ceil(rayon::current_num_threads()).max(1);
     let partials: Vec<Vec<f32>> = jobs
         .par_chunks(per)
@@ -706,6 +908,30 @@ mod tests {
             assert_close("dw", &g, &dw, &want_dw);
             assert_close("db", &g, &db, &want_db);
         }
+    }
+
+    /// The implicit forward pass gives the bits of the im2col one: the same
+    /// products in the same order, zeros where a tap falls outside.
+    #[test]
+    fn implicit_forward_gives_the_lowered_bits() {
+        let mut rng = Rng::new(8);
+        let mut seen = 0;
+        for shape in SHAPES.into_iter().filter(|&s| implicit(&geom(s))) {
+            let g = geom(shape);
+            let mut draw =
+                |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
+            let x = draw(g.n * g.c_in * g.h * g.w);
+            let wt = draw(g.c_out * g.c_in_per_group() * g.kh * g.kw);
+            let b = draw(g.c_out);
+            let len = g.n * g.c_out * g.out_h() * g.out_w();
+            let (mut y, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            forward_implicit(&g, &x, &wt, Some(&b), &mut y);
+            forward_lowered(&g, &x, &wt, Some(&b), &mut want);
+            let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{g:?}: implicit and lowered forward differ");
+            seen += 1;
+        }
+        assert!(seen >= 6, "only {seen} implicit shapes");
     }
 
     /// A forward output element does not depend on the batch it is computed

@@ -87,7 +87,7 @@ pub fn sgemm(g: &GemmGeom, a: &[f32], b: &[f32], c: &mut [f32], parallel: bool) 
         tile::broadcast_gemm(
             (mj, n, k),
             &packed,
-            (&bp, ldp),
+            (&bp, tile::BRows::Strided(ldp)),
             (out, tile::Dest::rows(n)),
             None,
         );

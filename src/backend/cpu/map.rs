@@ -47,8 +47,30 @@ fn update_loop(y: &mut [f32], x: &[f32], f: &impl Fn(f32, f32) -> f32) {
     }
 }
 
-/// Lanes of the min/max accumulators (one AVX-512 register).
-const LANES: usize = 16;
+/// Lanes of the min/max accumulators (four AVX-512 registers, to hide the
+/// latency of each lane's chain).
+const LANES: usize = 64;
+
+/// `if v < m { v } else { m }`: the minimum ignoring a NaN `v` (`m` is
+/// never NaN), which is one `vminps` (its second operand wins on NaN and on
+/// equality); `f32::min` needs a compare and a blend more.
+#[inline(always)]
+fn lower(m: f32, v: f32) -> f32 {
+    if v < m {
+        v
+    } else {
+        m
+    }
+}
+
+#[inline(always)]
+fn higher(m: f32, v: f32) -> f32 {
+    if v > m {
+        v
+    } else {
+        m
+    }
+}
 
 #[inline(always)]
 fn min_max_loop(x: &[f32]) -> (f32, f32) {
@@ -57,17 +79,59 @@ fn min_max_loop(x: &[f32]) -> (f32, f32) {
     let mut blocks = x.chunks_exact(LANES);
     for b in &mut blocks {
         for j in 0..LANES {
-            lo[j] = lo[j].min(b[j]);
-            hi[j] = hi[j].max(b[j]);
+            lo[j] = lower(lo[j], b[j]);
+            hi[j] = higher(hi[j], b[j]);
         }
     }
     for (j, &v) in blocks.remainder().iter().enumerate() {
-        lo[j] = lo[j].min(v);
-        hi[j] = hi[j].max(v);
+        lo[j] = lower(lo[j], v);
+        hi[j] = higher(hi[j], v);
     }
-    let lo = lo.iter().fold(f32::INFINITY, |m, &v| m.min(v));
-    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let lo = lo.iter().fold(f32::INFINITY, |m, &v| lower(m, v));
+    let hi = hi.iter().fold(f32::NEG_INFINITY, |m, &v| higher(m, v));
     (lo, hi)
+}
+
+/// Lanes of the float64 sums: `Σ f(x[i])` is kept as 32 partial sums
+/// (`lane = i % 32`, four AVX-512 registers per sum) added in a fixed
+/// tree, so that the loop vectorizes, hides the adds' latency, and every
+/// build gives the same bits.
+const SUM_LANES: usize = 32;
+
+#[inline(always)]
+fn lane_total(mut v: [f64; SUM_LANES]) -> f64 {
+    let mut half = SUM_LANES / 2;
+    while half > 0 {
+        for l in 0..half {
+            v[l] += v[l + half];
+        }
+        half /= 2;
+    }
+    v[0]
+}
+
+#[inline(always)]
+fn sum2_loop(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    let (mut s, mut t) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let whole = n / SUM_LANES * SUM_LANES;
+    for (ab, bb) in a[..whole]
+        .chunks_exact(SUM_LANES)
+        .zip(b[..whole].chunks_exact(SUM_LANES))
+    {
+        for l in 0..SUM_LANES {
+            let (u, v) = f(ab[l], bb[l]);
+            s[l] += u;
+            t[l] += v;
+        }
+    }
+    for (l, (&u, &v)) in a[whole..].iter().zip(&b[whole..]).enumerate() {
+        let (u, v) = f(u, v);
+        s[l] += u;
+        t[l] += v;
+    }
+    (lane_total(s), lane_total(t))
 }
 
 /// One `#[target_feature]` build of the loops.
@@ -99,6 +163,14 @@ macro_rules! builds {
             $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn min_max(x: &[f32]) -> (f32, f32) {
                 min_max_loop(x)
+            }
+            $(#[target_feature(enable = $feat)])?
+            pub(super) unsafe fn sum2(
+                a: &[f32],
+                b: &[f32],
+                f: &impl Fn(f32, f32) -> (f64, f64),
+            ) -> (f64, f64) {
+                sum2_loop(a, b, f)
             }
         }
     };
@@ -155,6 +227,58 @@ pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| dispatch!(update(y, x, &f)));
+}
+
+/// `y[i] = f(x[i])` on this thread, for callers that split the work
+/// themselves (per-channel constants in `f`).
+pub fn map1_here(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+    assert_eq!(x.len(), y.len());
+    dispatch!(map1(x, y, &f))
+}
+
+/// `y[i] = f(a[i], b[i])` on this thread.
+pub fn map2_here(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    assert!(a.len() == y.len() && b.len() == y.len());
+    dispatch!(map2(a, b, y, &f))
+}
+
+/// `(Σ u, Σ v)` over `(u, v) = f(a[i], b[i])` in float64, on this thread:
+/// 32 lane partials (`lane = i % 32`) added in a fixed tree, the same bits
+/// in every build. `a` and `b` have the same length.
+pub fn sum2_here(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    dispatch!(sum2(a, b, &f))
+}
+
+/// Per channel of two `outer x channels x inner` buffers: `(Σ u, Σ v)`
+/// over the channel's elements of `(u, v) = f(c, a[i], b[i])`. Each plane
+/// is summed by [`sum2_here`] (planes in parallel, several small ones per
+/// task) and a channel's planes are added in `outer` order: the same bits
+/// for any thread count and instruction set.
+pub fn channel_sums2(
+    (outer, channels, inner): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(usize, f32, f32) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
+    assert!(a.len() == outer * channels * inner && b.len() == a.len());
+    let planes: Vec<(f64, f64)> = (0..outer * channels)
+        .into_par_iter()
+        .with_min_len(CHUNK.div_ceil(inner.max(1)))
+        .map(|p| {
+            let (pa, pb) = (&a[p * inner..][..inner], &b[p * inner..][..inner]);
+            let c = p % channels;
+            sum2_here(pa, pb, |u, v| f(c, u, v))
+        })
+        .collect();
+    (0..channels)
+        .map(|c| {
+            (0..outer).fold((0.0, 0.0), |(s, t), i| {
+                let (u, v) = planes[i * channels + c];
+                (s + u, t + v)
+            })
+        })
+        .collect()
 }
 
 /// `y = x * s[c]` where `x` is `outer x channels x inner` (row-major) and
@@ -266,6 +390,54 @@ mod tests {
                     x[i],
                     d[i],
                     y2[i]
+                );
+            }
+        }
+    }
+
+    /// The float64 sums: every build gives the bits of 8 scalar lane sums
+    /// added in the tree, on lengths that are not multiples of the lanes.
+    #[test]
+    fn every_build_sums_the_same_lanes() {
+        let x = awkward(1003);
+        let x: Vec<f32> = x
+            .iter()
+            .map(|v| if v.is_finite() { *v } else { 1.5 })
+            .collect();
+        let d: Vec<f32> = x.iter().map(|v| v * 0.25 - 3.0).collect();
+        let f = |u: f32, v: f32| (u as f64, u as f64 * v as f64 - 0.5);
+        for len in [0, 5, 8, 1003] {
+            let mut lanes = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+            for i in 0..len {
+                let (u, v) = f(x[i], d[i]);
+                lanes.0[i % SUM_LANES] += u;
+                lanes.1[i % SUM_LANES] += v;
+            }
+            // Halves folded onto each other: 32 -> 16 -> 8 -> 4 -> 2 -> 1.
+            let tree = |l: [f64; SUM_LANES]| {
+                let mut v = l.to_vec();
+                while v.len() > 1 {
+                    let h = v.len() / 2;
+                    v = (0..h).map(|i| v[i] + v[i + h]).collect();
+                }
+                v[0]
+            };
+            let want = (tree(lanes.0), tree(lanes.1));
+            for isa in Isa::available() {
+                let (a, b) = (&x[..len], &d[..len]);
+                let got = unsafe {
+                    match isa {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512 => avx512::sum2(a, b, &f),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2Fma => avx2::sum2(a, b, &f),
+                        _ => portable::sum2(a, b, &f),
+                    }
+                };
+                assert_eq!(
+                    (got.0.to_bits(), got.1.to_bits()),
+                    (want.0.to_bits(), want.1.to_bits()),
+                    "{isa:?}, {len} elements"
                 );
             }
         }

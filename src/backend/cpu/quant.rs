@@ -50,18 +50,12 @@ pub fn fake_quant_channel_bwd(inner: usize, w: &[f32], scales: &[f32], dy: &[f32
 }
 
 pub fn channel_dot(outer: usize, c: usize, inner: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
-    out.par_iter_mut().enumerate().for_each(|(ch, o)| {
-        let mut s = 0.0f64;
-        for i in 0..outer {
-            let off = (i * c + ch) * inner;
-            s += a[off..off + inner]
-                .iter()
-                .zip(&b[off..off + inner])
-                .map(|(&x, &y)| x as f64 * y as f64)
-                .sum::<f64>();
-        }
-        *o = s as f32;
+    let sums = map::channel_sums2((outer, c, inner), a, b, |_, x, y| {
+        (x as f64 * y as f64, 0.0)
     });
+    for (o, (s, _)) in out.iter_mut().zip(sums) {
+        *o = s as f32;
+    }
 }
 
 /// The int8 value behind an activation stored as `(q - z) * s`.

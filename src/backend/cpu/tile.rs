@@ -69,44 +69,99 @@ pub fn pack_rows(
     dst
 }
 
-/// Where a GEMM's `C` lives in a larger buffer: element `(i, j)` at
-/// `c0 + (j / seg) * seg_stride + i * ldc + j % seg`. Row-major with row
-/// stride `ldc` when one segment spans every column ([`Dest::rows`]); a
-/// band of NCHW images side by side otherwise (`seg` positions of each,
-/// images `seg_stride` apart, `ldc` the plane size).
+/// Where a GEMM's `C` lives in a larger buffer. Column `j` falls in
+/// segment `s = j / seg` at `r = j % seg`, which is row `y = r / pitch`,
+/// column `x = r % pitch` of that segment; only `x < width` and `y < height`
+/// are stored, element `(i, j)` at
+/// `c0 + s * seg_stride + i * ldc + y * width + x`. So `C` may be
+/// row-major with row stride `ldc` ([`Dest::rows`]), a band of NCHW images
+/// side by side ([`Dest::images`]: `seg` positions of each, images
+/// `seg_stride` apart, `ldc` the plane size), or images computed on a
+/// padded grid ([`Dest::padded`]) whose pad columns and rows are dropped.
 #[derive(Clone, Copy, Debug)]
 pub struct Dest {
     pub c0: usize,
     pub ldc: usize,
     pub seg: usize,
     pub seg_stride: usize,
+    pub pitch: usize,
+    pub width: usize,
+    pub height: usize,
 }
 
 impl Dest {
     pub fn rows(ldc: usize) -> Dest {
+        Dest::images(0, ldc, usize::MAX, 0)
+    }
+
+    pub fn images(c0: usize, ldc: usize, seg: usize, seg_stride: usize) -> Dest {
         Dest {
-            c0: 0,
+            c0,
             ldc,
-            seg: usize::MAX,
-            seg_stride: 0,
+            seg,
+            seg_stride,
+            pitch: seg,
+            width: seg,
+            height: 1,
         }
     }
 
-    fn at(&self, i: usize, j: usize) -> usize {
-        self.c0 + (j / self.seg) * self.seg_stride + i * self.ldc + j % self.seg
+    /// Images on a grid of `height` rows of `pitch` columns each, `seg`
+    /// columns apart, of which `width` columns of the first `height` rows
+    /// are stored (densely, `height * width` per image plane).
+    pub fn padded(
+        c0: usize,
+        ldc: usize,
+        (seg, seg_stride): (usize, usize),
+        (pitch, width, height): (usize, usize, usize),
+    ) -> Dest {
+        Dest {
+            c0,
+            ldc,
+            seg,
+            seg_stride,
+            pitch,
+            width,
+            height,
+        }
     }
+
+    /// Where column `j` of row 0 is stored, and how many columns from
+    /// `j` on are stored contiguously after it; or how many to skip.
+    fn run(&self, j: usize) -> Result<(usize, usize), usize> {
+        let (s, r) = (j / self.seg, j % self.seg);
+        let (y, x) = (r / self.pitch, r % self.pitch);
+        if y >= self.height {
+            Err(self.seg - r)
+        } else if x >= self.width {
+            Err(self.pitch - x)
+        } else {
+            let at = self.c0 + s * self.seg_stride + y * self.width + x;
+            Ok((at, (self.width - x).min(self.seg - r)))
+        }
+    }
+}
+
+/// The rows of a broadcast GEMM's `B` in its buffer: row `k` starts at
+/// `k * ldb` ([`BRows::Strided`]) or at `offsets[k]` (rows that overlap,
+/// as the shifted views of one padded image in an implicit convolution).
+#[derive(Clone, Copy, Debug)]
+pub enum BRows<'a> {
+    Strided(usize),
+    Offsets(&'a [usize]),
 }
 
 /// `C = A B + bias` (`bias[i]` added to row `i` after the sum, when given)
 /// for `A` of `m` rows packed by [`pack_rows`] with the [`broadcast_tile`]
-/// height and `B` of `n` columns, row-major with row stride `ldb` (at least
-/// `n` rounded up to the tile width: the last tiles read, and drop, the
-/// columns up to there). Whole tiles within one segment of `dest` are
-/// stored by the kernel; the others through a scratch tile.
+/// height and `B` of `n` columns whose rows lie in its buffer as `rows`
+/// says; each row must be readable up to `n` rounded up to the tile width
+/// (the last tiles read, and drop, the columns up to there). Whole tiles
+/// stored contiguously in `dest` are stored by the kernel; the others
+/// through a scratch tile.
 pub fn broadcast_gemm(
     dims: (usize, usize, usize),
     a: &[f32],
-    b: (&[f32], usize),
+    b: (&[f32], BRows),
     c: (&mut [f32], Dest),
     bias: Option<&[f32]>,
 ) {
@@ -117,24 +172,46 @@ fn broadcast_gemm_on(
     isa: Isa,
     (m, n, kk): (usize, usize, usize),
     a: &[f32],
-    (b, ldb): (&[f32], usize),
+    (b, rows): (&[f32], BRows),
     (c, dest): (&mut [f32], Dest),
     bias: Option<&[f32]>,
 ) {
     assert!(isa.supported(), "broadcast_gemm: {isa:?} does not run here");
     let (mr, nr) = broadcast_tile_on(isa);
     let (mp, np) = (m.div_ceil(mr), n.div_ceil(nr));
+    let strided: Vec<usize>;
+    let offsets = match rows {
+        BRows::Strided(ldb) => {
+            assert!(ldb >= np * nr, "broadcast_gemm: row stride below the tiles");
+            strided = (0..kk).map(|k| k * ldb).collect();
+            &strided[..]
+        }
+        BRows::Offsets(o) => &o[..kk],
+    };
+    let last = offsets.iter().max().map_or(0, |&o| o + np * nr);
     assert!(
-        a.len() >= mp * kk * mr
-            && ldb >= np * nr
-            && (kk == 0 || b.len() >= (kk - 1) * ldb + np * nr)
-            && bias.is_none_or(|b| b.len() >= m),
+        a.len() >= mp * kk * mr && b.len() >= last && bias.is_none_or(|b| b.len() >= m),
         "broadcast_gemm: short operands"
     );
     let mut tile = [0.0f32; 8 * 48];
+    let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(nr);
     for jp in 0..np {
         let j0 = jp * nr;
         let nv = nr.min(n - j0);
+        // The stored runs of this column tile: (tile column, at, len).
+        runs.clear();
+        let mut j = j0;
+        while j < j0 + nv {
+            match dest.run(j) {
+                Ok((at, len)) => {
+                    let len = len.min(j0 + nv - j);
+                    runs.push((j - j0, at, len));
+                    j += len;
+                }
+                Err(skip) => j += skip,
+            }
+        }
+        let whole_cols = runs.len() == 1 && runs[0].2 == nr;
         for ip in 0..mp {
             let i0 = ip * mr;
             let mv = mr.min(m - i0);
@@ -142,9 +219,9 @@ fn broadcast_gemm_on(
             if let Some(bias) = bias {
                 add[..mv].copy_from_slice(&bias[i0..i0 + mv]);
             }
-            let whole = mv == mr && nv == nr && j0 / dest.seg == (j0 + nr - 1) / dest.seg;
+            let whole = whole_cols && mv == mr;
             let (out, ldc) = if whole {
-                let at = dest.at(i0, j0);
+                let at = runs[0].1 + i0 * dest.ldc;
                 assert!(
                     at + (mr - 1) * dest.ldc + nr <= c.len(),
                     "broadcast_gemm: C too small"
@@ -153,32 +230,27 @@ fn broadcast_gemm_on(
             } else {
                 (tile.as_mut_ptr(), nr)
             };
-            let (a_panel, b_panel) = (a[ip * kk * mr..].as_ptr(), b[j0..].as_ptr());
-            // SAFETY: `a_panel` holds `kk` steps of `mr` values and `b_panel`
-            // `kk` rows of `nr` at stride `ldb` (the first assert), `out`
-            // `mr` rows of `nr` at stride `ldc` (the second, or the scratch
+            let a_panel = a[ip * kk * mr..].as_ptr();
+            let b_panel = (b[j0..].as_ptr(), offsets.as_ptr());
+            // SAFETY: `a_panel` holds `kk` steps of `mr` values and every
+            // row of `b_panel` `nr` floats (the asserts above), `out` `mr`
+            // rows of `nr` at stride `ldc` (the second, or the scratch
             // tile), and `isa` runs on this processor (the first assert).
             unsafe {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => {
-                        x86::broadcast_avx512(kk, a_panel, (b_panel, ldb), (out, ldc), &add)
-                    }
+                    Isa::Avx512 => x86::broadcast_avx512(kk, a_panel, b_panel, (out, ldc), &add),
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2Fma => {
-                        x86::broadcast_avx2(kk, a_panel, (b_panel, ldb), (out, ldc), &add)
-                    }
-                    _ => broadcast_portable(kk, a_panel, (b_panel, ldb), (out, ldc), &add),
+                    Isa::Avx2Fma => x86::broadcast_avx2(kk, a_panel, b_panel, (out, ldc), &add),
+                    _ => broadcast_portable(kk, a_panel, b_panel, (out, ldc), &add),
                 }
             }
             if !whole {
                 for t in 0..mv {
-                    let mut j = j0;
-                    while j < j0 + nv {
-                        let len = (dest.seg - j % dest.seg).min(j0 + nv - j);
-                        let at = dest.at(i0 + t, j);
-                        c[at..at + len].copy_from_slice(&tile[t * nr + j - j0..][..len]);
-                        j += len;
+                    let row = &tile[t * nr..][..nr];
+                    for &(jt, at, len) in &runs {
+                        let at = at + (i0 + t) * dest.ldc;
+                        c[at..at + len].copy_from_slice(&row[jt..jt + len]);
                     }
                 }
             }
@@ -198,14 +270,14 @@ fn dot_partials_len_on(isa: Isa, m: usize, n: usize) -> usize {
 }
 
 /// Adds `Σ_k A[i][k] B[j][k]` (`i < m`, `j < n`, `k < kp`; `A` rows at
-/// `a[i * lda..]`, `B` rows at `b[j * ldb..]`) to the lane partials of
+/// `a[i * lda..]`, `B` rows placed as [`BRows`] says) to the lane partials of
 /// `(i, j)`: lane `l` takes the `k` with `k % 16 == l`. `kp` must be a
 /// multiple of [`DOT_LANES`] (pad both operands with zeros). Call it once
 /// per block of `k`, then [`dot_reduce`] once.
 pub fn dot_accumulate(
     dims: (usize, usize, usize),
     a: (&[f32], usize),
-    b: (&[f32], usize),
+    b: (&[f32], BRows),
     partials: &mut [f32],
 ) {
     dot_accumulate_on(Isa::detected(), dims, a, b, partials)
@@ -215,7 +287,7 @@ fn dot_accumulate_on(
     isa: Isa,
     (m, n, kp): (usize, usize, usize),
     (a, lda): (&[f32], usize),
-    (b, ldb): (&[f32], usize),
+    (b, b_at): (&[f32], BRows),
     partials: &mut [f32],
 ) {
     assert!(isa.supported(), "dot_accumulate: {isa:?} does not run here");
@@ -227,28 +299,33 @@ fn dot_accumulate_on(
     if m == 0 || n == 0 {
         return;
     }
+    let b_row = |j: usize| match b_at {
+        BRows::Strided(ldb) => j * ldb,
+        BRows::Offsets(o) => o[j],
+    };
+    let b_last = (0..n).map(b_row).max().unwrap_or(0) + kp;
     assert!(
         a.len() >= (m - 1) * lda + kp
-            && b.len() >= (n - 1) * ldb + kp
+            && b.len() >= b_last
             && partials.len() >= dot_partials_len_on(isa, m, n),
         "dot_accumulate: buffers too small"
     );
     let (dr, dc) = dot_tile_on(isa);
     let row_stride = n.next_multiple_of(dc) * DOT_LANES;
     // Rows past the edge repeat the last one, into the partials' padding.
-    let rows = |i0: usize, count: usize, len: usize, ld: usize| -> [usize; 6] {
+    let rows = |i0: usize, count: usize, len: usize, at: &dyn Fn(usize) -> usize| -> [usize; 6] {
         std::array::from_fn(|t| {
             if t < count {
-                (i0 + t).min(len - 1) * ld
+                at((i0 + t).min(len - 1))
             } else {
                 0
             }
         })
     };
     for j0 in (0..n).step_by(dc) {
-        let b_rows = rows(j0, dc, n, ldb);
+        let b_rows = rows(j0, dc, n, &b_row);
         for i0 in (0..m).step_by(dr) {
-            let a_rows = rows(i0, dr, m, lda);
+            let a_rows = rows(i0, dr, m, &|i| i * lda);
             let p = partials[i0 * row_stride + j0 * DOT_LANES..].as_mut_ptr();
             let (a, b) = ((a.as_ptr(), &a_rows), (b.as_ptr(), &b_rows));
             // SAFETY: every row offset plus `kp` is inside its operand and
@@ -313,7 +390,7 @@ pub(super) fn lane_tree(mut v: [f32; DOT_LANES]) -> f32 {
 unsafe fn broadcast_portable(
     kk: usize,
     a: *const f32,
-    (b, ldb): (*const f32, usize),
+    (b, rows): (*const f32, *const usize),
     (c, ldc): (*mut f32, usize),
     add: &[f32; 8],
 ) {
@@ -321,7 +398,7 @@ unsafe fn broadcast_portable(
     const NR: usize = 16;
     let mut acc = [[0.0f32; NR]; MR];
     for k in 0..kk {
-        let (av, bv) = (a.add(k * MR), b.add(k * ldb));
+        let (av, bv) = (a.add(k * MR), b.add(*rows.add(k)));
         for (i, row) in acc.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 *v = (*av.add(i)).mul_add(*bv.add(j), *v);
@@ -364,7 +441,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// One build of the broadcast kernel: `MR` rows of `NV` vectors of `L`
-    /// lanes, `kk` steps of one load per vector of `B`, one broadcast per
+    /// lanes, `kk` steps (row `k` of `B` at `b + rows[k]`) of one load per
+    /// vector of `B`, one broadcast per
     /// row of `A` and `MR * NV` FMAs; `add[i]` added to row `i` on the way
     /// out.
     macro_rules! broadcast_kernel {
@@ -375,7 +453,7 @@ mod x86 {
             pub(super) unsafe fn $name(
                 kk: usize,
                 a: *const f32,
-                (b, ldb): (*const f32, usize),
+                (b, rows): (*const f32, *const usize),
                 (c, ldc): (*mut f32, usize),
                 add: &[f32; 8],
             ) {
@@ -383,8 +461,9 @@ mod x86 {
                 const NV: usize = $nv;
                 const L: usize = $l;
                 let mut acc = [[$zero(); NV]; MR];
-                let (mut ap, mut bp) = (a, b);
-                for _ in 0..kk {
+                let mut ap = a;
+                for k in 0..kk {
+                    let bp = b.add(*rows.add(k));
                     let bv: [$vec; NV] = std::array::from_fn(|v| $load(bp.add(v * L)));
                     for (i, row) in acc.iter_mut().enumerate() {
                         let av = $set1(*ap.add(i));
@@ -393,7 +472,6 @@ mod x86 {
                         }
                     }
                     ap = ap.add(MR);
-                    bp = bp.add(ldb);
                 }
                 for (i, row) in acc.iter().enumerate() {
                     let bias = $set1(add[i]);
@@ -410,7 +488,8 @@ mod x86 {
         /// `A` per 24 FMAs.
         ///
         /// # Safety
-        /// `a` holds `kk * 8` floats, `b` `kk` rows of 48 at stride `ldb`,
+        /// `a` holds `kk * 8` floats, `rows` `kk` offsets, each `b + rows[k]`
+        /// 48 floats,
         /// `c` 8 rows of 48 at stride `ldc`; the processor runs AVX-512F.
         broadcast_avx512, "avx512f", 8, 3, 16, __m512, _mm512_setzero_ps, _mm512_loadu_ps,
         _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps
@@ -515,40 +594,65 @@ mod tests {
     /// Every build of the broadcast kernel gives, bit for bit, one fused
     /// multiply-add chain per element over `k` in order, plus the bias:
     /// edge tiles in both dimensions, segments (images side by side) that
-    /// split tiles, and a destination larger than `C` left untouched
-    /// outside it.
+    /// split tiles, padded grids whose pad columns and rows are dropped,
+    /// `B` rows given as overlapping offsets, and a destination larger than
+    /// `C` left untouched outside it.
     #[test]
     fn broadcast_gemm_is_one_fma_chain_per_element_in_every_build() {
         let mut rng = Rng::new(11);
-        for (m, n, kk, seg) in [
-            (8usize, 48usize, 5usize, usize::MAX),
-            (13, 100, 37, 49),
-            (3, 7, 1, 3),
-            (16, 96, 144, 96),
+        // m, n, kk, seg, (pitch, width, height) of the grid, offset rows
+        for (m, n, kk, seg, grid, shifted) in [
+            (8usize, 48usize, 5usize, usize::MAX, None, false),
+            (13, 100, 37, 49, None, false),
+            (3, 7, 1, 3, None, true),
+            (16, 96, 144, 96, None, false),
+            // 7x7 images on an 8-wide grid with one pad row: 64 per image
+            (9, 3 * 64 - 8, 20, 64, Some((8usize, 7usize, 7usize)), true),
+            (8, 48, 3, 48, Some((6, 6, 8)), true),
+            (5, 2 * 30 - 5, 11, 30, Some((5, 3, 4)), false),
         ] {
             let a = draw(&mut rng, m * kk);
             let ldb = n.next_multiple_of(48);
-            let b = draw(&mut rng, kk * ldb);
+            let offsets: Vec<usize> = (0..kk)
+                .map(|k| {
+                    if shifted {
+                        (k * 7) % 23 + k / 3
+                    } else {
+                        k * ldb
+                    }
+                })
+                .collect();
+            let b = draw(&mut rng, offsets.iter().max().unwrap() + ldb);
             let bias = draw(&mut rng, m);
             let images = n.div_ceil(seg.min(n));
-            let seg_stride = m * seg.min(n) + 5;
-            let dest = Dest {
-                c0: 3,
-                ldc: seg.min(n),
-                seg: seg.min(n),
-                seg_stride,
+            let (pitch, width, height) = grid.unwrap_or((seg.min(n), seg.min(n), 1));
+            let plane = width * height;
+            let seg_stride = m * plane + 5;
+            let dest = Dest::padded(3, plane, (seg, seg_stride), (pitch, width, height));
+            // Where `(i, j)` is stored, if it is.
+            let place = |i: usize, j: usize| -> Option<usize> {
+                let (s, r) = (j / seg, j % seg);
+                let (y, x) = (r / pitch, r % pitch);
+                (y < height && x < width).then(|| 3 + s * seg_stride + i * plane + y * width + x)
             };
             let len = 3 + images * seg_stride;
             let mut want = vec![f32::NAN; len];
             for i in 0..m {
                 for j in 0..n {
                     let mut acc = 0.0f32;
-                    for k in 0..kk {
-                        acc = a[i * kk + k].mul_add(b[k * ldb + j], acc);
+                    for (k, &o) in offsets.iter().enumerate() {
+                        acc = a[i * kk + k].mul_add(b[o + j], acc);
                     }
-                    want[dest.at(i, j)] = acc + bias[i];
+                    if let Some(at) = place(i, j) {
+                        want[at] = acc + bias[i];
+                    }
                 }
             }
+            let rows = if shifted {
+                BRows::Offsets(&offsets)
+            } else {
+                BRows::Strided(ldb)
+            };
             for isa in Isa::available() {
                 let (mr, _) = broadcast_tile_on(isa);
                 let packed = pack_rows(&a, (kk, 1), m, kk, mr);
@@ -557,7 +661,7 @@ mod tests {
                     isa,
                     (m, n, kk),
                     &packed,
-                    (&b, ldb),
+                    (&b, rows),
                     (&mut c, dest),
                     Some(&bias),
                 );
@@ -573,19 +677,30 @@ mod tests {
 
     /// Every build of the dot kernel gives the same bits as 16 lane
     /// partials of fused multiply-adds (`lane = k % 16`, across two calls)
-    /// added in the fixed tree, on edge tiles in both dimensions.
+    /// added in the fixed tree, on edge tiles in both dimensions, with `B`
+    /// rows strided or at overlapping offsets.
     #[test]
     fn dot_kernel_lanes_and_tree_are_the_same_in_every_build() {
         let mut rng = Rng::new(12);
-        for (m, n, kp) in [
-            (4usize, 6usize, 16usize),
-            (7, 13, 48),
-            (1, 1, 32),
-            (16, 144, 64),
+        for (m, n, kp, shifted) in [
+            (4usize, 6usize, 16usize, false),
+            (7, 13, 48, true),
+            (1, 1, 32, false),
+            (16, 144, 64, false),
+            (9, 27, 80, true),
         ] {
-            let (lda, ldb) = (kp + 3, kp + 1);
+            let lda = kp + 3;
+            let offsets: Vec<usize> = (0..n)
+                .map(|j| {
+                    if shifted {
+                        (j * 5) % 17 + j / 2
+                    } else {
+                        j * (kp + 1)
+                    }
+                })
+                .collect();
             let a = draw(&mut rng, m * lda);
-            let b = draw(&mut rng, n * ldb);
+            let b = draw(&mut rng, offsets.iter().max().unwrap() + kp);
             let half = kp / 2 / DOT_LANES * DOT_LANES;
             let mut want = vec![0.5f32; m * n];
             for i in 0..m {
@@ -593,7 +708,7 @@ mod tests {
                     let mut lanes = [0.0f32; DOT_LANES];
                     for k in 0..kp {
                         let l = k % DOT_LANES;
-                        lanes[l] = a[i * lda + k].mul_add(b[j * ldb + k], lanes[l]);
+                        lanes[l] = a[i * lda + k].mul_add(b[offsets[j] + k], lanes[l]);
                     }
                     want[i * n + j] += lane_tree(lanes);
                 }
@@ -601,12 +716,17 @@ mod tests {
             for isa in Isa::available() {
                 let mut parts = vec![0.0f32; dot_partials_len_on(isa, m, n)];
                 // Two blocks of k: the partials carry over.
-                dot_accumulate_on(isa, (m, n, half), (&a, lda), (&b, ldb), &mut parts);
+                let b_rows = if shifted {
+                    BRows::Offsets(&offsets)
+                } else {
+                    BRows::Strided(kp + 1)
+                };
+                dot_accumulate_on(isa, (m, n, half), (&a, lda), (&b, b_rows), &mut parts);
                 dot_accumulate_on(
                     isa,
                     (m, n, kp - half),
                     (&a[half..], lda),
-                    (&b[half..], ldb),
+                    (&b[half..], b_rows),
                     &mut parts,
                 );
                 let mut c = vec![0.5f32; m * n];
