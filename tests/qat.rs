@@ -194,3 +194,63 @@ fn qat_small_resnet_trains_and_evaluates_integer_exact() {
         .unwrap();
     assert_eq!(via_module, fq);
 }
+
+/// ReLU fused into the activation quantizer (the CPU backend's one pass)
+/// gives the bits of the two separate ops: the outputs, the observer's
+/// state and the gradients, over two observer steps whose second batch
+/// reaches past the first range (clamped values get no gradient), with
+/// zeros of both signs and negative values.
+#[test]
+fn fused_relu_quantizer_gives_the_bits_of_relu_then_quantizer() {
+    use qat::nn::ActQuant;
+    use qat::quant::params::Scheme;
+    let dev = Device::cpu();
+    assert!(
+        dev.backend().fuses_relu_quant(),
+        "the CPU backend should take the fused path this test checks"
+    );
+    let mut rng = Rng::new(21);
+    let (fused, separate) = (
+        ActQuant::new(0.1, Scheme::Asymmetric),
+        ActQuant::new(0.1, Scheme::Asymmetric),
+    );
+    let flags = QatFlags::default();
+    for (step, scale) in [(0, 1.0f32), (1, 3.0)] {
+        let mut data: Vec<f32> = randn(&mut rng, 2 * 3 * 7 * 7)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        data[0] = 0.0;
+        data[1] = -0.0;
+        data[2] = -5.0;
+        let r = Tensor::from_vec(randn(&mut rng, data.len()), [1, data.len()], &dev).unwrap();
+        let run = |fuse: bool| {
+            let x = Tensor::param(data.clone(), vec![2, 3, 7, 7], &dev).unwrap();
+            let y = if fuse {
+                fused.forward_relu(&x, Mode::Train, flags).unwrap()
+            } else {
+                let relu = ops::relu(&x).unwrap();
+                separate.forward(&relu, Mode::Train, flags).unwrap()
+            };
+            let grads = common::weighted_sum(&y, &r).unwrap().backward().unwrap();
+            let dx = grads.get(&x).unwrap().to_vec().unwrap();
+            (y.to_vec().unwrap(), dx)
+        };
+        let ((y_f, dx_f), (y_s, dx_s)) = (run(true), run(false));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y_f), bits(&y_s), "step {step}: outputs differ");
+        assert_eq!(bits(&dx_f), bits(&dx_s), "step {step}: gradients differ");
+        assert_eq!(
+            fused.save().unwrap(),
+            separate.save().unwrap(),
+            "step {step}: observers differ"
+        );
+        if step == 1 {
+            let clamped = dx_f
+                .iter()
+                .zip(&data)
+                .filter(|(g, &x)| x > 0.0 && **g == 0.0);
+            assert!(clamped.count() > 0, "no value reached past the range");
+        }
+    }
+}

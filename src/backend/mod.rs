@@ -355,6 +355,53 @@ pub trait Backend: Send + Sync {
         let _ = (words, qmin, qmax, x, dy, dx);
         Err(unsupported(self, "fake_quant_act_bwd"))
     }
+    /// Whether this backend runs a ReLU fused into the activation quantizer
+    /// that follows it ([`Backend::relu_observe_act`],
+    /// [`Backend::relu_fake_quant_act_fwd`] and its gradient): one pass over
+    /// the pre-activation instead of a ReLU pass and then the quantizer's.
+    /// The ops take the separate ReLU where it does not.
+    fn fuses_relu_quant(&self) -> bool {
+        false
+    }
+    /// [`Backend::observe_act`] of `max(x, 0)`, which is not stored.
+    fn relu_observe_act(
+        &self,
+        x: &Storage,
+        momentum: f32,
+        scheme: Scheme,
+        words: &mut Storage,
+    ) -> Result<()> {
+        let _ = (x, momentum, scheme, words);
+        Err(unsupported(self, "relu_observe_act"))
+    }
+    /// [`Backend::fake_quant_act_fwd`] of `max(x, 0)`.
+    fn relu_fake_quant_act_fwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let _ = (words, qmin, qmax, x, y);
+        Err(unsupported(self, "relu_fake_quant_act_fwd"))
+    }
+    /// The gradient of [`Backend::relu_fake_quant_act_fwd`], with the bits of
+    /// the two separate ones: with `r = max(x, 0)`, `g = dy * ste_mask(r)`,
+    /// `dx = g` where `r > 0`, else `0`.
+    #[allow(clippy::too_many_arguments)]
+    fn relu_fake_quant_act_bwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let _ = (words, qmin, qmax, x, dy, dx);
+        Err(unsupported(self, "relu_fake_quant_act_bwd"))
+    }
     /// Per-channel symmetric fake quantization of `channels x inner` weights
     /// (z = 0, [-127, 127]): writes each channel's scale
     /// `max(amax_c / 127, 2^-23)` to `scales` and the fake-quantized weights

@@ -57,7 +57,7 @@ pub fn kind(op: &str) -> &'static str {
     match op {
         "zeros" | "empty" | "upload" | "download" | "fill" | "copy" => "memory",
         "gemm" | "add_row_bias" | "sum_rows" => "gemm",
-        "min_max" | "observe_act" => "observers",
+        "min_max" | "observe_act" | "relu_observe_act" => "observers",
         "pair_map" => "fake-quant",
         "sgd_step" => "optimizer",
         "qconv2d" | "qadd" | "qgap" => "integer eval",
@@ -67,7 +67,7 @@ pub fn kind(op: &str) -> &'static str {
         _ if op.starts_with("conv2d") => "convolution",
         _ if op.starts_with("batchnorm") => "batch norm",
         _ if op.contains("pool") => "pooling",
-        _ if op.starts_with("fake_quant") || op.starts_with("channel_") => "fake-quant",
+        _ if op.contains("fake_quant") || op.starts_with("channel_") => "fake-quant",
         _ => "other",
     }
 }
@@ -153,6 +153,10 @@ impl Backend for Profiler {
         self.inner.recycle(s)
     }
 
+    fn fuses_relu_quant(&self) -> bool {
+        self.inner.fuses_relu_quant()
+    }
+
     timed! {
         fn zeros(&self, len: usize) -> Result<Storage>;
         fn empty(&self, len: usize) -> Result<Storage>;
@@ -194,6 +198,9 @@ impl Backend for Profiler {
         fn observe_act(&self, x: &Storage, momentum: f32, scheme: Scheme, words: &mut Storage) -> Result<()>;
         fn fake_quant_act_fwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, y: &mut Storage) -> Result<()>;
         fn fake_quant_act_bwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
+        fn relu_observe_act(&self, x: &Storage, momentum: f32, scheme: Scheme, words: &mut Storage) -> Result<()>;
+        fn relu_fake_quant_act_fwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, y: &mut Storage) -> Result<()>;
+        fn relu_fake_quant_act_bwd(&self, words: &Storage, qmin: i32, qmax: i32, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
         fn fake_quant_channel_fwd(&self, channels: usize, inner: usize, w: &Storage, y: &mut Storage, scales: &mut Storage) -> Result<()>;
         fn fake_quant_channel_bwd(&self, channels: usize, inner: usize, w: &Storage, scales: &Storage, dy: &Storage, dw: &mut Storage) -> Result<()>;
         fn channel_scale(&self, outer: usize, c: usize, inner: usize, x: &Storage, s: &Storage, y: &mut Storage) -> Result<()>;

@@ -3,7 +3,7 @@
 //! node (S3, S4). Each node's output is dropped after its last reader.
 
 use super::{Graph, Node, Op};
-use crate::nn::{Mode, Module, QatFlags};
+use crate::nn::{Activation, Mode, Module, QatFlags};
 use crate::ops;
 use crate::tensor::Tensor;
 use crate::{bail, Result};
@@ -109,9 +109,20 @@ fn qat_node(
         Op::ConvBn(u) => return u.forward_qat(a()?, mode, flags, node.quantizer()?),
         Op::Conv { conv, act } => {
             let (w_q, _) = ops::fake_quant_channel(&conv.weight)?;
-            act.apply(ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?)?
+            let y = ops::conv2d(a()?, &w_q, conv.bias.as_ref(), conv.params)?;
+            match &node.quant {
+                Some(q) if *act == Activation::Relu => return q.forward_relu(&y, mode, flags),
+                _ => act.apply(y)?,
+            }
         }
-        Op::Add { relu } => relu_if(*relu, ops::add(a()?, input(node, inputs, 1)?)?)?,
+        Op::Add { relu } => {
+            let sum = ops::add(a()?, input(node, inputs, 1)?)?;
+            match &node.quant {
+                // ReLU and quantizer in one pass where the backend can.
+                Some(q) if *relu => return q.forward_relu(&sum, mode, flags),
+                _ => relu_if(*relu, sum)?,
+            }
+        }
         Op::MaxPool(p) => ops::max_pool2d(a()?, *p)?,
         Op::AvgPool(p) => ops::avg_pool2d(a()?, *p)?,
         Op::GlobalAvgPool => ops::global_avg_pool(a()?)?,

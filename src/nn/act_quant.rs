@@ -191,28 +191,51 @@ impl ActQuant {
     /// fake-quantize when activation quantization is on, all on the
     /// activations' device.
     pub fn forward(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
+        self.run(x, mode, flags, false)
+    }
+
+    /// [`ActQuant::forward`] of `relu(x)`: ReLU and quantizer in one pass
+    /// where the backend [fuses](crate::backend::Backend::fuses_relu_quant)
+    /// them (the same values and gradients), else the two ops.
+    pub fn forward_relu(&self, x: &Tensor, mode: Mode, flags: QatFlags) -> Result<Tensor> {
+        if x.device().backend().fuses_relu_quant() {
+            self.run(x, mode, flags, true)
+        } else {
+            self.run(&ops::relu(x)?, mode, flags, false)
+        }
+    }
+
+    /// The quantizer of `x`, or with `relu` of `relu(x)` through the fused
+    /// primitives.
+    fn run(&self, x: &Tensor, mode: Mode, flags: QatFlags, relu: bool) -> Result<Tensor> {
         let mut st = self.lock();
         let observe = mode == Mode::Train && flags.observe && st.frozen.is_none();
+        let plain = |x: &Tensor| if relu { ops::relu(x) } else { Ok(x.clone()) };
         if !observe && !flags.quantize_acts {
-            return Ok(x.clone());
+            return plain(x);
         }
         let words = self.words_on(&mut st, x.device())?;
         if observe {
-            x.device().backend().observe_act(
-                &x.storage(),
-                st.obs.momentum,
-                self.scheme,
-                &mut words.storage_mut(),
-            )?;
+            let (be, xs, w) = (x.device().backend(), &x.storage(), &mut words.storage_mut());
+            let (m, scheme) = (st.obs.momentum, self.scheme);
+            if relu {
+                be.relu_observe_act(xs, m, scheme, w)?;
+            } else {
+                be.observe_act(xs, m, scheme, w)?;
+            }
             st.observed = true;
         }
         if !flags.quantize_acts {
-            return Ok(x.clone());
+            return plain(x);
         }
         if st.frozen.is_none() && !st.obs.initialized && !st.observed {
             bail!(Usage, "an activation quantizer has not observed any data yet: train at least one step first");
         }
         drop(st);
-        ops::fake_quant_act(x, &words, ACT_QMIN, ACT_QMAX)
+        if relu {
+            ops::relu_fake_quant_act(x, &words, ACT_QMIN, ACT_QMAX)
+        } else {
+            ops::fake_quant_act(x, &words, ACT_QMIN, ACT_QMAX)
+        }
     }
 }

@@ -259,7 +259,10 @@ impl ConvBn {
             let t = ops::scale_channels(&y, &inv, 1)?;
             bn.forward(&t, Mode::Train)?
         };
-        quant.forward(&self.act.apply(y)?, mode, flags)
+        match self.act {
+            Activation::Relu => quant.forward_relu(&y, mode, flags),
+            act => quant.forward(&act.apply(y)?, mode, flags),
+        }
     }
 }
 

@@ -22,7 +22,9 @@ pub use norm::{batch_norm, BatchNormArgs};
 pub use pool::{
     avg_pool2d, flatten, global_avg_pool, max_pool2d, AvgPool2dParams, MaxPool2dParams,
 };
-pub use quant::{fake_quant_act, fake_quant_channel, fake_quant_tensor, scale_channels};
+pub use quant::{
+    fake_quant_act, fake_quant_channel, fake_quant_tensor, relu_fake_quant_act, scale_channels,
+};
 
 use crate::autograd::{self, Grads};
 use crate::backend::{Backend, Device, Storage};

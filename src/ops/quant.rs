@@ -34,15 +34,37 @@ pub fn fake_quant_tensor(x: &Tensor, q: FqTensor) -> Result<Tensor> {
 /// read on the device. The backward uses a copy of the words taken here: a
 /// later observer step may change them before it runs.
 pub fn fake_quant_act(x: &Tensor, words: &Tensor, qmin: i32, qmax: i32) -> Result<Tensor> {
+    act_quant_op(x, words, (qmin, qmax), false)
+}
+
+/// [`fake_quant_act`] of `relu(x)` in one pass, on a backend that
+/// [fuses](crate::backend::Backend::fuses_relu_quant) them: the same values
+/// and gradients as `fake_quant_act(&relu(x)?, ..)`, without storing the
+/// ReLU's output.
+pub fn relu_fake_quant_act(x: &Tensor, words: &Tensor, qmin: i32, qmax: i32) -> Result<Tensor> {
+    act_quant_op(x, words, (qmin, qmax), true)
+}
+
+fn act_quant_op(
+    x: &Tensor,
+    words: &Tensor,
+    (qmin, qmax): (i32, i32),
+    relu: bool,
+) -> Result<Tensor> {
+    let what = if relu {
+        "relu_fake_quant_act"
+    } else {
+        "fake_quant_act"
+    };
     if words.numel() != observer_words::LEN || qmin > qmax {
         bail!(
             Shape,
-            "fake_quant_act: {} observer words (need {}) or range [{qmin}, {qmax}]",
+            "{what}: {} observer words (need {}) or range [{qmin}, {qmax}]",
             words.numel(),
             observer_words::LEN
         );
     }
-    x.check_same_device(words, "fake_quant_act")?;
+    x.check_same_device(words, what)?;
     // Only a tracked output records the backward that needs the copy.
     let kept = if autograd::should_record(&[x]) {
         words.detach_copy()?
@@ -52,8 +74,22 @@ pub fn fake_quant_act(x: &Tensor, words: &Tensor, qmin: i32, qmax: i32) -> Resul
     unary_op(
         x,
         x.shape().clone(),
-        |be, x, y| be.fake_quant_act_fwd(&words.storage(), qmin, qmax, x, y),
-        move |be, x, gy, dx| be.fake_quant_act_bwd(&kept.storage(), qmin, qmax, x, gy, dx),
+        |be, x, y| {
+            let w = &words.storage();
+            if relu {
+                be.relu_fake_quant_act_fwd(w, qmin, qmax, x, y)
+            } else {
+                be.fake_quant_act_fwd(w, qmin, qmax, x, y)
+            }
+        },
+        move |be, x, gy, dx| {
+            let w = &kept.storage();
+            if relu {
+                be.relu_fake_quant_act_bwd(w, qmin, qmax, x, gy, dx)
+            } else {
+                be.fake_quant_act_bwd(w, qmin, qmax, x, gy, dx)
+            }
+        },
     )
 }
 

@@ -73,17 +73,19 @@ fn higher(m: f32, v: f32) -> f32 {
 }
 
 #[inline(always)]
-fn min_max_loop(x: &[f32]) -> (f32, f32) {
+fn min_max_loop(x: &[f32], f: &impl Fn(f32) -> f32) -> (f32, f32) {
     let mut lo = [f32::INFINITY; LANES];
     let mut hi = [f32::NEG_INFINITY; LANES];
     let mut blocks = x.chunks_exact(LANES);
     for b in &mut blocks {
         for j in 0..LANES {
-            lo[j] = lower(lo[j], b[j]);
-            hi[j] = higher(hi[j], b[j]);
+            let v = f(b[j]);
+            lo[j] = lower(lo[j], v);
+            hi[j] = higher(hi[j], v);
         }
     }
     for (j, &v) in blocks.remainder().iter().enumerate() {
+        let v = f(v);
         lo[j] = lower(lo[j], v);
         hi[j] = higher(hi[j], v);
     }
@@ -161,8 +163,8 @@ macro_rules! builds {
                 update_loop(y, x, f)
             }
             $(#[target_feature(enable = $feat)])?
-            pub(super) unsafe fn min_max(x: &[f32]) -> (f32, f32) {
-                min_max_loop(x)
+            pub(super) unsafe fn min_max(x: &[f32], f: &impl Fn(f32) -> f32) -> (f32, f32) {
+                min_max_loop(x, f)
             }
             $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn sum2(
@@ -311,10 +313,17 @@ pub fn channel_scale(channels: usize, inner: usize, x: &[f32], s: &[f32], y: &mu
 /// `(min, max)` over all elements, NaN ignored (`f32::min`/`max`); `(+inf,
 /// -inf)` for an empty or all-NaN buffer.
 pub fn min_max(x: &[f32]) -> (f32, f32) {
-    x.par_chunks(CHUNK).map(|x| dispatch!(min_max(x))).reduce(
-        || (f32::INFINITY, f32::NEG_INFINITY),
-        |a, b| (a.0.min(b.0), a.1.max(b.1)),
-    )
+    min_max_of(x, |v| v)
+}
+
+/// [`min_max`] of `f(x[i])`, without storing them.
+pub fn min_max_of(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> (f32, f32) {
+    x.par_chunks(CHUNK)
+        .map(|x| dispatch!(min_max(x, &f)))
+        .reduce(
+            || (f32::INFINITY, f32::NEG_INFINITY),
+            |a, b| (a.0.min(b.0), a.1.max(b.1)),
+        )
 }
 
 #[cfg(test)]

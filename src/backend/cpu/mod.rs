@@ -491,6 +491,49 @@ impl Backend for CpuBackend {
         quant::fake_quant_tensor_bwd(&q, x.host()?, dy.host()?, dx.host_mut()?);
         Ok(())
     }
+    fn fuses_relu_quant(&self) -> bool {
+        true
+    }
+    fn relu_observe_act(
+        &self,
+        x: &Storage,
+        momentum: f32,
+        scheme: Scheme,
+        words: &mut Storage,
+    ) -> Result<()> {
+        let x = x.host()?;
+        if x.is_empty() {
+            return Ok(());
+        }
+        // The range of `relu_fwd`'s output, element for element.
+        let (lo, hi) = map::min_max_of(x, |v| v.max(0.0));
+        observer_words::observe(words.host_mut()?, lo, hi, momentum, scheme)
+    }
+    fn relu_fake_quant_act_fwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        y: &mut Storage,
+    ) -> Result<()> {
+        let q = fq_of_words(words, qmin, qmax)?;
+        quant::relu_fake_quant_tensor_fwd(&q, x.host()?, y.host_mut()?);
+        Ok(())
+    }
+    fn relu_fake_quant_act_bwd(
+        &self,
+        words: &Storage,
+        qmin: i32,
+        qmax: i32,
+        x: &Storage,
+        dy: &Storage,
+        dx: &mut Storage,
+    ) -> Result<()> {
+        let q = fq_of_words(words, qmin, qmax)?;
+        quant::relu_fake_quant_tensor_bwd(&q, x.host()?, dy.host()?, dx.host_mut()?);
+        Ok(())
+    }
     fn fake_quant_channel_fwd(
         &self,
         _channels: usize,

@@ -26,6 +26,28 @@ pub fn fake_quant_tensor_bwd(q: &FqTensor, x: &[f32], dy: &[f32], dx: &mut [f32]
     });
 }
 
+/// [`fake_quant_tensor_fwd`] of `relu(x)` (`x.max(0.0)`, as `relu_fwd`).
+pub fn relu_fake_quant_tensor_fwd(q: &FqTensor, x: &[f32], y: &mut [f32]) {
+    map::map1(x, y, |v| {
+        fake_quant(v.max(0.0), q.scale, q.zero_point, q.qmin, q.qmax)
+    });
+}
+
+/// The gradient of [`relu_fake_quant_tensor_fwd`], in the operations of
+/// `fake_quant_tensor_bwd` and then `relu_bwd` on `r = relu(x)` (the same
+/// bits as the two passes).
+pub fn relu_fake_quant_tensor_bwd(q: &FqTensor, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map::map2(x, dy, dx, |v, d| {
+        let r = v.max(0.0);
+        let g = d * ste_mask(r, q.scale, q.zero_point, q.qmin, q.qmax);
+        if r > 0.0 {
+            g
+        } else {
+            0.0
+        }
+    });
+}
+
 pub fn fake_quant_channel_fwd(inner: usize, w: &[f32], y: &mut [f32], scales: &mut [f32]) {
     y.par_chunks_mut(inner)
         .zip(w.par_chunks(inner))
