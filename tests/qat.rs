@@ -254,3 +254,69 @@ fn fused_relu_quantizer_gives_the_bits_of_relu_then_quantizer() {
         }
     }
 }
+
+/// Batch norm of `x * s[c]` as one op (the CPU backend's fused primitive)
+/// gives the bits of `scale_channels` then `batch_norm`: output, running
+/// statistics, and the gradients of `x`, `s`, `gamma` and `beta`.
+#[test]
+fn scaled_batch_norm_gives_the_bits_of_scale_then_batch_norm() {
+    let dev = Device::cpu();
+    assert!(
+        dev.backend().fuses_scaled_batchnorm(),
+        "the CPU backend should take the fused path this test checks"
+    );
+    let mut rng = Rng::new(22);
+    let dims = vec![3usize, 4, 5, 6];
+    let x_data: Vec<f32> = randn(&mut rng, 3 * 4 * 5 * 6)
+        .iter()
+        .map(|v| v * 2.0 + 0.7)
+        .collect();
+    let s_data: Vec<f32> = randn(&mut rng, 4).iter().map(|v| v.abs() + 0.3).collect();
+    let (g_data, b_data) = (randn(&mut rng, 4), randn(&mut rng, 4));
+    let r = Tensor::from_vec(randn(&mut rng, x_data.len()), [1, x_data.len()], &dev).unwrap();
+    let run = |fuse: bool| {
+        let x = Tensor::param(x_data.clone(), dims.clone(), &dev).unwrap();
+        let s = Tensor::param(s_data.clone(), vec![4], &dev).unwrap();
+        let gamma = Tensor::param(g_data.clone(), vec![4], &dev).unwrap();
+        let beta = Tensor::param(b_data.clone(), vec![4], &dev).unwrap();
+        let rm = Tensor::from_vec(vec![0.1; 4], [4], &dev).unwrap();
+        let rv = Tensor::from_vec(vec![0.9; 4], [4], &dev).unwrap();
+        let args = BatchNormArgs {
+            running_mean: &rm,
+            running_var: &rv,
+            train: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let y = if fuse {
+            ops::batch_norm_scaled(&x, &s, &gamma, &beta, args).unwrap()
+        } else {
+            let t = ops::scale_channels(&x, &s, 1).unwrap();
+            ops::batch_norm(&t, &gamma, &beta, args).unwrap()
+        };
+        let grads = common::weighted_sum(&y, &r).unwrap().backward().unwrap();
+        let mut out = vec![
+            y.to_vec().unwrap(),
+            rm.to_vec().unwrap(),
+            rv.to_vec().unwrap(),
+        ];
+        for p in [&x, &s, &gamma, &beta] {
+            out.push(grads.get(p).unwrap().to_vec().unwrap());
+        }
+        out
+    };
+    let (fused, separate) = (run(true), run(false));
+    let names = [
+        "y",
+        "running_mean",
+        "running_var",
+        "dx",
+        "ds",
+        "dgamma",
+        "dbeta",
+    ];
+    for ((a, b), name) in fused.iter().zip(&separate).zip(names) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{name} differs");
+    }
+}

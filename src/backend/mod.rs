@@ -209,6 +209,56 @@ pub trait Backend: Send + Sync {
         dgamma: &mut Storage,
         dbeta: &mut Storage,
     ) -> Result<()>;
+    /// Whether this backend runs [`Backend::batchnorm_fwd_train_scaled`] and
+    /// its gradient: training batch norm of `t = x * pre[c]` (the QAT unit's
+    /// convolution output divided by its fold factor) without storing `t`.
+    /// The ops scale and normalize separately where it does not.
+    fn fuses_scaled_batchnorm(&self) -> bool {
+        false
+    }
+    /// [`Backend::batchnorm_fwd_train`] of `t = x * pre[c]`, `t` computed as
+    /// [`Backend::channel_scale`] does and not stored.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_fwd_train_scaled(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        pre: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, x, pre, gamma, beta, running_mean, running_var, y);
+        let _ = (save_mean, save_invstd);
+        Err(unsupported(self, "batchnorm_fwd_train_scaled"))
+    }
+    /// The gradient of [`Backend::batchnorm_fwd_train_scaled`], with the
+    /// bits of [`Backend::batchnorm_bwd`] on `t` followed by the
+    /// [`Backend::channel_scale`] and [`Backend::channel_dot`] of the
+    /// scaling's backward: `dx = dt * pre[c]`, `dpre[c] = Σ dt * x`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_bwd_scaled(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        pre: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dpre: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, x, pre, dy, gamma, save_mean, save_invstd, dx, dpre);
+        let _ = (dgamma, dbeta);
+        Err(unsupported(self, "batchnorm_bwd_scaled"))
+    }
 
     // ---- pooling ------------------------------------------------------------
     fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;

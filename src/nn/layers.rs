@@ -88,6 +88,25 @@ impl BatchNorm2d {
     }
 }
 
+impl BatchNorm2d {
+    /// The training forward of `x * s[c]` ([`ops::batch_norm_scaled`]).
+    pub fn forward_scaled(&self, x: &Tensor, s: &Tensor) -> Result<Tensor> {
+        ops::batch_norm_scaled(
+            x,
+            s,
+            &self.weight,
+            &self.bias,
+            BatchNormArgs {
+                running_mean: &self.running_mean,
+                running_var: &self.running_var,
+                train: true,
+                momentum: self.momentum,
+                eps: self.eps,
+            },
+        )
+    }
+}
+
 impl Module for BatchNorm2d {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         ops::batch_norm(
@@ -256,8 +275,7 @@ impl ConvBn {
         } else {
             let y = ops::conv2d(x, &w_q, None, self.conv.params)?;
             let inv = ops::reciprocal(&sf)?;
-            let t = ops::scale_channels(&y, &inv, 1)?;
-            bn.forward(&t, Mode::Train)?
+            bn.forward_scaled(&y, &inv)?
         };
         match self.act {
             Activation::Relu => quant.forward_relu(&y, mode, flags),

@@ -313,7 +313,7 @@ fn gather_band(
     for b in 0..images {
         for r in 0..rows {
             let from = &src[(b * channels + ch0 + r) * plane + p0..][..np];
-            buf[r * ld + b * np..][..np].copy_from_slice(from);
+            tile::copy_short(&mut buf[r * ld + b * np..], from);
         }
     }
 }
@@ -422,7 +422,7 @@ impl Grid {
                 } else {
                     let rows = img[..h * self.pitch].chunks_exact_mut(self.pitch);
                     for (row, from) in rows.zip(from.chunks_exact(w)) {
-                        row[..w].copy_from_slice(from);
+                        tile::copy_short(row, from);
                         row[w..].fill(0.0);
                     }
                 }

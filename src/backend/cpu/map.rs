@@ -136,6 +136,37 @@ fn sum2_loop(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> (f64, f64)) -> (f64,
     (lane_total(s), lane_total(t))
 }
 
+#[inline(always)]
+fn map2_sum_loop(a: &[f32], b: &[f32], y: &mut [f32], f: &impl Fn(f32, f32) -> (f32, f64)) -> f64 {
+    let mut s = [0.0f64; SUM_LANES];
+    let n = y.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    let whole = n / SUM_LANES * SUM_LANES;
+    let blocks = y[..whole].chunks_exact_mut(SUM_LANES).zip(
+        a[..whole]
+            .chunks_exact(SUM_LANES)
+            .zip(b[..whole].chunks_exact(SUM_LANES)),
+    );
+    for (yb, (ab, bb)) in blocks {
+        for l in 0..SUM_LANES {
+            let (o, u) = f(ab[l], bb[l]);
+            yb[l] = o;
+            s[l] += u;
+        }
+    }
+    for (l, ((o, &u), &v)) in y[whole..]
+        .iter_mut()
+        .zip(&a[whole..])
+        .zip(&b[whole..])
+        .enumerate()
+    {
+        let (r, w) = f(u, v);
+        *o = r;
+        s[l] += w;
+    }
+    lane_total(s)
+}
+
 /// One `#[target_feature]` build of the loops.
 macro_rules! builds {
     ($name:ident $(, $feat:literal)?) => {
@@ -165,6 +196,15 @@ macro_rules! builds {
             $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn min_max(x: &[f32], f: &impl Fn(f32) -> f32) -> (f32, f32) {
                 min_max_loop(x, f)
+            }
+            $(#[target_feature(enable = $feat)])?
+            pub(super) unsafe fn map2_sum(
+                a: &[f32],
+                b: &[f32],
+                y: &mut [f32],
+                f: &impl Fn(f32, f32) -> (f32, f64),
+            ) -> f64 {
+                map2_sum_loop(a, b, y, f)
             }
             $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn sum2(
@@ -250,6 +290,18 @@ pub fn map2_here(a: &[f32], b: &[f32], y: &mut [f32], f: impl Fn(f32, f32) -> f3
 pub fn sum2_here(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
     assert_eq!(a.len(), b.len());
     dispatch!(sum2(a, b, &f))
+}
+
+/// `y[i] = f(a[i], b[i]).0` and, in the lanes of [`sum2_here`], the sum
+/// of `f(a[i], b[i]).1`, on this thread.
+pub fn map2_sum_here(
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    f: impl Fn(f32, f32) -> (f32, f64),
+) -> f64 {
+    assert!(a.len() == y.len() && b.len() == y.len());
+    dispatch!(map2_sum(a, b, y, &f))
 }
 
 /// Per channel of two `outer x channels x inner` buffers: `(Σ u, Σ v)`

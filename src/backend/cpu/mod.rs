@@ -248,6 +248,7 @@ impl Backend for CpuBackend {
         norm::forward_train(
             g,
             x.host()?,
+            None,
             gamma.host()?,
             beta.host()?,
             running_mean.host_mut()?,
@@ -294,6 +295,66 @@ impl Backend for CpuBackend {
         norm::backward(
             g,
             x.host()?,
+            None,
+            dy.host()?,
+            gamma.host()?,
+            save_mean.host()?,
+            save_invstd.host()?,
+            dx.host_mut()?,
+            dgamma.host_mut()?,
+            dbeta.host_mut()?,
+        );
+        Ok(())
+    }
+
+    fn fuses_scaled_batchnorm(&self) -> bool {
+        true
+    }
+    fn batchnorm_fwd_train_scaled(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        pre: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+    ) -> Result<()> {
+        norm::forward_train(
+            g,
+            x.host()?,
+            Some(pre.host()?),
+            gamma.host()?,
+            beta.host()?,
+            running_mean.host_mut()?,
+            running_var.host_mut()?,
+            y.host_mut()?,
+            save_mean.host_mut()?,
+            save_invstd.host_mut()?,
+        );
+        Ok(())
+    }
+    fn batchnorm_bwd_scaled(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        pre: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dpre: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()> {
+        norm::backward(
+            g,
+            x.host()?,
+            Some((pre.host()?, dpre.host_mut()?)),
             dy.host()?,
             gamma.host()?,
             save_mean.host()?,

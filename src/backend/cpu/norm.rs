@@ -16,13 +16,13 @@ fn planes_per_task(g: &BnGeom) -> usize {
 /// x0 + Σd / n`, `var = (Σd² - (Σd)² / n) / n`, which keeps the precision
 /// of a two-pass variance unless the spread is below 1e-8 of the offset),
 /// each plane summed in vector lanes ([`map::channel_sums2`]).
-fn channel_stats(g: &BnGeom, x: &[f32]) -> Vec<(f64, f64)> {
+fn channel_stats(g: &BnGeom, x: &[f32], pre: &[f32]) -> Vec<(f64, f64)> {
     let count = (g.n * g.hw) as f64;
     let shift: Vec<f64> = (0..g.c)
-        .map(|c| x.get(c * g.hw).map_or(0.0, |&v| v as f64))
+        .map(|c| x.get(c * g.hw).map_or(0.0, |&v| (v * pre[c]) as f64))
         .collect();
     let sums = map::channel_sums2((g.n, g.c, g.hw), x, x, |c, v, _| {
-        let d = v as f64 - shift[c];
+        let d = (v * pre[c]) as f64 - shift[c];
         (d, d * d)
     });
     sums.into_iter()
@@ -31,8 +31,8 @@ fn channel_stats(g: &BnGeom, x: &[f32]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `y = x * scale[c] + shift[c]` over NCHW planes.
-fn affine(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], y: &mut [f32]) {
+/// `y = (x * pre[c]) * scale[c] + shift[c]` over NCHW planes.
+fn affine(g: &BnGeom, x: &[f32], pre: &[f32], (scale, shift): (&[f32], &[f32]), y: &mut [f32]) {
     let per = planes_per_task(g) * g.hw;
     y.par_chunks_mut(per)
         .zip(x.par_chunks(per))
@@ -40,8 +40,8 @@ fn affine(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], y: &mut [f32]) {
         .for_each(|(t, (yt, xt))| {
             for (i, (yp, xp)) in yt.chunks_mut(g.hw).zip(xt.chunks(g.hw)).enumerate() {
                 let c = (t * planes_per_task(g) + i) % g.c;
-                let (k, b) = (scale[c], shift[c]);
-                map::map1_here(xp, yp, |v| v * k + b);
+                let (p, k, b) = (pre[c], scale[c], shift[c]);
+                map::map1_here(xp, yp, |v| (v * p) * k + b);
             }
         });
 }
@@ -50,6 +50,7 @@ fn affine(g: &BnGeom, x: &[f32], scale: &[f32], shift: &[f32], y: &mut [f32]) {
 pub fn forward_train(
     g: &BnGeom,
     x: &[f32],
+    pre: Option<&[f32]>,
     gamma: &[f32],
     beta: &[f32],
     run_mean: &mut [f32],
@@ -59,7 +60,8 @@ pub fn forward_train(
     save_invstd: &mut [f32],
 ) {
     let count = g.n * g.hw;
-    let stats = channel_stats(g, x);
+    let pre = pre_scale(g, pre);
+    let stats = channel_stats(g, x, &pre);
     let mut scale = vec![0.0f32; g.c];
     let mut shift = vec![0.0f32; g.c];
     let m = g.momentum;
@@ -77,7 +79,13 @@ pub fn forward_train(
         run_mean[c] = (1.0 - m) * run_mean[c] + m * mean as f32;
         run_var[c] = (1.0 - m) * run_var[c] + m * unbiased as f32;
     }
-    affine(g, x, &scale, &shift, y);
+    affine(g, x, &pre, (&scale, &shift), y);
+}
+
+/// The per-channel factor applied to `x` first: `pre`, or ones (`v * 1.0`
+/// is `v` exactly, so the unscaled form keeps its bits).
+fn pre_scale(g: &BnGeom, pre: Option<&[f32]>) -> Vec<f32> {
+    pre.map_or_else(|| vec![1.0; g.c], <[f32]>::to_vec)
 }
 
 pub fn forward_eval(
@@ -93,13 +101,18 @@ pub fn forward_eval(
         .map(|c| gamma[c] / (var[c] + g.eps).sqrt())
         .collect();
     let shift: Vec<f32> = (0..g.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    affine(g, x, &scale, &shift, y);
+    affine(g, x, &vec![1.0; g.c], (&scale, &shift), y);
 }
 
+/// The gradient of [`forward_train`]: `dx` of `x` itself, which with a
+/// pre-scale is `dt * pre[c]` for the gradient `dt` of `t = x * pre[c]`,
+/// and then `dpre[c] = Σ dt * x` (float64, plane by plane in vector lanes
+/// and the planes in image order: the bits of `channel_dot`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     g: &BnGeom,
     x: &[f32],
+    pre: Option<(&[f32], &mut [f32])>,
     dy: &[f32],
     gamma: &[f32],
     save_mean: &[f32],
@@ -109,28 +122,55 @@ pub fn backward(
     dbeta: &mut [f32],
 ) {
     let count = (g.n * g.hw) as f64;
+    let (pre, dpre) = match pre {
+        Some((p, d)) => (p.to_vec(), Some(d)),
+        None => (vec![1.0; g.c], None),
+    };
     // Per channel: sum(dy) and sum(dy * xhat).
     let sums = map::channel_sums2((g.n, g.c, g.hw), x, dy, |c, xv, dv| {
         let (mean, invstd) = (save_mean[c] as f64, save_invstd[c] as f64);
-        (dv as f64, dv as f64 * (xv as f64 - mean) * invstd)
+        (
+            dv as f64,
+            dv as f64 * ((xv * pre[c]) as f64 - mean) * invstd,
+        )
     });
     for (c, &(s, sx)) in sums.iter().enumerate() {
         dbeta[c] = s as f32;
         dgamma[c] = sx as f32;
     }
+    let with_dpre = dpre.is_some();
     let per = planes_per_task(g) * g.hw;
-    dx.par_chunks_mut(per).enumerate().for_each(|(t, dxt)| {
-        for (i, dxp) in dxt.chunks_mut(g.hw).enumerate() {
-            let p = t * planes_per_task(g) + i;
-            let c = p % g.c;
-            let (mean, invstd) = (save_mean[c] as f64, save_invstd[c] as f64);
-            let (s, sx) = sums[c];
-            let k = gamma[c] as f64 * invstd / count;
-            let (xp, dp) = (&x[p * g.hw..][..g.hw], &dy[p * g.hw..][..g.hw]);
-            map::map2_here(xp, dp, dxp, |xv, dv| {
-                let xhat = (xv as f64 - mean) * invstd;
-                (k * (count * dv as f64 - s - xhat * sx)) as f32
-            });
+    let plane_dots: Vec<f64> = dx
+        .par_chunks_mut(per)
+        .enumerate()
+        .flat_map_iter(|(t, dxt)| {
+            let mut dots = Vec::with_capacity(planes_per_task(g));
+            for (i, dxp) in dxt.chunks_mut(g.hw).enumerate() {
+                let p = t * planes_per_task(g) + i;
+                let c = p % g.c;
+                let (mean, invstd) = (save_mean[c] as f64, save_invstd[c] as f64);
+                let (s, sx, q) = (sums[c].0, sums[c].1, pre[c]);
+                let k = gamma[c] as f64 * invstd / count;
+                let (xp, dp) = (&x[p * g.hw..][..g.hw], &dy[p * g.hw..][..g.hw]);
+                let dt = |xv: f32, dv: f32| {
+                    let xhat = ((xv * q) as f64 - mean) * invstd;
+                    (k * (count * dv as f64 - s - xhat * sx)) as f32
+                };
+                if with_dpre {
+                    dots.push(map::map2_sum_here(xp, dp, dxp, |xv, dv| {
+                        let d = dt(xv, dv);
+                        (d * q, d as f64 * xv as f64)
+                    }));
+                } else {
+                    map::map2_here(xp, dp, dxp, |xv, dv| dt(xv, dv) * q);
+                }
+            }
+            dots
+        })
+        .collect();
+    if let Some(dpre) = dpre {
+        for (c, d) in dpre.iter_mut().enumerate() {
+            *d = (0..g.n).fold(0.0f64, |acc, i| acc + plane_dots[i * g.c + c]) as f32;
         }
-    });
+    }
 }

@@ -24,6 +24,37 @@ use super::isa::Isa;
 /// Lanes of the dot kernel's partial sums (in every build).
 pub const DOT_LANES: usize = 16;
 
+/// `dst[..src.len()] = src` for the short runs of the convolution layouts
+/// (image rows, tile rows): fixed-size block moves, which the compiler
+/// inlines, instead of a `memmove` call whose set-up costs as much as
+/// moving a 28-float row.
+#[inline(always)]
+pub(super) fn copy_short(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn blocks<const B: usize>(dst: &mut [f32], src: &[f32]) {
+        // Whole blocks, then one block ending at the last element (it may
+        // overlap the previous one); `src.len() >= B`.
+        let n = src.len();
+        let mut i = 0;
+        while i + B <= n {
+            dst[i..i + B].copy_from_slice(&src[i..i + B]);
+            i += B;
+        }
+        if i < n {
+            dst[n - B..n].copy_from_slice(&src[n - B..]);
+        }
+    }
+    let n = src.len();
+    let dst = &mut dst[..n];
+    match n {
+        16.. => blocks::<16>(dst, src),
+        8.. => blocks::<8>(dst, src),
+        4.. => blocks::<4>(dst, src),
+        // At most three elements: moved one by one.
+        _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v),
+    }
+}
+
 /// Rows and columns of the broadcast kernel's tile on this processor.
 pub fn broadcast_tile() -> (usize, usize) {
     broadcast_tile_on(Isa::detected())
@@ -250,7 +281,7 @@ fn broadcast_gemm_on(
                     let row = &tile[t * nr..][..nr];
                     for &(jt, at, len) in &runs {
                         let at = at + (i0 + t) * dest.ldc;
-                        c[at..at + len].copy_from_slice(&row[jt..jt + len]);
+                        copy_short(&mut c[at..at + len], &row[jt..jt + len]);
                     }
                 }
             }
