@@ -320,3 +320,61 @@ fn scaled_batch_norm_gives_the_bits_of_scale_then_batch_norm() {
         assert_eq!(bits(a), bits(b), "{name} differs");
     }
 }
+
+/// Batch norm with its ReLU in the same passes (the CPU backend's fused
+/// FP32 primitive) gives the bits of `batch_norm` then `relu`: output,
+/// running statistics, and the gradients of `x`, `gamma` and `beta`, on
+/// data where about half of the outputs are clipped.
+#[test]
+fn batch_norm_relu_gives_the_bits_of_batch_norm_then_relu() {
+    let dev = Device::cpu();
+    assert!(
+        dev.backend().fuses_batchnorm_relu(),
+        "the CPU backend should take the fused path this test checks"
+    );
+    let mut rng = Rng::new(23);
+    let dims = vec![3usize, 4, 5, 6];
+    let x_data: Vec<f32> = randn(&mut rng, 3 * 4 * 5 * 6)
+        .iter()
+        .map(|v| v * 2.0 - 0.4)
+        .collect();
+    let (g_data, b_data) = (randn(&mut rng, 4), randn(&mut rng, 4));
+    let r = Tensor::from_vec(randn(&mut rng, x_data.len()), [1, x_data.len()], &dev).unwrap();
+    let run = |fuse: bool| {
+        let x = Tensor::param(x_data.clone(), dims.clone(), &dev).unwrap();
+        let gamma = Tensor::param(g_data.clone(), vec![4], &dev).unwrap();
+        let beta = Tensor::param(b_data.clone(), vec![4], &dev).unwrap();
+        let rm = Tensor::from_vec(vec![0.1; 4], [4], &dev).unwrap();
+        let rv = Tensor::from_vec(vec![0.9; 4], [4], &dev).unwrap();
+        let args = BatchNormArgs {
+            running_mean: &rm,
+            running_var: &rv,
+            train: true,
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        let y = if fuse {
+            ops::batch_norm_relu(&x, &gamma, &beta, args).unwrap()
+        } else {
+            ops::relu(&ops::batch_norm(&x, &gamma, &beta, args).unwrap()).unwrap()
+        };
+        let grads = common::weighted_sum(&y, &r).unwrap().backward().unwrap();
+        let mut out = vec![
+            y.to_vec().unwrap(),
+            rm.to_vec().unwrap(),
+            rv.to_vec().unwrap(),
+        ];
+        for p in [&x, &gamma, &beta] {
+            out.push(grads.get(p).unwrap().to_vec().unwrap());
+        }
+        out
+    };
+    let (fused, separate) = (run(true), run(false));
+    let zeros = fused[0].iter().filter(|&&v| v == 0.0).count();
+    assert!(zeros > 100 && zeros < 260, "{zeros} of 360 outputs clipped");
+    let names = ["y", "running_mean", "running_var", "dx", "dgamma", "dbeta"];
+    for ((a, b), name) in fused.iter().zip(&separate).zip(names) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{name} differs");
+    }
+}

@@ -209,6 +209,53 @@ pub trait Backend: Send + Sync {
         dgamma: &mut Storage,
         dbeta: &mut Storage,
     ) -> Result<()>;
+    /// Whether this backend runs [`Backend::batchnorm_relu_fwd_train`] and its
+    /// gradient: training batch norm with the ReLU after it in the same
+    /// passes. The ops call the two separately where it does not.
+    fn fuses_batchnorm_relu(&self) -> bool {
+        false
+    }
+    /// `y = max(batchnorm_fwd_train(x), 0)` with the bits of the two ops;
+    /// `affine` (`2 * c` floats) receives what the backward needs to
+    /// recompute the ReLU's mask from `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_relu_fwd_train(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+        affine: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, x, gamma, beta, running_mean, running_var, y);
+        let _ = (save_mean, save_invstd, affine);
+        Err(unsupported(self, "batchnorm_relu_fwd_train"))
+    }
+    /// The gradient of [`Backend::batchnorm_relu_fwd_train`]: `relu_bwd` then
+    /// [`Backend::batchnorm_bwd`], in their bits.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_relu_bwd(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        affine: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()> {
+        let _ = (g, x, affine, dy, gamma, save_mean, save_invstd, dx);
+        let _ = (dgamma, dbeta);
+        Err(unsupported(self, "batchnorm_relu_bwd"))
+    }
     /// Whether this backend runs [`Backend::batchnorm_fwd_train_scaled`] and
     /// its gradient: training batch norm of `t = x * pre[c]` (the QAT unit's
     /// convolution output divided by its fold factor) without storing `t`.

@@ -157,6 +157,10 @@ impl Backend for Profiler {
         self.inner.fuses_relu_quant()
     }
 
+    fn fuses_batchnorm_relu(&self) -> bool {
+        self.inner.fuses_batchnorm_relu()
+    }
+
     fn fuses_scaled_batchnorm(&self) -> bool {
         self.inner.fuses_scaled_batchnorm()
     }
@@ -187,6 +191,8 @@ impl Backend for Profiler {
         fn batchnorm_fwd_train(&self, g: &BnGeom, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Storage, running_var: &mut Storage, y: &mut Storage, save_mean: &mut Storage, save_invstd: &mut Storage) -> Result<()>;
         fn batchnorm_fwd_eval(&self, g: &BnGeom, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &Storage, running_var: &Storage, y: &mut Storage) -> Result<()>;
         fn batchnorm_bwd(&self, g: &BnGeom, x: &Storage, dy: &Storage, gamma: &Storage, save_mean: &Storage, save_invstd: &Storage, dx: &mut Storage, dgamma: &mut Storage, dbeta: &mut Storage) -> Result<()>;
+        fn batchnorm_relu_fwd_train(&self, g: &BnGeom, x: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Storage, running_var: &mut Storage, y: &mut Storage, save_mean: &mut Storage, save_invstd: &mut Storage, affine: &mut Storage) -> Result<()>;
+        fn batchnorm_relu_bwd(&self, g: &BnGeom, x: &Storage, affine: &Storage, dy: &Storage, gamma: &Storage, save_mean: &Storage, save_invstd: &Storage, dx: &mut Storage, dgamma: &mut Storage, dbeta: &mut Storage) -> Result<()>;
         fn batchnorm_fwd_train_scaled(&self, g: &BnGeom, x: &Storage, pre: &Storage, gamma: &Storage, beta: &Storage, running_mean: &mut Storage, running_var: &mut Storage, y: &mut Storage, save_mean: &mut Storage, save_invstd: &mut Storage) -> Result<()>;
         fn batchnorm_bwd_scaled(&self, g: &BnGeom, x: &Storage, pre: &Storage, dy: &Storage, gamma: &Storage, save_mean: &Storage, save_invstd: &Storage, dx: &mut Storage, dpre: &mut Storage, dgamma: &mut Storage, dbeta: &mut Storage) -> Result<()>;
         fn maxpool2d_fwd(&self, g: &Pool2dGeom, x: &Storage, y: &mut Storage) -> Result<()>;

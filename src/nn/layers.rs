@@ -89,21 +89,24 @@ impl BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    fn train_args(&self) -> BatchNormArgs<'_> {
+        BatchNormArgs {
+            running_mean: &self.running_mean,
+            running_var: &self.running_var,
+            train: true,
+            momentum: self.momentum,
+            eps: self.eps,
+        }
+    }
+
+    /// The training forward followed by a ReLU ([`ops::batch_norm_relu`]).
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        ops::batch_norm_relu(x, &self.weight, &self.bias, self.train_args())
+    }
+
     /// The training forward of `x * s[c]` ([`ops::batch_norm_scaled`]).
     pub fn forward_scaled(&self, x: &Tensor, s: &Tensor) -> Result<Tensor> {
-        ops::batch_norm_scaled(
-            x,
-            s,
-            &self.weight,
-            &self.bias,
-            BatchNormArgs {
-                running_mean: &self.running_mean,
-                running_var: &self.running_var,
-                train: true,
-                momentum: self.momentum,
-                eps: self.eps,
-            },
-        )
+        ops::batch_norm_scaled(x, s, &self.weight, &self.bias, self.train_args())
     }
 }
 
@@ -286,8 +289,12 @@ impl ConvBn {
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        self.act
-            .apply(self.bn.forward(&self.conv.forward(x, mode)?, mode)?)
+        let y = self.conv.forward(x, mode)?;
+        match self.act {
+            // Batch norm and ReLU in the same passes where the backend can.
+            Activation::Relu if mode == Mode::Train => self.bn.forward_relu(&y),
+            act => act.apply(self.bn.forward(&y, mode)?),
+        }
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
         self.conv.collect(&join(prefix, "conv"), out);

@@ -18,7 +18,7 @@ pub use elementwise::{add, hardtanh, relu, relu6};
 pub use fold::{bn_fold_factor, neg_mul, reciprocal};
 pub use linear::{linear, matmul};
 pub use loss::{cross_entropy, cross_entropy_with_hits};
-pub use norm::{batch_norm, batch_norm_scaled, BatchNormArgs};
+pub use norm::{batch_norm, batch_norm_relu, batch_norm_scaled, BatchNormArgs};
 pub use pool::{
     avg_pool2d, flatten, global_avg_pool, max_pool2d, AvgPool2dParams, MaxPool2dParams,
 };

@@ -194,3 +194,59 @@ pub fn batch_norm_scaled(
     }
     Ok(y)
 }
+
+/// `relu(batch_norm(x, ..))` in training: on a backend that
+/// [fuses](crate::backend::Backend::fuses_batchnorm_relu) them one op
+/// whose ReLU runs in batch norm's passes, with the values and gradients of
+/// the two ops; the two ops elsewhere, and outside training.
+pub fn batch_norm_relu(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    a: BatchNormArgs,
+) -> Result<Tensor> {
+    let be = x.device().backend();
+    if !a.train || !be.fuses_batchnorm_relu() {
+        return super::relu(&batch_norm(x, gamma, beta, a)?);
+    }
+    let g = geometry("batch_norm_relu", x, gamma, beta, &a)?;
+    let record = autograd::should_record(&[x, gamma, beta]);
+    let y = output(x.shape().clone(), x.device(), record)?;
+    let mean = output([g.c], x.device(), false)?;
+    let invstd = output([g.c], x.device(), false)?;
+    let affine = output([2 * g.c], x.device(), false)?;
+    be.batchnorm_relu_fwd_train(
+        &g,
+        &x.storage(),
+        &gamma.storage(),
+        &beta.storage(),
+        &mut a.running_mean.storage_mut(),
+        &mut a.running_var.storage_mut(),
+        &mut y.storage_mut(),
+        &mut mean.storage_mut(),
+        &mut invstd.storage_mut(),
+        &mut affine.storage_mut(),
+    )?;
+    if y.tracked() {
+        let (x, gamma, beta) = (x.clone(), gamma.clone(), beta.clone());
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let (dx, dgamma, dbeta) = (grad_like(&x)?, grad_like(&gamma)?, grad_like(&beta)?);
+            x.device().backend().batchnorm_relu_bwd(
+                &g,
+                &x.storage(),
+                &affine.storage(),
+                &gy.storage(),
+                &gamma.storage(),
+                &mean.storage(),
+                &invstd.storage(),
+                &mut dx.storage_mut(),
+                &mut dgamma.storage_mut(),
+                &mut dbeta.storage_mut(),
+            )?;
+            grads.accumulate(&x, dx)?;
+            grads.accumulate(&gamma, dgamma)?;
+            grads.accumulate(&beta, dbeta)
+        });
+    }
+    Ok(y)
+}

@@ -249,6 +249,7 @@ impl Backend for CpuBackend {
             g,
             x.host()?,
             None,
+            None,
             gamma.host()?,
             beta.host()?,
             running_mean.host_mut()?,
@@ -296,6 +297,7 @@ impl Backend for CpuBackend {
             g,
             x.host()?,
             None,
+            None,
             dy.host()?,
             gamma.host()?,
             save_mean.host()?,
@@ -327,6 +329,7 @@ impl Backend for CpuBackend {
             g,
             x.host()?,
             Some(pre.host()?),
+            None,
             gamma.host()?,
             beta.host()?,
             running_mean.host_mut()?,
@@ -355,6 +358,67 @@ impl Backend for CpuBackend {
             g,
             x.host()?,
             Some((pre.host()?, dpre.host_mut()?)),
+            None,
+            dy.host()?,
+            gamma.host()?,
+            save_mean.host()?,
+            save_invstd.host()?,
+            dx.host_mut()?,
+            dgamma.host_mut()?,
+            dbeta.host_mut()?,
+        );
+        Ok(())
+    }
+
+    fn fuses_batchnorm_relu(&self) -> bool {
+        true
+    }
+    fn batchnorm_relu_fwd_train(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        gamma: &Storage,
+        beta: &Storage,
+        running_mean: &mut Storage,
+        running_var: &mut Storage,
+        y: &mut Storage,
+        save_mean: &mut Storage,
+        save_invstd: &mut Storage,
+        affine: &mut Storage,
+    ) -> Result<()> {
+        norm::forward_train(
+            g,
+            x.host()?,
+            None,
+            Some(affine.host_mut()?),
+            gamma.host()?,
+            beta.host()?,
+            running_mean.host_mut()?,
+            running_var.host_mut()?,
+            y.host_mut()?,
+            save_mean.host_mut()?,
+            save_invstd.host_mut()?,
+        );
+        Ok(())
+    }
+    fn batchnorm_relu_bwd(
+        &self,
+        g: &BnGeom,
+        x: &Storage,
+        affine: &Storage,
+        dy: &Storage,
+        gamma: &Storage,
+        save_mean: &Storage,
+        save_invstd: &Storage,
+        dx: &mut Storage,
+        dgamma: &mut Storage,
+        dbeta: &mut Storage,
+    ) -> Result<()> {
+        norm::backward(
+            g,
+            x.host()?,
+            None,
+            Some(affine.host()?),
             dy.host()?,
             gamma.host()?,
             save_mean.host()?,

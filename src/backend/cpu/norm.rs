@@ -46,11 +46,15 @@ fn affine(g: &BnGeom, x: &[f32], pre: &[f32], (scale, shift): (&[f32], &[f32]), 
         });
 }
 
+/// With `relu`, `y` is `max(bn(x), 0)` (the ReLU's bits) and `relu`
+/// receives the per-channel `(scale, shift)` of the affine pass (`2 * c`
+/// floats), from which [`backward`] recomputes the ReLU's mask.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_train(
     g: &BnGeom,
     x: &[f32],
     pre: Option<&[f32]>,
+    relu: Option<&mut [f32]>,
     gamma: &[f32],
     beta: &[f32],
     run_mean: &mut [f32],
@@ -79,7 +83,28 @@ pub fn forward_train(
         run_mean[c] = (1.0 - m) * run_mean[c] + m * mean as f32;
         run_var[c] = (1.0 - m) * run_var[c] + m * unbiased as f32;
     }
-    affine(g, x, &pre, (&scale, &shift), y);
+    if let Some(out) = relu {
+        out[..g.c].copy_from_slice(&scale);
+        out[g.c..2 * g.c].copy_from_slice(&shift);
+        affine_relu(g, x, (&scale, &shift), y);
+    } else {
+        affine(g, x, &pre, (&scale, &shift), y);
+    }
+}
+
+/// `y = max(x * scale[c] + shift[c], 0)` over NCHW planes.
+fn affine_relu(g: &BnGeom, x: &[f32], (scale, shift): (&[f32], &[f32]), y: &mut [f32]) {
+    let per = planes_per_task(g) * g.hw;
+    y.par_chunks_mut(per)
+        .zip(x.par_chunks(per))
+        .enumerate()
+        .for_each(|(t, (yt, xt))| {
+            for (i, (yp, xp)) in yt.chunks_mut(g.hw).zip(xt.chunks(g.hw)).enumerate() {
+                let c = (t * planes_per_task(g) + i) % g.c;
+                let (k, b) = (scale[c], shift[c]);
+                map::map1_here(xp, yp, |v| ((v * 1.0) * k + b).max(0.0));
+            }
+        });
 }
 
 /// The per-channel factor applied to `x` first: `pre`, or ones (`v * 1.0`
@@ -113,10 +138,31 @@ pub fn backward(
     g: &BnGeom,
     x: &[f32],
     pre: Option<(&[f32], &mut [f32])>,
+    relu: Option<&[f32]>,
     dy: &[f32],
     gamma: &[f32],
     save_mean: &[f32],
     save_invstd: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    // One build per form, so that the loops stay free of the choice.
+    let stats = (gamma, save_mean, save_invstd);
+    match relu {
+        Some(ss) => backward_with::<true>(g, x, pre, ss, dy, stats, dx, dgamma, dbeta),
+        None => backward_with::<false>(g, x, pre, &[], dy, stats, dx, dgamma, dbeta),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_with<const RELU: bool>(
+    g: &BnGeom,
+    x: &[f32],
+    pre: Option<(&[f32], &mut [f32])>,
+    relu: &[f32],
+    dy: &[f32],
+    (gamma, save_mean, save_invstd): (&[f32], &[f32], &[f32]),
     dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
@@ -127,8 +173,18 @@ pub fn backward(
         None => (vec![1.0; g.c], None),
     };
     // Per channel: sum(dy) and sum(dy * xhat).
+    // `dy` through the fused ReLU, as `relu_bwd` passes it: where the
+    // recomputed affine output is positive (`x` unscaled then).
+    let mask = |c: usize, xv: f32, dv: f32| {
+        if !RELU || ((xv * 1.0) * relu[c] + relu[g.c + c]).max(0.0) > 0.0 {
+            dv
+        } else {
+            0.0
+        }
+    };
     let sums = map::channel_sums2((g.n, g.c, g.hw), x, dy, |c, xv, dv| {
         let (mean, invstd) = (save_mean[c] as f64, save_invstd[c] as f64);
+        let dv = mask(c, xv, dv);
         (
             dv as f64,
             dv as f64 * ((xv * pre[c]) as f64 - mean) * invstd,
@@ -153,6 +209,7 @@ pub fn backward(
                 let k = gamma[c] as f64 * invstd / count;
                 let (xp, dp) = (&x[p * g.hw..][..g.hw], &dy[p * g.hw..][..g.hw]);
                 let dt = |xv: f32, dv: f32| {
+                    let dv = mask(c, xv, dv);
                     let xhat = ((xv * q) as f64 - mean) * invstd;
                     (k * (count * dv as f64 - s - xhat * sx)) as f32
                 };
