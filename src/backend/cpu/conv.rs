@@ -1,8 +1,10 @@
-//! Convolution lowered to GEMM through im2col, on the register-tiled
-//! kernels of [`tile`]: the batch is cut into jobs of a few images (or
-//! bands of one image's output rows when an image is large), each job's
-//! column buffer (the images side by side) built in cache and multiplied
-//! there; groups are separate GEMMs over slices of it.
+//! Convolution as GEMM on the register-tiled kernels of [`tile`]: the
+//! batch is cut into jobs of a few images (or bands of one image's output
+//! rows when an image is large), each job's column buffer (the images side
+//! by side) built in cache and multiplied there; groups are separate GEMMs
+//! over slices of it. Size-keeping unit-stride convolutions (3x3 pad 1,
+//! 1x1) build no column buffer: its rows are shifted views of the job's
+//! images laid out once on a padded [`Grid`] ([`implicit`]).
 //!
 //! - Forward: `y = W col` on the broadcast kernel, tiles stored into `y`
 //!   with the bias added.
@@ -11,8 +13,9 @@
 //!   otherwise `dcol = Wᵀ dy` on the broadcast kernel, `dy` gathered into a
 //!   band, then col2im.
 //! - Backward-weight: `dW = dy colᵀ` on the dot kernel (both operands run
-//!   along output positions): lane partials over a fixed run of jobs per
-//!   thread, reduced, and the threads' sums added in order.
+//!   along output positions; on the grid, `dy` laid out on it too): lane
+//!   partials over a fixed run of jobs per thread, reduced, and the
+//!   threads' sums added in order.
 //!
 //! im2col and col2im of unit-stride convolutions whose output is as wide as
 //! the input (3x3 with padding 1) move each tap's row as one shifted block.
