@@ -86,14 +86,13 @@ impl BatchNorm2d {
             eps: 1e-5,
         })
     }
-}
 
-impl BatchNorm2d {
-    fn train_args(&self) -> BatchNormArgs<'_> {
+    /// The arguments of one call: batch statistics when `train`.
+    fn args(&self, train: bool) -> BatchNormArgs<'_> {
         BatchNormArgs {
             running_mean: &self.running_mean,
             running_var: &self.running_var,
-            train: true,
+            train,
             momentum: self.momentum,
             eps: self.eps,
         }
@@ -101,29 +100,18 @@ impl BatchNorm2d {
 
     /// The training forward followed by a ReLU ([`ops::batch_norm_relu`]).
     pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
-        ops::batch_norm_relu(x, &self.weight, &self.bias, self.train_args())
+        ops::batch_norm_relu(x, &self.weight, &self.bias, self.args(true))
     }
 
     /// The training forward of `x * s[c]` ([`ops::batch_norm_scaled`]).
     pub fn forward_scaled(&self, x: &Tensor, s: &Tensor) -> Result<Tensor> {
-        ops::batch_norm_scaled(x, s, &self.weight, &self.bias, self.train_args())
+        ops::batch_norm_scaled(x, s, &self.weight, &self.bias, self.args(true))
     }
 }
 
 impl Module for BatchNorm2d {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        ops::batch_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            BatchNormArgs {
-                running_mean: &self.running_mean,
-                running_var: &self.running_var,
-                train: mode == Mode::Train,
-                momentum: self.momentum,
-                eps: self.eps,
-            },
-        )
+        ops::batch_norm(x, &self.weight, &self.bias, self.args(mode == Mode::Train))
     }
     fn collect(&self, prefix: &str, out: &mut Vec<Named>) {
         out.push(Named {

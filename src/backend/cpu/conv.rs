@@ -679,7 +679,8 @@ pub fn backward_weight(
             );
         }
     };
-    let (images, lens) = if implicit(g) {
+    let on_grid = implicit(g);
+    let (images, lens) = if on_grid {
         let images = Grid::images_per_job(g);
         let grid = Grid::new(g, images);
         let kp = grid.cols.next_multiple_of(lanes);
@@ -693,7 +694,7 @@ pub fn backward_weight(
         with_scratch([lens[0], lens[1], g.groups * part_len], |a, b, parts| {
             parts.fill(0.0);
             for imgs in jobs {
-                if implicit(g) {
+                if on_grid {
                     implicit_job(imgs, [&mut *a, &mut *b], parts);
                 } else {
                     lowered_job(imgs, [&mut *a, &mut *b], parts);

@@ -362,7 +362,7 @@ pub fn channel_scale(channels: usize, inner: usize, x: &[f32], s: &[f32], y: &mu
     }
 }
 
-/// `(min, max)` over all elements, NaN ignored (`f32::min`/`max`); `(+inf,
+/// `(min, max)` over all elements, NaN ignored; `(+inf,
 /// -inf)` for an empty or all-NaN buffer.
 pub fn min_max(x: &[f32]) -> (f32, f32) {
     min_max_of(x, |v| v)
@@ -456,7 +456,7 @@ mod tests {
         }
     }
 
-    /// The float64 sums: every build gives the bits of 8 scalar lane sums
+    /// The float64 sums: every build gives the bits of 32 scalar lane sums
     /// added in the tree, on lengths that are not multiples of the lanes.
     #[test]
     fn every_build_sums_the_same_lanes() {

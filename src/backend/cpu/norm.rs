@@ -31,8 +31,15 @@ fn channel_stats(g: &BnGeom, x: &[f32], pre: &[f32]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// `y = (x * pre[c]) * scale[c] + shift[c]` over NCHW planes.
-fn affine(g: &BnGeom, x: &[f32], pre: &[f32], (scale, shift): (&[f32], &[f32]), y: &mut [f32]) {
+/// `y = (x * pre[c]) * scale[c] + shift[c]` over NCHW planes, through a
+/// ReLU (`max(.., 0)`, as `relu_fwd`) when `relu`.
+fn affine(
+    g: &BnGeom,
+    x: &[f32],
+    pre: &[f32],
+    (scale, shift, relu): (&[f32], &[f32], bool),
+    y: &mut [f32],
+) {
     let per = planes_per_task(g) * g.hw;
     y.par_chunks_mut(per)
         .zip(x.par_chunks(per))
@@ -41,7 +48,11 @@ fn affine(g: &BnGeom, x: &[f32], pre: &[f32], (scale, shift): (&[f32], &[f32]), 
             for (i, (yp, xp)) in yt.chunks_mut(g.hw).zip(xt.chunks(g.hw)).enumerate() {
                 let c = (t * planes_per_task(g) + i) % g.c;
                 let (p, k, b) = (pre[c], scale[c], shift[c]);
-                map::map1_here(xp, yp, |v| (v * p) * k + b);
+                if relu {
+                    map::map1_here(xp, yp, |v| ((v * p) * k + b).max(0.0));
+                } else {
+                    map::map1_here(xp, yp, |v| (v * p) * k + b);
+                }
             }
         });
 }
@@ -54,7 +65,7 @@ pub fn forward_train(
     g: &BnGeom,
     x: &[f32],
     pre: Option<&[f32]>,
-    relu: Option<&mut [f32]>,
+    mut relu: Option<&mut [f32]>,
     gamma: &[f32],
     beta: &[f32],
     run_mean: &mut [f32],
@@ -83,28 +94,11 @@ pub fn forward_train(
         run_mean[c] = (1.0 - m) * run_mean[c] + m * mean as f32;
         run_var[c] = (1.0 - m) * run_var[c] + m * unbiased as f32;
     }
-    if let Some(out) = relu {
+    if let Some(out) = &mut relu {
         out[..g.c].copy_from_slice(&scale);
         out[g.c..2 * g.c].copy_from_slice(&shift);
-        affine_relu(g, x, (&scale, &shift), y);
-    } else {
-        affine(g, x, &pre, (&scale, &shift), y);
     }
-}
-
-/// `y = max(x * scale[c] + shift[c], 0)` over NCHW planes.
-fn affine_relu(g: &BnGeom, x: &[f32], (scale, shift): (&[f32], &[f32]), y: &mut [f32]) {
-    let per = planes_per_task(g) * g.hw;
-    y.par_chunks_mut(per)
-        .zip(x.par_chunks(per))
-        .enumerate()
-        .for_each(|(t, (yt, xt))| {
-            for (i, (yp, xp)) in yt.chunks_mut(g.hw).zip(xt.chunks(g.hw)).enumerate() {
-                let c = (t * planes_per_task(g) + i) % g.c;
-                let (k, b) = (scale[c], shift[c]);
-                map::map1_here(xp, yp, |v| ((v * 1.0) * k + b).max(0.0));
-            }
-        });
+    affine(g, x, &pre, (&scale, &shift, relu.is_some()), y);
 }
 
 /// The per-channel factor applied to `x` first: `pre`, or ones (`v * 1.0`
@@ -126,7 +120,7 @@ pub fn forward_eval(
         .map(|c| gamma[c] / (var[c] + g.eps).sqrt())
         .collect();
     let shift: Vec<f32> = (0..g.c).map(|c| beta[c] - mean[c] * scale[c]).collect();
-    affine(g, x, &vec![1.0; g.c], (&scale, &shift), y);
+    affine(g, x, &vec![1.0; g.c], (&scale, &shift, false), y);
 }
 
 /// The gradient of [`forward_train`]: `dx` of `x` itself, which with a
