@@ -126,6 +126,27 @@ fn relu_and_add() {
     });
 }
 
+/// An add hands its output gradient to both inputs without a copy; a
+/// later accumulation into one of them must not change the other's. In
+/// `add(add(a, b), relu(a))` the inner add gives `a` and `b` one buffer,
+/// then the ReLU's gradient (recorded earlier, so run later) is added to
+/// `a`'s; `add(a, a)` doubles.
+#[test]
+fn shared_gradients_of_add() {
+    let mut rng = Rng::new(16);
+    let inputs = vec![
+        (away_from_zero(&mut rng, 30, 0.05), vec![2, 3, 5]),
+        (randn(&mut rng, 30), vec![2, 3, 5]),
+    ];
+    gradcheck(16, &inputs, 30, H, 1e-3, 1e-2, |t| {
+        let r = ops::relu(&t[0])?;
+        ops::add(&ops::add(&t[0], &t[1])?, &r)
+    });
+    gradcheck(17, &inputs[..1], 30, H, 1e-3, 1e-2, |t| {
+        ops::add(&t[0], &t[0])
+    });
+}
+
 #[test]
 fn max_pool_stem_window_and_odd_sizes() {
     let mut rng = Rng::new(11);

@@ -88,7 +88,10 @@ impl Grads {
         self.map.is_empty()
     }
     /// Adds `g` to the gradient of `t` (if `t` is tracked). `g` must have
-    /// `t`'s shape and device; it is taken over when `t` had no gradient yet.
+    /// `t`'s shape and device; it is taken over when `t` had no gradient yet,
+    /// so one gradient may be handed to several inputs (an add's): a
+    /// gradient that is still shared gets the sum in a fresh buffer
+    /// (`existing + g`, the bits of the in-place `axpy` with `alpha = 1`).
     pub fn accumulate(&mut self, t: &Tensor, g: Tensor) -> Result<()> {
         if !t.tracked() {
             return Ok(());
@@ -102,6 +105,12 @@ impl Grads {
             );
         }
         match self.map.get(&t.id()) {
+            Some(existing) if existing.is_shared() => {
+                let sum = crate::ops::grad_like(existing)?;
+                let b = existing.device().backend();
+                b.add(&existing.storage(), &g.storage(), &mut sum.storage_mut())?;
+                self.map.insert(t.id(), sum);
+            }
             Some(existing) => {
                 let b = existing.device().backend();
                 b.axpy(1.0, &g.storage(), &mut existing.storage_mut())?;
@@ -136,6 +145,13 @@ pub fn backward(loss: &Tensor) -> Result<Grads> {
     for entry in tape.into_iter().rev() {
         if let Some(gy) = grads.map.remove(&entry.output) {
             (entry.backward)(&gy, &mut grads)?;
+        }
+    }
+    // Each gradient returned owns its buffer (two leaves of one add would
+    // otherwise share theirs).
+    for g in grads.map.values_mut() {
+        if g.is_shared() {
+            *g = g.detach_copy()?;
         }
     }
     Ok(grads)

@@ -22,9 +22,9 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if y.tracked() {
         let (a, b) = (a.clone(), b.clone());
         autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
-            if b.tracked() {
-                grads.accumulate(&b, gy.detach_copy()?)?;
-            }
+            // Both inputs get `gy` itself: `accumulate` never adds into a
+            // shared gradient in place.
+            grads.accumulate(&b, gy.clone())?;
             grads.accumulate(&a, gy.clone())
         });
     }

@@ -127,6 +127,11 @@ impl Tensor {
     pub fn tracked(&self) -> bool {
         self.0.tracked
     }
+    /// Whether another handle to this tensor exists (a gradient handed to
+    /// two inputs, which must not be accumulated into in place).
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
 
     pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         self.0.storage.read().unwrap_or_else(|e| e.into_inner())
