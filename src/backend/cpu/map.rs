@@ -41,6 +41,13 @@ fn in_place_loop(y: &mut [f32], f: &impl Fn(f32) -> f32) {
 }
 
 #[inline(always)]
+fn update2_loop(y: &mut [f32], z: &mut [f32], x: &[f32], f: &impl Fn(f32, f32, f32) -> (f32, f32)) {
+    for ((o, p), &v) in y.iter_mut().zip(z.iter_mut()).zip(x) {
+        (*o, *p) = f(*o, *p, v);
+    }
+}
+
+#[inline(always)]
 fn update_loop(y: &mut [f32], x: &[f32], f: &impl Fn(f32, f32) -> f32) {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = f(*o, v);
@@ -194,6 +201,15 @@ macro_rules! builds {
                 update_loop(y, x, f)
             }
             $(#[target_feature(enable = $feat)])?
+            pub(super) unsafe fn update2(
+                y: &mut [f32],
+                z: &mut [f32],
+                x: &[f32],
+                f: &impl Fn(f32, f32, f32) -> (f32, f32),
+            ) {
+                update2_loop(y, z, x, f)
+            }
+            $(#[target_feature(enable = $feat)])?
             pub(super) unsafe fn min_max(x: &[f32], f: &impl Fn(f32) -> f32) -> (f32, f32) {
                 min_max_loop(x, f)
             }
@@ -269,6 +285,20 @@ pub fn update(y: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| dispatch!(update(y, x, &f)));
+}
+
+/// `(y[i], z[i]) = f(y[i], z[i], x[i])`, in place (an optimizer's
+/// parameter and its state from the gradient).
+pub fn update2(
+    y: &mut [f32],
+    z: &mut [f32],
+    x: &[f32],
+    f: impl Fn(f32, f32, f32) -> (f32, f32) + Sync,
+) {
+    assert!(x.len() == y.len() && z.len() == y.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(z.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)))
+        .for_each(|(y, (z, x))| dispatch!(update2(y, z, x, &f)));
 }
 
 /// `y[i] = f(x[i])` on this thread, for callers that split the work
