@@ -378,3 +378,46 @@ fn batch_norm_relu_gives_the_bits_of_batch_norm_then_relu() {
         assert_eq!(bits(a), bits(b), "{name} differs");
     }
 }
+
+/// The fused residual add and ReLU gives the bits of `add` then `relu`:
+/// the output and both inputs' gradients, here with one input also read
+/// by a second op (its gradient accumulates with the add's share).
+#[test]
+fn add_relu_gives_the_bits_of_add_then_relu() {
+    let dev = Device::cpu();
+    assert!(
+        dev.backend().fuses_add_relu(),
+        "the CPU backend should take the fused path this test checks"
+    );
+    let mut rng = Rng::new(29);
+    let n = 2 * 3 * 7 * 5;
+    let (a_data, b_data) = (randn(&mut rng, n), randn(&mut rng, n));
+    let r = Tensor::from_vec(randn(&mut rng, n), [1, n], &dev).unwrap();
+    let run = |fuse: bool| {
+        let a = Tensor::param(a_data.clone(), vec![2, 3, 7, 5], &dev).unwrap();
+        let b = Tensor::param(b_data.clone(), vec![2, 3, 7, 5], &dev).unwrap();
+        let side = ops::relu(&b).unwrap();
+        let y = if fuse {
+            ops::add_relu(&a, &b).unwrap()
+        } else {
+            ops::relu(&ops::add(&a, &b).unwrap()).unwrap()
+        };
+        let y = ops::add(&y, &side).unwrap();
+        let grads = common::weighted_sum(&y, &r).unwrap().backward().unwrap();
+        let mut out = vec![y.to_vec().unwrap()];
+        for p in [&a, &b] {
+            out.push(grads.get(p).unwrap().to_vec().unwrap());
+        }
+        out
+    };
+    let (fused, separate) = (run(true), run(false));
+    let clipped = fused[1].iter().filter(|&&v| v == 0.0).count();
+    assert!(
+        clipped > 50 && clipped < 160,
+        "{clipped} of {n} gradients cut"
+    );
+    for ((a, b), name) in fused.iter().zip(&separate).zip(["y", "da", "db"]) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "{name} differs");
+    }
+}

@@ -113,6 +113,18 @@ pub trait Backend: Send + Sync {
     fn pair_map(&self, op: PairMap, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()>;
     /// `y = max(x, 0)`.
     fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()>;
+    /// Whether this backend runs [`Backend::add_relu`]: a residual add and
+    /// the ReLU after it in one pass. The ops call the two separately where
+    /// it does not.
+    fn fuses_add_relu(&self) -> bool {
+        false
+    }
+    /// `y = max(a + b, 0)`, the bits of [`Backend::add`] then
+    /// [`Backend::relu_fwd`].
+    fn add_relu(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        let _ = (a, b, y);
+        Err(unsupported(self, "add_relu"))
+    }
     /// `dx = dy * [y > 0]`, with `y` the forward output.
     fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
     /// `y = min(max(x, lo), hi)`; NaN stays NaN (as `torch.clamp`).

@@ -62,8 +62,8 @@ pub fn kind(op: &str) -> &'static str {
         "sgd_step" => "optimizer",
         "qconv2d" | "qadd" | "qgap" => "integer eval",
         "softmax_xent_fwd" | "softmax_xent_bwd" | "label_hits" => "loss",
-        "add" | "axpy" | "scale" | "relu_fwd" | "relu_bwd" | "clamp_fwd" | "clamp_bwd"
-        | "concat_fwd" | "concat_bwd" => "elementwise",
+        "add" | "add_relu" | "axpy" | "scale" | "relu_fwd" | "relu_bwd" | "clamp_fwd"
+        | "clamp_bwd" | "concat_fwd" | "concat_bwd" => "elementwise",
         _ if op.starts_with("conv2d") => "convolution",
         _ if op.starts_with("batchnorm") => "batch norm",
         _ if op.contains("pool") => "pooling",
@@ -161,6 +161,10 @@ impl Backend for Profiler {
         self.inner.fuses_batchnorm_relu()
     }
 
+    fn fuses_add_relu(&self) -> bool {
+        self.inner.fuses_add_relu()
+    }
+
     fn fuses_scaled_batchnorm(&self) -> bool {
         self.inner.fuses_scaled_batchnorm()
     }
@@ -176,6 +180,7 @@ impl Backend for Profiler {
         fn axpy(&self, alpha: f32, x: &Storage, y: &mut Storage) -> Result<()>;
         fn scale(&self, alpha: f32, x: &mut Storage) -> Result<()>;
         fn relu_fwd(&self, x: &Storage, y: &mut Storage) -> Result<()>;
+        fn add_relu(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()>;
         fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;
         fn clamp_fwd(&self, lo: f32, hi: f32, x: &Storage, y: &mut Storage) -> Result<()>;
         fn clamp_bwd(&self, lo: f32, hi: f32, x: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()>;

@@ -31,6 +31,42 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// `max(a + b, 0)`, a residual add and its ReLU: one pass where the
+/// backend fuses them ([`crate::backend::Backend::fuses_add_relu`]), else
+/// [`add`] then [`relu`]; the same bits and gradients either way (the
+/// ReLU's gradient, handed to both inputs).
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !a.device().backend().fuses_add_relu() {
+        return relu(&add(a, b)?);
+    }
+    if a.shape() != b.shape() {
+        bail!(Shape, "add: shapes {} and {} differ", a.shape(), b.shape());
+    }
+    same_device("add", &[a, b])?;
+    let y = output(
+        a.shape().clone(),
+        a.device(),
+        autograd::should_record(&[a, b]),
+    )?;
+    a.device()
+        .backend()
+        .add_relu(&a.storage(), &b.storage(), &mut y.storage_mut())?;
+    if y.tracked() {
+        let (a, b, y_saved) = (a.clone(), b.clone(), y.clone());
+        autograd::record(&y, move |gy: &Tensor, grads: &mut Grads| {
+            let dx = grad_like(&a)?;
+            a.device().backend().relu_bwd(
+                &y_saved.storage(),
+                &gy.storage(),
+                &mut dx.storage_mut(),
+            )?;
+            grads.accumulate(&b, dx.clone())?;
+            grads.accumulate(&a, dx)
+        });
+    }
+    Ok(y)
+}
+
 /// `max(x, 0)`; the gradient passes where the output is positive.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     let y = output(x.shape().clone(), x.device(), autograd::should_record(&[x]))?;

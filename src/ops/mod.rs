@@ -14,7 +14,7 @@ mod quant;
 
 pub use concat::concat;
 pub use conv::{conv2d, Conv2dParams};
-pub use elementwise::{add, hardtanh, relu, relu6};
+pub use elementwise::{add, add_relu, hardtanh, relu, relu6};
 pub use fold::{bn_fold_factor, neg_mul, reciprocal};
 pub use linear::{linear, matmul};
 pub use loss::{cross_entropy, cross_entropy_with_hits};

@@ -108,6 +108,13 @@ impl Backend for CpuBackend {
         map::map1(x.host()?, y.host_mut()?, |v| v.max(0.0));
         Ok(())
     }
+    fn fuses_add_relu(&self) -> bool {
+        true
+    }
+    fn add_relu(&self, a: &Storage, b: &Storage, y: &mut Storage) -> Result<()> {
+        map::map2(a.host()?, b.host()?, y.host_mut()?, |x, z| (x + z).max(0.0));
+        Ok(())
+    }
     fn relu_bwd(&self, y: &Storage, dy: &Storage, dx: &mut Storage) -> Result<()> {
         map::map2(y.host()?, dy.host()?, dx.host_mut()?, |v, d| {
             if v > 0.0 {
