@@ -48,7 +48,20 @@ pub fn fake_quant(x: f32, s: f32, z: i32, qmin: i32, qmax: i32) -> f32 {
     if v.is_nan() {
         return f32::NAN;
     }
-    (v.clamp(qmin as f32, qmax as f32) - z as f32) * s
+    (clamp(v, qmin as f32, qmax as f32) - z as f32) * s
+}
+
+/// `f32::clamp` for a `v` that is not NaN, without its check of the bounds
+/// (a branch that keeps the elementwise loops scalar).
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
 }
 
 /// Whether the straight-through estimator passes the gradient of `x`:
