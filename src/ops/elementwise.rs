@@ -5,17 +5,23 @@ use crate::autograd::{self, Grads};
 use crate::tensor::Tensor;
 use crate::{bail, Result};
 
-/// `a + b` for tensors of equal shape.
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// The checked output of a residual add of `a` and `b` (equal shapes, one
+/// device), tracked when either input is.
+fn sum_output(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!(Shape, "add: shapes {} and {} differ", a.shape(), b.shape());
     }
     same_device("add", &[a, b])?;
-    let y = output(
+    output(
         a.shape().clone(),
         a.device(),
         autograd::should_record(&[a, b]),
-    )?;
+    )
+}
+
+/// `a + b` for tensors of equal shape.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let y = sum_output(a, b)?;
     a.device()
         .backend()
         .add(&a.storage(), &b.storage(), &mut y.storage_mut())?;
@@ -39,15 +45,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !a.device().backend().fuses_add_relu() {
         return relu(&add(a, b)?);
     }
-    if a.shape() != b.shape() {
-        bail!(Shape, "add: shapes {} and {} differ", a.shape(), b.shape());
-    }
-    same_device("add", &[a, b])?;
-    let y = output(
-        a.shape().clone(),
-        a.device(),
-        autograd::should_record(&[a, b]),
-    )?;
+    let y = sum_output(a, b)?;
     a.device()
         .backend()
         .add_relu(&a.storage(), &b.storage(), &mut y.storage_mut())?;
