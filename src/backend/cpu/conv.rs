@@ -336,6 +336,19 @@ fn implicit(g: &Conv2dGeom) -> bool {
     g.stride == (1, 1) && g.dilation == (1, 1) && g.kh == 2 * g.pad.0 + 1 && g.kw == 2 * g.pad.1 + 1
 }
 
+/// Whether `g` is a 3x3 convolution with stride 2 and pad 1 on planes of
+/// even size: then its forward runs without im2col, on a [`Grid`] of the
+/// four phases of each channel (`x[2r + p][2s + q]`, `p, q` in `0..2`), on
+/// which every column-buffer row is again a shifted view.
+fn phased(g: &Conv2dGeom) -> bool {
+    g.stride == (2, 2)
+        && g.dilation == (1, 1)
+        && (g.kh, g.kw) == (3, 3)
+        && g.pad == (1, 1)
+        && g.h.is_multiple_of(2)
+        && g.w.is_multiple_of(2)
+}
+
 /// A job's images of one group, each channel laid out once with its
 /// padding, so that every column-buffer row of an [`implicit`] convolution
 /// is a shifted view of it: row `(c, ki, kj)` starts at
@@ -346,8 +359,14 @@ fn implicit(g: &Conv2dGeom) -> bool {
 /// (the next image's top padding); the columns of those are computed and
 /// dropped. Per channel: `lead = pad.0 * pitch + pad.1` zeros, then the
 /// images `seg` apart.
+///
+/// A [`phased`] convolution's grid holds four planes per channel (channel
+/// `c`'s phase `(p, q)` is grid channel `4c + 2p + q`), each `h/2 x w/2`
+/// with pad 1: tap `(ki, kj)` of output `(y, x)` reads input row `2y + ki
+/// - 1`, which is phase `p = 1 - ki % 2`'s row `y + min(ki, 1) - 1`.
 #[derive(Clone, Copy)]
 struct Grid {
+    phased: bool,
     pitch: usize,
     seg: usize,
     lead: usize,
@@ -359,16 +378,38 @@ struct Grid {
 
 impl Grid {
     fn new(g: &Conv2dGeom, images: usize) -> Grid {
-        let pitch = g.w + g.pad.1;
-        let seg = (g.h + g.pad.0) * pitch;
-        let lead = g.pad.0 * pitch + g.pad.1;
+        let phased = phased(g);
+        let ((h, w), pad) = Grid::planes(g);
+        let pitch = w + pad.1;
+        let seg = (h + pad.0) * pitch;
+        let lead = pad.0 * pitch + pad.1;
         Grid {
+            phased,
             pitch,
             seg,
             lead,
             chan: lead + images * seg,
             images,
-            cols: (images - 1) * seg + g.h * pitch,
+            cols: (images - 1) * seg + h * pitch,
+        }
+    }
+
+    /// The size and padding of the planes laid out: the images', or their
+    /// phases' for a [`phased`] convolution (the output's size either way).
+    fn planes(g: &Conv2dGeom) -> ((usize, usize), (usize, usize)) {
+        if phased(g) {
+            ((g.h / 2, g.w / 2), (1, 1))
+        } else {
+            ((g.h, g.w), g.pad)
+        }
+    }
+
+    /// Grid channels per image channel.
+    fn per_channel(self) -> usize {
+        if self.phased {
+            4
+        } else {
+            1
         }
     }
 
@@ -376,7 +417,9 @@ impl Grid {
     /// of small planes; its rows are re-read `kh * kw` times from cache),
     /// at least four jobs per thread.
     fn images_per_job(g: &Conv2dGeom) -> usize {
-        let per_image = g.c_in_per_group() * (g.h + g.pad.0) * (g.w + g.pad.1);
+        let ((h, w), pad) = Grid::planes(g);
+        let phases = if phased(g) { 4 } else { 1 };
+        let per_image = phases * g.c_in_per_group() * (h + pad.0) * (w + pad.1);
         let cap = g.n.div_ceil(4 * rayon::current_num_threads()).max(1);
         (BAND_FLOATS / per_image).clamp(1, cap)
     }
@@ -384,7 +427,7 @@ impl Grid {
     /// Floats of the grid of `cg` channels whose rows are read `ld` columns
     /// long (the shifted views of the last channel run past it; zeros).
     fn len(self, cg: usize, ld: usize) -> usize {
-        (cg - 1) * self.chan + 2 * self.lead + ld.max(self.cols)
+        (cg * self.per_channel() - 1) * self.chan + 2 * self.lead + ld.max(self.cols)
     }
 
     /// The start of every column-buffer row, `(c, ki, kj)` in order.
@@ -393,7 +436,12 @@ impl Grid {
         for c in 0..g.c_in_per_group() {
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
-                    o.push(c * self.chan + ki * self.pitch + kj);
+                    o.push(if self.phased {
+                        let phase = 2 * (1 - ki % 2) + (1 - kj % 2);
+                        (4 * c + phase) * self.chan + ki.min(1) * self.pitch + kj.min(1)
+                    } else {
+                        c * self.chan + ki * self.pitch + kj
+                    });
                 }
             }
         }
@@ -413,6 +461,9 @@ impl Grid {
         (c_img, ch0, channels): (usize, usize, usize),
         (dst, stride, lead): (&mut [f32], usize, usize),
     ) {
+        if self.phased {
+            return self.lay_out_phases((h, w), src, (c_img, ch0, channels), (dst, stride, lead));
+        }
         let plane = h * w;
         for c in 0..channels {
             let chan = &mut dst[c * stride..][..stride];
@@ -436,6 +487,41 @@ impl Grid {
         }
         dst[channels * stride..].fill(0.0);
     }
+
+    /// [`Grid::lay_out`] of a [`phased`] grid: channel `c`'s phase `(p, q)`
+    /// in grid channel `4c + 2p + q`, each of its rows `x[2r + p][q..;2]`.
+    fn lay_out_phases(
+        self,
+        (h, w): (usize, usize),
+        src: &[f32],
+        (c_img, ch0, channels): (usize, usize, usize),
+        (dst, stride, lead): (&mut [f32], usize, usize),
+    ) {
+        let (plane, hp, wp) = (h * w, h / 2, w / 2);
+        for c in 0..channels {
+            for phase in 0..4 {
+                let (p, q) = (phase / 2, phase % 2);
+                let chan = &mut dst[(4 * c + phase) * stride..][..stride];
+                chan[..lead].fill(0.0);
+                for b in 0..self.images {
+                    let from = &src[(b * c_img + ch0 + c) * plane..][..plane];
+                    let img = &mut chan[lead + b * self.seg..];
+                    let rows = img[..hp * self.pitch].chunks_exact_mut(self.pitch);
+                    for (r, row) in rows.enumerate() {
+                        let line = &from[(2 * r + p) * w..][..w];
+                        for (o, &v) in row[..wp].iter_mut().zip(line[q..].iter().step_by(2)) {
+                            *o = v;
+                        }
+                        row[wp..].fill(0.0);
+                    }
+                    let end = self.seg.min(img.len());
+                    img[hp * self.pitch..end].fill(0.0);
+                }
+                chan[lead + self.cols..].fill(0.0);
+            }
+        }
+        dst[4 * channels * stride..].fill(0.0);
+    }
 }
 
 /// The forward pass of an [`implicit`] convolution: `y = W B` with `B`'s
@@ -443,7 +529,8 @@ impl Grid {
 /// and rows. Each output element is the same fused multiply-add chain as
 /// through im2col (the same products, zeros where the tap falls outside).
 fn forward_implicit(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    let hw = g.h * g.w;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let hw = oh * ow;
     let (cg, og) = (g.c_in_per_group(), g.c_out_per_group());
     let kk = cg * g.kh * g.kw;
     let (mr, nr) = tile::broadcast_tile();
@@ -451,7 +538,7 @@ fn forward_implicit(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
         .map(|grp| tile::pack_rows(&w[grp * og * kk..], (kk, 1), og, kk, mr))
         .collect();
     let images = Grid::images_per_job(g);
-    let x_img = g.c_in * hw;
+    let x_img = g.c_in * g.h * g.w;
     y.par_chunks_mut(images * g.c_out * hw)
         .zip(x.par_chunks(images * x_img))
         .for_each(|(y_job, x_job)| {
@@ -466,7 +553,7 @@ fn forward_implicit(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
                         grp * og * hw,
                         hw,
                         (grid.seg, g.c_out * hw),
-                        (grid.pitch, g.w, g.h),
+                        (grid.pitch, ow, oh),
                     );
                     tile::broadcast_gemm(
                         (og, grid.cols, kk),
@@ -484,7 +571,7 @@ fn forward_implicit(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, 
 // plane) of a job's images, `cols = images * np` columns.
 
 pub fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
-    if implicit(g) {
+    if implicit(g) || phased(g) {
         forward_implicit(g, x, w, bias, y)
     } else {
         forward_lowered(g, x, w, bias, y)
@@ -843,7 +930,7 @@ mod tests {
     /// pointwise one, multi-image jobs of 7x7 planes, and one image large
     /// enough to be cut into bands of rows.
     #[rustfmt::skip]
-    const SHAPES: [Shape; 11] = [
+    const SHAPES: [Shape; 14] = [
         // n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups
         (7, 64, 7, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (9, 90, 5, 6, 4, 3, 2, (2, 1), (1, 0), (1, 1), 1),
@@ -856,6 +943,10 @@ mod tests {
         (40, 8, 7, 7, 9, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (2, 40, 30, 31, 5, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (3, 5, 8, 8, 4, 3, 3, (1, 1), (2, 2), (2, 2), 1),
+        // Stride 2 on phases: one job, several, and two groups.
+        (3, 6, 8, 10, 5, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+        (33, 4, 14, 14, 7, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+        (2, 4, 6, 4, 6, 3, 3, (2, 2), (1, 1), (1, 1), 2),
     ];
 
     /// The forward pass against a direct convolution in f64, with and
@@ -920,7 +1011,10 @@ mod tests {
     fn implicit_forward_gives_the_lowered_bits() {
         let mut rng = Rng::new(8);
         let mut seen = 0;
-        for shape in SHAPES.into_iter().filter(|&s| implicit(&geom(s))) {
+        for shape in SHAPES
+            .into_iter()
+            .filter(|&s| implicit(&geom(s)) || phased(&geom(s)))
+        {
             let g = geom(shape);
             let mut draw =
                 |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform() * 2.0 - 1.0).collect() };
@@ -935,7 +1029,7 @@ mod tests {
             assert!(same, "{g:?}: implicit and lowered forward differ");
             seen += 1;
         }
-        assert!(seen >= 6, "only {seen} implicit shapes");
+        assert!(seen >= 9, "only {seen} implicit shapes");
     }
 
     /// A forward output element does not depend on the batch it is computed
