@@ -4,7 +4,9 @@
 //! by side) built in cache and multiplied there; groups are separate GEMMs
 //! over slices of it. Size-keeping unit-stride convolutions (3x3 pad 1,
 //! 1x1) build no column buffer: its rows are shifted views of the job's
-//! images laid out once on a padded [`Grid`] ([`implicit`]).
+//! images laid out once on a padded [`Grid`] ([`implicit`]); so do the
+//! forward passes of stride-2 3x3 convolutions, on a grid of the four
+//! phases of each channel ([`phased`]).
 //!
 //! - Forward: `y = W col` on the broadcast kernel, tiles stored into `y`
 //!   with the bias added.
