@@ -42,6 +42,8 @@
 use super::conv::{bias_grad, inside};
 pub use super::isa::Isa;
 use super::tile::lane_tree;
+#[cfg(target_arch = "x86_64")]
+use super::tile::t8x8;
 use crate::backend::Conv2dGeom;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -611,51 +613,6 @@ impl CbScratch {
             ys: LaneBuf::new(m * g.out_h() * g.out_w()),
             dx: LaneBuf::new(g.h * g.w),
             w: LaneBuf::new(m * g.kh * g.kw),
-        }
-    }
-}
-
-/// 8x8 transpose: row `i` of the output (at `dst + i * ds`) is column `i`
-/// of the input (rows at `src + i * ss`).
-///
-/// # Safety
-/// The eight rows of eight floats must be readable / writable, and the
-/// processor must support AVX.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn t8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
-    use std::arch::x86_64::*;
-    unsafe {
-        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let o = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (i, v) in o.into_iter().enumerate() {
-            _mm256_storeu_ps(dst.add(i * ds), v);
         }
     }
 }

@@ -353,25 +353,133 @@ fn dot_accumulate_on(
             }
         })
     };
-    for j0 in (0..n).step_by(dc) {
-        let b_rows = rows(j0, dc, n, &b_row);
+    let tile = |i0: usize, j0: usize, partials: &mut [f32]| {
+        let (a_rows, b_rows) = (rows(i0, dr, m, &|i| i * lda), rows(j0, dc, n, &b_row));
+        let p = partials[i0 * row_stride + j0 * DOT_LANES..].as_mut_ptr();
+        let (a, b) = ((a.as_ptr(), &a_rows), (b.as_ptr(), &b_rows));
+        // SAFETY: every row offset plus `kp` is inside its operand and
+        // the `dr x dc` partials from `p` (row stride `row_stride`) are
+        // inside `partials` (the assert above; padded to whole tiles);
+        // `isa` runs on this processor (the first assert).
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => x86::dot_avx512(kp, a, b, (p, row_stride)),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Fma => x86::dot_avx2(kp, a, b, (p, row_stride)),
+                _ => dot_portable::<2, 2>(kp, a, b, (p, row_stride)),
+            }
+        }
+    };
+    // Shifted views (`Offsets`) of a grid share most of their floats, so a
+    // few grid channels cover many tiles of B: keep the A tile in L1 and
+    // stream B. Strided rows are distinct: keep the B tile and stream A.
+    // Each tile's partials are independent, so the order changes no bits.
+    if matches!(b_at, BRows::Offsets(_)) {
         for i0 in (0..m).step_by(dr) {
-            let a_rows = rows(i0, dr, m, &|i| i * lda);
-            let p = partials[i0 * row_stride + j0 * DOT_LANES..].as_mut_ptr();
-            let (a, b) = ((a.as_ptr(), &a_rows), (b.as_ptr(), &b_rows));
-            // SAFETY: every row offset plus `kp` is inside its operand and
-            // the `dr x dc` partials from `p` (row stride `row_stride`) are
-            // inside `partials` (the assert above; padded to whole tiles);
-            // `isa` runs on this processor (the first assert).
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => x86::dot_avx512(kp, a, b, (p, row_stride)),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2Fma => x86::dot_avx2(kp, a, b, (p, row_stride)),
-                    _ => dot_portable::<2, 2>(kp, a, b, (p, row_stride)),
+            for j0 in (0..n).step_by(dc) {
+                tile(i0, j0, partials);
+            }
+        }
+    } else {
+        for j0 in (0..n).step_by(dc) {
+            for i0 in (0..m).step_by(dr) {
+                tile(i0, j0, partials);
+            }
+        }
+    }
+}
+
+/// `dst[j * ds + i] = src[i * ss + j]` for `i < rows`, `j < cols`: the
+/// layout changes of the channels-last backward-weight, with 8x8 AVX
+/// transposes for whole blocks where the processor has AVX.
+pub fn transpose(
+    (src, ss): (&[f32], usize),
+    (rows, cols): (usize, usize),
+    (dst, ds): (&mut [f32], usize),
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        src.len() >= (rows - 1) * ss + cols && dst.len() >= (cols - 1) * ds + rows,
+        "transpose: buffers too small"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() != Isa::Portable {
+        while done + 8 <= rows {
+            let mut j = 0;
+            while j + 8 <= cols {
+                // SAFETY: rows `done..done + 8` of 8 floats from `j` are in
+                // `src`, and rows `j..j + 8` of 8 from `done` in `dst` (the
+                // assert above); AVX2 or AVX-512 implies AVX.
+                unsafe {
+                    t8x8(
+                        src[done * ss + j..].as_ptr(),
+                        ss,
+                        dst[j * ds + done..].as_mut_ptr(),
+                        ds,
+                    )
+                };
+                j += 8;
+            }
+            for j in j..cols {
+                for i in done..done + 8 {
+                    dst[j * ds + i] = src[i * ss + j];
                 }
             }
+            done += 8;
+        }
+    }
+    for j in 0..cols {
+        for i in done..rows {
+            dst[j * ds + i] = src[i * ss + j];
+        }
+    }
+}
+
+/// 8x8 transpose: row `i` of the output (at `dst + i * ds`) is column `i`
+/// of the input (rows at `src + i * ss`).
+///
+/// # Safety
+/// The eight rows of eight floats must be readable / writable, and the
+/// processor must support AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(super) unsafe fn t8x8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let o = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (i, v) in o.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(i * ds), v);
         }
     }
 }
@@ -710,6 +818,31 @@ mod tests {
     /// partials of fused multiply-adds (`lane = k % 16`, across two calls)
     /// added in the fixed tree, on edge tiles in both dimensions, with `B`
     /// rows strided or at overlapping offsets.
+    /// The blocked transpose moves every element to its place, whole 8x8
+    /// blocks and edges alike, and writes nothing else.
+    #[test]
+    fn transpose_moves_every_element() {
+        for (rows, cols, ss, ds) in [
+            (8, 8, 8, 8),
+            (19, 13, 21, 24),
+            (3, 30, 30, 8),
+            (16, 49, 49, 16),
+        ] {
+            let src: Vec<f32> = (0..(rows - 1) * ss + cols).map(|v| v as f32).collect();
+            let mut dst = vec![-1.0f32; (cols - 1) * ds + rows + 5];
+            transpose((&src, ss), (rows, cols), (&mut dst, ds));
+            for (at, &v) in dst.iter().enumerate() {
+                let (j, i) = (at / ds, at % ds);
+                let want = if j < cols && i < rows {
+                    src[i * ss + j]
+                } else {
+                    -1.0
+                };
+                assert_eq!(v, want, "{rows}x{cols} (ss {ss}, ds {ds}) at {at}");
+            }
+        }
+    }
+
     #[test]
     fn dot_kernel_lanes_and_tree_are_the_same_in_every_build() {
         let mut rng = Rng::new(12);
