@@ -17,7 +17,11 @@
 //! - Backward-weight: `dW = dy colᵀ` on the dot kernel (both operands run
 //!   along output positions; on the grid, `dy` laid out on it too): lane
 //!   partials over a fixed run of jobs per thread, reduced, and the
-//!   threads' sums added in order.
+//!   threads' sums added in order. Grid convolutions whose row of taps
+//!   (`kw * cg` floats) fills a broadcast tile run on the broadcast kernel
+//!   instead: the grid laid out channels last, so a kernel row's taps of
+//!   one pixel are contiguous, `dy` packed into panels, one GEMM per kernel
+//!   row and job, added into the run's sum.
 //!
 //! im2col and col2im of unit-stride convolutions whose output is as wide as
 //! the input (3x3 with padding 1) move each tap's row as one shifted block.
@@ -26,8 +30,8 @@
 //! elements are one fused multiply-add chain over the reduction in order,
 //! whatever the instruction set, job plan or thread count (col2im then
 //! adds the taps in `(c, ki, kj)` order). A backward-weight element depends on the
-//! job plan and the thread count (the lanes and the runs), not on the
-//! instruction set or on scheduling.
+//! job plan and the thread count (the lanes or the per-job chains, and the
+//! runs), not on the instruction set or on scheduling.
 
 use super::tile;
 use crate::backend::Conv2dGeom;
