@@ -175,9 +175,21 @@ fn qat_small_resnet_trains_and_evaluates_integer_exact() {
         .map(|(a, b)| ((a - b) / s).abs().round() as i64)
         .max()
         .unwrap();
+    let mean_steps = exact
+        .iter()
+        .zip(&fq)
+        .map(|(a, b)| ((a - b) / s).abs() as f64)
+        .sum::<f64>()
+        / exact.len() as f64;
+    eprintln!("integer-exact vs fake-quant logits: max {max_steps} steps, mean {mean_steps:.3}");
+    // A rounding flip in an early layer moves a few logits by several
+    // steps (the trajectory decides which: 3 before the backward-weight
+    // summation order changed on 2026-12-04, 4 after); a wrong scale or
+    // zero point moves all of them, which the mean catches (0.56 steps
+    // on 2026-12-04).
     assert!(
-        max_steps <= 3,
-        "integer-exact and fake-quant logits differ by {max_steps} steps"
+        max_steps <= 4 && mean_steps <= 1.0,
+        "integer-exact and fake-quant logits differ by {max_steps} steps (mean {mean_steps:.3})"
     );
     // Every value of the integer-exact output sits on the output grid.
     let z = int8.steps.last().unwrap().out_q.zero_point;
