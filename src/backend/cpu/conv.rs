@@ -494,13 +494,55 @@ impl Grid {
         dst[channels * stride..].fill(0.0);
     }
 
-    /// Floats of a channels-last grid of `cg` channels whose tap rows
-    /// (`kw * cg` floats from position `p + ki * pitch`, for every output
-    /// column `p` of an image pixel) are read rounded up to
-    /// [`CHANNELS_LAST_MIN_ROW`].
+    /// Floats per grid position of a channels-last grid of `cg` channels:
+    /// the `cg` channels, or a [`phased`] grid's two column phases of them
+    /// (`[q][c]`, so the taps `kj = 0, 1, 2` of one output pixel, phase
+    /// columns `(s - 1, q = 1), (s, 0), (s, 1)`, are `3 * cg` contiguous
+    /// floats).
+    fn channels_last_unit(self, cg: usize) -> usize {
+        if self.phased {
+            2 * cg
+        } else {
+            cg
+        }
+    }
+
+    /// Floats of one plane of a channels-last grid (a [`phased`] grid has
+    /// one per row phase) of `cg` channels, with the read-past of its last
+    /// tap rows (`kw * cg` floats from a kernel row's start plus the last
+    /// pixel's offset, read rounded up to [`CHANNELS_LAST_MIN_ROW`]).
+    fn channels_last_plane(self, g: &Conv2dGeom, cg: usize) -> usize {
+        let last = (self.images - 1) * self.seg + (g.out_h() - 1) * self.pitch + g.out_w() - 1;
+        let first_row = if self.phased {
+            (2 * self.pitch + 1) * cg
+        } else {
+            (g.kh - 1) * self.pitch * cg
+        };
+        first_row
+            + last * self.channels_last_unit(cg)
+            + (g.kw * cg).next_multiple_of(CHANNELS_LAST_MIN_ROW)
+    }
+
+    /// Floats of a channels-last grid of `cg` channels
+    /// ([`Grid::lay_out_channels_last`]).
     fn channels_last_len(self, g: &Conv2dGeom, cg: usize) -> usize {
-        let last = (self.images - 1) * self.seg + (g.out_h() - 1 + g.kh - 1) * self.pitch;
-        (last + g.out_w() - 1) * cg + (g.kw * cg).next_multiple_of(CHANNELS_LAST_MIN_ROW)
+        let planes = if self.phased { 2 } else { 1 };
+        planes * self.channels_last_plane(g, cg)
+    }
+
+    /// Where the taps of kernel row `ki` of the output pixel at grid
+    /// column 0 start in a channels-last grid; pixel `p`'s are
+    /// `p * channels_last_unit` further. Unit stride: `ki * pitch * cg`.
+    /// [`phased`]: input row `2y + ki - 1` is row phase `p = 1 - ki % 2`,
+    /// phase row `y + min(ki, 1) - 1`, and the `kj = 0` tap is column
+    /// phase `q = 1` one position to the left (after `lead = pitch + 1`).
+    fn channels_last_row(self, g: &Conv2dGeom, cg: usize, ki: usize) -> usize {
+        if self.phased {
+            let plane = (1 - ki % 2) * self.channels_last_plane(g, cg);
+            plane + (2 * ki.min(1) * self.pitch + 1) * cg
+        } else {
+            ki * self.pitch * cg
+        }
     }
 
     /// Lays out channels `ch0..ch0 + cg` of the NCHW images `src` (`c_img`
@@ -509,6 +551,9 @@ impl Grid {
     /// `dst[q * cg..]`, zeros at the padding. Tap `(ki, kj)` of output
     /// column `p` reads position `p + ki * pitch + kj`, so the taps of one
     /// kernel row are the `kw * cg` floats from `(p + ki * pitch) * cg`.
+    /// A [`phased`] grid holds two planes, one per row phase `p`, whose
+    /// position `(r, s)` holds input pixels `(2r + p, 2s)` and `(2r + p, 2s
+    /// + 1)`, `2 * cg` floats: one input row is one row of the plane.
     /// Each image goes through `tmp` (`h * w * cg` floats, pixel-major).
     fn lay_out_channels_last(
         self,
@@ -518,22 +563,37 @@ impl Grid {
         (dst, tmp): (&mut [f32], &mut [f32]),
     ) {
         let plane = h * w;
-        let (row, gap) = (w * cg, (self.pitch - w) * cg);
-        dst[..self.lead * cg].fill(0.0);
+        let (phases, unit) = if self.phased { (2, 2 * cg) } else { (1, cg) };
+        let stride = dst.len() / phases;
+        let (rows, row) = (h / phases, w * cg);
+        let gap = self.pitch * unit - row;
         for b in 0..self.images {
             let from = (&src[(b * c_img + ch0) * plane..], plane);
             tile::transpose(from, (cg, plane), (&mut tmp[..plane * cg], cg));
-            let img = &mut dst[(self.lead + b * self.seg) * cg..];
-            for (y, pixels) in tmp[..plane * cg].chunks_exact(row).enumerate() {
-                let at = y * self.pitch * cg;
-                img[at..at + row].copy_from_slice(pixels);
-                img[at + row..at + row + gap].fill(0.0);
+            for p in 0..phases {
+                let pl = &mut dst[p * stride..][..stride];
+                if b == 0 {
+                    pl[..self.lead * unit].fill(0.0);
+                }
+                let img = &mut pl[(self.lead + b * self.seg) * unit..];
+                for r in 0..rows {
+                    let pixels = &tmp[(phases * r + p) * row..][..row];
+                    let at = r * self.pitch * unit;
+                    img[at..at + row].copy_from_slice(pixels);
+                    // The last pad column of a phased grid is past its reads.
+                    let gap_end = (at + row + gap).min(img.len());
+                    img[at + row..gap_end].fill(0.0);
+                }
+                let start = (rows * self.pitch * unit).min(img.len());
+                let end = (self.seg * unit).clamp(start, img.len().max(start));
+                img[start..end].fill(0.0);
             }
-            let end = (self.seg * cg).min(img.len());
-            img[h * self.pitch * cg..end].fill(0.0);
         }
-        let tail = ((self.lead + self.images * self.seg) * cg).min(dst.len());
-        dst[tail..].fill(0.0);
+        for p in 0..phases {
+            let pl = &mut dst[p * stride..][..stride];
+            let tail = ((self.lead + self.images * self.seg) * unit).min(pl.len());
+            pl[tail..].fill(0.0);
+        }
     }
 
     /// [`Grid::lay_out`] of a [`phased`] grid: channel `c`'s phase `(p, q)`
@@ -750,6 +810,9 @@ pub fn backward_data(g: &Conv2dGeom, dy: &[f32], w: &[f32], dx: &mut [f32]) {
 /// same bits. Narrower convolutions (the stem) stay on the dot kernel.
 const CHANNELS_LAST_MIN_ROW: usize = 48;
 
+/// Floats in a 64-byte cache line.
+const LINE_FLOATS: usize = 16;
+
 /// Packs `dy` of channels `co0..co0 + og` of the NCHW `dy_job` (`c_out`
 /// channels of `ohw` positions) into panels of `mr` rows for the broadcast
 /// kernel: row `o`, step `k = b * ohw + pos` at
@@ -865,14 +928,19 @@ pub fn backward_weight(
             &dy[imgs.start * dy_img..imgs.end * dy_img],
         );
         let steps = imgs.len() * ohw;
-        let (xg, tmp) = xg.split_at_mut(grid.channels_last_len(g, cg));
+        // The grid from a cache line: its pixels' taps start at multiples
+        // of `cg` floats, which with 16 or 32 channels keeps the kernel's
+        // loads of them from straddling lines (AVX2 went 7% slower on
+        // 16 channels when the buffer started 16 bytes into a line).
+        let skip = xg.as_ptr().align_offset(64).min(LINE_FLOATS);
+        let (xg, tmp) = xg[skip..].split_at_mut(grid.channels_last_len(g, cg));
         for grp in 0..g.groups {
             let to = (&mut *xg, &mut *tmp);
             grid.lay_out_channels_last((g.h, g.w), x_job, (g.c_in, grp * cg, cg), to);
             pack_dy(dy_job, (g.c_out, ohw, grp * og, og), mr, a);
             for ki in 0..g.kh {
                 let b = (
-                    &xg[ki * grid.pitch * cg..],
+                    &xg[grid.channels_last_row(g, cg, ki)..],
                     tile::BRows::Offsets(&offsets[..steps]),
                 );
                 let out = (&mut t[..og * row], tile::Dest::rows(row));
@@ -889,12 +957,12 @@ pub fn backward_weight(
         }
     };
     let on_grid = implicit(g);
-    let channels_last = on_grid && row >= CHANNELS_LAST_MIN_ROW;
+    let channels_last = (on_grid || phased(g)) && row >= CHANNELS_LAST_MIN_ROW;
     let (images, lens) = if channels_last {
         let images = Grid::images_per_job(g);
         let grid = Grid::new(g, images);
         let a_len = og.div_ceil(mr) * mr * images * ohw;
-        let xg_len = grid.channels_last_len(g, cg) + g.h * g.w * cg;
+        let xg_len = LINE_FLOATS + grid.channels_last_len(g, cg) + g.h * g.w * cg;
         (images, [a_len, xg_len, og * row])
     } else if on_grid {
         let images = Grid::images_per_job(g);
@@ -910,7 +978,7 @@ pub fn backward_weight(
         let grid = Grid::new(g, images);
         let pixel = |b: usize, pos: usize| b * grid.seg + pos / ow * grid.pitch + pos % ow;
         (0..images * ohw)
-            .map(|k| pixel(k / ohw, k % ohw) * cg)
+            .map(|k| pixel(k / ohw, k % ohw) * grid.channels_last_unit(cg))
             .collect()
     } else {
         Vec::new()
@@ -1086,7 +1154,7 @@ mod tests {
     /// pointwise one, multi-image jobs of 7x7 planes, and one image large
     /// enough to be cut into bands of rows.
     #[rustfmt::skip]
-    const SHAPES: [Shape; 17] = [
+    const SHAPES: [Shape; 20] = [
         // n, c_in, h, w, c_out, kh, kw, stride, pad, dilation, groups
         (7, 64, 7, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), 1),
         (9, 90, 5, 6, 4, 3, 2, (2, 1), (1, 0), (1, 1), 1),
@@ -1109,6 +1177,12 @@ mod tests {
         (3, 6, 8, 10, 5, 3, 3, (2, 2), (1, 1), (1, 1), 1),
         (33, 4, 14, 14, 7, 3, 3, (2, 2), (1, 1), (1, 1), 1),
         (2, 4, 6, 4, 6, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+        // Stride 2, backward-weight channels last on the phases: a row of
+        // taps of one AVX-512 tile on 5x4 phases, 96 floats with groups,
+        // and several jobs.
+        (5, 16, 10, 8, 7, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+        (3, 64, 6, 6, 10, 3, 3, (2, 2), (1, 1), (1, 1), 2),
+        (21, 16, 14, 14, 5, 3, 3, (2, 2), (1, 1), (1, 1), 1),
     ];
 
     /// The forward pass against a direct convolution in f64, with and
