@@ -17,11 +17,13 @@
 //! - Backward-weight: `dW = dy colᵀ` on the dot kernel (both operands run
 //!   along output positions; on the grid, `dy` laid out on it too): lane
 //!   partials over a fixed run of jobs per thread, reduced, and the
-//!   threads' sums added in order. Grid convolutions whose row of taps
-//!   (`kw * cg` floats) fills a broadcast tile run on the broadcast kernel
-//!   instead: the grid laid out channels last, so a kernel row's taps of
-//!   one pixel are contiguous, `dy` packed into panels, one GEMM per kernel
-//!   row and job, added into the run's sum.
+//!   threads' sums added in order. Grid convolutions (unit-stride and
+//!   [`phased`]) whose row of taps (`kw * cg` floats) fills a broadcast
+//!   tile run on the broadcast kernel instead: the grid laid out channels
+//!   last (a phased one as two row-phase planes whose positions hold both
+//!   column phases), so a kernel row's taps of one pixel are contiguous,
+//!   `dy` packed into panels, one GEMM per kernel row and job, added into
+//!   the run's sum.
 //!
 //! im2col and col2im of unit-stride convolutions whose output is as wide as
 //! the input (3x3 with padding 1) move each tap's row as one shifted block.
@@ -345,7 +347,9 @@ fn implicit(g: &Conv2dGeom) -> bool {
 /// Whether `g` is a 3x3 convolution with stride 2 and pad 1 on planes of
 /// even size: then its forward runs without im2col, on a [`Grid`] of the
 /// four phases of each channel (`x[2r + p][2s + q]`, `p, q` in `0..2`), on
-/// which every column-buffer row is again a shifted view.
+/// which every column-buffer row is again a shifted view; so does its
+/// backward-weight with 16 or more input channels per group, on the
+/// channels-last form of that grid ([`Grid::lay_out_channels_last`]).
 fn phased(g: &Conv2dGeom) -> bool {
     g.stride == (2, 2)
         && g.dilation == (1, 1)
